@@ -1,0 +1,178 @@
+//! Events: what an applied operation becomes.
+
+use serde_json::{Map, Value};
+
+use crate::{jcs, ChainName, Digest, ElementId, EventHash, Operation, SchemaError, StateHash, Timestamp};
+
+/// The event format this code writes and reads.
+pub const EVENT_VERSION: u64 = 1;
+
+/// One applied operation, hash-chained twice: to the element's previous event
+/// (`prev`) and, through the block's events root, to the chain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub chain: ChainName,
+    pub element: ElementId,
+    /// 1 for the element's first event, then +1 per event (across deletes).
+    pub element_seq: u64,
+    /// Hash of the element's previous event; `None` for its first.
+    pub prev: Option<EventHash>,
+    /// 1 for the chain's first event, then +1 per event.
+    pub chain_seq: u64,
+    pub op: Operation,
+    /// Hash of the element's state after the operation; `None` after delete.
+    pub state_hash: Option<StateHash>,
+    pub time: Timestamp,
+    pub hash: EventHash,
+}
+
+/// The fields of an event before it is hashed.
+#[derive(Clone, Debug)]
+pub struct EventDraft {
+    pub chain: ChainName,
+    pub element_seq: u64,
+    pub prev: Option<EventHash>,
+    pub chain_seq: u64,
+    pub op: Operation,
+    pub state_hash: Option<StateHash>,
+    pub time: Timestamp,
+}
+
+impl EventDraft {
+    /// Hashes the draft into an [`Event`].
+    pub fn seal(self) -> Result<Event, SchemaError> {
+        let mut event = Event {
+            chain: self.chain,
+            element: self.op.element.clone(),
+            element_seq: self.element_seq,
+            prev: self.prev,
+            chain_seq: self.chain_seq,
+            op: self.op,
+            state_hash: self.state_hash,
+            time: self.time,
+            hash: EventHash(Digest::ZERO),
+        };
+        event.hash = EventHash(Digest::of(&jcs::canonical(&event.body_value())?));
+        Ok(event)
+    }
+}
+
+impl Event {
+    /// The JSON object that is hashed: every member but `hash`.
+    pub fn body_value(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("chain".into(), Value::String(self.chain.to_string()));
+        map.insert("chain_seq".into(), Value::from(self.chain_seq));
+        map.insert("element".into(), Value::String(self.element.to_string()));
+        map.insert("element_seq".into(), Value::from(self.element_seq));
+        map.insert("op".into(), self.op.to_event_value());
+        map.insert("prev".into(), self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        map.insert("state_hash".into(), self.state_hash.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        map.insert("time".into(), Value::String(self.time.to_string()));
+        map.insert("v".into(), Value::from(EVENT_VERSION));
+        Value::Object(map)
+    }
+
+    /// The event's canonical JSON with its `hash`: one line of `events.log`
+    /// and the value of a message on the events topic.
+    pub fn to_canonical(&self) -> Result<Vec<u8>, SchemaError> {
+        let mut value = self.body_value();
+        if let Value::Object(map) = &mut value {
+            map.insert("hash".into(), Value::String(self.hash.to_hex()));
+        }
+        jcs::canonical(&value)
+    }
+
+    /// Recomputes the hash from the other fields.
+    pub fn computed_hash(&self) -> Result<EventHash, SchemaError> {
+        Ok(EventHash(Digest::of(&jcs::canonical(&self.body_value())?)))
+    }
+
+    /// Parses one line written by [`Event::to_canonical`] and checks that it
+    /// is canonical and that its `hash` is the hash of the rest, so a parsed
+    /// event is always self-consistent.
+    pub fn from_canonical(line: &[u8]) -> Result<Self, SchemaError> {
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| SchemaError::Json { message: e.to_string() })?;
+        let canonical = jcs::canonical(&value)?;
+        if canonical != line {
+            return Err(SchemaError::NotCanonical { what: "event" });
+        }
+        let event = Self::from_value_unchecked(value)?;
+        let actual = event.computed_hash()?;
+        if actual != event.hash {
+            return Err(SchemaError::EventHashMismatch { expected: event.hash, actual });
+        }
+        Ok(event)
+    }
+
+    /// Reads an event's fields without checking its hash or canonical form
+    /// (the verifier checks those itself, to report them precisely).
+    pub fn from_value_unchecked(value: Value) -> Result<Self, SchemaError> {
+        let Value::Object(mut map) = value else {
+            return Err(malformed("an event must be a JSON object"));
+        };
+        let stored = EventHash(take_digest(&mut map, "hash")?.ok_or_else(|| malformed("missing hash"))?);
+        let version = take_u64(&mut map, "v")?;
+        if version != EVENT_VERSION {
+            return Err(SchemaError::UnsupportedVersion { what: "event", version });
+        }
+        let chain = ChainName::parse(&take_string(&mut map, "chain")?)?;
+        let element = ElementId::parse(&take_string(&mut map, "element")?)?;
+        let element_seq = take_u64(&mut map, "element_seq")?;
+        let chain_seq = take_u64(&mut map, "chain_seq")?;
+        let prev = take_digest(&mut map, "prev")?.map(EventHash);
+        let state_hash = take_digest(&mut map, "state_hash")?.map(StateHash);
+        let time = Timestamp::parse_canonical(&take_string(&mut map, "time")?)?;
+        let mut op_value = map.remove("op").ok_or_else(|| malformed("missing op"))?;
+        if let Value::Object(op) = &mut op_value {
+            if op.contains_key("element") {
+                return Err(malformed("op must not repeat the element"));
+            }
+            op.insert("element".into(), Value::String(element.to_string()));
+        }
+        let op = Operation::from_value(op_value)?;
+        if let Some(extra) = map.keys().next() {
+            return Err(malformed(&format!("unknown member {extra:?}")));
+        }
+        Ok(Event { chain, element, element_seq, prev, chain_seq, op, state_hash, time, hash: stored })
+    }
+}
+
+fn malformed(why: &str) -> SchemaError {
+    SchemaError::Malformed { why: why.to_owned() }
+}
+
+pub(crate) fn take_string(map: &mut Map<String, Value>, key: &str) -> Result<String, SchemaError> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(malformed(&format!("{key} must be a string"))),
+    }
+}
+
+pub(crate) fn take_u64(map: &mut Map<String, Value>, key: &str) -> Result<u64, SchemaError> {
+    map.remove(key)
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| malformed(&format!("{key} must be a non-negative integer")))
+}
+
+pub(crate) fn take_opt_u64(map: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, SchemaError> {
+    match map.remove(key) {
+        Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| malformed(&format!("{key} must be an integer or null"))),
+        None => Err(malformed(&format!("missing {key}"))),
+    }
+}
+
+pub(crate) fn take_digest(map: &mut Map<String, Value>, key: &str) -> Result<Option<Digest>, SchemaError> {
+    match map.remove(key) {
+        Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Digest::from_hex(&s).map(Some),
+        _ => Err(malformed(&format!("{key} must be a hex digest or null"))),
+    }
+}
+
+/// The hash of a state: SHA-256 of its canonical JSON.
+pub fn state_hash(state: &crate::State) -> Result<StateHash, SchemaError> {
+    Ok(StateHash(Digest::of(&jcs::canonical_object(state)?)))
+}

@@ -1,0 +1,212 @@
+//! RFC 8785 JSON Canonicalization Scheme (JCS) over `serde_json::Value`.
+//!
+//! Every hash fschain computes is a hash of these bytes, so this module is the
+//! compatibility boundary: object members sorted by their UTF-16 code units,
+//! no insignificant white space, strings escaped the way ECMAScript's
+//! `JSON.stringify` escapes them, numbers printed the way ECMAScript prints a
+//! double. `docs/encoding.md` states it byte by byte.
+
+use serde_json::{Map, Number, Value};
+
+use crate::SchemaError;
+
+/// The largest integer an IEEE 754 double holds exactly (2^53).
+pub const MAX_EXACT_INTEGER: u64 = 1 << 53;
+
+/// The canonical bytes of `value`.
+///
+/// Fails only for numbers that a double cannot hold exactly (integers beyond
+/// ±2^53): JCS would silently round them, so fschain refuses them instead.
+pub fn canonical(value: &Value) -> Result<Vec<u8>, SchemaError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+/// The canonical bytes of a JSON object.
+pub fn canonical_object(map: &Map<String, Value>) -> Result<Vec<u8>, SchemaError> {
+    let mut out = Vec::with_capacity(256);
+    write_object(&mut out, map)?;
+    Ok(out)
+}
+
+pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), SchemaError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(out, n)?,
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_object(out, map)?,
+    }
+    Ok(())
+}
+
+fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), SchemaError> {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    // serde_json's map is ordered by UTF-8 bytes, which equals UTF-16 order
+    // unless a key holds characters above U+FFFF; sort only when needed.
+    if members.iter().any(|(k, _)| k.chars().any(|c| c > '\u{ffff}')) {
+        members.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+    } else if !members.is_sorted_by(|(a, _), (b, _)| a.as_bytes() <= b.as_bytes()) {
+        members.sort_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+    }
+    out.push(b'{');
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, key);
+        out.push(b':');
+        write_value(out, value)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A JSON string as JCS writes it.
+pub fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x09 => b"\\t",
+            0x0a => b"\\n",
+            0x0c => b"\\f",
+            0x0d => b"\\r",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), SchemaError> {
+    if let Some(u) = n.as_u64() {
+        if u > MAX_EXACT_INTEGER {
+            return Err(SchemaError::InexactNumber { number: n.to_string() });
+        }
+        out.extend_from_slice(u.to_string().as_bytes());
+    } else if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() > MAX_EXACT_INTEGER {
+            return Err(SchemaError::InexactNumber { number: n.to_string() });
+        }
+        out.extend_from_slice(i.to_string().as_bytes());
+    } else {
+        let f = n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| SchemaError::InexactNumber { number: n.to_string() })?;
+        if f == 0.0 {
+            // ECMAScript prints -0 as "0".
+            out.push(b'0');
+        } else {
+            let mut buffer = ryu_js::Buffer::new();
+            out.extend_from_slice(buffer.format_finite(f).as_bytes());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jcs(v: Value) -> String {
+        String::from_utf8(canonical(&v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sorts_members_and_drops_whitespace() {
+        assert_eq!(jcs(json!({"b": 1, "a": [true, null, "x"]})), r#"{"a":[true,null,"x"],"b":1}"#);
+    }
+
+    #[test]
+    fn rfc8785_number_examples() {
+        // From RFC 8785 appendix B.
+        let cases = [
+            (0.0, "0"),
+            (-0.0, "0"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (9007199254740992.0, "9007199254740992"),
+            (1e21, "1e+21"),
+            (999999999999999900000.0, "999999999999999900000"),
+            (0.000001, "0.000001"),
+            (1e-7, "1e-7"),
+            (333333333.3333333, "333333333.3333333"),
+            (-1.5, "-1.5"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(jcs(json!(f)), want, "{f:e}");
+        }
+    }
+
+    #[test]
+    fn rfc8785_sorting_example_utf16_order() {
+        // RFC 8785 section 3.2.3: sorted by UTF-16 code units, so U+1F600 (a
+        // surrogate pair, 0xD83D...) sorts before U+FB33 and after "\r".
+        let v: Value = serde_json::from_str(
+            r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#,
+        )
+        .unwrap();
+        let values: Vec<&str> = {
+            let text = jcs(v.clone());
+            let back: Value = serde_json::from_str(&text).unwrap();
+            let _ = back;
+            let order = [
+                "Carriage Return",
+                "One",
+                "Control",
+                "Latin Small Letter O With Diaeresis",
+                "Euro Sign",
+                "Emoji: Grinning Face",
+                "Hebrew Letter Dalet With Dagesh",
+            ];
+            let positions: Vec<usize> = order.iter().map(|s| text.find(s).unwrap()).collect();
+            assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+            order.to_vec()
+        };
+        assert_eq!(values.len(), 7);
+    }
+
+    #[test]
+    fn escapes_like_json_stringify() {
+        assert_eq!(jcs(json!("a\"b\\c\u{8}\u{c}\n\r\t\u{1}\u{7f}é\u{2028}")), "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\u{7f}é\u{2028}\"");
+    }
+
+    #[test]
+    fn refuses_integers_a_double_cannot_hold() {
+        let v: Value = serde_json::from_str("9007199254740993").unwrap();
+        assert!(matches!(canonical(&v), Err(SchemaError::InexactNumber { .. })));
+        let v: Value = serde_json::from_str("-9007199254740993").unwrap();
+        assert!(matches!(canonical(&v), Err(SchemaError::InexactNumber { .. })));
+        assert_eq!(jcs(json!(9007199254740992u64)), "9007199254740992");
+    }
+}

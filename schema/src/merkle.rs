@@ -1,0 +1,307 @@
+//! RFC 6962 (Certificate Transparency) Merkle trees: roots, inclusion proofs,
+//! and an incremental tree whose update costs O(changed · log n).
+//!
+//! leaf = SHA-256(0x00 ‖ data), node = SHA-256(0x01 ‖ left ‖ right); the
+//! tree over n leaves splits at the largest power of two below n. Built
+//! bottom up, that is the same as pairing neighbours on every level and
+//! carrying a lone last node up unchanged, which is what [`MerkleLevels`] does.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, SchemaError};
+
+/// SHA-256(0x00 ‖ data).
+pub fn leaf_hash(data: &[u8]) -> Digest {
+    Digest::of_parts(&[&[0x00], data])
+}
+
+/// SHA-256(0x01 ‖ left ‖ right).
+pub fn node_hash(left: &Digest, right: &Digest) -> Digest {
+    Digest::of_parts(&[&[0x01], left.as_bytes(), right.as_bytes()])
+}
+
+/// The RFC 6962 root of the given leaf hashes; SHA-256("") when empty.
+pub fn root_of(leaves: &[Digest]) -> Digest {
+    MerkleLevels::from_leaves(leaves.to_vec()).root()
+}
+
+/// An inclusion proof: the audit path of RFC 6962 section 2.1.1, bottom up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    pub path: Vec<Digest>,
+}
+
+impl InclusionProof {
+    /// Checks that `leaf` (a leaf hash) sits at `leaf_index` of a tree of
+    /// `tree_size` leaves whose root is `root` (RFC 9162 section 2.1.3.2).
+    pub fn verify(&self, leaf: &Digest, root: &Digest) -> Result<(), SchemaError> {
+        let computed = self.root_from(leaf)?;
+        if &computed == root {
+            Ok(())
+        } else {
+            Err(SchemaError::ProofMismatch { expected: *root, actual: computed })
+        }
+    }
+
+    fn root_from(&self, leaf: &Digest) -> Result<Digest, SchemaError> {
+        let bad = |why: &'static str| SchemaError::BadProof { why };
+        if self.leaf_index >= self.tree_size {
+            return Err(bad("leaf index is outside the tree"));
+        }
+        let (mut f, mut s) = (self.leaf_index, self.tree_size - 1);
+        let mut r = *leaf;
+        for p in &self.path {
+            if s == 0 {
+                return Err(bad("path is longer than the tree is deep"));
+            }
+            if f & 1 == 1 || f == s {
+                r = node_hash(p, &r);
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            } else {
+                r = node_hash(&r, p);
+            }
+            f >>= 1;
+            s >>= 1;
+        }
+        if s != 0 {
+            return Err(bad("path is shorter than the tree is deep"));
+        }
+        Ok(r)
+    }
+}
+
+/// Every level of an RFC 6962 tree, leaves at level 0, kept so that a
+/// changed leaf costs one hash per level.
+#[derive(Clone, Debug)]
+pub struct MerkleLevels {
+    /// Never empty: `levels[0]` holds the leaves, the last level the root.
+    levels: Vec<Vec<Digest>>,
+}
+
+impl Default for MerkleLevels {
+    fn default() -> Self {
+        MerkleLevels { levels: vec![Vec::new()] }
+    }
+}
+
+impl MerkleLevels {
+    pub fn from_leaves(leaves: Vec<Digest>) -> Self {
+        let mut tree = MerkleLevels { levels: vec![leaves] };
+        tree.rebuild_from(0);
+        tree
+    }
+
+    pub fn len(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn leaves(&self) -> &[Digest] {
+        &self.levels[0]
+    }
+
+    pub fn root(&self) -> Digest {
+        match self.levels.last() {
+            Some(top) if top.len() == 1 => top[0],
+            _ => Digest::of(b""),
+        }
+    }
+
+    /// Replaces the leaf at `index` and rehashes its ancestors: O(log n).
+    pub fn set_leaf(&mut self, index: usize, leaf: Digest) {
+        self.levels[0][index] = leaf;
+        let mut i = index;
+        for level in 1..self.levels.len() {
+            i /= 2;
+            let below = &self.levels[level - 1];
+            let node = parent(below, i);
+            self.levels[level][i] = node;
+        }
+    }
+
+    /// Inserts a leaf; every node right of it moves, so this rehashes
+    /// O(n - index) nodes. Batch structural changes with [`Self::splice`].
+    pub fn insert_leaf(&mut self, index: usize, leaf: Digest) {
+        self.levels[0].insert(index, leaf);
+        self.rebuild_from(index);
+    }
+
+    pub fn remove_leaf(&mut self, index: usize) {
+        self.levels[0].remove(index);
+        self.rebuild_from(index);
+    }
+
+    /// Replaces level 0 with `leaves`, of which the first `unchanged` are
+    /// known to be the same as before, and rehashes only what can differ.
+    pub fn splice(&mut self, leaves: Vec<Digest>, unchanged: usize) {
+        self.levels[0] = leaves;
+        self.rebuild_from(unchanged);
+    }
+
+    /// Rehashes every node whose leaves start at or after `from`.
+    fn rebuild_from(&mut self, from: usize) {
+        let mut start = from;
+        let mut level = 0;
+        while self.levels[level].len() > 1 {
+            let below_len = self.levels[level].len();
+            let len = below_len.div_ceil(2);
+            start /= 2;
+            if self.levels.len() == level + 1 {
+                self.levels.push(Vec::with_capacity(len));
+            }
+            let (lower, upper) = self.levels.split_at_mut(level + 1);
+            let below = &lower[level];
+            let this = &mut upper[0];
+            this.truncate(start.min(len));
+            for i in this.len()..len {
+                this.push(parent(below, i));
+            }
+            level += 1;
+        }
+        self.levels.truncate(level + 1);
+    }
+
+    /// The audit path for the leaf at `index`.
+    pub fn proof(&self, index: usize) -> Option<InclusionProof> {
+        if index >= self.len() {
+            return None;
+        }
+        let mut path = Vec::new();
+        let mut i = index;
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = i ^ 1;
+            if sibling < level.len() {
+                path.push(level[sibling]);
+            }
+            i /= 2;
+        }
+        Some(InclusionProof { leaf_index: index as u64, tree_size: self.len() as u64, path })
+    }
+}
+
+fn parent(below: &[Digest], i: usize) -> Digest {
+    match below.get(2 * i + 1) {
+        Some(right) => node_hash(&below[2 * i], right),
+        None => below[2 * i],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 6962 section 2.1 MTH, written the way the RFC states it.
+    fn mth(leaves: &[Digest]) -> Digest {
+        match leaves.len() {
+            0 => Digest::of(b""),
+            1 => leaves[0],
+            n => {
+                let mut k = 1;
+                while k * 2 < n {
+                    k *= 2;
+                }
+                node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+            }
+        }
+    }
+
+    fn leaves(n: usize) -> Vec<Digest> {
+        (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn empty_and_single() {
+        assert_eq!(root_of(&[]), Digest::of(b""));
+        let l = leaves(1);
+        assert_eq!(root_of(&l), l[0]);
+    }
+
+    #[test]
+    fn known_vector_from_certificate_transparency() {
+        // The 8-leaf test tree of the CT reference code (merkle_tree_test.cc).
+        let inputs: [&[u8]; 8] = [
+            b"",
+            &[0x00],
+            &[0x10],
+            &[0x20, 0x21],
+            &[0x30, 0x31],
+            &[0x40, 0x41, 0x42, 0x43],
+            &[0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57],
+            &[0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d, 0x6e, 0x6f],
+        ];
+        let l: Vec<Digest> = inputs.iter().map(|d| leaf_hash(d)).collect();
+        let want = [
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+        ];
+        for (n, want) in want.iter().enumerate() {
+            assert_eq!(root_of(&l[..n + 1]).to_hex(), *want, "root of {} leaves", n + 1);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn bottom_up_equals_rfc_definition(n in 0usize..70) {
+            let l = leaves(n);
+            prop_assert_eq!(root_of(&l), mth(&l));
+        }
+
+        #[test]
+        fn every_proof_verifies_and_no_other_leaf_does(n in 1usize..70, seed in any::<u64>()) {
+            let l = leaves(n);
+            let tree = MerkleLevels::from_leaves(l.clone());
+            let index = (seed % n as u64) as usize;
+            let proof = tree.proof(index).unwrap();
+            prop_assert!(proof.verify(&l[index], &tree.root()).is_ok());
+            let other = leaf_hash(b"not in the tree");
+            prop_assert!(proof.verify(&other, &tree.root()).is_err());
+            if n > 1 {
+                let wrong = InclusionProof { leaf_index: ((index + 1) % n) as u64, ..proof.clone() };
+                prop_assert!(wrong.verify(&l[index], &tree.root()).is_err());
+            }
+        }
+
+        #[test]
+        fn incremental_updates_equal_a_rebuild(n in 1usize..60, ops in proptest::collection::vec((any::<u8>(), any::<u16>()), 1..30)) {
+            let mut current = leaves(n);
+            let mut tree = MerkleLevels::from_leaves(current.clone());
+            for (kind, x) in ops {
+                let fresh = leaf_hash(&x.to_be_bytes());
+                match kind % 3 {
+                    0 if !current.is_empty() => {
+                        let i = x as usize % current.len();
+                        current[i] = fresh;
+                        tree.set_leaf(i, fresh);
+                    }
+                    1 => {
+                        let i = x as usize % (current.len() + 1);
+                        current.insert(i, fresh);
+                        tree.insert_leaf(i, fresh);
+                    }
+                    _ if !current.is_empty() => {
+                        let i = x as usize % current.len();
+                        current.remove(i);
+                        tree.remove_leaf(i);
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(tree.root(), mth(&current));
+            }
+        }
+    }
+}
