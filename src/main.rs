@@ -1,1 +1,93 @@
-fn main() {}
+//! The `fschain` binary.
+//!
+//! Architecture Invariant: this file is the only place that reads argv and
+//! the environment. Everything below it takes plain values.
+
+mod bench;
+mod cli;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::cli::Cli;
+
+/// Settings that may come from the config file or the environment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The fschain root.
+    pub root: Option<PathBuf>,
+    /// Chain name for `init`.
+    pub chain: Option<String>,
+}
+
+/// Facts about the caller, read here once.
+#[derive(Debug)]
+pub struct Invocation {
+    pub settings: Settings,
+    /// Recorded as the actor of `set`, `delete` and `rollback` events.
+    pub actor: String,
+    pub hostname: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let invocation = match invocation(&cli) {
+        Ok(i) => i,
+        Err(e) => return fail(&e),
+    };
+    match commands::run(cli.command, &invocation) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("fschain: error: {error:#}");
+    ExitCode::from(2)
+}
+
+fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
+    let config_file = cli.config.clone().or_else(|| std::env::var_os("FSCHAIN_CONFIG").map(PathBuf::from));
+    let mut builder = config::Config::builder();
+    if let Some(path) = &config_file {
+        builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true));
+    }
+    for key in ["root", "chain"] {
+        let var = format!("FSCHAIN_{}", key.to_uppercase());
+        if let Some(value) = std::env::var_os(&var) {
+            builder = builder.set_override(key, value.to_string_lossy().into_owned())?;
+        }
+    }
+    let settings: Settings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .with_context(|| match &config_file {
+            Some(p) => format!("reading config {}", p.display()),
+            None => "reading FSCHAIN_* settings".to_owned(),
+        })?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".into());
+    Ok(Invocation { settings, actor: format!("{user}@{hostname}"), hostname })
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

@@ -1,1 +1,14 @@
-//! placeholder
+//! The producer side of fschain: the layer, applying operations, sealing
+//! blocks into read-only btrfs snapshots, and recovering after a crash.
+//!
+//! Architecture Invariant: the producer never depends on the consumer.
+//! What both need lives in `fschain-store` and `fschain-schema`.
+
+mod error;
+mod init;
+mod state_index;
+mod writer;
+
+pub use error::ProducerError;
+pub use init::{init_root, make_loop_filesystem};
+pub use writer::{recover_if_interrupted, ChainWriter, Clock, SealedBlock, SystemClock};

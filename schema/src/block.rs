@@ -131,3 +131,14 @@ impl BlockHeader {
         Ok(header)
     }
 }
+
+impl BlockHeader {
+    /// The header as JSON, `hash` included.
+    pub fn body_value_with_hash(&self) -> Value {
+        let mut value = self.body_value();
+        if let Value::Object(map) = &mut value {
+            map.insert("hash".into(), Value::String(self.hash.to_hex()));
+        }
+        value
+    }
+}

@@ -41,6 +41,55 @@ pub struct EventDraft {
 impl EventDraft {
     /// Hashes the draft into an [`Event`].
     pub fn seal(self) -> Result<Event, SchemaError> {
+        self.seal_with_line().map(|(event, _)| event)
+    }
+
+    /// Hashes the draft and also returns the event's canonical line (what
+    /// [`Event::to_canonical`] gives), encoding the event only once.
+    ///
+    /// The members sort as chain, chain_seq, element, element_seq, hash, op,
+    /// prev, state_hash, time, v; so the line is the body with
+    /// `"hash":"…",` inserted before `"op":`, and the body is split there.
+    pub fn seal_with_line(self) -> Result<(Event, Vec<u8>), SchemaError> {
+        let mut head = Map::new();
+        head.insert("chain".into(), Value::String(self.chain.to_string()));
+        head.insert("chain_seq".into(), Value::from(self.chain_seq));
+        head.insert("element".into(), Value::String(self.op.element.to_string()));
+        head.insert("element_seq".into(), Value::from(self.element_seq));
+        let mut tail = Map::new();
+        tail.insert("op".into(), self.op.to_event_value());
+        tail.insert("prev".into(), self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        tail.insert("state_hash".into(), self.state_hash.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        tail.insert("time".into(), Value::String(self.time.to_string()));
+        tail.insert("v".into(), Value::from(EVENT_VERSION));
+        let head_bytes = jcs::canonical_object(&head)?;
+        let tail_bytes = jcs::canonical_object(&tail)?;
+        // head is `{...}`, tail is `{...}`: body = head minus `}` + `,` + tail minus `{`.
+        let head_open = &head_bytes[..head_bytes.len() - 1];
+        let tail_open = &tail_bytes[1..];
+        let hash = EventHash(Digest::of_parts(&[head_open, b",", tail_open]));
+        let mut line = Vec::with_capacity(head_bytes.len() + tail_bytes.len() + 80);
+        line.extend_from_slice(head_open);
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.to_hex().as_bytes());
+        line.extend_from_slice(b"\",");
+        line.extend_from_slice(tail_open);
+        let event = Event {
+            chain: self.chain,
+            element: self.op.element.clone(),
+            element_seq: self.element_seq,
+            prev: self.prev,
+            chain_seq: self.chain_seq,
+            op: self.op,
+            state_hash: self.state_hash,
+            time: self.time,
+            hash,
+        };
+        Ok((event, line))
+    }
+
+    /// The straightforward encoding, kept to check the fast one against.
+    pub fn seal_slow(self) -> Result<Event, SchemaError> {
         let mut event = Event {
             chain: self.chain,
             element: self.op.element.clone(),

@@ -1,1 +1,21 @@
-//! placeholder
+//! IO that both sides of fschain need: the btrfs adapter, the on-disk
+//! layout of a chain, and reading and verifying a chain from its snapshots.
+//!
+//! Architecture Invariant: this crate never writes a chain. Creating the
+//! layer and sealing blocks is the producer's; receiving snapshots is the
+//! consumer's. Both read chains back through here, so a site's copy reads
+//! exactly like the producer's.
+
+pub mod btrfs;
+mod chain;
+mod chain_dir;
+mod error;
+pub mod layout;
+pub mod state_path;
+pub mod verify;
+
+pub use chain::{Chain, StateDiff};
+pub use chain_dir::{ChainDir, StateScan};
+pub use error::{IoContext, StoreError};
+pub use layout::{ChainMeta, RootLayout};
+pub use verify::{verify_root, VerifyReport};

@@ -1,0 +1,159 @@
+//! The btrfs adapter: subvolumes, snapshots and the read-only flag, through
+//! the kernel's ioctls (no process per snapshot), plus `btrfs` CLI calls
+//! where the CLI is the interface (send and receive, later).
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::StoreError;
+
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+/// Inode number of a subvolume's root directory.
+const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+const BTRFS_PATH_NAME_MAX: usize = 4087;
+const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
+
+// _IOW/_IOR(0x94, nr, size) as the kernel's uapi/linux/btrfs.h defines them.
+const IOC_SUBVOL_CREATE: libc::c_ulong = 0x5000_940e;
+const IOC_SNAP_DESTROY: libc::c_ulong = 0x5000_940f;
+const IOC_SNAP_CREATE_V2: libc::c_ulong = 0x5000_9417;
+const IOC_SUBVOL_GETFLAGS: libc::c_ulong = 0x8008_9419;
+const IOC_SUBVOL_SETFLAGS: libc::c_ulong = 0x4008_941a;
+
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; BTRFS_PATH_NAME_MAX + 1],
+}
+
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; BTRFS_SUBVOL_NAME_MAX + 1],
+}
+
+const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
+
+/// Whether `path` (which must exist) lies on a btrfs filesystem.
+pub fn is_btrfs(path: &Path) -> Result<bool, StoreError> {
+    let c = cstring(path)?;
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` a valid out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(StoreError::io(path, io::Error::last_os_error()));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(stat.f_type as i64 == BTRFS_SUPER_MAGIC)
+}
+
+/// Whether `path` is the root of a btrfs subvolume.
+pub fn is_subvolume(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == BTRFS_FIRST_FREE_OBJECTID)
+        && is_btrfs(path).unwrap_or(false)
+}
+
+/// Creates an empty subvolume at `path`.
+pub fn create_subvolume(path: &Path) -> Result<(), StoreError> {
+    let (parent, name) = split(path)?;
+    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
+    copy_name(&mut args.name, &name, path)?;
+    // SAFETY: `parent` is an open directory, `args` a properly sized, initialised struct.
+    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), IOC_SUBVOL_CREATE, &mut args) };
+    check(rc, "create subvolume", path)
+}
+
+/// Snapshots the subvolume `source` as `dest` (which must not exist).
+pub fn snapshot(source: &Path, dest: &Path, readonly: bool) -> Result<(), StoreError> {
+    let src = File::open(source).map_err(|e| StoreError::io(source, e))?;
+    let (parent, name) = split(dest)?;
+    let mut args = VolArgsV2 {
+        fd: i64::from(src.as_raw_fd()),
+        transid: 0,
+        flags: if readonly { BTRFS_SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; BTRFS_SUBVOL_NAME_MAX + 1],
+    };
+    copy_name(&mut args.name, &name, dest)?;
+    // SAFETY: as above; `src` stays open for the duration of the call.
+    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), IOC_SNAP_CREATE_V2, &mut args) };
+    check(rc, "snapshot", dest)
+}
+
+/// Deletes the subvolume at `path`, read-only or not.
+pub fn delete_subvolume(path: &Path) -> Result<(), StoreError> {
+    let (parent, name) = split(path)?;
+    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
+    copy_name(&mut args.name, &name, path)?;
+    // SAFETY: as above.
+    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), IOC_SNAP_DESTROY, &mut args) };
+    check(rc, "delete subvolume", path)
+}
+
+/// Whether the subvolume at `path` is read-only.
+pub fn is_readonly(path: &Path) -> Result<bool, StoreError> {
+    let dir = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut flags: u64 = 0;
+    // SAFETY: `dir` is open, `flags` a valid u64 out-pointer.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_GETFLAGS, &mut flags) };
+    check(rc, "read subvolume flags", path)?;
+    Ok(flags & BTRFS_SUBVOL_RDONLY != 0)
+}
+
+/// Sets or clears the read-only flag of the subvolume at `path`.
+pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), StoreError> {
+    let dir = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut flags: u64 = 0;
+    // SAFETY: as above.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_GETFLAGS, &mut flags) };
+    check(rc, "read subvolume flags", path)?;
+    flags = if readonly { flags | BTRFS_SUBVOL_RDONLY } else { flags & !BTRFS_SUBVOL_RDONLY };
+    // SAFETY: as above.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_SETFLAGS, &flags) };
+    check(rc, "set subvolume flags", path)
+}
+
+fn split(path: &Path) -> Result<(File, Vec<u8>), StoreError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| StoreError::io(path, io::Error::new(io::ErrorKind::InvalidInput, "path has no final name")))?;
+    let parent: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let dir = File::open(&parent).map_err(|e| StoreError::io(&parent, e))?;
+    Ok((dir, name.as_bytes().to_vec()))
+}
+
+fn copy_name(dest: &mut [u8], name: &[u8], path: &Path) -> Result<(), StoreError> {
+    if name.len() >= dest.len() || name.contains(&0) {
+        return Err(StoreError::io(path, io::Error::new(io::ErrorKind::InvalidInput, "bad subvolume name")));
+    }
+    dest[..name.len()].copy_from_slice(name);
+    Ok(())
+}
+
+fn check(rc: libc::c_int, op: &'static str, path: &Path) -> Result<(), StoreError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(StoreError::Btrfs { op, path: path.to_owned(), source: io::Error::last_os_error() })
+    }
+}
+
+fn cstring(path: &Path) -> Result<CString, StoreError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| StoreError::io(path, io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL")))
+}

@@ -1,0 +1,167 @@
+//! Reading one copy of a chain: the layer or any snapshot.
+
+use std::path::{Path, PathBuf};
+
+use fschain_schema::verify::Problem;
+use fschain_schema::{jcs, BlockHeader, ElementId, Event, State, StateHash};
+use serde_json::Value;
+
+use crate::layout::{ChainMeta, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
+use crate::state_path::{element_of, state_path, STATES_DIR};
+use crate::{IoContext, StoreError};
+
+/// A chain directory: `CHAIN`, `headers.log`, `events.log`, `states/`.
+#[derive(Clone, Debug)]
+pub struct ChainDir {
+    path: PathBuf,
+}
+
+impl ChainDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ChainDir { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn meta(&self) -> Result<ChainMeta, StoreError> {
+        ChainMeta::read(&self.path.join(CHAIN_FILE))
+    }
+
+    pub fn headers_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let p = self.path.join(HEADERS_LOG);
+        std::fs::read(&p).at(&p)
+    }
+
+    pub fn events_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let p = self.path.join(EVENTS_LOG);
+        std::fs::read(&p).at(&p)
+    }
+
+    /// Every header, each checked for canonical form and hash.
+    pub fn headers(&self) -> Result<Vec<BlockHeader>, StoreError> {
+        let bytes = self.headers_bytes()?;
+        let place = self.path.join(HEADERS_LOG);
+        bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .map(|(i, line)| {
+                BlockHeader::from_canonical(line)
+                    .map_err(|e| StoreError::schema(format!("{} line {}", place.display(), i + 1), e))
+            })
+            .collect()
+    }
+
+    /// Events whose element is `element` (or all, with `None`), each checked.
+    pub fn events(&self, element: Option<&ElementId>) -> Result<Vec<Event>, StoreError> {
+        let bytes = self.events_bytes()?;
+        let place = self.path.join(EVENTS_LOG);
+        // Cheap pre-filter: the canonical line holds `"element":"<id>"`.
+        let needle = element.map(|e| {
+            let mut n = b"\"element\":".to_vec();
+            jcs::write_string(&mut n, e.as_str());
+            n
+        });
+        let mut out = Vec::new();
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(n) = &needle {
+                if !line.windows(n.len()).any(|w| w == n.as_slice()) {
+                    continue;
+                }
+            }
+            let event = Event::from_canonical(line)
+                .map_err(|e| StoreError::schema(format!("{} line {}", place.display(), i + 1), e))?;
+            if element.is_none_or(|e| &event.element == e) {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The raw bytes of `element`'s state file, or `None` if it has none.
+    pub fn state_bytes(&self, element: &ElementId) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = self.path.join(state_path(element));
+        match std::fs::read(&p) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&p, e)),
+        }
+    }
+
+    /// `element`'s state, or `None` if it has none.
+    pub fn state(&self, element: &ElementId) -> Result<Option<State>, StoreError> {
+        let Some(bytes) = self.state_bytes(element)? else { return Ok(None) };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            _ => Err(StoreError::Corrupt {
+                path: self.path.join(state_path(element)),
+                why: "state file is not a JSON object".into(),
+            }),
+        }
+    }
+
+    /// Reads every state file and hashes it. Anything under `states/` that is
+    /// not exactly some element's state file is reported as a problem.
+    pub fn state_hashes(&self, place: &str) -> StateScan {
+        let mut scan = StateScan::default();
+        let root = self.path.join(STATES_DIR);
+        if !root.exists() {
+            return scan;
+        }
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    scan.problems.push(Problem::Unreadable { place: place.into(), message: format!("{}: {e}", dir.display()) });
+                    continue;
+                }
+            };
+            for entry in entries {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        scan.problems.push(Problem::Unreadable { place: place.into(), message: format!("{}: {e}", dir.display()) });
+                        continue;
+                    }
+                };
+                let path = entry.path();
+                let rel = path.strip_prefix(&self.path).unwrap_or(&path).to_owned();
+                let bad = |message: &str| Problem::BadStateFile {
+                    place: place.into(),
+                    path: rel.display().to_string(),
+                    message: message.into(),
+                };
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(path),
+                    Ok(t) if t.is_file() => match element_of(&rel) {
+                        Some(element) => match std::fs::read(&path) {
+                            Ok(bytes) => {
+                                scan.bytes += bytes.len() as u64;
+                                scan.states.push((element, fschain_schema::verify::state_file_hash(&bytes)));
+                            }
+                            Err(e) => scan.problems.push(bad(&format!("cannot read: {e}"))),
+                        },
+                        None => scan.problems.push(bad("is not the state file of any element")),
+                    },
+                    Ok(_) => scan.problems.push(bad("is not a regular file")),
+                    Err(e) => scan.problems.push(bad(&format!("cannot stat: {e}"))),
+                }
+            }
+        }
+        scan
+    }
+}
+
+/// What [`ChainDir::state_hashes`] found.
+#[derive(Debug, Default)]
+pub struct StateScan {
+    pub states: Vec<(ElementId, StateHash)>,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+}

@@ -1,0 +1,63 @@
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fschain_schema::SchemaError;
+
+/// What can go wrong reading or writing a chain on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("btrfs {op} failed for {}: {source}", path.display())]
+    Btrfs { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("{} is not on btrfs; fschain keeps each block as a btrfs snapshot. Mount a btrfs filesystem there, or run `fschain init --root DIR --image FILE --size 2G` as root to create and loop-mount one", path.display())]
+    NotBtrfs { path: PathBuf },
+    #[error("{} is not an fschain root (no fschain.root file); run `fschain init --root {}` first", path.display(), path.display())]
+    NotARoot { path: PathBuf },
+    #[error("{} is already an fschain root (chain {chain})", path.display())]
+    AlreadyARoot { path: PathBuf, chain: String },
+    #[error("{} is in use by another fschain command", path.display())]
+    Locked { path: PathBuf },
+    #[error("{}: {source}", place)]
+    Schema { place: String, source: SchemaError },
+    #[error("{}: {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
+    #[error("no state file for {element} at block {height}")]
+    NoSuchElement { element: String, height: u64 },
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        StoreError::Io { path: path.to_owned(), source }
+    }
+
+    pub fn schema(place: impl Into<String>, source: SchemaError) -> Self {
+        StoreError::Schema { place: place.into(), source }
+    }
+
+    /// Whether trying again later may succeed (another command holds the
+    /// root, or the kernel was short of something), as opposed to an error
+    /// that the same call will always give.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Locked { .. } => true,
+            StoreError::Io { source, .. } | StoreError::Btrfs { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) || matches!(source.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOSPC | libc::ENOMEM)),
+            _ => false,
+        }
+    }
+}
+
+/// Adds a path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::io(path, e))
+    }
+}
+

@@ -1,0 +1,157 @@
+//! Where things live in an fschain root.
+//!
+//! ```text
+//! ROOT/
+//!   fschain.root        {"chain":"host1","format":1}; written last by init
+//!   layer/              subvolume: the live state (a chain directory)
+//!   blocks/0000000000   read-only snapshot of layer/ right after block 0's header
+//!   blocks/0000000001   ...
+//!   meta/lock           flock: one writer at a time
+//!   meta/dirty          present while layer/ holds unsealed changes
+//!   meta/state-index    cache of the state tree's leaves, keyed by head hash
+//! ```
+//!
+//! A chain directory (the layer, or any snapshot) is self-contained:
+//!
+//! ```text
+//! CHAIN                 {"chain":"host1","format":1}
+//! headers.log           one canonical header per line, block 0 first
+//! events.log            one canonical event per line, chain order
+//! states/<kind>/<name>  each live element's state, canonical JSON
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use fschain_schema::ChainName;
+use serde::{Deserialize, Serialize};
+
+use crate::{IoContext, StoreError};
+
+pub const ROOT_MARKER: &str = "fschain.root";
+pub const CHAIN_FILE: &str = "CHAIN";
+pub const HEADERS_LOG: &str = "headers.log";
+pub const EVENTS_LOG: &str = "events.log";
+pub const FORMAT: u64 = 1;
+
+/// `fschain.root` and `CHAIN`: which chain, which on-disk format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainMeta {
+    pub chain: ChainName,
+    pub format: u64,
+}
+
+impl ChainMeta {
+    pub fn new(chain: ChainName) -> Self {
+        ChainMeta { chain, format: FORMAT }
+    }
+
+    pub fn read(path: &Path) -> Result<Self, StoreError> {
+        let bytes = std::fs::read(path).at(path)?;
+        let meta: ChainMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: path.to_owned(), why: e.to_string() })?;
+        if meta.format != FORMAT {
+            return Err(StoreError::Corrupt { path: path.to_owned(), why: format!("unsupported format {}", meta.format) });
+        }
+        Ok(meta)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(self).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// The paths of one fschain root.
+#[derive(Clone, Debug)]
+pub struct RootLayout {
+    root: PathBuf,
+}
+
+impl RootLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RootLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn marker(&self) -> PathBuf {
+        self.root.join(ROOT_MARKER)
+    }
+
+    pub fn layer(&self) -> PathBuf {
+        self.root.join("layer")
+    }
+
+    pub fn blocks_dir(&self) -> PathBuf {
+        self.root.join("blocks")
+    }
+
+    pub fn snapshot(&self, height: u64) -> PathBuf {
+        self.blocks_dir().join(snapshot_name(height))
+    }
+
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join("meta")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.meta_dir().join("lock")
+    }
+
+    pub fn dirty_marker(&self) -> PathBuf {
+        self.meta_dir().join("dirty")
+    }
+
+    pub fn state_index(&self) -> PathBuf {
+        self.meta_dir().join("state-index")
+    }
+
+    /// Reads `fschain.root`, or says that this is no fschain root.
+    pub fn read_marker(&self) -> Result<ChainMeta, StoreError> {
+        let marker = self.marker();
+        if !marker.exists() {
+            return Err(StoreError::NotARoot { path: self.root.clone() });
+        }
+        ChainMeta::read(&marker)
+    }
+
+    /// Heights of the snapshots present in `blocks/`, ascending. Names that
+    /// are not heights (a staging name, say) are left out.
+    pub fn snapshot_heights(&self) -> Result<Vec<u64>, StoreError> {
+        let dir = self.blocks_dir();
+        let mut heights = Vec::new();
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            if let Some(h) = entry.file_name().to_str().and_then(parse_snapshot_name) {
+                heights.push(h);
+            }
+        }
+        heights.sort_unstable();
+        Ok(heights)
+    }
+}
+
+/// `blocks/` entry name of a height: ten digits, zero-padded, so that names
+/// sort by height (wider when a chain passes ten billion blocks).
+pub fn snapshot_name(height: u64) -> String {
+    format!("{height:010}")
+}
+
+pub fn parse_snapshot_name(name: &str) -> Option<u64> {
+    (name.len() >= 10 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
+}
+
+/// Takes the root's writer lock, failing at once if another command holds it.
+pub fn lock(layout: &RootLayout) -> Result<std::fs::File, StoreError> {
+    let path = layout.lock_file();
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path: layout.root().to_owned() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
