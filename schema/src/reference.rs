@@ -96,3 +96,67 @@ impl FromStr for BlockRef {
         BlockRef::parse(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlockHash, ChainName, Digest, EventsRoot, StateRoot};
+
+    fn headers(hashes: &[&str]) -> Vec<BlockHeader> {
+        hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| BlockHeader {
+                version: 1,
+                chain: ChainName::parse("c").unwrap(),
+                height: i as u64,
+                prev: None,
+                time: Timestamp::from_micros(1_000_000 * i as i64),
+                state_root: StateRoot(Digest::ZERO),
+                events_root: EventsRoot(Digest::ZERO),
+                event_count: 0,
+                first_seq: None,
+                last_seq: None,
+                hash: BlockHash::from_hex(&format!("{h:0<64}")).unwrap(),
+            })
+            .collect()
+    }
+
+    fn resolve(r: &str, hs: &[BlockHeader]) -> Result<u64, SchemaError> {
+        BlockRef::parse(r)?.resolve(hs)
+    }
+
+    #[test]
+    fn every_form() {
+        let hs = headers(&["aaaa0000", "abcdef12", "abcdef13", "12345678"]);
+        assert_eq!(resolve("2", &hs), Ok(2));
+        assert_eq!(resolve("head", &hs), Ok(3));
+        assert_eq!(resolve("head~3", &hs), Ok(0));
+        assert!(matches!(resolve("head~4", &hs), Err(SchemaError::RefNotFound { .. })));
+        assert_eq!(resolve("aaaa0000", &hs), Ok(0));
+        assert_eq!(resolve("ABCDEF120", &hs), Ok(1));
+        assert_eq!(
+            resolve("abcdef1", &hs),
+            Err(SchemaError::BadRef { text: "abcdef1".into() }),
+            "7 hex digits are too few"
+        );
+        assert_eq!(
+            resolve("abcdef10", &hs).unwrap_err(),
+            SchemaError::RefNotFound { reference: "abcdef10".into(), head: 3 }
+        );
+        assert_eq!(resolve("12345678", &hs), Ok(3), "a hash prefix of digits");
+        assert_eq!(resolve("@1970-01-01T00:00:02.5Z", &hs), Ok(2));
+        assert_eq!(resolve("@1970-01-01T01:00:02+01:00", &hs), Ok(2));
+        assert!(matches!(resolve("@1969-12-31T00:00:00Z", &hs), Err(SchemaError::RefNotFound { .. })));
+    }
+
+    #[test]
+    fn ambiguous_prefix_names_the_blocks() {
+        let hs = headers(&["abcdef1200", "abcdef1211"]);
+        assert_eq!(
+            resolve("abcdef12", &hs),
+            Err(SchemaError::AmbiguousRef { reference: "abcdef12".into(), heights: vec![0, 1] })
+        );
+        assert_eq!(resolve("abcdef121", &hs), Ok(1));
+    }
+}

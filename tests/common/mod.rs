@@ -1,0 +1,147 @@
+//! Helpers for the system tests: a scratch root on real btrfs, and a way to
+//! run the `fschain` binary that explains itself when a command fails.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A directory on btrfs for one test, removed (subvolumes too) at the end.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+/// The btrfs test filesystem from `scripts/btrfs-loop.sh`, named by
+/// FSCHAIN_TEST_BTRFS. Without it the test is skipped, except under CI,
+/// where it fails: btrfs tests must never be silently skipped there.
+pub fn scratch(name: &str) -> Option<Scratch> {
+    let base = match std::env::var_os("FSCHAIN_TEST_BTRFS") {
+        Some(b) if fschain_store::btrfs::is_btrfs(Path::new(&b)).unwrap_or(false) => PathBuf::from(b),
+        other => {
+            let why = match other {
+                Some(b) => format!("FSCHAIN_TEST_BTRFS={} is not a btrfs mount", PathBuf::from(b).display()),
+                None => "FSCHAIN_TEST_BTRFS is not set".to_owned(),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("{why}: under CI the btrfs tests must run (scripts/test.sh sets it up)");
+            }
+            eprintln!("SKIPPED {name}: {why}; run scripts/test.sh to get a loop-mounted btrfs");
+            return None;
+        }
+    };
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = base.join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Scratch { dir })
+}
+
+impl Scratch {
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        remove_subvolumes(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn remove_subvolumes(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_subvolumes(&path);
+            if fschain_store::btrfs::is_subvolume(&path) {
+                let _ = fschain_store::btrfs::delete_subvolume(&path);
+            }
+        }
+    }
+}
+
+/// The result of one `fschain` run.
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    fn explain(&self) -> String {
+        format!(
+            "fschain {}\nexit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args.join(" "),
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    /// Panics, showing the command and its output, unless it exited 0.
+    pub fn ok(self) -> Self {
+        assert!(self.output.status.success(), "command failed:\n{}", self.explain());
+        self
+    }
+    /// Panics unless it exited with `code`.
+    pub fn code_is(self, code: i32) -> Self {
+        assert_eq!(self.code(), code, "unexpected exit code:\n{}", self.explain());
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.explain()))
+    }
+}
+
+pub fn fschain(args: &[&str]) -> Run {
+    fschain_with_input(args, None)
+}
+
+pub fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fschain"));
+    cmd.args(args).env_remove("FSCHAIN_ROOT").env_remove("FSCHAIN_CONFIG");
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn fschain");
+    if let Some(bytes) = input {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    Run { args: args.iter().map(|s| s.to_string()).collect(), output }
+}
+
+/// The first `n` operations of the shared sample (../shared/data).
+pub fn sample_ops(n: usize) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ops-sample.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().take(n).map(|l| format!("{l}\n")).collect()
+}
+
+/// Waits until `check` holds, polling, up to `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A root initialised with the first `n` sample operations, `per_block` a block.
+pub fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
+    let root = s.root().display().to_string();
+    fschain(&["init", "--root", &root, "--chain", "host1"]).ok();
+    let ops = sample_ops(n);
+    fschain_with_input(&["apply", "--root", &root, "--block-ops", &per_block.to_string()], Some(ops.as_bytes())).ok();
+    root
+}

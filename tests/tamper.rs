@@ -1,0 +1,171 @@
+//! `verify` catches any single changed byte, in the layer or any snapshot,
+//! and any removed, inserted or reordered event; its report names the fault.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fschain, root_with_sample, scratch};
+use fschain_store::btrfs;
+
+/// Runs `change` on a file inside the chain copy `copy` (the layer or a
+/// snapshot, made writable for the change and read-only again after).
+fn tamper(copy: &Path, change: impl FnOnce()) {
+    let snapshot = copy.parent().is_some_and(|p| p.ends_with("blocks"));
+    if snapshot {
+        btrfs::set_readonly(copy, false).unwrap();
+    }
+    change();
+    if snapshot {
+        btrfs::set_readonly(copy, true).unwrap();
+    }
+}
+
+fn verify_json(root: &str) -> (i32, serde_json::Value) {
+    let run = fschain(&["verify", "--root", root, "--json"]);
+    (run.code(), run.json())
+}
+
+fn messages(report: &serde_json::Value) -> String {
+    report["problems"].as_array().unwrap().iter().map(|p| p["message"].as_str().unwrap().to_owned() + "\n").collect()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn any_single_changed_byte_anywhere_is_caught() {
+    let Some(s) = scratch("bytes") else { return };
+    let root = root_with_sample(&s, 120, 30);
+    assert_eq!(verify_json(&root).0, 0);
+    let base = s.root();
+    let mut copies = vec![base.join("layer")];
+    for h in 0..=4 {
+        copies.push(base.join(format!("blocks/{h:010}")));
+    }
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..40 {
+        let copy = &copies[(next() % copies.len() as u64) as usize];
+        let mut files = Vec::new();
+        files_under(copy, &mut files);
+        // Weight the logs and CHAIN as much as all state files together.
+        let file = match next() % 4 {
+            0 => copy.join("events.log"),
+            1 => copy.join("headers.log"),
+            2 if round % 5 == 0 => copy.join("CHAIN"),
+            _ => files[(next() % files.len() as u64) as usize].clone(),
+        };
+        let original = std::fs::read(&file).unwrap();
+        if original.is_empty() {
+            continue;
+        }
+        let at = (next() % original.len() as u64) as usize;
+        let mut changed = original.clone();
+        changed[at] ^= 1 + (next() % 255) as u8;
+        tamper(copy, || std::fs::write(&file, &changed).unwrap());
+        let (code, report) = verify_json(&root);
+        assert_eq!(code, 1, "round {round}: byte {at} of {} changed, verify said clean", file.display());
+        let place = if copy.ends_with("layer") { "layer".to_owned() } else {
+            format!("block {} snapshot", copy.file_name().unwrap().to_str().unwrap().parse::<u64>().unwrap())
+        };
+        let text = messages(&report);
+        let names_copy = text.contains(&place) || (file.ends_with("CHAIN") && text.contains("CHAIN"));
+        assert!(names_copy, "round {round}: {place} not named for {}:\n{text}", file.display());
+        tamper(copy, || std::fs::write(&file, &original).unwrap());
+        assert_eq!(verify_json(&root).0, 0, "round {round}: restoring {} did not make it clean", file.display());
+    }
+}
+
+#[test]
+fn reports_name_the_event_element_and_block() {
+    let Some(s) = scratch("names") else { return };
+    let root = root_with_sample(&s, 90, 30);
+    let base = s.root();
+    let snap2 = base.join("blocks/0000000002");
+
+    // A state file changed in block 2's snapshot: names block 2 and the element.
+    let eth1 = snap2.join("states/iface/eth1");
+    let original = std::fs::read(&eth1).unwrap();
+    tamper(&snap2, || std::fs::write(&eth1, br#"{"mtu":1500}"#).unwrap());
+    let (code, report) = verify_json(&root);
+    let text = messages(&report);
+    assert_eq!(code, 1);
+    assert!(text.contains("block 2 snapshot: state of iface:eth1 is"), "{text}");
+    assert!(text.contains("block 2 snapshot: block 2 state root is"), "{text}");
+    tamper(&snap2, || std::fs::write(&eth1, &original).unwrap());
+
+    // An event's reason changed in the layer: names the event and element.
+    let log = base.join("layer/events.log");
+    let events = std::fs::read_to_string(&log).unwrap();
+    let line5 = events.lines().nth(4).unwrap();
+    let element = serde_json::from_str::<serde_json::Value>(line5).unwrap()["element"].as_str().unwrap().to_owned();
+    let forged = events.replacen(line5, &line5.replacen("initial inventory", "initial inventorY", 1), 1);
+    std::fs::write(&log, &forged).unwrap();
+    let text = messages(&verify_json(&root).1);
+    assert!(text.contains(&format!("layer: event 5 ({element}, events.log line 5) was changed")), "{text}");
+    std::fs::write(&log, &events).unwrap();
+
+    // A header changed in block 1's snapshot.
+    let snap1 = base.join("blocks/0000000001");
+    let headers = snap1.join("headers.log");
+    let original = std::fs::read_to_string(&headers).unwrap();
+    tamper(&snap1, || std::fs::write(&headers, original.replacen("\"event_count\":30", "\"event_count\":31", 1)).unwrap());
+    let text = messages(&verify_json(&root).1);
+    assert!(text.contains("block 1 snapshot: block 1 header was changed"), "{text}");
+    tamper(&snap1, || std::fs::write(&headers, &original).unwrap());
+
+    // A snapshot left writable.
+    btrfs::set_readonly(&snap1, false).unwrap();
+    let text = messages(&verify_json(&root).1);
+    assert!(text.contains("block 1 snapshot: block 1: is writable"), "{text}");
+    btrfs::set_readonly(&snap1, true).unwrap();
+    assert_eq!(verify_json(&root).0, 0);
+}
+
+#[test]
+fn removed_inserted_and_reordered_events_are_caught() {
+    let Some(s) = scratch("order") else { return };
+    let root = root_with_sample(&s, 90, 30);
+    let snap = s.root().join("blocks/0000000003");
+    let log = snap.join("events.log");
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let rebuild = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
+
+    let mut removed = lines.clone();
+    removed.remove(40);
+    let mut inserted = lines.clone();
+    inserted.insert(50, lines[10]);
+    let mut reordered = lines.clone();
+    reordered.swap(60, 61);
+    for (what, text, want) in [
+        ("removed", rebuild(&removed), "expected event 41, found event 42"),
+        ("inserted", rebuild(&inserted), "expected event 51, found event 11"),
+        ("reordered", rebuild(&reordered), "expected event 61, found event 62"),
+    ] {
+        tamper(&snap, || std::fs::write(&log, &text).unwrap());
+        let (code, report) = verify_json(&root);
+        let msgs = messages(&report);
+        assert_eq!(code, 1, "{what}");
+        assert!(msgs.contains(want), "{what}: want {want:?} in\n{msgs}");
+        assert!(msgs.contains("block 3 snapshot"), "{what}:\n{msgs}");
+        tamper(&snap, || std::fs::write(&log, &original).unwrap());
+    }
+    assert_eq!(verify_json(&root).0, 0);
+}
