@@ -171,7 +171,23 @@ impl ChainWriter {
         if let Some(state) = self.states.get(element) {
             return Ok(state.clone());
         }
-        let state = ChainDir::new(self.layout.layer()).state(element)?;
+        // The layer's file must be the state the chain recorded: never build
+        // on a state file changed outside fschain.
+        let layer = ChainDir::new(self.layout.layer());
+        let bytes = layer.state_bytes(element)?;
+        let recorded = self.index.tip(element).and_then(|t| t.state);
+        let actual = bytes.as_deref().map(fschain_schema::verify::state_file_hash);
+        if actual != recorded {
+            return Err(StoreError::Corrupt {
+                path: self.layout.layer().join(state_path(element)),
+                why: format!(
+                    "the state file of {element} was changed outside fschain (its hash is not the one block {} recorded); see `fschain verify`",
+                    self.head().height
+                ),
+            }
+            .into());
+        }
+        let state = layer.state(element)?;
         self.states.insert(element.clone(), state.clone());
         Ok(state)
     }
