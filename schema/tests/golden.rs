@@ -1,0 +1,171 @@
+//! Golden vectors: the exact bytes and hashes `docs/encoding.md` documents.
+//! If one of these changes, every existing chain stops verifying: change
+//! the format version instead.
+
+#![allow(clippy::unwrap_used)]
+
+use fschain_schema::merkle::{leaf_hash, root_of};
+use fschain_schema::{
+    jcs, state_hash, state_leaf_data, state_leaf_hash, BlockHeader, ChainName, EventDraft, EventsRoot, HeaderDraft,
+    Operation, StateRoot, Timestamp,
+};
+
+struct Vectors {
+    state_json: String,
+    state_hash: String,
+    event1_line: String,
+    event1_hash: String,
+    event2_line: String,
+    event2_hash: String,
+    leaf_data_hex: String,
+    state_root: String,
+    events_root: String,
+    genesis_line: String,
+    block1_line: String,
+    block1_hash: String,
+}
+
+fn compute() -> Vectors {
+    let chain = ChainName::parse("host1").unwrap();
+    let t0 = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let t1 = Timestamp::parse_rfc3339("2026-01-01T00:00:01.5Z").unwrap();
+    let set = Operation::from_json(
+        r#"{"element":"iface:eth0","action":"set","state":{"up":true,"mtu":9000,"addresses":["10.0.0.1/24"],"note":"caf\u00e9 \"A\"\n"},"reason":"jumbo frames","actor":"ops@host1"}"#,
+    )
+    .unwrap();
+    let state = set.state.clone().unwrap();
+    let state_bytes = jcs::canonical_object(&state).unwrap();
+    let sh = state_hash(&state).unwrap();
+    let (e1, line1) = EventDraft {
+        chain: chain.clone(),
+        element_seq: 1,
+        prev: None,
+        chain_seq: 1,
+        op: set,
+        state_hash: Some(sh),
+        time: t0,
+    }
+    .seal_with_line()
+    .unwrap();
+    let patch = Operation::from_json(r#"{"element":"iface:eth0","action":"patch","state":{"mtu":1500,"note":null}}"#).unwrap();
+    let after = patch.apply_to(Some(&state)).unwrap().unwrap();
+    let (e2, line2) = EventDraft {
+        chain: chain.clone(),
+        element_seq: 2,
+        prev: Some(e1.hash),
+        chain_seq: 2,
+        op: patch,
+        state_hash: Some(state_hash(&after).unwrap()),
+        time: t1,
+    }
+    .seal_with_line()
+    .unwrap();
+    let element = e1.element.clone();
+    let leaf = state_leaf_hash(&element, &e2.state_hash.unwrap());
+    let state_root = StateRoot(root_of(&[leaf]));
+    let events_root =
+        EventsRoot(root_of(&[leaf_hash(e1.hash.digest().as_bytes()), leaf_hash(e2.hash.digest().as_bytes())]));
+    let genesis = HeaderDraft {
+        chain: chain.clone(),
+        height: 0,
+        prev: None,
+        time: t0,
+        state_root: StateRoot(root_of(&[])),
+        events_root: EventsRoot(root_of(&[])),
+        event_count: 0,
+        first_seq: None,
+        last_seq: None,
+    }
+    .seal()
+    .unwrap();
+    let block1 = HeaderDraft {
+        chain,
+        height: 1,
+        prev: Some(genesis.hash),
+        time: t1,
+        state_root,
+        events_root,
+        event_count: 2,
+        first_seq: Some(1),
+        last_seq: Some(2),
+    }
+    .seal()
+    .unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    Vectors {
+        state_json: text(state_bytes),
+        state_hash: sh.to_hex(),
+        event1_hash: e1.hash.to_hex(),
+        event1_line: text(line1),
+        event2_hash: e2.hash.to_hex(),
+        event2_line: text(line2),
+        leaf_data_hex: hex(&state_leaf_data(&element, &e2.state_hash.unwrap())),
+        state_root: state_root.to_hex(),
+        events_root: events_root.to_hex(),
+        genesis_line: text(genesis.to_canonical().unwrap()),
+        block1_hash: block1.hash.to_hex(),
+        block1_line: text(block1.to_canonical().unwrap()),
+    }
+}
+
+const DOC: &str = include_str!("../../docs/encoding.md");
+
+#[test]
+fn vectors_are_stable_and_documented() {
+    let v = compute();
+    let want = [
+        ("state_json", v.state_json.as_str(), r#"{"addresses":["10.0.0.1/24"],"mtu":9000,"note":"café \"A\"\n","up":true}"#),
+        ("state_hash", &v.state_hash, "36baeac84f8a8b4e0d462cc266163540966b33d9f5b0aac9ac784b4965a0a6c5"),
+        ("event1_hash", &v.event1_hash, "725fba75e5808198c98b5a9fbaa10ba0496bf92913f4ccfe918868ba4e081146"),
+        ("event2_hash", &v.event2_hash, "9f4553ec84d6a196d34208f91cda166c62d0de60a44f41a714c3f7a3649e6938"),
+        ("leaf_data_hex", &v.leaf_data_hex, "69666163653a6574683000b9803260c80a01cb69c75f54140a950b966b5b646effb8d7c0374dc6e268cc33"),
+        ("state_root", &v.state_root, "4980ca95156eafef383757167fa1abcd8f80bd6b4d55cabc7e0f65482226f3fe"),
+        ("events_root", &v.events_root, "05854165416b647d0df97a1f1c3b5c0e7951396331d6c57c08622aca1dbf92b1"),
+        ("block1_hash", &v.block1_hash, "e40dd4b30118a84854c006e9013e507367b1074574d7ae7b725e0de760990bac"),
+    ];
+    for (name, got, expected) in want {
+        assert_eq!(got, expected, "{name}");
+    }
+    for (name, text) in [
+        ("state_json", &v.state_json),
+        ("event1_line", &v.event1_line),
+        ("event2_line", &v.event2_line),
+        ("leaf_data_hex", &v.leaf_data_hex),
+        ("state_root", &v.state_root),
+        ("events_root", &v.events_root),
+        ("genesis_line", &v.genesis_line),
+        ("block1_line", &v.block1_line),
+    ] {
+        assert!(DOC.contains(text.as_str()), "docs/encoding.md lacks {name}: {text}");
+    }
+    // The lines parse back, and the slow, obvious encoding agrees with the fast one.
+    let e1 = fschain_schema::Event::from_canonical(v.event1_line.as_bytes()).unwrap();
+    assert_eq!(e1.to_canonical().unwrap(), v.event1_line.as_bytes());
+    let b1 = BlockHeader::from_canonical(v.block1_line.as_bytes()).unwrap();
+    assert_eq!(b1.hash.to_hex(), v.block1_hash);
+}
+
+/// `cargo test -p fschain-schema --test golden -- --ignored --nocapture`
+/// prints the vectors (for writing docs/encoding.md after a format change).
+#[test]
+#[ignore]
+fn print_vectors() {
+    let v = compute();
+    for (name, value) in [
+        ("state_json", &v.state_json),
+        ("state_hash", &v.state_hash),
+        ("event1_line", &v.event1_line),
+        ("event1_hash", &v.event1_hash),
+        ("event2_line", &v.event2_line),
+        ("event2_hash", &v.event2_hash),
+        ("leaf_data_hex", &v.leaf_data_hex),
+        ("state_root", &v.state_root),
+        ("events_root", &v.events_root),
+        ("genesis_line", &v.genesis_line),
+        ("block1_line", &v.block1_line),
+        ("block1_hash", &v.block1_hash),
+    ] {
+        println!("{name}: {value}");
+    }
+}

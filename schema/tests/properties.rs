@@ -1,0 +1,153 @@
+//! Property tests: round trips, determinism, proofs, hash sensitivity.
+
+#![allow(clippy::unwrap_used)]
+
+use fschain_schema::{
+    jcs, Action, BlockHash, ChainName, Digest, ElementId, Event, EventDraft, EventHash, EventsRoot, HeaderDraft,
+    Operation, State, StateHash, StateRoot, Timestamp,
+};
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-(1i64 << 53)..=(1i64 << 53)).prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<String>().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            proptest::collection::vec((any::<String>(), inner), 0..5)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+fn state() -> impl Strategy<Value = State> {
+    proptest::collection::vec(("[a-z_]{1,8}", json_value()), 0..6).prop_map(|kv| kv.into_iter().collect())
+}
+
+fn element() -> impl Strategy<Value = ElementId> {
+    ("[a-z][a-z0-9-]{0,8}", "[^\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]{1,40}")
+        .prop_map(|(k, n)| ElementId::parse(&format!("{k}:{n}")).unwrap())
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    (element(), 0u8..3, state(), proptest::option::of(any::<String>()), proptest::option::of(any::<String>()))
+        .prop_map(|(element, a, state, reason, actor)| {
+            let action = [Action::Set, Action::Patch, Action::Delete][a as usize];
+            let state = (action != Action::Delete).then_some(state);
+            Operation { element, action, state, reason, actor }
+        })
+}
+
+fn digest() -> impl Strategy<Value = Digest> {
+    any::<[u8; 32]>().prop_map(Digest::from_bytes)
+}
+
+fn draft() -> impl Strategy<Value = EventDraft> {
+    (operation(), 1u64..1 << 40, proptest::option::of(digest()), 1u64..1 << 40, proptest::option::of(digest()), 0i64..1 << 52)
+        .prop_map(|(op, element_seq, prev, chain_seq, state, micros)| EventDraft {
+            chain: ChainName::parse("host-1").unwrap(),
+            element_seq,
+            prev: prev.map(EventHash),
+            chain_seq,
+            op,
+            state_hash: state.map(StateHash),
+            time: Timestamp::from_micros(micros),
+        })
+}
+
+proptest! {
+    #[test]
+    fn operations_round_trip(op in operation()) {
+        prop_assert_eq!(Operation::from_value(op.to_value()).unwrap(), op);
+    }
+
+    #[test]
+    fn events_round_trip_and_both_encoders_agree(d in draft()) {
+        let slow = d.clone().seal_slow().unwrap();
+        let (event, line) = d.seal_with_line().unwrap();
+        prop_assert_eq!(&event, &slow);
+        prop_assert_eq!(&line, &event.to_canonical().unwrap());
+        // Decoding keeps everything hashed. (Values may change representation
+        // but not meaning: JCS writes -0.0 as 0 and 1.0 as 1.)
+        let back = Event::from_canonical(&line).unwrap();
+        prop_assert_eq!(back.hash, event.hash);
+        prop_assert_eq!(back.to_canonical().unwrap(), line);
+    }
+
+    #[test]
+    fn canonical_json_ignores_member_order_and_is_idempotent(v in json_value()) {
+        let bytes = jcs::canonical(&v).unwrap();
+        // Re-insert every object's members in reverse order.
+        fn reverse(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => {
+                    let mut r = Map::new();
+                    for (k, x) in m.iter().rev() { r.insert(k.clone(), reverse(x)); }
+                    Value::Object(r)
+                }
+                Value::Array(a) => Value::Array(a.iter().map(reverse).collect()),
+                x => x.clone(),
+            }
+        }
+        prop_assert_eq!(&jcs::canonical(&reverse(&v)).unwrap(), &bytes);
+        let reparsed: Value = serde_json::from_slice(&bytes).unwrap();
+        prop_assert_eq!(jcs::canonical(&reparsed).unwrap(), bytes);
+    }
+
+    #[test]
+    fn every_event_field_changes_the_hash(d in draft(), which in 0usize..8) {
+        let base = d.clone().seal().unwrap().hash;
+        let mut m = d;
+        match which {
+            0 => m.chain = ChainName::parse("host-2").unwrap(),
+            1 => m.element_seq += 1,
+            2 => m.prev = match m.prev { None => Some(EventHash(Digest::ZERO)), Some(_) => None },
+            3 => m.chain_seq += 1,
+            4 => m.op.reason = Some(format!("{}x", m.op.reason.unwrap_or_default())),
+            5 => m.op.element = ElementId::parse(&format!("{}x", m.op.element)).unwrap(),
+            6 => m.state_hash = match m.state_hash { None => Some(StateHash(Digest::ZERO)), Some(_) => None },
+            _ => m.time = Timestamp::from_micros(m.time.as_micros() + 1),
+        }
+        prop_assert_ne!(m.seal().unwrap().hash, base);
+    }
+
+    #[test]
+    fn every_header_field_changes_the_hash(which in 0usize..9, height in 1u64..1000, n in 0u64..50) {
+        let draft = HeaderDraft {
+            chain: ChainName::parse("c").unwrap(),
+            height,
+            prev: Some(BlockHash(Digest::of(b"p"))),
+            time: Timestamp::from_micros(5),
+            state_root: StateRoot(Digest::of(b"s")),
+            events_root: EventsRoot(Digest::of(b"e")),
+            event_count: n,
+            first_seq: Some(1),
+            last_seq: Some(n + 1),
+        };
+        let base = draft.clone().seal().unwrap();
+        let mut m = draft;
+        match which {
+            0 => m.chain = ChainName::parse("d").unwrap(),
+            1 => m.height += 1,
+            2 => m.prev = None,
+            3 => m.time = Timestamp::from_micros(6),
+            4 => m.state_root = StateRoot(Digest::of(b"t")),
+            5 => m.events_root = EventsRoot(Digest::of(b"f")),
+            6 => m.event_count += 1,
+            7 => m.first_seq = None,
+            _ => m.last_seq = Some(n + 2),
+        }
+        let changed = m.seal().unwrap();
+        prop_assert_ne!(changed.hash, base.hash);
+        prop_assert_eq!(
+            fschain_schema::BlockHeader::from_canonical(&changed.to_canonical().unwrap()).unwrap(),
+            changed
+        );
+    }
+}
