@@ -1,1 +1,371 @@
-use std::path::Path; pub fn run(_dir: &Path, _quick: bool) -> anyhow::Result<()> { anyhow::bail!("bench: not yet") }
+//! `fschain bench`: the local chain's speed, side by side with baselines
+//! measured in the same run on the same filesystem.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fschain_producer::{init_root, ChainWriter, SystemClock};
+use fschain_schema::{Action, ChainName, ElementId, Operation, State};
+use fschain_store::{btrfs, verify_root, RootLayout};
+use serde_json::json;
+
+struct Scale {
+    elements: usize,
+    ops: usize,
+    block_ops: usize,
+    iterations: usize,
+    small: usize,
+    large: usize,
+}
+
+pub fn run(dir: &Path, quick: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !btrfs::is_btrfs(dir)? {
+        bail!(
+            "{} is not on btrfs; run scripts/btrfs-loop.sh up and pass a directory under it",
+            dir.display()
+        );
+    }
+    let scale = if quick {
+        Scale {
+            elements: 10_000,
+            ops: 30_000,
+            block_ops: 1000,
+            iterations: 30,
+            small: 1_000,
+            large: 20_000,
+        }
+    } else {
+        Scale {
+            elements: 10_000,
+            ops: 200_000,
+            block_ops: 1000,
+            iterations: 100,
+            small: 1_000,
+            large: 100_000,
+        }
+    };
+    let work = dir.join(format!("bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(&work, &scale);
+    cleanup(&work);
+    result
+}
+
+fn run_in(work: &Path, s: &Scale) -> Result<()> {
+    println!(
+        "fschain bench ({} elements, {} operations, {} per block)\n",
+        s.elements, s.ops, s.block_ops
+    );
+
+    // 1. Sealed operations per second.
+    let root = work.join("throughput");
+    let mut writer = new_root(&root, "bench")?;
+    populate(&mut writer, s.elements, 10_000)?;
+    let started = Instant::now();
+    let mut rng = Rng(42);
+    for i in 0..s.ops {
+        writer.apply(patch(rng.below(s.elements), i))?;
+        if writer.pending_len() >= s.block_ops {
+            writer.seal()?;
+        }
+    }
+    writer.seal()?;
+    let took = started.elapsed();
+    let ops_per_sec = s.ops as f64 / took.as_secs_f64();
+    println!(
+        "sealed operations ({} per block, {} live elements)",
+        s.block_ops, s.elements
+    );
+    println!(
+        "  fschain apply+seal      {:>12.0} ops/s   (target >= 100000)",
+        ops_per_sec
+    );
+
+    // 2. One-operation block vs a bare snapshot.
+    let layer = RootLayout::new(&root).layer();
+    let scratch = work.join("snapshots");
+    std::fs::create_dir_all(&scratch)?;
+    let mut cli = Vec::new();
+    let mut ioctl = Vec::new();
+    for i in 0..s.iterations {
+        let dest = scratch.join(format!("cli-{i}"));
+        let t = Instant::now();
+        let status = Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(&layer)
+            .arg(&dest)
+            .output()?;
+        cli.push(t.elapsed());
+        if !status.status.success() {
+            bail!(
+                "btrfs subvolume snapshot failed: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        let dest = scratch.join(format!("ioctl-{i}"));
+        let t = Instant::now();
+        btrfs::snapshot(&layer, &dest, true)?;
+        ioctl.push(t.elapsed());
+    }
+    let ours = one_op_blocks(&mut writer, s.elements, s.iterations, false)?;
+    let (cli_p50, ioctl_p50, ours_p50) = (
+        pct(&mut cli, 50),
+        pct(&mut ioctl, 50),
+        pct(&mut ours.clone(), 50),
+    );
+    println!(
+        "\none-operation block latency (p50 / p90 over {} runs)",
+        s.iterations
+    );
+    println!(
+        "  btrfs subvolume snapshot {:>9} / {:>9}   (baseline: the btrfs CLI)",
+        ms(cli_p50),
+        ms(pct(&mut cli, 90))
+    );
+    println!(
+        "  snapshot ioctl alone     {:>9} / {:>9}",
+        ms(ioctl_p50),
+        ms(pct(&mut ioctl, 90))
+    );
+    println!(
+        "  fschain apply+seal       {:>9} / {:>9}   = {:.2}x the CLI snapshot (target <= 2x), {:.2}x the bare ioctl",
+        ms(ours_p50),
+        ms(pct(&mut ours.clone(), 90)),
+        ratio(ours_p50, cli_p50),
+        ratio(ours_p50, ioctl_p50)
+    );
+    writer.close()?;
+
+    // 3. One-operation block cost, small vs large layer.
+    println!(
+        "\none-operation block with {} vs {} live elements (p50)",
+        s.small, s.large
+    );
+    let mut lines = Vec::new();
+    for (name, n) in [("small", s.small), ("large", s.large)] {
+        let mut w = new_root(&work.join(name), name)?;
+        populate(&mut w, n, 10_000)?;
+        let mut update = one_op_blocks(&mut w, n, s.iterations, false)?;
+        let mut create = one_op_blocks(&mut w, n, s.iterations, true)?;
+        lines.push((n, pct(&mut update, 50), pct(&mut create, 50)));
+        w.close()?;
+    }
+    let (small, large) = (lines[0], lines[1]);
+    println!(
+        "  update an element        {:>9} vs {:>9}   = {:.2}x (target <= 2x)",
+        ms(small.1),
+        ms(large.1),
+        ratio(large.1, small.1)
+    );
+    println!(
+        "  create an element        {:>9} vs {:>9}   = {:.2}x (RFC 6962 positions shift: O(n) node hashes)",
+        ms(small.2),
+        ms(large.2),
+        ratio(large.2, small.2)
+    );
+
+    // 4. verify vs openssl over the same bytes.
+    let layout = RootLayout::new(&root);
+    let started = Instant::now();
+    let report = verify_root(&layout)?;
+    let verify_took = started.elapsed();
+    if !report.is_clean() {
+        bail!("the benchmark chain did not verify: {}", report.problems[0]);
+    }
+    let concat = work.join("all-bytes");
+    let bytes = concatenate_verified_files(&layout, &concat)?;
+    let started = Instant::now();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256"])
+        .arg(&concat)
+        .output()
+        .context("running openssl")?;
+    let openssl_took = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "openssl dgst failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rate = |b: u64, d: Duration| b as f64 / d.as_secs_f64() / 1e6;
+    println!(
+        "\nverify ({} blocks, {} events, {} copies, {:.1} MB read)",
+        report.blocks,
+        report.events,
+        report.snapshots,
+        report.bytes as f64 / 1e6
+    );
+    println!(
+        "  openssl dgst -sha256     {:>9.0} MB/s over the same {:.1} MB in one file",
+        rate(bytes, openssl_took),
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  fschain verify           {:>9.0} MB/s   = {:.2}x openssl (target >= 0.8x)",
+        rate(report.bytes, verify_took),
+        rate(report.bytes, verify_took) / rate(bytes, openssl_took)
+    );
+    Ok(())
+}
+
+fn new_root(root: &Path, chain: &str) -> Result<ChainWriter> {
+    init_root(root, ChainName::parse(chain)?, &mut SystemClock)?;
+    Ok(ChainWriter::open(RootLayout::new(root))?)
+}
+
+fn element(i: usize) -> ElementId {
+    // Ids spread over the whole id space, like real hosts' mixed kinds.
+    let kinds = ["iface", "service", "file", "sysctl", "ovs-port", "user"];
+    let kind = kinds[i % kinds.len()];
+    ElementId::parse(&format!(
+        "{kind}:e{:08x}",
+        (i as u64).wrapping_mul(2654435761) % (1 << 32)
+    ))
+    .unwrap_or_else(|_| unreachable!())
+}
+
+fn state(i: usize) -> State {
+    let v = json!({"mtu": 1500, "up": true, "addresses": [format!("10.{}.{}.{}/24", i % 250, (i / 250) % 250, i % 7)], "speed": "10G", "rev": i});
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn patch(i: usize, n: usize) -> Operation {
+    let state = json!({"rev": n, "up": n % 3 != 0})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Operation {
+        element: element(i),
+        action: Action::Patch,
+        state: Some(state),
+        reason: Some("bench".into()),
+        actor: None,
+    }
+}
+
+fn populate(writer: &mut ChainWriter, n: usize, block: usize) -> Result<()> {
+    for i in 0..n {
+        let op = Operation {
+            element: element(i),
+            action: Action::Set,
+            state: Some(state(i)),
+            reason: Some("inventory".into()),
+            actor: None,
+        };
+        writer.apply(op)?;
+        if writer.pending_len() >= block {
+            writer.seal()?;
+        }
+    }
+    writer.seal()?;
+    Ok(())
+}
+
+fn one_op_blocks(
+    writer: &mut ChainWriter,
+    n: usize,
+    iterations: usize,
+    create: bool,
+) -> Result<Vec<Duration>> {
+    let mut rng = Rng(7 + n as u64 + u64::from(create));
+    let mut times = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let op = if create {
+            let id = n + 1_000_000 + i;
+            Operation {
+                element: element(id),
+                action: Action::Set,
+                state: Some(state(id)),
+                reason: None,
+                actor: None,
+            }
+        } else {
+            patch(rng.below(n), i)
+        };
+        let t = Instant::now();
+        writer.apply(op)?;
+        writer.seal()?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
+/// Every file `verify` reads, concatenated, for the openssl baseline.
+fn concatenate_verified_files(layout: &RootLayout, dest: &Path) -> Result<u64> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut total = 0u64;
+    let mut copies: Vec<PathBuf> = layout
+        .snapshot_heights()?
+        .into_iter()
+        .map(|h| layout.snapshot(h))
+        .collect();
+    copies.push(layout.layer());
+    for copy in copies {
+        let mut stack = vec![copy.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    stack.push(entry.path());
+                } else if entry.file_name() != "CHAIN" {
+                    let bytes = std::fs::read(entry.path())?;
+                    total += bytes.len() as u64;
+                    out.write_all(&bytes)?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(total)
+}
+
+fn cleanup(work: &Path) {
+    fn walk(dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if btrfs::is_subvolume(&p) {
+                    let _ = btrfs::delete_subvolume(&p);
+                } else {
+                    walk(&p);
+                }
+            }
+        }
+    }
+    walk(work);
+    let _ = std::fs::remove_dir_all(work);
+}
+
+fn pct(times: &mut [Duration], p: usize) -> Duration {
+    times.sort_unstable();
+    times
+        .get((times.len() * p / 100).min(times.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use fschain_producer::{init_root, make_loop_filesystem, recover_if_interrupted, ChainWriter, SealedBlock, SystemClock};
-use fschain_schema::{Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, SchemaError, State};
+use fschain_producer::{
+    init_root, make_loop_filesystem, recover_if_interrupted, ChainWriter, SealedBlock, SystemClock,
+};
+use fschain_schema::{
+    Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, SchemaError, State,
+};
 use fschain_store::{verify_root, Chain, RootLayout};
 use serde_json::{json, Value};
 
@@ -15,20 +19,42 @@ use crate::Invocation;
 
 pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
     match command {
-        Command::Init { root, chain, image, size } => {
+        Command::Init {
+            root,
+            chain,
+            image,
+            size,
+        } => {
             let root = root_dir(&root, inv)?;
             if let (Some(image), Some(size)) = (image, size) {
                 let bytes = parse_size(&size)?;
-                make_loop_filesystem(&image, bytes, &root)
-                    .with_context(|| format!("creating btrfs image {} at {}", image.display(), root.display()))?;
+                make_loop_filesystem(&image, bytes, &root).with_context(|| {
+                    format!(
+                        "creating btrfs image {} at {}",
+                        image.display(),
+                        root.display()
+                    )
+                })?;
             }
-            let name = chain.or_else(|| inv.settings.chain.clone()).unwrap_or_else(|| inv.hostname.clone());
+            let name = chain
+                .or_else(|| inv.settings.chain.clone())
+                .unwrap_or_else(|| inv.hostname.clone());
             let chain = ChainName::parse(&name)?;
             let genesis = init_root(&root, chain, &mut SystemClock)
                 .with_context(|| format!("initialising {}", root.display()))?;
-            println!("initialised chain {} at {}: block 0 {}", genesis.chain, root.display(), genesis.hash);
+            println!(
+                "initialised chain {} at {}: block 0 {}",
+                genesis.chain,
+                root.display(),
+                genesis.hash
+            );
         }
-        Command::Apply { root, block_ops, file, json } => {
+        Command::Apply {
+            root,
+            block_ops,
+            file,
+            json,
+        } => {
             let root = root_dir(&root, inv)?;
             let input: Box<dyn Read> = if file == "-" {
                 Box::new(std::io::stdin().lock())
@@ -37,7 +63,13 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             };
             apply(&root, block_ops.max(1), input, &file, json.json)?;
         }
-        Command::Set { root, element, assignments, reason, json } => {
+        Command::Set {
+            root,
+            element,
+            assignments,
+            reason,
+            json,
+        } => {
             let root = root_dir(&root, inv)?;
             let element = ElementId::parse(&element)?;
             let mut writer = open_writer(&root)?;
@@ -49,28 +81,53 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 if key.is_empty() {
                     bail!("{assignment:?} has an empty KEY");
                 }
-                let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+                let value =
+                    serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
                 state.insert(key.to_owned(), value);
             }
             let exists = writer.current_state(&element)?.is_some();
             let action = if exists { Action::Patch } else { Action::Set };
-            let op = Operation { element, action, state: Some(state), reason, actor: Some(inv.actor.clone()) };
+            let op = Operation {
+                element,
+                action,
+                state: Some(state),
+                reason,
+                actor: Some(inv.actor.clone()),
+            };
             single_op(writer, op, json.json)?;
         }
-        Command::Delete { root, element, reason, json } => {
+        Command::Delete {
+            root,
+            element,
+            reason,
+            json,
+        } => {
             let root = root_dir(&root, inv)?;
             let element = ElementId::parse(&element)?;
             let writer = open_writer(&root)?;
-            let op = Operation { element, action: Action::Delete, state: None, reason, actor: Some(inv.actor.clone()) };
+            let op = Operation {
+                element,
+                action: Action::Delete,
+                state: None,
+                reason,
+                actor: Some(inv.actor.clone()),
+            };
             single_op(writer, op, json.json)?;
         }
         Command::Log { root, json } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
             if json.json {
-                let headers: Vec<Value> = chain.headers().iter().map(BlockHeader::body_value_with_hash).collect();
+                let headers: Vec<Value> = chain
+                    .headers()
+                    .iter()
+                    .map(BlockHeader::body_value_with_hash)
+                    .collect();
                 print_json(&json!({ "chain": chain.meta().chain, "blocks": headers }));
             } else {
-                println!("{:>6}  {:<27}  {:<16}  {:>6}  {:<16}", "height", "time", "hash", "events", "state root");
+                println!(
+                    "{:>6}  {:<27}  {:<16}  {:>6}  {:<16}",
+                    "height", "time", "hash", "events", "state root"
+                );
                 for h in chain.headers() {
                     println!(
                         "{:>6}  {:<27}  {:<16}  {:>6}  {:<16}",
@@ -83,7 +140,11 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 }
             }
         }
-        Command::History { root, element, json } => {
+        Command::History {
+            root,
+            element,
+            json,
+        } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
             let element = ElementId::parse(&element)?;
             let events = chain.history(&element)?;
@@ -104,12 +165,20 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                         e.time,
                         e.op.action,
                         e.op.reason.as_deref().unwrap_or("-"),
-                        e.op.actor.as_deref().map(|a| format!("  ({a})")).unwrap_or_default()
+                        e.op.actor
+                            .as_deref()
+                            .map(|a| format!("  ({a})"))
+                            .unwrap_or_default()
                     );
                 }
             }
         }
-        Command::Show { root, element, at, json } => {
+        Command::Show {
+            root,
+            element,
+            at,
+            json,
+        } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
             let element = ElementId::parse(&element)?;
             let height = chain.resolve(&BlockRef::parse(&at)?)?;
@@ -122,7 +191,12 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 print_json(&Value::Object(state));
             }
         }
-        Command::Diff { root, from, to, json } => {
+        Command::Diff {
+            root,
+            from,
+            to,
+            json,
+        } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
             let from = chain.resolve(&BlockRef::parse(&from)?)?;
             let to = match to {
@@ -134,7 +208,11 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 print_json(&serde_json::to_value(&diff)?);
             } else {
                 println!("diff block {from} -> block {to}");
-                for (mark, list) in [("+", &diff.added), ("~", &diff.changed), ("-", &diff.removed)] {
+                for (mark, list) in [
+                    ("+", &diff.added),
+                    ("~", &diff.changed),
+                    ("-", &diff.removed),
+                ] {
                     for e in list {
                         println!("{mark} {e}");
                     }
@@ -144,8 +222,10 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
         Command::Verify { root, json } => {
             let root = root_dir(&root, inv)?;
             let layout = RootLayout::new(&root);
-            recover_if_interrupted(&layout).with_context(|| format!("recovering {}", root.display()))?;
-            let report = verify_root(&layout).with_context(|| format!("verifying {}", root.display()))?;
+            recover_if_interrupted(&layout)
+                .with_context(|| format!("recovering {}", root.display()))?;
+            let report =
+                verify_root(&layout).with_context(|| format!("verifying {}", root.display()))?;
             if json.json {
                 print_json(&json!({
                     "clean": report.is_clean(),
@@ -170,26 +250,48 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 for p in &report.problems {
                     println!("PROBLEM {p}");
                 }
-                println!("{} problem(s) found in chain {}", report.problems.len(), report.chain);
+                println!(
+                    "{} problem(s) found in chain {}",
+                    report.problems.len(),
+                    report.chain
+                );
             }
-            return Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
-        Command::Rollback { root, reference, reason, json } => {
+        Command::Rollback {
+            root,
+            reference,
+            reason,
+            json,
+        } => {
             let root = root_dir(&root, inv)?;
             let mut writer = open_writer(&root)?;
             let target = BlockRef::parse(&reference)?.resolve(writer.headers())?;
             let sealed = writer.rollback(target, reason.as_deref(), Some(&inv.actor))?;
             match &sealed {
-                Some(b) => report_blocks(&[b.clone()], b.header.event_count, json.json, &b.header),
+                Some(b) => report_blocks(std::slice::from_ref(b), b.header.event_count, json.json, &b.header),
                 None => println!("nothing to do: the head already has block {target}'s states"),
             }
             writer.close()?;
         }
-        Command::Checkout { root, reference, dest } => {
+        Command::Checkout {
+            root,
+            reference,
+            dest,
+        } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
             let height = chain.resolve(&BlockRef::parse(&reference)?)?;
-            chain.checkout(height, &dest).with_context(|| format!("checking out block {height}"))?;
-            println!("block {height} checked out at {} (writable; changes there do not touch the chain)", dest.display());
+            chain
+                .checkout(height, &dest)
+                .with_context(|| format!("checking out block {height}"))?;
+            println!(
+                "block {height} checked out at {} (writable; changes there do not touch the chain)",
+                dest.display()
+            );
         }
         Command::Bench { dir, quick } => crate::bench::run(&dir, quick)?,
     }
@@ -200,7 +302,11 @@ fn root_dir(arg: &RootArg, inv: &Invocation) -> Result<PathBuf> {
     arg.root
         .clone()
         .or_else(|| inv.settings.root.clone())
-        .ok_or_else(|| anyhow!("no root given: pass --root DIR, set FSCHAIN_ROOT, or set root in the config file"))
+        .ok_or_else(|| {
+            anyhow!(
+                "no root given: pass --root DIR, set FSCHAIN_ROOT, or set root in the config file"
+            )
+        })
 }
 
 fn open_writer(root: &Path) -> Result<ChainWriter> {
@@ -208,21 +314,30 @@ fn open_writer(root: &Path) -> Result<ChainWriter> {
 }
 
 fn open_chain(root: &Path) -> Result<Chain> {
-    recover_if_interrupted(&RootLayout::new(root)).with_context(|| format!("recovering {}", root.display()))?;
+    recover_if_interrupted(&RootLayout::new(root))
+        .with_context(|| format!("recovering {}", root.display()))?;
     Chain::open(root).with_context(|| format!("opening {}", root.display()))
 }
 
 fn single_op(mut writer: ChainWriter, op: Operation, json: bool) -> Result<()> {
     writer.apply(op)?;
-    let sealed = writer.seal()?.ok_or_else(|| anyhow!("nothing was sealed"))?;
-    report_blocks(&[sealed.clone()], 1, json, &sealed.header);
+    let sealed = writer
+        .seal()?
+        .ok_or_else(|| anyhow!("nothing was sealed"))?;
+    report_blocks(std::slice::from_ref(&sealed), 1, json, &sealed.header);
     writer.close()?;
     Ok(())
 }
 
 /// Applies JSON Lines. A bad line stops the run: the valid operations before
 /// it are sealed, the bad line and everything after it are not applied.
-fn apply(root: &Path, block_ops: usize, input: Box<dyn Read>, name: &str, json: bool) -> Result<()> {
+fn apply(
+    root: &Path,
+    block_ops: usize,
+    input: Box<dyn Read>,
+    name: &str,
+    json: bool,
+) -> Result<()> {
     let mut writer = open_writer(root)?;
     let mut sealed: Vec<SealedBlock> = Vec::new();
     let mut applied = 0u64;
@@ -271,7 +386,9 @@ fn report_blocks(sealed: &[SealedBlock], applied: u64, json: bool, head: &BlockH
             .iter()
             .map(|b| json!({ "height": b.header.height, "hash": b.header.hash, "events": b.header.event_count }))
             .collect();
-        print_json(&json!({ "applied": applied, "blocks": blocks, "head": { "height": head.height, "hash": head.hash } }));
+        print_json(
+            &json!({ "applied": applied, "blocks": blocks, "head": { "height": head.height, "hash": head.hash } }),
+        );
     } else {
         match (sealed.first(), sealed.last()) {
             (Some(first), Some(last)) if sealed.len() > 1 => println!(
@@ -282,7 +399,10 @@ fn report_blocks(sealed: &[SealedBlock], applied: u64, json: bool, head: &BlockH
                 head.height,
                 head.hash
             ),
-            (Some(_), _) => println!("applied {applied} operation(s); sealed block {} {}", head.height, head.hash),
+            (Some(_), _) => println!(
+                "applied {applied} operation(s); sealed block {} {}",
+                head.height, head.hash
+            ),
             _ => println!("no operations; head is block {} {}", head.height, head.hash),
         }
     }
@@ -296,14 +416,19 @@ fn event_json(e: &fschain_schema::Event) -> Value {
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 /// `2G`, `512M`, `1048576`.
 fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
     let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits.parse().map_err(|_| anyhow!("bad size {text:?}: use e.g. 2G, 512M"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| anyhow!("bad size {text:?}: use e.g. 2G, 512M"))?;
     let mult: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
         "" => 1,
         "K" => 1 << 10,
@@ -312,5 +437,6 @@ fn parse_size(text: &str) -> Result<u64> {
         "T" => 1 << 40,
         _ => bail!("bad size {text:?}: use e.g. 2G, 512M"),
     };
-    n.checked_mul(mult).ok_or_else(|| anyhow!("size {text:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size {text:?} is too large"))
 }

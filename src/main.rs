@@ -54,10 +54,17 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 }
 
 fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
-    let config_file = cli.config.clone().or_else(|| std::env::var_os("FSCHAIN_CONFIG").map(PathBuf::from));
+    let config_file = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("FSCHAIN_CONFIG").map(PathBuf::from));
     let mut builder = config::Config::builder();
     if let Some(path) = &config_file {
-        builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true));
+        builder = builder.add_source(
+            config::File::from(path.as_path())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
     }
     for key in ["root", "chain"] {
         let var = format!("FSCHAIN_{}", key.to_uppercase());
@@ -77,8 +84,14 @@ fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".into());
-    Ok(Invocation { settings, actor: format!("{user}@{hostname}"), hostname })
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    Ok(Invocation {
+        settings,
+        actor: format!("{user}@{hostname}"),
+        hostname,
+    })
 }
 
 fn init_tracing(verbose: u8) {
@@ -89,5 +102,9 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

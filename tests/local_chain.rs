@@ -23,38 +23,94 @@ fn record_verify_time_travel_and_roll_back() {
     assert_eq!(report["snapshots"], 5, "4 snapshots and the layer");
 
     // iface:eth0's state now and at block 1 differ, and history lists every change.
-    let now = fschain(&["show", "--root", &root, "iface:eth0", "--json"]).ok().json();
-    let then = fschain(&["show", "--root", &root, "iface:eth0", "--at", "1", "--json"]).ok().json();
+    let now = fschain(&["show", "--root", &root, "iface:eth0", "--json"])
+        .ok()
+        .json();
+    let then = fschain(&["show", "--root", &root, "iface:eth0", "--at", "1", "--json"])
+        .ok()
+        .json();
     assert_ne!(now["state"], then["state"]);
-    let history = fschain(&["history", "--root", &root, "iface:eth0", "--json"]).ok().json();
+    let history = fschain(&["history", "--root", &root, "iface:eth0", "--json"])
+        .ok()
+        .json();
     let events = history["events"].as_array().unwrap();
-    let expected = sample_ops(300).lines().filter(|l| l.contains("\"iface:eth0\"")).count();
+    let expected = sample_ops(300)
+        .lines()
+        .filter(|l| l.contains("\"iface:eth0\""))
+        .count();
     assert_eq!(events.len(), expected);
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["event"]["element_seq"], i as u64 + 1);
     }
 
     // A change, then a rollback to before it: a new block, old state back.
-    fschain(&["set", "--root", &root, "iface:eth0", "mtu=9000", "up=true", "--reason", "jumbo frames"]).ok();
-    let changed = fschain(&["show", "--root", &root, "iface:eth0", "--json"]).ok().json();
+    fschain(&[
+        "set",
+        "--root",
+        &root,
+        "iface:eth0",
+        "mtu=9000",
+        "up=true",
+        "--reason",
+        "jumbo frames",
+    ])
+    .ok();
+    let changed = fschain(&["show", "--root", &root, "iface:eth0", "--json"])
+        .ok()
+        .json();
     assert_eq!(changed["state"]["mtu"], 9000);
     assert_eq!(changed["height"], 4);
-    let diff = fschain(&["diff", "--root", &root, "3", "--json"]).ok().json();
+    let diff = fschain(&["diff", "--root", &root, "3", "--json"])
+        .ok()
+        .json();
     assert_eq!(diff["changed"], json!(["iface:eth0"]));
-    fschain(&["rollback", "--root", &root, "head~1", "--reason", "undo jumbo"]).ok();
-    let back = fschain(&["show", "--root", &root, "iface:eth0", "--json"]).ok().json();
+    fschain(&[
+        "rollback",
+        "--root",
+        &root,
+        "head~1",
+        "--reason",
+        "undo jumbo",
+    ])
+    .ok();
+    let back = fschain(&["show", "--root", &root, "iface:eth0", "--json"])
+        .ok()
+        .json();
     assert_eq!(back["state"], now["state"]);
     assert_eq!(back["height"], 5);
-    let history = fschain(&["history", "--root", &root, "iface:eth0", "--json"]).ok().json();
-    let last = history["events"].as_array().unwrap().last().unwrap().clone();
-    assert!(last["event"]["op"]["reason"].as_str().unwrap().starts_with("rollback to block 3"));
-    assert_eq!(fschain(&["diff", "--root", &root, "3", "5", "--json"]).ok().json()["changed"], json!([]));
+    let history = fschain(&["history", "--root", &root, "iface:eth0", "--json"])
+        .ok()
+        .json();
+    let last = history["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(last["event"]["op"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("rollback to block 3"));
+    assert_eq!(
+        fschain(&["diff", "--root", &root, "3", "5", "--json"])
+            .ok()
+            .json()["changed"],
+        json!([])
+    );
 
     // Every REF form resolves to the same block.
-    let hash = fschain(&["log", "--root", &root, "--json"]).ok().json()["blocks"][2]["hash"].as_str().unwrap().to_owned();
-    let time = fschain(&["log", "--root", &root, "--json"]).ok().json()["blocks"][2]["time"].as_str().unwrap().to_owned();
+    let hash = fschain(&["log", "--root", &root, "--json"]).ok().json()["blocks"][2]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let time = fschain(&["log", "--root", &root, "--json"]).ok().json()["blocks"][2]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for r in ["2", &hash[..10], &format!("@{time}"), "head~3"] {
-        let at = fschain(&["show", "--root", &root, "iface:eth0", "--at", r, "--json"]).ok().json();
+        let at = fschain(&["show", "--root", &root, "iface:eth0", "--at", r, "--json"])
+            .ok()
+            .json();
         assert_eq!(at["height"], 2, "REF {r}");
     }
 
@@ -74,10 +130,14 @@ fn root_from_environment_and_config_file() {
     let root = root_with_sample(&s, 10, 10);
     let config = s.dir.join("fschain.toml");
     std::fs::write(&config, format!("root = {root:?}\n")).unwrap();
-    let out = fschain(&["--config", config.to_str().unwrap(), "log", "--json"]).ok().json();
+    let out = fschain(&["--config", config.to_str().unwrap(), "log", "--json"])
+        .ok()
+        .json();
     assert_eq!(out["blocks"].as_array().unwrap().len(), 2);
     std::fs::write(&config, "rooot = \"/x\"\n").unwrap();
-    let err = fschain(&["--config", config.to_str().unwrap(), "log"]).code_is(2).stderr();
+    let err = fschain(&["--config", config.to_str().unwrap(), "log"])
+        .code_is(2)
+        .stderr();
     assert!(err.contains("rooot"), "{err}");
 }
 
@@ -89,39 +149,95 @@ fn bad_input_is_named_and_loses_nothing() {
 
     let good = r#"{"element":"service:new","action":"set","state":{"enabled":true}}"#;
     let cases: [(&str, &str); 7] = [
-        (r#"{"element":"iface:eth0","action":"set","#, "line 2: malformed JSON"),
-        (r#"{"element":"iface:eth0","action":"frob","state":{}}"#, "line 2: unknown action \"frob\""),
-        (r#"{"element":"eth0","action":"set","state":{}}"#, "line 2: bad element id \"eth0\""),
-        (r#"{"element":"iface:nope","action":"patch","state":{"a":1}}"#, "line 2: cannot patch iface:nope: no such element"),
-        (r#"{"element":"iface:nope","action":"delete"}"#, "line 2: cannot delete iface:nope: no such element"),
-        (r#"{"element":"iface:eth0","action":"set","state":[1,2]}"#, "line 2: state of iface:eth0 is not a JSON object"),
-        (r#"{"element":"iface:eth0","action":"set","state":{"n":12345678901234567890}}"#, "cannot be hashed exactly"),
+        (
+            r#"{"element":"iface:eth0","action":"set","#,
+            "line 2: malformed JSON",
+        ),
+        (
+            r#"{"element":"iface:eth0","action":"frob","state":{}}"#,
+            "line 2: unknown action \"frob\"",
+        ),
+        (
+            r#"{"element":"eth0","action":"set","state":{}}"#,
+            "line 2: bad element id \"eth0\"",
+        ),
+        (
+            r#"{"element":"iface:nope","action":"patch","state":{"a":1}}"#,
+            "line 2: cannot patch iface:nope: no such element",
+        ),
+        (
+            r#"{"element":"iface:nope","action":"delete"}"#,
+            "line 2: cannot delete iface:nope: no such element",
+        ),
+        (
+            r#"{"element":"iface:eth0","action":"set","state":[1,2]}"#,
+            "line 2: state of iface:eth0 is not a JSON object",
+        ),
+        (
+            r#"{"element":"iface:eth0","action":"set","state":{"n":12345678901234567890}}"#,
+            "cannot be hashed exactly",
+        ),
     ];
     for (i, (bad, message)) in cases.iter().enumerate() {
         let input = format!("{good}\n{bad}\n{good}\n");
-        let run = fschain_with_input(&["apply", "--root", &root], Some(input.as_bytes())).code_is(2);
+        let run =
+            fschain_with_input(&["apply", "--root", &root], Some(input.as_bytes())).code_is(2);
         let err = run.stderr();
-        assert!(err.contains(message), "case {i}: want {message:?} in:\n{err}");
+        assert!(
+            err.contains(message),
+            "case {i}: want {message:?} in:\n{err}"
+        );
         assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     }
     // The good line before each bad one was sealed (one block each time);
     // nothing of the bad lines, nor of the good lines after them, was applied.
     let after = fschain(&["log", "--root", &root, "--json"]).ok().json();
-    let (b, a) = (before["blocks"].as_array().unwrap(), after["blocks"].as_array().unwrap());
+    let (b, a) = (
+        before["blocks"].as_array().unwrap(),
+        after["blocks"].as_array().unwrap(),
+    );
     assert_eq!(a.len(), b.len() + cases.len());
     assert_eq!(&a[..b.len()], &b[..]);
     assert!(a[b.len()..].iter().all(|h| h["event_count"] == 1));
     fschain(&["verify", "--root", &root]).ok();
 
     for (args, message) in [
-        (vec!["show", "--root", &root, "iface:eth0", "--at", "99"], "REF 99 matches no block"),
-        (vec!["show", "--root", &root, "iface:eth0", "--at", "yesterday"], "bad REF \"yesterday\""),
-        (vec!["show", "--root", &root, "iface:eth0", "--at", "@1999-01-01T00:00:00Z"], "matches no block"),
-        (vec!["show", "--root", &root, "iface:missing"], "iface:missing does not exist at block"),
-        (vec!["log", "--root", s.dir.to_str().unwrap()], "is not an fschain root"),
+        (
+            vec!["show", "--root", &root, "iface:eth0", "--at", "99"],
+            "REF 99 matches no block",
+        ),
+        (
+            vec!["show", "--root", &root, "iface:eth0", "--at", "yesterday"],
+            "bad REF \"yesterday\"",
+        ),
+        (
+            vec![
+                "show",
+                "--root",
+                &root,
+                "iface:eth0",
+                "--at",
+                "@1999-01-01T00:00:00Z",
+            ],
+            "matches no block",
+        ),
+        (
+            vec!["show", "--root", &root, "iface:missing"],
+            "iface:missing does not exist at block",
+        ),
+        (
+            vec!["log", "--root", s.dir.to_str().unwrap()],
+            "is not an fschain root",
+        ),
         (vec!["init", "--root", &root], "is already an fschain root"),
-        (vec!["init", "--root", "/tmp/fschain-not-btrfs-test"], "is not on btrfs"),
-        (vec!["set", "--root", &root, "iface:eth0", "mtu"], "is not KEY=VALUE"),
+        (
+            vec!["init", "--root", "/tmp/fschain-not-btrfs-test"],
+            "is not on btrfs",
+        ),
+        (
+            vec!["set", "--root", &root, "iface:eth0", "mtu"],
+            "is not KEY=VALUE",
+        ),
     ] {
         let err = fschain(&args).code_is(2).stderr();
         assert!(err.contains(message), "{args:?}: want {message:?} in {err}");
@@ -135,9 +251,21 @@ fn hash_prefix_refs() {
     let log = fschain(&["log", "--root", &root, "--json"]).ok().json();
     let hash = log["blocks"][7]["hash"].as_str().unwrap().to_owned();
     for len in [8, 12, 64] {
-        let at = fschain(&["show", "--root", &root, "iface:eth0", "--at", &hash[..len], "--json"]).ok().json();
+        let at = fschain(&[
+            "show",
+            "--root",
+            &root,
+            "iface:eth0",
+            "--at",
+            &hash[..len],
+            "--json",
+        ])
+        .ok()
+        .json();
         assert_eq!(at["height"], 7);
     }
-    let err = fschain(&["show", "--root", &root, "iface:eth0", "--at", &hash[..7]]).code_is(2).stderr();
+    let err = fschain(&["show", "--root", &root, "iface:eth0", "--at", &hash[..7]])
+        .code_is(2)
+        .stderr();
     assert!(err.contains("bad REF"), "7 hex digits are too few: {err}");
 }

@@ -29,7 +29,12 @@ fn verify_json(root: &str) -> (i32, serde_json::Value) {
 }
 
 fn messages(report: &serde_json::Value) -> String {
-    report["problems"].as_array().unwrap().iter().map(|p| p["message"].as_str().unwrap().to_owned() + "\n").collect()
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["message"].as_str().unwrap().to_owned() + "\n")
+        .collect()
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -80,15 +85,40 @@ fn any_single_changed_byte_anywhere_is_caught() {
         changed[at] ^= 1 + (next() % 255) as u8;
         tamper(copy, || std::fs::write(&file, &changed).unwrap());
         let (code, report) = verify_json(&root);
-        assert_eq!(code, 1, "round {round}: byte {at} of {} changed, verify said clean", file.display());
-        let place = if copy.ends_with("layer") { "layer".to_owned() } else {
-            format!("block {} snapshot", copy.file_name().unwrap().to_str().unwrap().parse::<u64>().unwrap())
+        assert_eq!(
+            code,
+            1,
+            "round {round}: byte {at} of {} changed, verify said clean",
+            file.display()
+        );
+        let place = if copy.ends_with("layer") {
+            "layer".to_owned()
+        } else {
+            format!(
+                "block {} snapshot",
+                copy.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            )
         };
         let text = messages(&report);
-        let names_copy = text.contains(&place) || (file.ends_with("CHAIN") && text.contains("CHAIN"));
-        assert!(names_copy, "round {round}: {place} not named for {}:\n{text}", file.display());
+        let names_copy =
+            text.contains(&place) || (file.ends_with("CHAIN") && text.contains("CHAIN"));
+        assert!(
+            names_copy,
+            "round {round}: {place} not named for {}:\n{text}",
+            file.display()
+        );
         tamper(copy, || std::fs::write(&file, &original).unwrap());
-        assert_eq!(verify_json(&root).0, 0, "round {round}: restoring {} did not make it clean", file.display());
+        assert_eq!(
+            verify_json(&root).0,
+            0,
+            "round {round}: restoring {} did not make it clean",
+            file.display()
+        );
     }
 }
 
@@ -102,38 +132,70 @@ fn reports_name_the_event_element_and_block() {
     // A state file changed in block 2's snapshot: names block 2 and the element.
     let eth1 = snap2.join("states/iface/eth1");
     let original = std::fs::read(&eth1).unwrap();
-    tamper(&snap2, || std::fs::write(&eth1, br#"{"mtu":1500}"#).unwrap());
+    tamper(&snap2, || {
+        std::fs::write(&eth1, br#"{"mtu":1500}"#).unwrap()
+    });
     let (code, report) = verify_json(&root);
     let text = messages(&report);
     assert_eq!(code, 1);
-    assert!(text.contains("block 2 snapshot: state of iface:eth1 is"), "{text}");
-    assert!(text.contains("block 2 snapshot: block 2 state root is"), "{text}");
+    assert!(
+        text.contains("block 2 snapshot: state of iface:eth1 is"),
+        "{text}"
+    );
+    assert!(
+        text.contains("block 2 snapshot: block 2 state root is"),
+        "{text}"
+    );
     tamper(&snap2, || std::fs::write(&eth1, &original).unwrap());
 
     // An event's reason changed in the layer: names the event and element.
     let log = base.join("layer/events.log");
     let events = std::fs::read_to_string(&log).unwrap();
     let line5 = events.lines().nth(4).unwrap();
-    let element = serde_json::from_str::<serde_json::Value>(line5).unwrap()["element"].as_str().unwrap().to_owned();
-    let forged = events.replacen(line5, &line5.replacen("initial inventory", "initial inventorY", 1), 1);
+    let element = serde_json::from_str::<serde_json::Value>(line5).unwrap()["element"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged = events.replacen(
+        line5,
+        &line5.replacen("initial inventory", "initial inventorY", 1),
+        1,
+    );
     std::fs::write(&log, &forged).unwrap();
     let text = messages(&verify_json(&root).1);
-    assert!(text.contains(&format!("layer: event 5 ({element}, events.log line 5) was changed")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "layer: event 5 ({element}, events.log line 5) was changed"
+        )),
+        "{text}"
+    );
     std::fs::write(&log, &events).unwrap();
 
     // A header changed in block 1's snapshot.
     let snap1 = base.join("blocks/0000000001");
     let headers = snap1.join("headers.log");
     let original = std::fs::read_to_string(&headers).unwrap();
-    tamper(&snap1, || std::fs::write(&headers, original.replacen("\"event_count\":30", "\"event_count\":31", 1)).unwrap());
+    tamper(&snap1, || {
+        std::fs::write(
+            &headers,
+            original.replacen("\"event_count\":30", "\"event_count\":31", 1),
+        )
+        .unwrap()
+    });
     let text = messages(&verify_json(&root).1);
-    assert!(text.contains("block 1 snapshot: block 1 header was changed"), "{text}");
+    assert!(
+        text.contains("block 1 snapshot: block 1 header was changed"),
+        "{text}"
+    );
     tamper(&snap1, || std::fs::write(&headers, &original).unwrap());
 
     // A snapshot left writable.
     btrfs::set_readonly(&snap1, false).unwrap();
     let text = messages(&verify_json(&root).1);
-    assert!(text.contains("block 1 snapshot: block 1: is writable"), "{text}");
+    assert!(
+        text.contains("block 1 snapshot: block 1: is writable"),
+        "{text}"
+    );
     btrfs::set_readonly(&snap1, true).unwrap();
     assert_eq!(verify_json(&root).0, 0);
 }
@@ -155,9 +217,21 @@ fn removed_inserted_and_reordered_events_are_caught() {
     let mut reordered = lines.clone();
     reordered.swap(60, 61);
     for (what, text, want) in [
-        ("removed", rebuild(&removed), "expected event 41, found event 42"),
-        ("inserted", rebuild(&inserted), "expected event 51, found event 11"),
-        ("reordered", rebuild(&reordered), "expected event 61, found event 62"),
+        (
+            "removed",
+            rebuild(&removed),
+            "expected event 41, found event 42",
+        ),
+        (
+            "inserted",
+            rebuild(&inserted),
+            "expected event 51, found event 11",
+        ),
+        (
+            "reordered",
+            rebuild(&reordered),
+            "expected event 61, found event 62",
+        ),
     ] {
         tamper(&snap, || std::fs::write(&log, &text).unwrap());
         let (code, report) = verify_json(&root);

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use fschain_schema::merkle::root_of;
-use fschain_schema::{ChainName, EventsRoot, HeaderDraft, StateRoot, BlockHeader};
+use fschain_schema::{BlockHeader, ChainName, EventsRoot, HeaderDraft, StateRoot};
 use fschain_store::layout::{ChainMeta, RootLayout, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
 use fschain_store::state_path::STATES_DIR;
 use fschain_store::{btrfs, IoContext, StoreError};
@@ -14,14 +14,25 @@ use crate::writer::Clock;
 use crate::ProducerError;
 
 /// Creates a root at `root` (which must be on btrfs) with block 0.
-pub fn init_root(root: &Path, chain: ChainName, clock: &mut dyn Clock) -> Result<BlockHeader, ProducerError> {
+pub fn init_root(
+    root: &Path,
+    chain: ChainName,
+    clock: &mut dyn Clock,
+) -> Result<BlockHeader, ProducerError> {
     std::fs::create_dir_all(root).at(root)?;
     if !btrfs::is_btrfs(root)? {
-        return Err(StoreError::NotBtrfs { path: root.to_owned() }.into());
+        return Err(StoreError::NotBtrfs {
+            path: root.to_owned(),
+        }
+        .into());
     }
     let layout = RootLayout::new(root);
     if let Ok(meta) = layout.read_marker() {
-        return Err(StoreError::AlreadyARoot { path: root.to_owned(), chain: meta.chain.to_string() }.into());
+        return Err(StoreError::AlreadyARoot {
+            path: root.to_owned(),
+            chain: meta.chain.to_string(),
+        }
+        .into());
     }
     // No marker: anything here is a previous init that did not finish.
     let layer = layout.layer();
@@ -73,16 +84,34 @@ pub fn init_root(root: &Path, chain: ChainName, clock: &mut dyn Clock) -> Result
 
 /// Creates a sparse image file of `size` bytes, formats it as btrfs and
 /// loop-mounts it at `mountpoint` (needs root).
-pub fn make_loop_filesystem(image: &Path, size: u64, mountpoint: &Path) -> Result<(), ProducerError> {
+pub fn make_loop_filesystem(
+    image: &Path,
+    size: u64,
+    mountpoint: &Path,
+) -> Result<(), ProducerError> {
     if image.exists() {
-        return Err(StoreError::io(image, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "image file exists")).into());
+        return Err(StoreError::io(
+            image,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "image file exists"),
+        )
+        .into());
     }
     let file = std::fs::File::create(image).at(image)?;
     file.set_len(size).at(image)?;
     drop(file);
-    run(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(image), "mkfs.btrfs")?;
+    run(
+        Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(image),
+        "mkfs.btrfs",
+    )?;
     std::fs::create_dir_all(mountpoint).at(mountpoint)?;
-    run(Command::new("mount").arg("-o").arg("loop").arg(image).arg(mountpoint), "mount -o loop")
+    run(
+        Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(image)
+            .arg(mountpoint),
+        "mount -o loop",
+    )
 }
 
 fn run(command: &mut Command, what: &str) -> Result<(), ProducerError> {
@@ -93,6 +122,9 @@ fn run(command: &mut Command, what: &str) -> Result<(), ProducerError> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(ProducerError::Command { what: what.into(), message: String::from_utf8_lossy(&output.stderr).trim().to_owned() })
+        Err(ProducerError::Command {
+            what: what.into(),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }

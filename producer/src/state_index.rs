@@ -30,12 +30,19 @@ pub struct StateIndex {
 impl StateIndex {
     /// Replays the events of a chain directory.
     pub fn from_events(dir: &ChainDir) -> Result<Self, StoreError> {
-        let mut index = StateIndex { next_seq: 1, ..Self::default() };
+        let mut index = StateIndex {
+            next_seq: 1,
+            ..Self::default()
+        };
         for event in dir.events(None)? {
             index.next_seq = event.chain_seq + 1;
             index.tips.insert(
                 event.element.clone(),
-                ElementTip { seq: event.element_seq, last: event.hash, state: event.state_hash },
+                ElementTip {
+                    seq: event.element_seq,
+                    last: event.hash,
+                    state: event.state_hash,
+                },
             );
         }
         index.head = dir.headers()?.last().map(|h| h.hash);
@@ -66,7 +73,11 @@ impl StateIndex {
             let element = ElementId::parse(f.next()?).ok()?;
             tips.insert(element, ElementTip { seq, last, state });
         }
-        Some(StateIndex { head: Some(stored_head), next_seq, tips })
+        Some(StateIndex {
+            head: Some(stored_head),
+            next_seq,
+            tips,
+        })
     }
 
     /// Writes the cache atomically (temporary file, then rename).
@@ -80,7 +91,10 @@ impl StateIndex {
             let state = tip.state.map_or_else(|| "-".to_owned(), |s| s.to_hex());
             writeln!(out, "{} {} {} {}", tip.seq, tip.last, state, element).at(&tmp)?;
         }
-        out.into_inner().map_err(|e| StoreError::Io { path: tmp.clone(), source: e.into_error() })?;
+        out.into_inner().map_err(|e| StoreError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
         std::fs::rename(&tmp, path).at(path)
     }
 
@@ -102,6 +116,8 @@ impl StateIndex {
     }
 
     pub fn live_states(&self) -> impl Iterator<Item = (ElementId, StateHash)> + '_ {
-        self.tips.iter().filter_map(|(e, t)| t.state.map(|s| (e.clone(), s)))
+        self.tips
+            .iter()
+            .filter_map(|(e, t)| t.state.map(|s| (e.clone(), s)))
     }
 }

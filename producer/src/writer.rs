@@ -24,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fschain_schema::merkle::{leaf_hash, MerkleLevels};
 use fschain_schema::{
-    jcs, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventDraft, EventHash, EventsRoot,
-    HeaderDraft, Operation, State, StateHash, StateTree, Timestamp,
+    jcs, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventDraft, EventHash,
+    EventsRoot, HeaderDraft, Operation, State, StateHash, StateTree, Timestamp,
 };
 use fschain_store::layout::{lock, ChainMeta, RootLayout, EVENTS_LOG, HEADERS_LOG};
 use fschain_store::state_path::state_path;
@@ -46,7 +46,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&mut self) -> Timestamp {
-        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
         Timestamp::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
     }
 }
@@ -98,7 +101,10 @@ impl ChainWriter {
         Self::open_with_clock(layout, Box::new(SystemClock))
     }
 
-    pub fn open_with_clock(layout: RootLayout, clock: Box<dyn Clock>) -> Result<Self, ProducerError> {
+    pub fn open_with_clock(
+        layout: RootLayout,
+        clock: Box<dyn Clock>,
+    ) -> Result<Self, ProducerError> {
         let meta = layout.read_marker()?;
         let lock = lock(&layout)?;
         let head = recover(&layout)?;
@@ -176,7 +182,9 @@ impl ChainWriter {
         let layer = ChainDir::new(self.layout.layer());
         let bytes = layer.state_bytes(element)?;
         let recorded = self.index.tip(element).and_then(|t| t.state);
-        let actual = bytes.as_deref().map(fschain_schema::verify::state_file_hash);
+        let actual = bytes
+            .as_deref()
+            .map(fschain_schema::verify::state_file_hash);
         if actual != recorded {
             return Err(StoreError::Corrupt {
                 path: self.layout.layer().join(state_path(element)),
@@ -206,7 +214,11 @@ impl ChainWriter {
             }
             None => None,
         };
-        let tip = self.pending_tips.get(&op.element).or_else(|| self.index.tip(&op.element)).cloned();
+        let tip = self
+            .pending_tips
+            .get(&op.element)
+            .or_else(|| self.index.tip(&op.element))
+            .cloned();
         let now = self.clock.now().max(self.last_time);
         let element = op.element.clone();
         let draft = EventDraft {
@@ -226,7 +238,11 @@ impl ChainWriter {
         self.pending_lines.push(b'\n');
         self.pending_tips.insert(
             element.clone(),
-            ElementTip { seq: event.element_seq, last: event.hash, state: event.state_hash },
+            ElementTip {
+                seq: event.element_seq,
+                last: event.hash,
+                state: event.state_hash,
+            },
         );
         self.pending_states.insert(element.clone(), encoded);
         self.states.insert(element, next);
@@ -268,6 +284,7 @@ impl ChainWriter {
     fn seal_inner(&mut self) -> Result<SealedBlock, ProducerError> {
         let layer = self.layout.layer();
         let dirty = self.layout.dirty_marker();
+        let started = std::time::Instant::now();
         File::create(&dirty).at(&dirty)?;
 
         for (element, state) in &self.pending_states {
@@ -285,12 +302,18 @@ impl ChainWriter {
                     Err(e) => return Err(StoreError::Io { path, source: e }.into()),
                 },
             }
-            self.tree.stage(element.clone(), state.as_ref().map(|(h, _)| *h));
+            self.tree
+                .stage(element.clone(), state.as_ref().map(|(h, _)| *h));
         }
         append(&layer.join(EVENTS_LOG), &self.pending_lines)?;
+        let written = started.elapsed();
 
         let state_root = self.tree.commit();
-        let event_leaves = self.pending.iter().map(|e| leaf_hash(e.hash.digest().as_bytes())).collect();
+        let event_leaves = self
+            .pending
+            .iter()
+            .map(|e| leaf_hash(e.hash.digest().as_bytes()))
+            .collect();
         let events_root = EventsRoot(MerkleLevels::from_leaves(event_leaves).root());
         let prev = self.head().clone();
         let header = HeaderDraft {
@@ -309,10 +332,18 @@ impl ChainWriter {
         line.push(b'\n');
         append(&layer.join(HEADERS_LOG), &line)?;
 
+        let hashed = started.elapsed();
         btrfs::snapshot(&layer, &self.layout.snapshot(header.height), true)?;
         std::fs::remove_file(&dirty).at(&dirty)?;
 
-        debug!(height = header.height, events = header.event_count, "sealed");
+        debug!(
+            height = header.height,
+            events = header.event_count,
+            write_us = written.as_micros() as u64,
+            roots_us = (hashed - written).as_micros() as u64,
+            snapshot_us = (started.elapsed() - hashed).as_micros() as u64,
+            "sealed"
+        );
         for (element, tip) in self.pending_tips.drain() {
             self.index.set_tip(element, tip);
         }
@@ -329,7 +360,10 @@ impl ChainWriter {
     /// when a command is done; skipping it costs only a rebuild.
     pub fn close(mut self) -> Result<(), ProducerError> {
         if !self.pending.is_empty() {
-            warn!(events = self.pending.len(), "closing with an unsealed block; its operations are dropped");
+            warn!(
+                events = self.pending.len(),
+                "closing with an unsealed block; its operations are dropped"
+            );
             self.discard_pending();
         }
         if !self.poisoned {
@@ -345,7 +379,10 @@ impl ChainWriter {
 
     /// Last event hash of an element, sealed or pending.
     pub fn element_tip(&self, element: &ElementId) -> Option<EventHash> {
-        self.pending_tips.get(element).or_else(|| self.index.tip(element)).map(|t| t.last)
+        self.pending_tips
+            .get(element)
+            .or_else(|| self.index.tip(element))
+            .map(|t| t.last)
     }
 
     pub fn head_hash(&self) -> BlockHash {
@@ -361,9 +398,10 @@ fn append(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
 /// Applies the recovery rule and returns the head height.
 pub(crate) fn recover(layout: &RootLayout) -> Result<u64, StoreError> {
     let heights = layout.snapshot_heights()?;
-    let head = *heights
-        .last()
-        .ok_or_else(|| StoreError::Corrupt { path: layout.blocks_dir(), why: "no block snapshots".into() })?;
+    let head = *heights.last().ok_or_else(|| StoreError::Corrupt {
+        path: layout.blocks_dir(),
+        why: "no block snapshots".into(),
+    })?;
     let layer = layout.layer();
     let dirty = layout.dirty_marker().exists();
     let reason = if dirty {
@@ -385,7 +423,10 @@ pub(crate) fn recover(layout: &RootLayout) -> Result<u64, StoreError> {
         None
     };
     if let Some(reason) = reason {
-        warn!(head, reason, "recovering: resetting the layer to the newest block");
+        warn!(
+            head,
+            reason, "recovering: resetting the layer to the newest block"
+        );
         if layer.exists() {
             btrfs::delete_subvolume(&layer)?;
         }
@@ -401,8 +442,13 @@ pub(crate) fn recover(layout: &RootLayout) -> Result<u64, StoreError> {
 fn layer_matches_head(layout: &RootLayout, head: u64) -> bool {
     let layer = ChainDir::new(layout.layer());
     let snap = ChainDir::new(layout.snapshot(head));
-    let same_headers = matches!((layer.headers_bytes(), snap.headers_bytes()), (Ok(a), Ok(b)) if a == b);
-    let len = |d: &ChainDir| std::fs::metadata(d.path().join(EVENTS_LOG)).map(|m| m.len()).ok();
+    let same_headers =
+        matches!((layer.headers_bytes(), snap.headers_bytes()), (Ok(a), Ok(b)) if a == b);
+    let len = |d: &ChainDir| {
+        std::fs::metadata(d.path().join(EVENTS_LOG))
+            .map(|m| m.len())
+            .ok()
+    };
     same_headers && len(&layer).is_some() && len(&layer) == len(&snap)
 }
 
@@ -434,9 +480,11 @@ impl ChainWriter {
         actor: Option<&str>,
     ) -> Result<Option<SealedBlock>, ProducerError> {
         if !self.pending.is_empty() {
-            return Err(ProducerError::Schema(fschain_schema::SchemaError::BadOperation {
-                why: "rollback needs an empty open block".into(),
-            }));
+            return Err(ProducerError::Schema(
+                fschain_schema::SchemaError::BadOperation {
+                    why: "rollback needs an empty open block".into(),
+                },
+            ));
         }
         let chain = fschain_store::Chain::open(self.layout.root())?;
         let head = self.head().height;
@@ -448,12 +496,21 @@ impl ChainWriter {
         };
         let diff = chain.diff(target, head)?;
         let target_dir = chain.snapshot(target);
-        let mut elements: Vec<&String> = diff.added.iter().chain(&diff.changed).chain(&diff.removed).collect();
+        let mut elements: Vec<&String> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .chain(&diff.removed)
+            .collect();
         elements.sort();
         for name in elements {
             let element = ElementId::parse(name)?;
             let state = target_dir.state(&element)?;
-            let action = if state.is_some() { fschain_schema::Action::Set } else { fschain_schema::Action::Delete };
+            let action = if state.is_some() {
+                fschain_schema::Action::Set
+            } else {
+                fschain_schema::Action::Delete
+            };
             let op = Operation {
                 element,
                 action,

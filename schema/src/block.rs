@@ -68,11 +68,17 @@ impl BlockHeader {
         let mut map = Map::new();
         map.insert("chain".into(), Value::String(self.chain.to_string()));
         map.insert("event_count".into(), Value::from(self.event_count));
-        map.insert("events_root".into(), Value::String(self.events_root.to_hex()));
+        map.insert(
+            "events_root".into(),
+            Value::String(self.events_root.to_hex()),
+        );
         map.insert("first_seq".into(), opt(self.first_seq));
         map.insert("height".into(), Value::from(self.height));
         map.insert("last_seq".into(), opt(self.last_seq));
-        map.insert("prev".into(), self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        map.insert(
+            "prev".into(),
+            self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())),
+        );
         map.insert("state_root".into(), Value::String(self.state_root.to_hex()));
         map.insert("time".into(), Value::String(self.time.to_string()));
         map.insert("version".into(), Value::from(self.version));
@@ -95,38 +101,58 @@ impl BlockHeader {
     /// Parses a line written by [`BlockHeader::to_canonical`], checking that
     /// it is canonical and that its hash is right.
     pub fn from_canonical(line: &[u8]) -> Result<Self, SchemaError> {
-        let value: Value =
-            serde_json::from_slice(line).map_err(|e| SchemaError::Json { message: e.to_string() })?;
+        let value: Value = serde_json::from_slice(line).map_err(|e| SchemaError::Json {
+            message: e.to_string(),
+        })?;
         if jcs::canonical(&value)? != line {
-            return Err(SchemaError::NotCanonical { what: "block header" });
+            return Err(SchemaError::NotCanonical {
+                what: "block header",
+            });
         }
         let Value::Object(mut map) = value else {
-            return Err(SchemaError::Malformed { why: "a block header must be a JSON object".into() });
+            return Err(SchemaError::Malformed {
+                why: "a block header must be a JSON object".into(),
+            });
         };
         let version = take_u64(&mut map, "version")?;
         if version != HEADER_VERSION {
-            return Err(SchemaError::UnsupportedVersion { what: "block header", version });
+            return Err(SchemaError::UnsupportedVersion {
+                what: "block header",
+                version,
+            });
         }
-        let missing = |k: &str| SchemaError::Malformed { why: format!("{k} must be a hex digest") };
+        let missing = |k: &str| SchemaError::Malformed {
+            why: format!("{k} must be a hex digest"),
+        };
         let header = BlockHeader {
             version,
             chain: ChainName::parse(&take_string(&mut map, "chain")?)?,
             height: take_u64(&mut map, "height")?,
             prev: take_digest(&mut map, "prev")?.map(BlockHash),
             time: Timestamp::parse_canonical(&take_string(&mut map, "time")?)?,
-            state_root: StateRoot(take_digest(&mut map, "state_root")?.ok_or_else(|| missing("state_root"))?),
-            events_root: EventsRoot(take_digest(&mut map, "events_root")?.ok_or_else(|| missing("events_root"))?),
+            state_root: StateRoot(
+                take_digest(&mut map, "state_root")?.ok_or_else(|| missing("state_root"))?,
+            ),
+            events_root: EventsRoot(
+                take_digest(&mut map, "events_root")?.ok_or_else(|| missing("events_root"))?,
+            ),
             event_count: take_u64(&mut map, "event_count")?,
             first_seq: take_opt_u64(&mut map, "first_seq")?,
             last_seq: take_opt_u64(&mut map, "last_seq")?,
             hash: BlockHash(take_digest(&mut map, "hash")?.ok_or_else(|| missing("hash"))?),
         };
         if let Some(extra) = map.keys().next() {
-            return Err(SchemaError::Malformed { why: format!("unknown member {extra:?}") });
+            return Err(SchemaError::Malformed {
+                why: format!("unknown member {extra:?}"),
+            });
         }
         let actual = header.computed_hash()?;
         if actual != header.hash {
-            return Err(SchemaError::HeaderHashMismatch { height: header.height, expected: header.hash, actual });
+            return Err(SchemaError::HeaderHashMismatch {
+                height: header.height,
+                expected: header.hash,
+                actual,
+            });
         }
         Ok(header)
     }

@@ -54,7 +54,9 @@ impl Digest {
 
     /// Parses exactly 64 lower-case hex digits (the only form fschain writes).
     pub fn from_hex(text: &str) -> Result<Self, SchemaError> {
-        let bad = || SchemaError::BadHex { text: truncate(text) };
+        let bad = || SchemaError::BadHex {
+            text: truncate(text),
+        };
         let bytes = text.as_bytes();
         if bytes.len() != 64 {
             return Err(bad());

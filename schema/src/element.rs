@@ -23,7 +23,10 @@ impl ElementId {
     pub const MAX_NAME_LEN: usize = 1024;
 
     pub fn parse(text: &str) -> Result<Self, SchemaError> {
-        let bad = |why: &'static str| SchemaError::BadElementId { id: text.chars().take(120).collect(), why };
+        let bad = |why: &'static str| SchemaError::BadElementId {
+            id: text.chars().take(120).collect(),
+            why,
+        };
         let colon = text.find(':').ok_or_else(|| bad("expected kind:name"))?;
         let (kind, name) = (&text[..colon], &text[colon + 1..]);
         if !is_valid_kind(kind) {
@@ -38,7 +41,10 @@ impl ElementId {
         if name.chars().any(char::is_control) {
             return Err(bad("name contains a NUL or control character"));
         }
-        Ok(ElementId { text: text.to_owned(), colon })
+        Ok(ElementId {
+            text: text.to_owned(),
+            colon,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,7 +66,8 @@ pub fn is_valid_kind(kind: &str) -> bool {
     !b.is_empty()
         && b.len() <= ElementId::MAX_KIND_LEN
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 impl fmt::Display for ElementId {
@@ -107,11 +114,14 @@ impl ChainName {
         let ok = !b.is_empty()
             && b.len() <= 64
             && b[0].is_ascii_alphanumeric()
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if ok {
             Ok(ChainName(text.to_owned()))
         } else {
-            Err(SchemaError::BadChainName { name: text.chars().take(120).collect() })
+            Err(SchemaError::BadChainName {
+                name: text.chars().take(120).collect(),
+            })
         }
     }
 
@@ -152,7 +162,13 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_examples() {
-        for id in ["iface:eth0", "service:nginx", "file:/etc/passwd", "ovs-port:br0/vnet3", "k:../../x"] {
+        for id in [
+            "iface:eth0",
+            "service:nginx",
+            "file:/etc/passwd",
+            "ovs-port:br0/vnet3",
+            "k:../../x",
+        ] {
             let e = ElementId::parse(id).unwrap();
             assert_eq!(e.as_str(), id);
         }
@@ -164,7 +180,18 @@ mod tests {
     fn rejects_bad_ids() {
         let long_kind = format!("{}:x", "a".repeat(33));
         let long_name = format!("k:{}", "x".repeat(1025));
-        for id in ["eth0", ":x", "Iface:eth0", "1face:x", "iface:", "iface:a\0b", "iface:a\nb", "if ace:x", &long_kind, &long_name] {
+        for id in [
+            "eth0",
+            ":x",
+            "Iface:eth0",
+            "1face:x",
+            "iface:",
+            "iface:a\0b",
+            "iface:a\nb",
+            "if ace:x",
+            &long_kind,
+            &long_name,
+        ] {
             assert!(ElementId::parse(id).is_err(), "{id:?}");
         }
         assert!(ElementId::parse(&format!("k:{}", "é".repeat(512))).is_ok());

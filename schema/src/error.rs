@@ -9,7 +9,9 @@ pub enum SchemaError {
     Json { message: String },
     #[error("bad element id {id:?}: {why}")]
     BadElementId { id: String, why: &'static str },
-    #[error("bad chain name {name:?}: use 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit")]
+    #[error(
+        "bad chain name {name:?}: use 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+    )]
     BadChainName { name: String },
     #[error("unknown action \"{action}\" (expected set, patch or delete)")]
     UnknownAction { action: String },
@@ -32,9 +34,16 @@ pub enum SchemaError {
     #[error("unsupported {what} version {version}")]
     UnsupportedVersion { what: &'static str, version: u64 },
     #[error("event hash mismatch: stored {expected}, content hashes to {actual}")]
-    EventHashMismatch { expected: EventHash, actual: EventHash },
+    EventHashMismatch {
+        expected: EventHash,
+        actual: EventHash,
+    },
     #[error("block {height} hash mismatch: stored {expected}, content hashes to {actual}")]
-    HeaderHashMismatch { height: u64, expected: BlockHash, actual: BlockHash },
+    HeaderHashMismatch {
+        height: u64,
+        expected: BlockHash,
+        actual: BlockHash,
+    },
     #[error("bad inclusion proof: {why}")]
     BadProof { why: &'static str },
     #[error("inclusion proof gives root {actual}, expected {expected}")]
@@ -44,7 +53,10 @@ pub enum SchemaError {
     #[error("REF {reference} matches no block (head is block {head})")]
     RefNotFound { reference: String, head: u64 },
     #[error("REF {reference} is ambiguous: it matches blocks {heights:?}; give more hex digits")]
-    AmbiguousRef { reference: String, heights: Vec<u64> },
+    AmbiguousRef {
+        reference: String,
+        heights: Vec<u64>,
+    },
     #[error("the chain has no blocks")]
     EmptyChain,
 }

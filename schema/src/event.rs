@@ -2,7 +2,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::{jcs, ChainName, Digest, ElementId, EventHash, Operation, SchemaError, StateHash, Timestamp};
+use crate::{
+    jcs, ChainName, Digest, ElementId, EventHash, Operation, SchemaError, StateHash, Timestamp,
+};
 
 /// The event format this code writes and reads.
 pub const EVENT_VERSION: u64 = 1;
@@ -58,8 +60,15 @@ impl EventDraft {
         head.insert("element_seq".into(), Value::from(self.element_seq));
         let mut tail = Map::new();
         tail.insert("op".into(), self.op.to_event_value());
-        tail.insert("prev".into(), self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())));
-        tail.insert("state_hash".into(), self.state_hash.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        tail.insert(
+            "prev".into(),
+            self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())),
+        );
+        tail.insert(
+            "state_hash".into(),
+            self.state_hash
+                .map_or(Value::Null, |h| Value::String(h.to_hex())),
+        );
         tail.insert("time".into(), Value::String(self.time.to_string()));
         tail.insert("v".into(), Value::from(EVENT_VERSION));
         let head_bytes = jcs::canonical_object(&head)?;
@@ -115,8 +124,15 @@ impl Event {
         map.insert("element".into(), Value::String(self.element.to_string()));
         map.insert("element_seq".into(), Value::from(self.element_seq));
         map.insert("op".into(), self.op.to_event_value());
-        map.insert("prev".into(), self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())));
-        map.insert("state_hash".into(), self.state_hash.map_or(Value::Null, |h| Value::String(h.to_hex())));
+        map.insert(
+            "prev".into(),
+            self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())),
+        );
+        map.insert(
+            "state_hash".into(),
+            self.state_hash
+                .map_or(Value::Null, |h| Value::String(h.to_hex())),
+        );
         map.insert("time".into(), Value::String(self.time.to_string()));
         map.insert("v".into(), Value::from(EVENT_VERSION));
         Value::Object(map)
@@ -141,8 +157,9 @@ impl Event {
     /// is canonical and that its `hash` is the hash of the rest, so a parsed
     /// event is always self-consistent.
     pub fn from_canonical(line: &[u8]) -> Result<Self, SchemaError> {
-        let value: Value =
-            serde_json::from_slice(line).map_err(|e| SchemaError::Json { message: e.to_string() })?;
+        let value: Value = serde_json::from_slice(line).map_err(|e| SchemaError::Json {
+            message: e.to_string(),
+        })?;
         let canonical = jcs::canonical(&value)?;
         if canonical != line {
             return Err(SchemaError::NotCanonical { what: "event" });
@@ -150,7 +167,10 @@ impl Event {
         let event = Self::from_value_unchecked(value)?;
         let actual = event.computed_hash()?;
         if actual != event.hash {
-            return Err(SchemaError::EventHashMismatch { expected: event.hash, actual });
+            return Err(SchemaError::EventHashMismatch {
+                expected: event.hash,
+                actual,
+            });
         }
         Ok(event)
     }
@@ -161,10 +181,14 @@ impl Event {
         let Value::Object(mut map) = value else {
             return Err(malformed("an event must be a JSON object"));
         };
-        let stored = EventHash(take_digest(&mut map, "hash")?.ok_or_else(|| malformed("missing hash"))?);
+        let stored =
+            EventHash(take_digest(&mut map, "hash")?.ok_or_else(|| malformed("missing hash"))?);
         let version = take_u64(&mut map, "v")?;
         if version != EVENT_VERSION {
-            return Err(SchemaError::UnsupportedVersion { what: "event", version });
+            return Err(SchemaError::UnsupportedVersion {
+                what: "event",
+                version,
+            });
         }
         let chain = ChainName::parse(&take_string(&mut map, "chain")?)?;
         let element = ElementId::parse(&take_string(&mut map, "element")?)?;
@@ -184,12 +208,24 @@ impl Event {
         if let Some(extra) = map.keys().next() {
             return Err(malformed(&format!("unknown member {extra:?}")));
         }
-        Ok(Event { chain, element, element_seq, prev, chain_seq, op, state_hash, time, hash: stored })
+        Ok(Event {
+            chain,
+            element,
+            element_seq,
+            prev,
+            chain_seq,
+            op,
+            state_hash,
+            time,
+            hash: stored,
+        })
     }
 }
 
 fn malformed(why: &str) -> SchemaError {
-    SchemaError::Malformed { why: why.to_owned() }
+    SchemaError::Malformed {
+        why: why.to_owned(),
+    }
 }
 
 pub(crate) fn take_string(map: &mut Map<String, Value>, key: &str) -> Result<String, SchemaError> {
@@ -205,15 +241,24 @@ pub(crate) fn take_u64(map: &mut Map<String, Value>, key: &str) -> Result<u64, S
         .ok_or_else(|| malformed(&format!("{key} must be a non-negative integer")))
 }
 
-pub(crate) fn take_opt_u64(map: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, SchemaError> {
+pub(crate) fn take_opt_u64(
+    map: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<u64>, SchemaError> {
     match map.remove(key) {
         Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| malformed(&format!("{key} must be an integer or null"))),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| malformed(&format!("{key} must be an integer or null"))),
         None => Err(malformed(&format!("missing {key}"))),
     }
 }
 
-pub(crate) fn take_digest(map: &mut Map<String, Value>, key: &str) -> Result<Option<Digest>, SchemaError> {
+pub(crate) fn take_digest(
+    map: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<Digest>, SchemaError> {
     match map.remove(key) {
         Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Digest::from_hex(&s).map(Some),

@@ -56,7 +56,10 @@ fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), Schem
     let mut members: Vec<(&String, &Value)> = map.iter().collect();
     // serde_json's map is ordered by UTF-8 bytes, which equals UTF-16 order
     // unless a key holds characters above U+FFFF; sort only when needed.
-    if members.iter().any(|(k, _)| k.chars().any(|c| c > '\u{ffff}')) {
+    if members
+        .iter()
+        .any(|(k, _)| k.chars().any(|c| c > '\u{ffff}'))
+    {
         members.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
     } else if !members.is_sorted_by(|(a, _), (b, _)| a.as_bytes() <= b.as_bytes()) {
         members.sort_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
@@ -109,19 +112,25 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
 fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), SchemaError> {
     if let Some(u) = n.as_u64() {
         if u > MAX_EXACT_INTEGER {
-            return Err(SchemaError::InexactNumber { number: n.to_string() });
+            return Err(SchemaError::InexactNumber {
+                number: n.to_string(),
+            });
         }
         out.extend_from_slice(u.to_string().as_bytes());
     } else if let Some(i) = n.as_i64() {
         if i.unsigned_abs() > MAX_EXACT_INTEGER {
-            return Err(SchemaError::InexactNumber { number: n.to_string() });
+            return Err(SchemaError::InexactNumber {
+                number: n.to_string(),
+            });
         }
         out.extend_from_slice(i.to_string().as_bytes());
     } else {
         let f = n
             .as_f64()
             .filter(|f| f.is_finite())
-            .ok_or_else(|| SchemaError::InexactNumber { number: n.to_string() })?;
+            .ok_or_else(|| SchemaError::InexactNumber {
+                number: n.to_string(),
+            })?;
         if f == 0.0 {
             // ECMAScript prints -0 as "0".
             out.push(b'0');
@@ -144,7 +153,10 @@ mod tests {
 
     #[test]
     fn sorts_members_and_drops_whitespace() {
-        assert_eq!(jcs(json!({"b": 1, "a": [true, null, "x"]})), r#"{"a":[true,null,"x"],"b":1}"#);
+        assert_eq!(
+            jcs(json!({"b": 1, "a": [true, null, "x"]})),
+            r#"{"a":[true,null,"x"],"b":1}"#
+        );
     }
 
     #[test]
@@ -198,15 +210,24 @@ mod tests {
 
     #[test]
     fn escapes_like_json_stringify() {
-        assert_eq!(jcs(json!("a\"b\\c\u{8}\u{c}\n\r\t\u{1}\u{7f}é\u{2028}")), "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\u{7f}é\u{2028}\"");
+        assert_eq!(
+            jcs(json!("a\"b\\c\u{8}\u{c}\n\r\t\u{1}\u{7f}é\u{2028}")),
+            "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\u{7f}é\u{2028}\""
+        );
     }
 
     #[test]
     fn refuses_integers_a_double_cannot_hold() {
         let v: Value = serde_json::from_str("9007199254740993").unwrap();
-        assert!(matches!(canonical(&v), Err(SchemaError::InexactNumber { .. })));
+        assert!(matches!(
+            canonical(&v),
+            Err(SchemaError::InexactNumber { .. })
+        ));
         let v: Value = serde_json::from_str("-9007199254740993").unwrap();
-        assert!(matches!(canonical(&v), Err(SchemaError::InexactNumber { .. })));
+        assert!(matches!(
+            canonical(&v),
+            Err(SchemaError::InexactNumber { .. })
+        ));
         assert_eq!(jcs(json!(9007199254740992u64)), "9007199254740992");
     }
 }

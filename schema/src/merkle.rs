@@ -41,7 +41,10 @@ impl InclusionProof {
         if &computed == root {
             Ok(())
         } else {
-            Err(SchemaError::ProofMismatch { expected: *root, actual: computed })
+            Err(SchemaError::ProofMismatch {
+                expected: *root,
+                actual: computed,
+            })
         }
     }
 
@@ -85,13 +88,17 @@ pub struct MerkleLevels {
 
 impl Default for MerkleLevels {
     fn default() -> Self {
-        MerkleLevels { levels: vec![Vec::new()] }
+        MerkleLevels {
+            levels: vec![Vec::new()],
+        }
     }
 }
 
 impl MerkleLevels {
     pub fn from_leaves(leaves: Vec<Digest>) -> Self {
-        let mut tree = MerkleLevels { levels: vec![leaves] };
+        let mut tree = MerkleLevels {
+            levels: vec![leaves],
+        };
         tree.rebuild_from(0);
         tree
     }
@@ -183,7 +190,11 @@ impl MerkleLevels {
             }
             i /= 2;
         }
-        Some(InclusionProof { leaf_index: index as u64, tree_size: self.len() as u64, path })
+        Some(InclusionProof {
+            leaf_index: index as u64,
+            tree_size: self.len() as u64,
+            path,
+        })
     }
 }
 
@@ -215,7 +226,9 @@ mod tests {
     }
 
     fn leaves(n: usize) -> Vec<Digest> {
-        (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(&(i as u64).to_be_bytes()))
+            .collect()
     }
 
     #[test]
@@ -236,7 +249,10 @@ mod tests {
             &[0x30, 0x31],
             &[0x40, 0x41, 0x42, 0x43],
             &[0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57],
-            &[0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d, 0x6e, 0x6f],
+            &[
+                0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d,
+                0x6e, 0x6f,
+            ],
         ];
         let l: Vec<Digest> = inputs.iter().map(|d| leaf_hash(d)).collect();
         let want = [
@@ -250,7 +266,12 @@ mod tests {
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
         ];
         for (n, want) in want.iter().enumerate() {
-            assert_eq!(root_of(&l[..n + 1]).to_hex(), *want, "root of {} leaves", n + 1);
+            assert_eq!(
+                root_of(&l[..n + 1]).to_hex(),
+                *want,
+                "root of {} leaves",
+                n + 1
+            );
         }
     }
 

@@ -31,7 +31,9 @@ impl Action {
             "set" => Ok(Action::Set),
             "patch" => Ok(Action::Patch),
             "delete" => Ok(Action::Delete),
-            other => Err(SchemaError::UnknownAction { action: other.chars().take(40).collect() }),
+            other => Err(SchemaError::UnknownAction {
+                action: other.chars().take(40).collect(),
+            }),
         }
     }
 }
@@ -61,13 +63,17 @@ impl Operation {
     /// Parses one JSON Lines record. Unknown members are refused, so a typo
     /// (`"reson"`) is an error rather than silently dropped text.
     pub fn from_json(text: &str) -> Result<Self, SchemaError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| SchemaError::Json { message: e.to_string() })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| SchemaError::Json {
+            message: e.to_string(),
+        })?;
         Self::from_value(value)
     }
 
     pub fn from_value(value: Value) -> Result<Self, SchemaError> {
         let Value::Object(mut map) = value else {
-            return Err(SchemaError::BadOperation { why: "an operation must be a JSON object".into() });
+            return Err(SchemaError::BadOperation {
+                why: "an operation must be a JSON object".into(),
+            });
         };
         let element = match map.remove("element") {
             Some(Value::String(s)) => ElementId::parse(&s)?,
@@ -82,24 +88,38 @@ impl Operation {
         let state = match map.remove("state") {
             None | Some(Value::Null) => None,
             Some(Value::Object(state)) => Some(state),
-            Some(_) => return Err(SchemaError::StateNotObject { element: element.to_string() }),
+            Some(_) => {
+                return Err(SchemaError::StateNotObject {
+                    element: element.to_string(),
+                })
+            }
         };
         let reason = optional_text(&mut map, "reason")?;
         let actor = optional_text(&mut map, "actor")?;
         if let Some(unknown) = map.keys().next() {
             return Err(bad_op(&format!("unknown member {unknown:?}")));
         }
-        let op = Operation { element, action, state, reason, actor };
+        let op = Operation {
+            element,
+            action,
+            state,
+            reason,
+            actor,
+        };
         op.check_shape()?;
         Ok(op)
     }
 
     fn check_shape(&self) -> Result<(), SchemaError> {
         match (self.action, &self.state) {
-            (Action::Set | Action::Patch, None) => {
-                Err(bad_op(&format!("{} of {} needs a \"state\" object", self.action, self.element)))
-            }
-            (Action::Delete, Some(_)) => Err(bad_op(&format!("delete of {} takes no \"state\"", self.element))),
+            (Action::Set | Action::Patch, None) => Err(bad_op(&format!(
+                "{} of {} needs a \"state\" object",
+                self.action, self.element
+            ))),
+            (Action::Delete, Some(_)) => Err(bad_op(&format!(
+                "delete of {} takes no \"state\"",
+                self.element
+            ))),
             _ => Ok(()),
         }
     }
@@ -138,22 +158,30 @@ impl Operation {
             (Action::Set, _) => Ok(self.state.clone()),
             (Action::Patch, Some(current)) => {
                 let mut next = Value::Object(current.clone());
-                merge_patch(&mut next, &Value::Object(self.state.clone().unwrap_or_default()));
+                merge_patch(
+                    &mut next,
+                    &Value::Object(self.state.clone().unwrap_or_default()),
+                );
                 match next {
                     Value::Object(map) => Ok(Some(map)),
-                    _ => Err(SchemaError::StateNotObject { element: self.element.to_string() }),
+                    _ => Err(SchemaError::StateNotObject {
+                        element: self.element.to_string(),
+                    }),
                 }
             }
             (Action::Delete, Some(_)) => Ok(None),
-            (Action::Patch | Action::Delete, None) => {
-                Err(SchemaError::NoSuchElement { element: self.element.to_string(), action: self.action })
-            }
+            (Action::Patch | Action::Delete, None) => Err(SchemaError::NoSuchElement {
+                element: self.element.to_string(),
+                action: self.action,
+            }),
         }
     }
 }
 
 fn bad_op(why: &str) -> SchemaError {
-    SchemaError::BadOperation { why: why.to_owned() }
+    SchemaError::BadOperation {
+        why: why.to_owned(),
+    }
 }
 
 fn optional_text(map: &mut Map<String, Value>, key: &str) -> Result<Option<String>, SchemaError> {
@@ -195,18 +223,30 @@ mod tests {
             (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
             (json!({"a":"b"}), json!({"a":null}), json!({})),
-            (json!({"a":"b","b":"c"}), json!({"a":null}), json!({"b":"c"})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
             (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
-            (json!({"a":{"b":"c"}}), json!({"a":{"b":"d","c":null}}), json!({"a":{"b":"d"}})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
             (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
-            (json!(["a","b"]), json!(["c","d"]), json!(["c","d"])),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
             (json!({"a":"b"}), json!(["c"]), json!(["c"])),
             (json!({"a":"foo"}), json!(null), json!(null)),
             (json!({"a":"foo"}), json!("bar"), json!("bar")),
             (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
-            (json!([1,2]), json!({"a":"b","c":null}), json!({"a":"b"})),
-            (json!({}), json!({"a":{"bb":{"ccc":null}}}), json!({"a":{"bb":{}}})),
+            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
         ];
         for (mut target, patch, want) in cases {
             merge_patch(&mut target, &patch);
@@ -228,18 +268,31 @@ mod tests {
     #[test]
     fn names_what_is_wrong() {
         let err = |s: &str| Operation::from_json(s).unwrap_err().to_string();
-        assert!(err(r#"{"element":"iface:eth0","action":"frob","state":{}}"#).contains("unknown action \"frob\""));
+        assert!(
+            err(r#"{"element":"iface:eth0","action":"frob","state":{}}"#)
+                .contains("unknown action \"frob\"")
+        );
         assert!(err(r#"{"element":"eth0","action":"set","state":{}}"#).contains("eth0"));
-        assert!(err(r#"{"element":"iface:eth0","action":"set","state":[1]}"#).contains("not a JSON object"));
+        assert!(
+            err(r#"{"element":"iface:eth0","action":"set","state":[1]}"#)
+                .contains("not a JSON object")
+        );
         assert!(err(r#"{"element":"iface:eth0","action":"set"}"#).contains("needs a \"state\""));
-        assert!(err(r#"{"element":"iface:eth0","action":"set","state":{},"reson":"x"}"#).contains("reson"));
+        assert!(
+            err(r#"{"element":"iface:eth0","action":"set","state":{},"reson":"x"}"#)
+                .contains("reson")
+        );
         assert!(err(r#"{"element":"iface:eth0","#).contains("JSON"));
     }
 
     #[test]
     fn patch_and_delete_need_an_existing_element() {
-        let patch = Operation::from_json(r#"{"element":"a:b","action":"patch","state":{"x":1}}"#).unwrap();
-        assert!(matches!(patch.apply_to(None), Err(SchemaError::NoSuchElement { .. })));
+        let patch =
+            Operation::from_json(r#"{"element":"a:b","action":"patch","state":{"x":1}}"#).unwrap();
+        assert!(matches!(
+            patch.apply_to(None),
+            Err(SchemaError::NoSuchElement { .. })
+        ));
         let current = json!({"x": 0, "y": 2}).as_object().cloned().unwrap();
         let next = patch.apply_to(Some(&current)).unwrap().unwrap();
         assert_eq!(Value::Object(next), json!({"x":1,"y":2}));

@@ -17,15 +17,22 @@ pub enum BlockRef {
 
 impl BlockRef {
     pub fn parse(text: &str) -> Result<Self, SchemaError> {
-        let bad = || SchemaError::BadRef { text: text.chars().take(80).collect() };
+        let bad = || SchemaError::BadRef {
+            text: text.chars().take(80).collect(),
+        };
         if text == "head" {
             return Ok(BlockRef::Head { back: 0 });
         }
         if let Some(n) = text.strip_prefix("head~") {
-            return n.parse().map(|back| BlockRef::Head { back }).map_err(|_| bad());
+            return n
+                .parse()
+                .map(|back| BlockRef::Head { back })
+                .map_err(|_| bad());
         }
         if let Some(t) = text.strip_prefix('@') {
-            return Timestamp::parse_rfc3339(t).map(BlockRef::AtOrBefore).map_err(|_| bad());
+            return Timestamp::parse_rfc3339(t)
+                .map(BlockRef::AtOrBefore)
+                .map_err(|_| bad());
         }
         let is_hex = !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
         let is_digits = text.bytes().all(|b| b.is_ascii_digit());
@@ -45,8 +52,14 @@ impl BlockRef {
 
     /// The height this REF names among `headers` (indexed by height).
     pub fn resolve(&self, headers: &[BlockHeader]) -> Result<u64, SchemaError> {
-        let head = headers.len().checked_sub(1).ok_or(SchemaError::EmptyChain)? as u64;
-        let no_match = || SchemaError::RefNotFound { reference: self.to_string(), head };
+        let head = headers
+            .len()
+            .checked_sub(1)
+            .ok_or(SchemaError::EmptyChain)? as u64;
+        let no_match = || SchemaError::RefNotFound {
+            reference: self.to_string(),
+            head,
+        };
         match self {
             BlockRef::Height(h) if *h <= head => Ok(*h),
             BlockRef::Height(_) => Err(no_match()),
@@ -58,8 +71,11 @@ impl BlockRef {
                 .map(|h| h.height)
                 .ok_or_else(no_match),
             BlockRef::HashPrefix(prefix) => {
-                let matches: Vec<u64> =
-                    headers.iter().filter(|h| h.hash.to_hex().starts_with(prefix)).map(|h| h.height).collect();
+                let matches: Vec<u64> = headers
+                    .iter()
+                    .filter(|h| h.hash.to_hex().starts_with(prefix))
+                    .map(|h| h.height)
+                    .collect();
                 // All digits: a height if there is one and no hash matches.
                 if matches.is_empty() {
                     if let Ok(height) = prefix.parse::<u64>() {
@@ -71,7 +87,10 @@ impl BlockRef {
                 match matches.as_slice() {
                     [one] => Ok(*one),
                     [] => Err(no_match()),
-                    many => Err(SchemaError::AmbiguousRef { reference: prefix.clone(), heights: many.to_vec() }),
+                    many => Err(SchemaError::AmbiguousRef {
+                        reference: prefix.clone(),
+                        heights: many.to_vec(),
+                    }),
                 }
             }
         }
@@ -132,22 +151,33 @@ mod tests {
         assert_eq!(resolve("2", &hs), Ok(2));
         assert_eq!(resolve("head", &hs), Ok(3));
         assert_eq!(resolve("head~3", &hs), Ok(0));
-        assert!(matches!(resolve("head~4", &hs), Err(SchemaError::RefNotFound { .. })));
+        assert!(matches!(
+            resolve("head~4", &hs),
+            Err(SchemaError::RefNotFound { .. })
+        ));
         assert_eq!(resolve("aaaa0000", &hs), Ok(0));
         assert_eq!(resolve("ABCDEF120", &hs), Ok(1));
         assert_eq!(
             resolve("abcdef1", &hs),
-            Err(SchemaError::BadRef { text: "abcdef1".into() }),
+            Err(SchemaError::BadRef {
+                text: "abcdef1".into()
+            }),
             "7 hex digits are too few"
         );
         assert_eq!(
             resolve("abcdef10", &hs).unwrap_err(),
-            SchemaError::RefNotFound { reference: "abcdef10".into(), head: 3 }
+            SchemaError::RefNotFound {
+                reference: "abcdef10".into(),
+                head: 3
+            }
         );
         assert_eq!(resolve("12345678", &hs), Ok(3), "a hash prefix of digits");
         assert_eq!(resolve("@1970-01-01T00:00:02.5Z", &hs), Ok(2));
         assert_eq!(resolve("@1970-01-01T01:00:02+01:00", &hs), Ok(2));
-        assert!(matches!(resolve("@1969-12-31T00:00:00Z", &hs), Err(SchemaError::RefNotFound { .. })));
+        assert!(matches!(
+            resolve("@1969-12-31T00:00:00Z", &hs),
+            Err(SchemaError::RefNotFound { .. })
+        ));
     }
 
     #[test]
@@ -155,7 +185,10 @@ mod tests {
         let hs = headers(&["abcdef1200", "abcdef1211"]);
         assert_eq!(
             resolve("abcdef12", &hs),
-            Err(SchemaError::AmbiguousRef { reference: "abcdef12".into(), heights: vec![0, 1] })
+            Err(SchemaError::AmbiguousRef {
+                reference: "abcdef12".into(),
+                heights: vec![0, 1]
+            })
         );
         assert_eq!(resolve("abcdef121", &hs), Ok(1));
     }

@@ -41,8 +41,17 @@ impl StateTree {
     pub fn from_entries(entries: impl IntoIterator<Item = (ElementId, StateHash)>) -> Self {
         let map: BTreeMap<ElementId, StateHash> = entries.into_iter().collect();
         let (ids, states): (Vec<_>, Vec<_>) = map.into_iter().unzip();
-        let leaves = ids.iter().zip(&states).map(|(id, s)| state_leaf_hash(id, s)).collect();
-        StateTree { ids, states, tree: MerkleLevels::from_leaves(leaves), staged: BTreeMap::new() }
+        let leaves = ids
+            .iter()
+            .zip(&states)
+            .map(|(id, s)| state_leaf_hash(id, s))
+            .collect();
+        StateTree {
+            ids,
+            states,
+            tree: MerkleLevels::from_leaves(leaves),
+            staged: BTreeMap::new(),
+        }
     }
 
     /// Number of live elements, staged changes excluded.
@@ -104,7 +113,11 @@ impl StateTree {
         let mut states = Vec::with_capacity(ids.capacity());
         let mut leaves = Vec::with_capacity(ids.capacity());
         let mut first_change: Option<usize> = None;
-        let mut old = old_ids.into_iter().zip(old_states).zip(old_leaves).peekable();
+        let mut old = old_ids
+            .into_iter()
+            .zip(old_states)
+            .zip(old_leaves)
+            .peekable();
         let mut new = staged.into_iter().peekable();
         loop {
             let take_old = match (old.peek(), new.peek()) {

@@ -27,7 +27,9 @@ impl Timestamp {
     /// Parses any RFC 3339 time (any offset, any fraction), rounding down
     /// to the microsecond.
     pub fn parse_rfc3339(text: &str) -> Result<Self, SchemaError> {
-        let bad = || SchemaError::BadTime { text: text.chars().take(80).collect() };
+        let bad = || SchemaError::BadTime {
+            text: text.chars().take(80).collect(),
+        };
         let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| bad())?;
         let micros = t.unix_timestamp_nanos().div_euclid(1000);
         i64::try_from(micros).map(Timestamp).map_err(|_| bad())
@@ -39,7 +41,9 @@ impl Timestamp {
         if t.to_string() == text {
             Ok(t)
         } else {
-            Err(SchemaError::BadTime { text: text.chars().take(80).collect() })
+            Err(SchemaError::BadTime {
+                text: text.chars().take(80).collect(),
+            })
         }
     }
 }
@@ -100,7 +104,10 @@ mod tests {
         assert_eq!(t.to_string(), "2026-11-21T08:47:42.500000Z");
         assert_eq!(Timestamp::parse_canonical(&t.to_string()).unwrap(), t);
         assert!(Timestamp::parse_canonical("2026-11-21T08:47:42.5Z").is_err());
-        assert_eq!(Timestamp::from_micros(0).to_string(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            Timestamp::from_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
     }
 }

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::merkle::{leaf_hash, MerkleLevels};
 use crate::{
-    jcs, state_hash, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventHash, EventsRoot,
-    SchemaError, State, StateHash, StateRoot, StateTree,
+    jcs, state_hash, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventHash,
+    EventsRoot, SchemaError, State, StateHash, StateRoot, StateTree,
 };
 
 /// One thing verification found wrong.
@@ -21,39 +21,145 @@ use crate::{
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum Problem {
     /// A file or directory could not be read.
-    Unreadable { place: String, message: String },
+    Unreadable {
+        place: String,
+        message: String,
+    },
     /// An events.log line that does not parse, is not canonical, or whose hash is wrong.
-    BadEvent { place: String, line: u64, message: String },
+    BadEvent {
+        place: String,
+        line: u64,
+        message: String,
+    },
     /// An event whose stored hash is not the hash of its content.
-    EventHashMismatch { place: String, line: u64, chain_seq: u64, element: String, expected: EventHash, actual: EventHash },
+    EventHashMismatch {
+        place: String,
+        line: u64,
+        chain_seq: u64,
+        element: String,
+        expected: EventHash,
+        actual: EventHash,
+    },
     /// A headers.log line that does not parse or is not canonical.
-    BadHeader { place: String, line: u64, message: String },
-    HeaderHashMismatch { place: String, height: u64, expected: BlockHash, actual: BlockHash },
-    WrongChain { place: String, line: u64, expected: String, actual: String },
-    HeightGap { place: String, expected: u64, actual: u64 },
-    HeaderLinkBroken { place: String, height: u64, expected: Option<BlockHash>, actual: Option<BlockHash> },
-    TimeWentBack { place: String, height: u64 },
+    BadHeader {
+        place: String,
+        line: u64,
+        message: String,
+    },
+    HeaderHashMismatch {
+        place: String,
+        height: u64,
+        expected: BlockHash,
+        actual: BlockHash,
+    },
+    WrongChain {
+        place: String,
+        line: u64,
+        expected: String,
+        actual: String,
+    },
+    HeightGap {
+        place: String,
+        expected: u64,
+        actual: u64,
+    },
+    HeaderLinkBroken {
+        place: String,
+        height: u64,
+        expected: Option<BlockHash>,
+        actual: Option<BlockHash>,
+    },
+    TimeWentBack {
+        place: String,
+        height: u64,
+    },
     /// An event out of the chain's order: removed, inserted or reordered.
-    ChainSeqGap { place: String, line: u64, expected: u64, actual: u64 },
-    ElementSeqWrong { place: String, chain_seq: u64, element: String, expected: u64, actual: u64 },
-    ElementLinkBroken { place: String, chain_seq: u64, element: String, expected: Option<EventHash>, actual: Option<EventHash> },
+    ChainSeqGap {
+        place: String,
+        line: u64,
+        expected: u64,
+        actual: u64,
+    },
+    ElementSeqWrong {
+        place: String,
+        chain_seq: u64,
+        element: String,
+        expected: u64,
+        actual: u64,
+    },
+    ElementLinkBroken {
+        place: String,
+        chain_seq: u64,
+        element: String,
+        expected: Option<EventHash>,
+        actual: Option<EventHash>,
+    },
     /// Replaying the operation does not give the state hash the event records.
-    StateReplayMismatch { place: String, chain_seq: u64, element: String, expected: Option<StateHash>, actual: Option<StateHash> },
-    InvalidOperation { place: String, chain_seq: u64, element: String, message: String },
-    EventCountMismatch { place: String, height: u64, expected: u64, actual: u64 },
-    SeqRangeMismatch { place: String, height: u64 },
-    EventsRootMismatch { place: String, height: u64, expected: EventsRoot, actual: EventsRoot },
-    StateRootMismatch { place: String, height: u64, expected: StateRoot, actual: StateRoot },
+    StateReplayMismatch {
+        place: String,
+        chain_seq: u64,
+        element: String,
+        expected: Option<StateHash>,
+        actual: Option<StateHash>,
+    },
+    InvalidOperation {
+        place: String,
+        chain_seq: u64,
+        element: String,
+        message: String,
+    },
+    EventCountMismatch {
+        place: String,
+        height: u64,
+        expected: u64,
+        actual: u64,
+    },
+    SeqRangeMismatch {
+        place: String,
+        height: u64,
+    },
+    EventsRootMismatch {
+        place: String,
+        height: u64,
+        expected: EventsRoot,
+        actual: EventsRoot,
+    },
+    StateRootMismatch {
+        place: String,
+        height: u64,
+        expected: StateRoot,
+        actual: StateRoot,
+    },
     /// Events after the last sealed block.
-    UnsealedEvents { place: String, count: u64 },
+    UnsealedEvents {
+        place: String,
+        count: u64,
+    },
     /// A state file whose name, element or content is wrong.
-    BadStateFile { place: String, path: String, message: String },
+    BadStateFile {
+        place: String,
+        path: String,
+        message: String,
+    },
     /// A state file whose hash differs from the element's last event.
-    StateFileMismatch { place: String, element: String, expected: Option<StateHash>, actual: Option<StateHash> },
+    StateFileMismatch {
+        place: String,
+        element: String,
+        expected: Option<StateHash>,
+        actual: Option<StateHash>,
+    },
     /// A snapshot that is writable, missing, or does not end where the chain says.
-    BadSnapshot { place: String, height: u64, message: String },
+    BadSnapshot {
+        place: String,
+        height: u64,
+        message: String,
+    },
     /// A file that differs from the same file in the rest of the chain.
-    Diverges { place: String, file: String, message: String },
+    Diverges {
+        place: String,
+        file: String,
+        message: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -159,7 +265,12 @@ pub struct LogCheck {
 /// Checks headers.log and events.log of one copy of a chain (`place` names
 /// it in problems): every event hash, both chains, every events root, and
 /// every state root against the replayed states.
-pub fn check_logs(place: &str, chain: &ChainName, headers_log: &[u8], events_log: &[u8]) -> LogCheck {
+pub fn check_logs(
+    place: &str,
+    chain: &ChainName,
+    headers_log: &[u8],
+    events_log: &[u8],
+) -> LogCheck {
     let mut check = LogCheck::default();
     let mut problems = Vec::new();
     let p = || place.to_owned();
@@ -171,15 +282,28 @@ pub fn check_logs(place: &str, chain: &ChainName, headers_log: &[u8], events_log
     while let Some((line_no, line)) = header_lines.next() {
         let header = match BlockHeader::from_canonical(line) {
             Ok(h) => h,
-            Err(SchemaError::HeaderHashMismatch { height, expected, actual }) => {
-                problems.push(Problem::HeaderHashMismatch { place: p(), height, expected, actual });
+            Err(SchemaError::HeaderHashMismatch {
+                height,
+                expected,
+                actual,
+            }) => {
+                problems.push(Problem::HeaderHashMismatch {
+                    place: p(),
+                    height,
+                    expected,
+                    actual,
+                });
                 match lenient_header(line) {
                     Some(h) => h,
                     None => break,
                 }
             }
             Err(e) => {
-                problems.push(Problem::BadHeader { place: p(), line: line_no, message: e.to_string() });
+                problems.push(Problem::BadHeader {
+                    place: p(),
+                    line: line_no,
+                    message: e.to_string(),
+                });
                 break;
             }
         };
@@ -193,7 +317,11 @@ pub fn check_logs(place: &str, chain: &ChainName, headers_log: &[u8], events_log
         }
         let expected_height = prev_header.as_ref().map_or(0, |h| h.height + 1);
         if header.height != expected_height {
-            problems.push(Problem::HeightGap { place: p(), expected: expected_height, actual: header.height });
+            problems.push(Problem::HeightGap {
+                place: p(),
+                expected: expected_height,
+                actual: header.height,
+            });
         }
         let expected_prev = prev_header.as_ref().map(|h| h.hash);
         if header.prev != expected_prev {
@@ -205,15 +333,29 @@ pub fn check_logs(place: &str, chain: &ChainName, headers_log: &[u8], events_log
             });
         }
         if prev_header.as_ref().is_some_and(|h| h.time > header.time) {
-            problems.push(Problem::TimeWentBack { place: p(), height: header.height });
+            problems.push(Problem::TimeWentBack {
+                place: p(),
+                height: header.height,
+            });
         }
         // The block's events.
         let mut event_leaves = Vec::new();
         let mut seqs = Vec::new();
         for _ in 0..header.event_count {
-            let Some((ev_line, bytes)) = events.next() else { break };
+            let Some((ev_line, bytes)) = events.next() else {
+                break;
+            };
             check.events_checked += 1;
-            if let Some((hash, seq)) = check_event(place, chain, ev_line, bytes, &mut next_seq, &mut check.tips, &mut tree, &mut problems) {
+            if let Some((hash, seq)) = check_event(
+                place,
+                chain,
+                ev_line,
+                bytes,
+                &mut next_seq,
+                &mut check.tips,
+                &mut tree,
+                &mut problems,
+            ) {
                 event_leaves.push(leaf_hash(hash.digest().as_bytes()));
                 seqs.push(seq);
             }
@@ -227,7 +369,10 @@ pub fn check_logs(place: &str, chain: &ChainName, headers_log: &[u8], events_log
             });
         }
         if header.first_seq != seqs.first().copied() || header.last_seq != seqs.last().copied() {
-            problems.push(Problem::SeqRangeMismatch { place: p(), height: header.height });
+            problems.push(Problem::SeqRangeMismatch {
+                place: p(),
+                height: header.height,
+            });
         }
         let events_root = EventsRoot(MerkleLevels::from_leaves(event_leaves).root());
         if events_root != header.events_root {
@@ -254,7 +399,10 @@ pub fn check_logs(place: &str, chain: &ChainName, headers_log: &[u8], events_log
     }
     let unsealed = events.count() as u64;
     if unsealed > 0 {
-        problems.push(Problem::UnsealedEvents { place: p(), count: unsealed });
+        problems.push(Problem::UnsealedEvents {
+            place: p(),
+            count: unsealed,
+        });
     }
     check.problems = problems;
     check
@@ -272,7 +420,11 @@ fn check_event(
     problems: &mut Vec<Problem>,
 ) -> Option<(EventHash, u64)> {
     let p = || place.to_owned();
-    let bad = |message: String| Problem::BadEvent { place: place.to_owned(), line: line_no, message };
+    let bad = |message: String| Problem::BadEvent {
+        place: place.to_owned(),
+        line: line_no,
+        message,
+    };
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -313,7 +465,12 @@ fn check_event(
         });
     }
     if event.chain_seq != *next_seq {
-        problems.push(Problem::ChainSeqGap { place: p(), line: line_no, expected: *next_seq, actual: event.chain_seq });
+        problems.push(Problem::ChainSeqGap {
+            place: p(),
+            line: line_no,
+            expected: *next_seq,
+            actual: event.chain_seq,
+        });
     }
     *next_seq = event.chain_seq + 1;
     let element = event.element.to_string();
@@ -364,7 +521,12 @@ fn check_event(
     tree.stage(event.element.clone(), event.state_hash);
     tips.insert(
         event.element.clone(),
-        ElementTip { seq: event.element_seq, last: event.hash, state: next_state, state_hash: event.state_hash },
+        ElementTip {
+            seq: event.element_seq,
+            last: event.hash,
+            state: next_state,
+            state_hash: event.state_hash,
+        },
     );
     Some((event.hash, event.chain_seq))
 }
@@ -372,7 +534,10 @@ fn check_event(
 fn lenient_header(line: &[u8]) -> Option<BlockHeader> {
     let value: Value = serde_json::from_slice(line).ok()?;
     let mut map = value.as_object()?.clone();
-    let stored = map.get("hash")?.as_str().and_then(|h| Digest::from_hex(h).ok())?;
+    let stored = map
+        .get("hash")?
+        .as_str()
+        .and_then(|h| Digest::from_hex(h).ok())?;
     map.remove("hash");
     // Re-hash what is there so the parser accepts it, then restore the stored hash.
     let body = jcs::canonical(&Value::Object(map.clone())).ok()?;
@@ -394,7 +559,11 @@ struct Lines<'a> {
 
 impl<'a> Lines<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Lines { bytes, offset: 0, line: 0 }
+        Lines {
+            bytes,
+            offset: 0,
+            line: 0,
+        }
     }
 
     fn offset(&self) -> usize {

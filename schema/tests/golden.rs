@@ -6,8 +6,8 @@
 
 use fschain_schema::merkle::{leaf_hash, root_of};
 use fschain_schema::{
-    jcs, state_hash, state_leaf_data, state_leaf_hash, BlockHeader, ChainName, EventDraft, EventsRoot, HeaderDraft,
-    Operation, StateRoot, Timestamp,
+    jcs, state_hash, state_leaf_data, state_leaf_hash, BlockHeader, ChainName, EventDraft,
+    EventsRoot, HeaderDraft, Operation, StateRoot, Timestamp,
 };
 
 struct Vectors {
@@ -47,7 +47,10 @@ fn compute() -> Vectors {
     }
     .seal_with_line()
     .unwrap();
-    let patch = Operation::from_json(r#"{"element":"iface:eth0","action":"patch","state":{"mtu":1500,"note":null}}"#).unwrap();
+    let patch = Operation::from_json(
+        r#"{"element":"iface:eth0","action":"patch","state":{"mtu":1500,"note":null}}"#,
+    )
+    .unwrap();
     let after = patch.apply_to(Some(&state)).unwrap().unwrap();
     let (e2, line2) = EventDraft {
         chain: chain.clone(),
@@ -63,8 +66,10 @@ fn compute() -> Vectors {
     let element = e1.element.clone();
     let leaf = state_leaf_hash(&element, &e2.state_hash.unwrap());
     let state_root = StateRoot(root_of(&[leaf]));
-    let events_root =
-        EventsRoot(root_of(&[leaf_hash(e1.hash.digest().as_bytes()), leaf_hash(e2.hash.digest().as_bytes())]));
+    let events_root = EventsRoot(root_of(&[
+        leaf_hash(e1.hash.digest().as_bytes()),
+        leaf_hash(e2.hash.digest().as_bytes()),
+    ]));
     let genesis = HeaderDraft {
         chain: chain.clone(),
         height: 0,
@@ -137,7 +142,10 @@ fn vectors_are_stable_and_documented() {
         ("genesis_line", &v.genesis_line),
         ("block1_line", &v.block1_line),
     ] {
-        assert!(DOC.contains(text.as_str()), "docs/encoding.md lacks {name}: {text}");
+        assert!(
+            DOC.contains(text.as_str()),
+            "docs/encoding.md lacks {name}: {text}"
+        );
     }
     // The lines parse back, and the slow, obvious encoding agrees with the fast one.
     let e1 = fschain_schema::Event::from_canonical(v.event1_line.as_bytes()).unwrap();

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use fschain_schema::{
-    jcs, Action, BlockHash, ChainName, Digest, ElementId, Event, EventDraft, EventHash, EventsRoot, HeaderDraft,
-    Operation, State, StateHash, StateRoot, Timestamp,
+    jcs, Action, BlockHash, ChainName, Digest, ElementId, Event, EventDraft, EventHash, EventsRoot,
+    HeaderDraft, Operation, State, StateHash, StateRoot, Timestamp,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -14,7 +14,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         (-(1i64 << 53)..=(1i64 << 53)).prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         any::<String>().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
@@ -27,20 +29,36 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn state() -> impl Strategy<Value = State> {
-    proptest::collection::vec(("[a-z_]{1,8}", json_value()), 0..6).prop_map(|kv| kv.into_iter().collect())
+    proptest::collection::vec(("[a-z_]{1,8}", json_value()), 0..6)
+        .prop_map(|kv| kv.into_iter().collect())
 }
 
 fn element() -> impl Strategy<Value = ElementId> {
-    ("[a-z][a-z0-9-]{0,8}", "[^\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]{1,40}")
+    (
+        "[a-z][a-z0-9-]{0,8}",
+        "[^\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]{1,40}",
+    )
         .prop_map(|(k, n)| ElementId::parse(&format!("{k}:{n}")).unwrap())
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
-    (element(), 0u8..3, state(), proptest::option::of(any::<String>()), proptest::option::of(any::<String>()))
+    (
+        element(),
+        0u8..3,
+        state(),
+        proptest::option::of(any::<String>()),
+        proptest::option::of(any::<String>()),
+    )
         .prop_map(|(element, a, state, reason, actor)| {
             let action = [Action::Set, Action::Patch, Action::Delete][a as usize];
             let state = (action != Action::Delete).then_some(state);
-            Operation { element, action, state, reason, actor }
+            Operation {
+                element,
+                action,
+                state,
+                reason,
+                actor,
+            }
         })
 }
 
@@ -49,16 +67,25 @@ fn digest() -> impl Strategy<Value = Digest> {
 }
 
 fn draft() -> impl Strategy<Value = EventDraft> {
-    (operation(), 1u64..1 << 40, proptest::option::of(digest()), 1u64..1 << 40, proptest::option::of(digest()), 0i64..1 << 52)
-        .prop_map(|(op, element_seq, prev, chain_seq, state, micros)| EventDraft {
-            chain: ChainName::parse("host-1").unwrap(),
-            element_seq,
-            prev: prev.map(EventHash),
-            chain_seq,
-            op,
-            state_hash: state.map(StateHash),
-            time: Timestamp::from_micros(micros),
-        })
+    (
+        operation(),
+        1u64..1 << 40,
+        proptest::option::of(digest()),
+        1u64..1 << 40,
+        proptest::option::of(digest()),
+        0i64..1 << 52,
+    )
+        .prop_map(
+            |(op, element_seq, prev, chain_seq, state, micros)| EventDraft {
+                chain: ChainName::parse("host-1").unwrap(),
+                element_seq,
+                prev: prev.map(EventHash),
+                chain_seq,
+                op,
+                state_hash: state.map(StateHash),
+                time: Timestamp::from_micros(micros),
+            },
+        )
 }
 
 proptest! {

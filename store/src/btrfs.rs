@@ -61,14 +61,18 @@ pub fn is_btrfs(path: &Path) -> Result<bool, StoreError> {
 
 /// Whether `path` is the root of a btrfs subvolume.
 pub fn is_subvolume(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == BTRFS_FIRST_FREE_OBJECTID)
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_dir() && m.ino() == BTRFS_FIRST_FREE_OBJECTID)
         && is_btrfs(path).unwrap_or(false)
 }
 
 /// Creates an empty subvolume at `path`.
 pub fn create_subvolume(path: &Path) -> Result<(), StoreError> {
     let (parent, name) = split(path)?;
-    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
+    let mut args = VolArgs {
+        fd: 0,
+        name: [0; BTRFS_PATH_NAME_MAX + 1],
+    };
     copy_name(&mut args.name, &name, path)?;
     // SAFETY: `parent` is an open directory, `args` a properly sized, initialised struct.
     let rc = unsafe { libc::ioctl(parent.as_raw_fd(), IOC_SUBVOL_CREATE, &mut args) };
@@ -95,7 +99,10 @@ pub fn snapshot(source: &Path, dest: &Path, readonly: bool) -> Result<(), StoreE
 /// Deletes the subvolume at `path`, read-only or not.
 pub fn delete_subvolume(path: &Path) -> Result<(), StoreError> {
     let (parent, name) = split(path)?;
-    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
+    let mut args = VolArgs {
+        fd: 0,
+        name: [0; BTRFS_PATH_NAME_MAX + 1],
+    };
     copy_name(&mut args.name, &name, path)?;
     // SAFETY: as above.
     let rc = unsafe { libc::ioctl(parent.as_raw_fd(), IOC_SNAP_DESTROY, &mut args) };
@@ -119,16 +126,23 @@ pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), StoreError> {
     // SAFETY: as above.
     let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_GETFLAGS, &mut flags) };
     check(rc, "read subvolume flags", path)?;
-    flags = if readonly { flags | BTRFS_SUBVOL_RDONLY } else { flags & !BTRFS_SUBVOL_RDONLY };
+    flags = if readonly {
+        flags | BTRFS_SUBVOL_RDONLY
+    } else {
+        flags & !BTRFS_SUBVOL_RDONLY
+    };
     // SAFETY: as above.
     let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_SETFLAGS, &flags) };
     check(rc, "set subvolume flags", path)
 }
 
 fn split(path: &Path) -> Result<(File, Vec<u8>), StoreError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| StoreError::io(path, io::Error::new(io::ErrorKind::InvalidInput, "path has no final name")))?;
+    let name = path.file_name().ok_or_else(|| {
+        StoreError::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "path has no final name"),
+        )
+    })?;
     let parent: PathBuf = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -139,7 +153,10 @@ fn split(path: &Path) -> Result<(File, Vec<u8>), StoreError> {
 
 fn copy_name(dest: &mut [u8], name: &[u8], path: &Path) -> Result<(), StoreError> {
     if name.len() >= dest.len() || name.contains(&0) {
-        return Err(StoreError::io(path, io::Error::new(io::ErrorKind::InvalidInput, "bad subvolume name")));
+        return Err(StoreError::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "bad subvolume name"),
+        ));
     }
     dest[..name.len()].copy_from_slice(name);
     Ok(())
@@ -149,11 +166,19 @@ fn check(rc: libc::c_int, op: &'static str, path: &Path) -> Result<(), StoreErro
     if rc == 0 {
         Ok(())
     } else {
-        Err(StoreError::Btrfs { op, path: path.to_owned(), source: io::Error::last_os_error() })
+        Err(StoreError::Btrfs {
+            op,
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        })
     }
 }
 
 fn cstring(path: &Path) -> Result<CString, StoreError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| StoreError::io(path, io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL")))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        StoreError::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"),
+        )
+    })
 }

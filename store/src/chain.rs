@@ -35,16 +35,30 @@ impl Chain {
         let meta = layout.read_marker()?;
         let heights = layout.snapshot_heights()?;
         let Some(&head) = heights.last() else {
-            return Err(StoreError::Corrupt { path: layout.blocks_dir(), why: "no block snapshots".into() });
+            return Err(StoreError::Corrupt {
+                path: layout.blocks_dir(),
+                why: "no block snapshots".into(),
+            });
         };
         let headers = ChainDir::new(layout.snapshot(head)).headers()?;
-        if headers.len() as u64 != head + 1 || headers.iter().enumerate().any(|(i, h)| h.height != i as u64) {
+        if headers.len() as u64 != head + 1
+            || headers
+                .iter()
+                .enumerate()
+                .any(|(i, h)| h.height != i as u64)
+        {
             return Err(StoreError::Corrupt {
                 path: layout.snapshot(head),
-                why: format!("snapshot of block {head} does not hold headers 0..={head}; run fschain verify"),
+                why: format!(
+                    "snapshot of block {head} does not hold headers 0..={head}; run fschain verify"
+                ),
             });
         }
-        Ok(Chain { layout, meta, headers })
+        Ok(Chain {
+            layout,
+            meta,
+            headers,
+        })
     }
 
     pub fn layout(&self) -> &RootLayout {
@@ -65,7 +79,9 @@ impl Chain {
     }
 
     pub fn resolve(&self, reference: &BlockRef) -> Result<u64, StoreError> {
-        reference.resolve(&self.headers).map_err(|e| StoreError::schema("REF", e))
+        reference
+            .resolve(&self.headers)
+            .map_err(|e| StoreError::schema("REF", e))
     }
 
     pub fn snapshot(&self, height: u64) -> ChainDir {
@@ -79,18 +95,26 @@ impl Chain {
     /// Every event of `element`, oldest first, with the block that sealed it.
     pub fn history(&self, element: &ElementId) -> Result<Vec<(u64, Event)>, StoreError> {
         let events = self.head_dir().events(Some(element))?;
-        Ok(events.into_iter().map(|e| (self.block_of_seq(e.chain_seq), e)).collect())
+        Ok(events
+            .into_iter()
+            .map(|e| (self.block_of_seq(e.chain_seq), e))
+            .collect())
     }
 
     /// All events, with the block that sealed each.
     pub fn events(&self) -> Result<Vec<(u64, Event)>, StoreError> {
         let events = self.head_dir().events(None)?;
-        Ok(events.into_iter().map(|e| (self.block_of_seq(e.chain_seq), e)).collect())
+        Ok(events
+            .into_iter()
+            .map(|e| (self.block_of_seq(e.chain_seq), e))
+            .collect())
     }
 
     /// The block whose events include chain sequence `seq`.
     pub fn block_of_seq(&self, seq: u64) -> u64 {
-        let i = self.headers.partition_point(|h| h.last_seq.is_none_or(|last| last < seq));
+        let i = self
+            .headers
+            .partition_point(|h| h.last_seq.is_none_or(|last| last < seq));
         i.min(self.headers.len() - 1) as u64
     }
 
@@ -103,11 +127,16 @@ impl Chain {
     /// between them can differ, so only their states are compared.
     pub fn diff(&self, from: u64, to: u64) -> Result<StateDiff, StoreError> {
         let (lo, hi) = (from.min(to), from.max(to));
-        let first = self.headers.get(lo as usize + 1..=hi as usize).unwrap_or(&[]);
+        let first = self
+            .headers
+            .get(lo as usize + 1..=hi as usize)
+            .unwrap_or(&[]);
         let seqs: Option<(u64, u64)> = first
             .iter()
             .filter_map(|h| h.first_seq.zip(h.last_seq))
-            .fold(None, |acc, (a, b)| Some(acc.map_or((a, b), |(x, y): (u64, u64)| (x.min(a), y.max(b)))));
+            .fold(None, |acc, (a, b)| {
+                Some(acc.map_or((a, b), |(x, y): (u64, u64)| (x.min(a), y.max(b))))
+            });
         let mut touched = BTreeSet::new();
         if let Some((a, b)) = seqs {
             for event in self.snapshot(hi).events(None)? {
@@ -117,7 +146,11 @@ impl Chain {
             }
         }
         let (old, new) = (self.snapshot(from), self.snapshot(to));
-        let mut diff = StateDiff { from, to, ..StateDiff::default() };
+        let mut diff = StateDiff {
+            from,
+            to,
+            ..StateDiff::default()
+        };
         for element in touched {
             match (old.state_bytes(&element)?, new.state_bytes(&element)?) {
                 (None, Some(_)) => diff.added.push(element.to_string()),
@@ -133,7 +166,10 @@ impl Chain {
     /// `dest` is on the same filesystem, a plain copy otherwise.
     pub fn checkout(&self, height: u64, dest: &Path) -> Result<(), StoreError> {
         if dest.exists() {
-            return Err(StoreError::io(dest, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "destination exists")));
+            return Err(StoreError::io(
+                dest,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "destination exists"),
+            ));
         }
         let source = self.layout.snapshot(height);
         let parent = match dest.parent() {
@@ -141,7 +177,9 @@ impl Chain {
             _ => std::path::PathBuf::from("."),
         };
         // A snapshot when it can be one (same btrfs filesystem), else a copy.
-        if btrfs::is_btrfs(&parent).unwrap_or(false) && btrfs::snapshot(&source, dest, false).is_ok() {
+        if btrfs::is_btrfs(&parent).unwrap_or(false)
+            && btrfs::snapshot(&source, dest, false).is_ok()
+        {
             return Ok(());
         }
         copy_tree(&source, dest)

@@ -48,8 +48,9 @@ impl ChainDir {
             .enumerate()
             .filter(|(_, line)| !line.is_empty())
             .map(|(i, line)| {
-                BlockHeader::from_canonical(line)
-                    .map_err(|e| StoreError::schema(format!("{} line {}", place.display(), i + 1), e))
+                BlockHeader::from_canonical(line).map_err(|e| {
+                    StoreError::schema(format!("{} line {}", place.display(), i + 1), e)
+                })
             })
             .collect()
     }
@@ -74,8 +75,9 @@ impl ChainDir {
                     continue;
                 }
             }
-            let event = Event::from_canonical(line)
-                .map_err(|e| StoreError::schema(format!("{} line {}", place.display(), i + 1), e))?;
+            let event = Event::from_canonical(line).map_err(|e| {
+                StoreError::schema(format!("{} line {}", place.display(), i + 1), e)
+            })?;
             if element.is_none_or(|e| &event.element == e) {
                 out.push(event);
             }
@@ -95,7 +97,9 @@ impl ChainDir {
 
     /// `element`'s state, or `None` if it has none.
     pub fn state(&self, element: &ElementId) -> Result<Option<State>, StoreError> {
-        let Some(bytes) = self.state_bytes(element)? else { return Ok(None) };
+        let Some(bytes) = self.state_bytes(element)? else {
+            return Ok(None);
+        };
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(Some(map)),
             _ => Err(StoreError::Corrupt {
@@ -118,7 +122,10 @@ impl ChainDir {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) => {
-                    scan.problems.push(Problem::Unreadable { place: place.into(), message: format!("{}: {e}", dir.display()) });
+                    scan.problems.push(Problem::Unreadable {
+                        place: place.into(),
+                        message: format!("{}: {e}", dir.display()),
+                    });
                     continue;
                 }
             };
@@ -126,7 +133,10 @@ impl ChainDir {
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
-                        scan.problems.push(Problem::Unreadable { place: place.into(), message: format!("{}: {e}", dir.display()) });
+                        scan.problems.push(Problem::Unreadable {
+                            place: place.into(),
+                            message: format!("{}: {e}", dir.display()),
+                        });
                         continue;
                     }
                 };
@@ -143,11 +153,16 @@ impl ChainDir {
                         Some(element) => match std::fs::read(&path) {
                             Ok(bytes) => {
                                 scan.bytes += bytes.len() as u64;
-                                scan.states.push((element, fschain_schema::verify::state_file_hash(&bytes)));
+                                scan.states.push((
+                                    element,
+                                    fschain_schema::verify::state_file_hash(&bytes),
+                                ));
                             }
                             Err(e) => scan.problems.push(bad(&format!("cannot read: {e}"))),
                         },
-                        None => scan.problems.push(bad("is not the state file of any element")),
+                        None => scan
+                            .problems
+                            .push(bad("is not the state file of any element")),
                     },
                     Ok(_) => scan.problems.push(bad("is not a regular file")),
                     Err(e) => scan.problems.push(bad(&format!("cannot stat: {e}"))),

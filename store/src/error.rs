@@ -9,7 +9,11 @@ pub enum StoreError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("btrfs {op} failed for {}: {source}", path.display())]
-    Btrfs { op: &'static str, path: PathBuf, source: io::Error },
+    Btrfs {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("{} is not on btrfs; fschain keeps each block as a btrfs snapshot. Mount a btrfs filesystem there, or run `fschain init --root DIR --image FILE --size 2G` as root to create and loop-mount one", path.display())]
     NotBtrfs { path: PathBuf },
     #[error("{} is not an fschain root (no fschain.root file); run `fschain init --root {}` first", path.display(), path.display())]
@@ -28,11 +32,17 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn io(path: &Path, source: io::Error) -> Self {
-        StoreError::Io { path: path.to_owned(), source }
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     pub fn schema(place: impl Into<String>, source: SchemaError) -> Self {
-        StoreError::Schema { place: place.into(), source }
+        StoreError::Schema {
+            place: place.into(),
+            source,
+        }
     }
 
     /// Whether trying again later may succeed (another command holds the
@@ -41,10 +51,17 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Locked { .. } => true,
-            StoreError::Io { source, .. } | StoreError::Btrfs { source, .. } => matches!(
-                source.kind(),
-                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) || matches!(source.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOSPC | libc::ENOMEM)),
+            StoreError::Io { source, .. } | StoreError::Btrfs { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) || matches!(
+                    source.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOSPC | libc::ENOMEM)
+                )
+            }
             _ => false,
         }
     }
@@ -60,4 +77,3 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| StoreError::io(path, e))
     }
 }
-

@@ -43,15 +43,23 @@ pub struct ChainMeta {
 
 impl ChainMeta {
     pub fn new(chain: ChainName) -> Self {
-        ChainMeta { chain, format: FORMAT }
+        ChainMeta {
+            chain,
+            format: FORMAT,
+        }
     }
 
     pub fn read(path: &Path) -> Result<Self, StoreError> {
         let bytes = std::fs::read(path).at(path)?;
-        let meta: ChainMeta = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupt { path: path.to_owned(), why: e.to_string() })?;
+        let meta: ChainMeta = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
         if meta.format != FORMAT {
-            return Err(StoreError::Corrupt { path: path.to_owned(), why: format!("unsupported format {}", meta.format) });
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                why: format!("unsupported format {}", meta.format),
+            });
         }
         Ok(meta)
     }
@@ -114,7 +122,9 @@ impl RootLayout {
     pub fn read_marker(&self) -> Result<ChainMeta, StoreError> {
         let marker = self.marker();
         if !marker.exists() {
-            return Err(StoreError::NotARoot { path: self.root.clone() });
+            return Err(StoreError::NotARoot {
+                path: self.root.clone(),
+            });
         }
         ChainMeta::read(&marker)
     }
@@ -142,16 +152,25 @@ pub fn snapshot_name(height: u64) -> String {
 }
 
 pub fn parse_snapshot_name(name: &str) -> Option<u64> {
-    (name.len() >= 10 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
+    (name.len() >= 10 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
 }
 
 /// Takes the root's writer lock, failing at once if another command holds it.
 pub fn lock(layout: &RootLayout) -> Result<std::fs::File, StoreError> {
     let path = layout.lock_file();
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path: layout.root().to_owned() }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: layout.root().to_owned(),
+        }),
         Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
     }
 }

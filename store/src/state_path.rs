@@ -44,7 +44,9 @@ pub fn element_of(relative: &Path) -> Option<ElementId> {
     if !is_valid_kind(kind) {
         return None;
     }
-    let rest: Vec<&str> = components.map(|c| c.as_os_str().to_str()).collect::<Option<_>>()?;
+    let rest: Vec<&str> = components
+        .map(|c| c.as_os_str().to_str())
+        .collect::<Option<_>>()?;
     let (last, dirs) = rest.split_last()?;
     let mut encoded = String::new();
     for dir in dirs {
@@ -124,10 +126,19 @@ mod tests {
 
     #[test]
     fn readable_for_common_names() {
-        assert_eq!(state_path(&id("iface:eth0")), Path::new("states/iface/eth0"));
-        assert_eq!(state_path(&id("file:/etc/passwd")), Path::new("states/file/%2Fetc%2Fpasswd"));
+        assert_eq!(
+            state_path(&id("iface:eth0")),
+            Path::new("states/iface/eth0")
+        );
+        assert_eq!(
+            state_path(&id("file:/etc/passwd")),
+            Path::new("states/file/%2Fetc%2Fpasswd")
+        );
         assert_eq!(state_path(&id("k:..")), Path::new("states/k/%2E."));
-        assert_eq!(state_path(&id("k:../../etc/shadow")), Path::new("states/k/%2E.%2F..%2Fetc%2Fshadow"));
+        assert_eq!(
+            state_path(&id("k:../../etc/shadow")),
+            Path::new("states/k/%2E.%2F..%2Fetc%2Fshadow")
+        );
     }
 
     proptest! {
@@ -155,7 +166,13 @@ mod tests {
 
     #[test]
     fn foreign_paths_name_no_element() {
-        for p in ["states/iface/eth%2", "states/Iface/eth0", "states/iface/a%2fb", "other/iface/eth0", "states/iface/x+/y"] {
+        for p in [
+            "states/iface/eth%2",
+            "states/Iface/eth0",
+            "states/iface/a%2fb",
+            "other/iface/eth0",
+            "states/iface/x+/y",
+        ] {
             assert_eq!(element_of(Path::new(p)), None, "{p}");
         }
     }

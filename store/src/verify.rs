@@ -50,13 +50,21 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     };
     let heights = layout.snapshot_heights()?;
     let Some(&head) = heights.last() else {
-        report.problems.push(Problem::BadSnapshot { place: "blocks/".into(), height: 0, message: "no snapshots at all".into() });
+        report.problems.push(Problem::BadSnapshot {
+            place: "blocks/".into(),
+            height: 0,
+            message: "no snapshots at all".into(),
+        });
         return Ok(report);
     };
     report.head = Some(head);
     for h in 0..=head {
         if heights.binary_search(&h).is_err() {
-            report.problems.push(Problem::BadSnapshot { place: place(h), height: h, message: "snapshot is missing".into() });
+            report.problems.push(Problem::BadSnapshot {
+                place: place(h),
+                height: h,
+                message: "snapshot is missing".into(),
+            });
         }
     }
 
@@ -65,7 +73,10 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     let (head_headers, head_events) = match (head_dir.headers_bytes(), head_dir.events_bytes()) {
         (Ok(h), Ok(e)) => (h, e),
         (Err(e), _) | (_, Err(e)) => {
-            report.problems.push(Problem::Unreadable { place: place(head), message: e.to_string() });
+            report.problems.push(Problem::Unreadable {
+                place: place(head),
+                message: e.to_string(),
+            });
             return Ok(report);
         }
     };
@@ -78,17 +89,32 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         report.problems.push(Problem::BadSnapshot {
             place: place(head),
             height: head,
-            message: format!("holds {} headers, expected {}", logs.headers.len(), head + 1),
+            message: format!(
+                "holds {} headers, expected {}",
+                logs.headers.len(),
+                head + 1
+            ),
         });
     }
-    check_copy(&mut report, &head_dir, &place(head), head, &meta, &logs, Some(&logs.tips), true);
+    check_copy(
+        &mut report,
+        &head_dir,
+        &place(head),
+        head,
+        &meta,
+        &logs,
+        Some(&logs.tips),
+        true,
+    );
 
     // Every older snapshot.
     for &h in heights.iter().filter(|&&h| h < head) {
         let dir = ChainDir::new(layout.snapshot(h));
         let p = place(h);
         let mut own_logs = None;
-        let matches_prefix = |bytes: &[u8], full: &[u8], end: Option<&usize>| end.is_some_and(|&e| bytes == &full[..e.min(full.len())]);
+        let matches_prefix = |bytes: &[u8], full: &[u8], end: Option<&usize>| {
+            end.is_some_and(|&e| bytes == &full[..e.min(full.len())])
+        };
         match (dir.headers_bytes(), dir.events_bytes()) {
             (Ok(hb), Ok(eb)) => {
                 report.bytes += (hb.len() + eb.len()) as u64;
@@ -101,7 +127,8 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
                         report.problems.push(Problem::Diverges {
                             place: p.clone(),
                             file: "headers.log/events.log".into(),
-                            message: "are valid on their own but differ from the newer snapshots".into(),
+                            message: "are valid on their own but differ from the newer snapshots"
+                                .into(),
                         });
                     }
                     report.problems.extend(own.problems.iter().cloned());
@@ -109,7 +136,10 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
                 }
             }
             (Err(e), _) | (_, Err(e)) => {
-                report.problems.push(Problem::Unreadable { place: p.clone(), message: e.to_string() });
+                report.problems.push(Problem::Unreadable {
+                    place: p.clone(),
+                    message: e.to_string(),
+                });
                 continue;
             }
         }
@@ -134,9 +164,21 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
                     });
                 }
             }
-            (Err(e), _) | (_, Err(e)) => report.problems.push(Problem::Unreadable { place: "layer".into(), message: e.to_string() }),
+            (Err(e), _) | (_, Err(e)) => report.problems.push(Problem::Unreadable {
+                place: "layer".into(),
+                message: e.to_string(),
+            }),
         }
-        check_copy(&mut report, &dir, "layer", head, &meta, &logs, Some(&logs.tips), false);
+        check_copy(
+            &mut report,
+            &dir,
+            "layer",
+            head,
+            &meta,
+            &logs,
+            Some(&logs.tips),
+            false,
+        );
     }
     Ok(report)
 }
@@ -167,7 +209,10 @@ fn check_copy(
             file: CHAIN_FILE.into(),
             message: format!("names chain {}, the root names {}", m.chain, meta.chain),
         }),
-        Err(e) => report.problems.push(Problem::Unreadable { place: place.into(), message: e.to_string() }),
+        Err(e) => report.problems.push(Problem::Unreadable {
+            place: place.into(),
+            message: e.to_string(),
+        }),
     }
     if must_be_readonly {
         match btrfs::is_readonly(dir.path()) {
@@ -177,18 +222,29 @@ fn check_copy(
                 height,
                 message: "is writable; every block snapshot must be read-only".into(),
             }),
-            Err(e) => report.problems.push(Problem::BadSnapshot { place: place.into(), height, message: e.to_string() }),
+            Err(e) => report.problems.push(Problem::BadSnapshot {
+                place: place.into(),
+                height,
+                message: e.to_string(),
+            }),
         }
     }
     let scan = dir.state_hashes(place);
     report.bytes += scan.bytes;
     report.problems.extend(scan.problems);
-    let Some(header) = logs.headers.get(height as usize) else { return };
+    let Some(header) = logs.headers.get(height as usize) else {
+        return;
+    };
     let root = state_root_of(scan.states.iter().cloned());
     if root == header.state_root {
         return;
     }
-    report.problems.push(Problem::StateRootMismatch { place: place.into(), height, expected: header.state_root, actual: root });
+    report.problems.push(Problem::StateRootMismatch {
+        place: place.into(),
+        height,
+        expected: header.state_root,
+        actual: root,
+    });
     // Name the elements at fault: replay this copy's own logs when the
     // states expected at this height are not known yet.
     let own;
@@ -203,7 +259,8 @@ fn check_copy(
         },
     };
     {
-        let found: HashMap<&ElementId, &StateHash> = scan.states.iter().map(|(e, s)| (e, s)).collect();
+        let found: HashMap<&ElementId, &StateHash> =
+            scan.states.iter().map(|(e, s)| (e, s)).collect();
         for (element, tip) in tips {
             let actual = found.get(element).map(|s| **s);
             if actual != tip.state_hash {

@@ -17,10 +17,15 @@ pub struct Scratch {
 /// where it fails: btrfs tests must never be silently skipped there.
 pub fn scratch(name: &str) -> Option<Scratch> {
     let base = match std::env::var_os("FSCHAIN_TEST_BTRFS") {
-        Some(b) if fschain_store::btrfs::is_btrfs(Path::new(&b)).unwrap_or(false) => PathBuf::from(b),
+        Some(b) if fschain_store::btrfs::is_btrfs(Path::new(&b)).unwrap_or(false) => {
+            PathBuf::from(b)
+        }
         other => {
             let why = match other {
-                Some(b) => format!("FSCHAIN_TEST_BTRFS={} is not a btrfs mount", PathBuf::from(b).display()),
+                Some(b) => format!(
+                    "FSCHAIN_TEST_BTRFS={} is not a btrfs mount",
+                    PathBuf::from(b).display()
+                ),
                 None => "FSCHAIN_TEST_BTRFS is not set".to_owned(),
             };
             if std::env::var_os("CI").is_some() {
@@ -31,7 +36,11 @@ pub fn scratch(name: &str) -> Option<Scratch> {
         }
     };
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = base.join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = base.join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     Some(Scratch { dir })
@@ -51,7 +60,9 @@ impl Drop for Scratch {
 }
 
 fn remove_subvolumes(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -90,16 +101,26 @@ impl Run {
     }
     /// Panics, showing the command and its output, unless it exited 0.
     pub fn ok(self) -> Self {
-        assert!(self.output.status.success(), "command failed:\n{}", self.explain());
+        assert!(
+            self.output.status.success(),
+            "command failed:\n{}",
+            self.explain()
+        );
         self
     }
     /// Panics unless it exited with `code`.
     pub fn code_is(self, code: i32) -> Self {
-        assert_eq!(self.code(), code, "unexpected exit code:\n{}", self.explain());
+        assert_eq!(
+            self.code(),
+            code,
+            "unexpected exit code:\n{}",
+            self.explain()
+        );
         self
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.explain()))
+        serde_json::from_slice(&self.output.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.explain()))
     }
 }
 
@@ -110,15 +131,24 @@ pub fn fschain(args: &[&str]) -> Run {
 pub fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fschain"));
-    cmd.args(args).env_remove("FSCHAIN_ROOT").env_remove("FSCHAIN_CONFIG");
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.args(args)
+        .env_remove("FSCHAIN_ROOT")
+        .env_remove("FSCHAIN_CONFIG");
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn fschain");
     if let Some(bytes) = input {
         child.stdin.take().unwrap().write_all(bytes).unwrap();
     }
     let output = child.wait_with_output().unwrap();
-    Run { args: args.iter().map(|s| s.to_string()).collect(), output }
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
 }
 
 /// The first `n` operations of the shared sample (../shared/data).
@@ -132,7 +162,10 @@ pub fn sample_ops(n: usize) -> String {
 pub fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !check() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -142,6 +175,16 @@ pub fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
     let root = s.root().display().to_string();
     fschain(&["init", "--root", &root, "--chain", "host1"]).ok();
     let ops = sample_ops(n);
-    fschain_with_input(&["apply", "--root", &root, "--block-ops", &per_block.to_string()], Some(ops.as_bytes())).ok();
+    fschain_with_input(
+        &[
+            "apply",
+            "--root",
+            &root,
+            "--block-ops",
+            &per_block.to_string(),
+        ],
+        Some(ops.as_bytes()),
+    )
+    .ok();
     root
 }
