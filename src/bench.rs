@@ -324,22 +324,7 @@ fn concatenate_verified_files(layout: &RootLayout, dest: &Path) -> Result<u64> {
 }
 
 fn cleanup(work: &Path) {
-    fn walk(dir: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                if btrfs::is_subvolume(&p) {
-                    let _ = btrfs::delete_subvolume(&p);
-                } else {
-                    walk(&p);
-                }
-            }
-        }
-    }
-    walk(work);
+    btrfs::delete_subvolumes_below(work);
     let _ = std::fs::remove_dir_all(work);
 }
 

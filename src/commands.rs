@@ -273,7 +273,12 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             let target = BlockRef::parse(&reference)?.resolve(writer.headers())?;
             let sealed = writer.rollback(target, reason.as_deref(), Some(&inv.actor))?;
             match &sealed {
-                Some(b) => report_blocks(std::slice::from_ref(b), b.header.event_count, json.json, &b.header),
+                Some(b) => report_blocks(
+                    std::slice::from_ref(b),
+                    b.header.event_count,
+                    json.json,
+                    &b.header,
+                ),
                 None => println!("nothing to do: the head already has block {target}'s states"),
             }
             writer.close()?;

@@ -83,7 +83,19 @@ impl EventDraft {
         line.extend_from_slice(hash.to_hex().as_bytes());
         line.extend_from_slice(b"\",");
         line.extend_from_slice(tail_open);
-        let event = Event {
+        let event = self.into_event(hash);
+        Ok((event, line))
+    }
+
+    /// The straightforward encoding, kept to check the fast one against.
+    pub fn seal_slow(self) -> Result<Event, SchemaError> {
+        let mut event = self.into_event(EventHash(Digest::ZERO));
+        event.hash = event.computed_hash()?;
+        Ok(event)
+    }
+
+    fn into_event(self, hash: EventHash) -> Event {
+        Event {
             chain: self.chain,
             element: self.op.element.clone(),
             element_seq: self.element_seq,
@@ -93,25 +105,7 @@ impl EventDraft {
             state_hash: self.state_hash,
             time: self.time,
             hash,
-        };
-        Ok((event, line))
-    }
-
-    /// The straightforward encoding, kept to check the fast one against.
-    pub fn seal_slow(self) -> Result<Event, SchemaError> {
-        let mut event = Event {
-            chain: self.chain,
-            element: self.op.element.clone(),
-            element_seq: self.element_seq,
-            prev: self.prev,
-            chain_seq: self.chain_seq,
-            op: self.op,
-            state_hash: self.state_hash,
-            time: self.time,
-            hash: EventHash(Digest::ZERO),
-        };
-        event.hash = EventHash(Digest::of(&jcs::canonical(&event.body_value())?));
-        Ok(event)
+        }
     }
 }
 

@@ -110,34 +110,44 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), SchemaError> {
+    let inexact = || SchemaError::InexactNumber {
+        number: n.to_string(),
+    };
     if let Some(u) = n.as_u64() {
-        if u > MAX_EXACT_INTEGER {
-            return Err(SchemaError::InexactNumber {
-                number: n.to_string(),
-            });
+        if u <= MAX_EXACT_INTEGER {
+            out.extend_from_slice(u.to_string().as_bytes());
+            return Ok(());
         }
-        out.extend_from_slice(u.to_string().as_bytes());
-    } else if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() > MAX_EXACT_INTEGER {
-            return Err(SchemaError::InexactNumber {
-                number: n.to_string(),
-            });
+        // Larger integers are fine when a double holds them exactly (they
+        // are what a double prints as, e.g. 1e16); others would be rounded.
+        let f = u as f64;
+        if f >= 18446744073709551616.0 || f as u64 != u {
+            return Err(inexact());
         }
-        out.extend_from_slice(i.to_string().as_bytes());
+        return write_double(out, f);
+    }
+    if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() <= MAX_EXACT_INTEGER {
+            out.extend_from_slice(i.to_string().as_bytes());
+            return Ok(());
+        }
+        let f = i as f64;
+        if f < -9223372036854775808.0 || f as i64 != i {
+            return Err(inexact());
+        }
+        return write_double(out, f);
+    }
+    let f = n.as_f64().filter(|f| f.is_finite()).ok_or_else(inexact)?;
+    write_double(out, f)
+}
+
+fn write_double(out: &mut Vec<u8>, f: f64) -> Result<(), SchemaError> {
+    if f == 0.0 {
+        // ECMAScript prints -0 as "0".
+        out.push(b'0');
     } else {
-        let f = n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .ok_or_else(|| SchemaError::InexactNumber {
-                number: n.to_string(),
-            })?;
-        if f == 0.0 {
-            // ECMAScript prints -0 as "0".
-            out.push(b'0');
-        } else {
-            let mut buffer = ryu_js::Buffer::new();
-            out.extend_from_slice(buffer.format_finite(f).as_bytes());
-        }
+        let mut buffer = ryu_js::Buffer::new();
+        out.extend_from_slice(buffer.format_finite(f).as_bytes());
     }
     Ok(())
 }

@@ -136,6 +136,28 @@ pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), StoreError> {
     check(rc, "set subvolume flags", path)
 }
 
+/// Deletes every subvolume below `dir` (not `dir` itself), deepest first;
+/// for cleaning up scratch trees. Errors are ignored: it is best effort.
+pub fn delete_subvolumes_below(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // A subvolume without nested ones goes in one call; otherwise
+            // clear what is inside first.
+            if is_subvolume(&path) && delete_subvolume(&path).is_ok() {
+                continue;
+            }
+            delete_subvolumes_below(&path);
+            if is_subvolume(&path) {
+                let _ = delete_subvolume(&path);
+            }
+        }
+    }
+}
+
 fn split(path: &Path) -> Result<(File, Vec<u8>), StoreError> {
     let name = path.file_name().ok_or_else(|| {
         StoreError::io(

@@ -119,13 +119,14 @@ impl ChainDir {
         }
         let mut stack = vec![root];
         while let Some(dir) = stack.pop() {
+            let unreadable = |e: std::io::Error| Problem::Unreadable {
+                place: place.into(),
+                message: format!("{}: {e}", dir.display()),
+            };
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) => {
-                    scan.problems.push(Problem::Unreadable {
-                        place: place.into(),
-                        message: format!("{}: {e}", dir.display()),
-                    });
+                    scan.problems.push(unreadable(e));
                     continue;
                 }
             };
@@ -133,10 +134,7 @@ impl ChainDir {
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
-                        scan.problems.push(Problem::Unreadable {
-                            place: place.into(),
-                            message: format!("{}: {e}", dir.display()),
-                        });
+                        scan.problems.push(unreadable(e));
                         continue;
                     }
                 };

@@ -54,23 +54,8 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        remove_subvolumes(&self.dir);
+        fschain_store::btrfs::delete_subvolumes_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn remove_subvolumes(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            remove_subvolumes(&path);
-            if fschain_store::btrfs::is_subvolume(&path) {
-                let _ = fschain_store::btrfs::delete_subvolume(&path);
-            }
-        }
     }
 }
 
