@@ -175,7 +175,7 @@ fn bad_input_is_named_and_loses_nothing() {
         ),
         (
             r#"{"element":"iface:eth0","action":"set","state":{"n":12345678901234567890}}"#,
-            "cannot be hashed exactly",
+            "would be rounded",
         ),
     ];
     for (i, (bad, message)) in cases.iter().enumerate() {

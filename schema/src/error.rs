@@ -21,7 +21,7 @@ pub enum SchemaError {
     StateNotObject { element: String },
     #[error("cannot {action} {element}: no such element")]
     NoSuchElement { element: String, action: Action },
-    #[error("number {number} cannot be hashed exactly (JSON numbers must be exact IEEE 754 doubles: integers beyond 2^53 get rounded)")]
+    #[error("number {number} cannot be hashed exactly (JSON numbers are IEEE 754 doubles: this integer would be rounded)")]
     InexactNumber { number: String },
     #[error("{text:?} is not 64 lower-case hex digits")]
     BadHex { text: String },

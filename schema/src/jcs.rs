@@ -113,32 +113,34 @@ fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), SchemaError> {
     let inexact = || SchemaError::InexactNumber {
         number: n.to_string(),
     };
-    if let Some(u) = n.as_u64() {
-        if u <= MAX_EXACT_INTEGER {
-            out.extend_from_slice(u.to_string().as_bytes());
-            return Ok(());
-        }
-        // Larger integers are fine when a double holds them exactly (they
-        // are what a double prints as, e.g. 1e16); others would be rounded.
-        let f = u as f64;
-        if f >= 18446744073709551616.0 || f as u64 != u {
-            return Err(inexact());
-        }
+    let big = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) if u <= MAX_EXACT_INTEGER => Some(u.to_string()),
+        (_, Some(i)) if i.unsigned_abs() <= MAX_EXACT_INTEGER => Some(i.to_string()),
+        _ => None,
+    };
+    if let Some(text) = big {
+        out.extend_from_slice(text.as_bytes());
+        return Ok(());
+    }
+    // JSON numbers are doubles (RFC 8785). A larger integer is accepted
+    // when the double nearest to it prints as the same text (as a double's
+    // own output, e.g. 5344924802405809000, does); otherwise it would be
+    // silently rounded, so it is refused.
+    let f = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u as f64,
+        (_, Some(i)) => i as f64,
+        _ => n.as_f64().filter(|f| f.is_finite()).ok_or_else(inexact)?,
+    };
+    if n.is_f64() {
         return write_double(out, f);
     }
-    if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() <= MAX_EXACT_INTEGER {
-            out.extend_from_slice(i.to_string().as_bytes());
-            return Ok(());
-        }
-        let f = i as f64;
-        if f < -9223372036854775808.0 || f as i64 != i {
-            return Err(inexact());
-        }
-        return write_double(out, f);
+    let mut buffer = ryu_js::Buffer::new();
+    let text = buffer.format_finite(f);
+    if text != n.to_string() {
+        return Err(inexact());
     }
-    let f = n.as_f64().filter(|f| f.is_finite()).ok_or_else(inexact)?;
-    write_double(out, f)
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
 }
 
 fn write_double(out: &mut Vec<u8>, f: f64) -> Result<(), SchemaError> {
