@@ -287,21 +287,18 @@ impl ChainWriter {
         let started = std::time::Instant::now();
         File::create(&dirty).at(&dirty)?;
 
+        let writes: Vec<(std::path::PathBuf, Option<&[u8]>)> = self
+            .pending_states
+            .iter()
+            .map(|(element, state)| {
+                (
+                    layer.join(state_path(element)),
+                    state.as_ref().map(|(_, b)| b.as_slice()),
+                )
+            })
+            .collect();
+        write_state_files(&writes)?;
         for (element, state) in &self.pending_states {
-            let path = layer.join(state_path(element));
-            match state {
-                Some((_, bytes)) => {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).at(parent)?;
-                    }
-                    std::fs::write(&path, bytes).at(&path)?;
-                }
-                None => match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StoreError::Io { path, source: e }.into()),
-                },
-            }
             self.tree
                 .stage(element.clone(), state.as_ref().map(|(h, _)| *h));
         }
@@ -388,6 +385,51 @@ impl ChainWriter {
     pub fn head_hash(&self) -> BlockHash {
         self.head().hash
     }
+}
+
+/// Writes (or, for `None`, removes) state files, from two threads: most of
+/// the cost is the kernel's, and btrfs takes per-leaf locks.
+fn write_state_files(writes: &[(std::path::PathBuf, Option<&[u8]>)]) -> Result<(), StoreError> {
+    let write_one =
+        |(path, bytes): &(std::path::PathBuf, Option<&[u8]>)| -> Result<(), StoreError> {
+            match bytes {
+                Some(bytes) => match std::fs::write(path, bytes) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if let Some(parent) = path.parent() {
+                            std::fs::create_dir_all(parent).at(parent)?;
+                        }
+                        std::fs::write(path, bytes).at(path)
+                    }
+                    Err(e) => Err(StoreError::Io {
+                        path: path.clone(),
+                        source: e,
+                    }),
+                },
+                None => match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+                        path: path.clone(),
+                        source: e,
+                    }),
+                    _ => Ok(()),
+                },
+            }
+        };
+    if writes.len() < 64 {
+        return writes.iter().try_for_each(write_one);
+    }
+    let (a, b) = writes.split_at(writes.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| a.iter().try_for_each(write_one));
+        let mine = b.iter().try_for_each(write_one);
+        let theirs = other.join().unwrap_or_else(|_| {
+            Err(StoreError::Corrupt {
+                path: std::path::PathBuf::new(),
+                why: "state writer thread panicked".into(),
+            })
+        });
+        mine.and(theirs)
+    })
 }
 
 fn append(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
