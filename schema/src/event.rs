@@ -53,44 +53,29 @@ impl EventDraft {
     /// prev, state_hash, time, v; so the line is the body with
     /// `"hash":"…",` inserted before `"op":`, and the body is split there.
     pub fn seal_with_line(self) -> Result<(Event, Vec<u8>), SchemaError> {
-        let mut head = Map::new();
-        head.insert("chain".into(), Value::String(self.chain.to_string()));
-        head.insert("chain_seq".into(), Value::from(self.chain_seq));
-        head.insert("element".into(), Value::String(self.op.element.to_string()));
-        head.insert("element_seq".into(), Value::from(self.element_seq));
-        let mut tail = Map::new();
-        tail.insert("op".into(), self.op.to_event_value());
-        tail.insert(
-            "prev".into(),
-            self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())),
-        );
-        tail.insert(
-            "state_hash".into(),
-            self.state_hash
-                .map_or(Value::Null, |h| Value::String(h.to_hex())),
-        );
-        tail.insert("time".into(), Value::String(self.time.to_string()));
-        tail.insert("v".into(), Value::from(EVENT_VERSION));
-        let head_bytes = jcs::canonical_object(&head)?;
-        let tail_bytes = jcs::canonical_object(&tail)?;
-        // head is `{...}`, tail is `{...}`: body = head minus `}` + `,` + tail minus `{`.
-        let head_open = &head_bytes[..head_bytes.len() - 1];
-        let tail_open = &tail_bytes[1..];
-        let hash = EventHash(Digest::of_parts(&[head_open, b",", tail_open]));
-        let mut line = Vec::with_capacity(head_bytes.len() + tail_bytes.len() + 80);
-        line.extend_from_slice(head_open);
-        line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(hash.to_hex().as_bytes());
-        line.extend_from_slice(b"\",");
-        line.extend_from_slice(tail_open);
-        let event = self.into_event(hash);
-        Ok((event, line))
+        let encoded = self.members().encode()?;
+        let hash = encoded.hash();
+        let line = encoded.line(&hash);
+        Ok((self.into_event(hash), line))
+    }
+
+    fn members(&self) -> Members<'_> {
+        Members {
+            chain: &self.chain,
+            chain_seq: self.chain_seq,
+            element: &self.op.element,
+            element_seq: self.element_seq,
+            op: &self.op,
+            prev: self.prev,
+            state_hash: self.state_hash,
+            time: self.time,
+        }
     }
 
     /// The straightforward encoding, kept to check the fast one against.
     pub fn seal_slow(self) -> Result<Event, SchemaError> {
         let mut event = self.into_event(EventHash(Digest::ZERO));
-        event.hash = event.computed_hash()?;
+        event.hash = EventHash(Digest::of(&jcs::canonical(&event.body_value())?));
         Ok(event)
     }
 
@@ -110,41 +95,35 @@ impl EventDraft {
 }
 
 impl Event {
+    fn members(&self) -> Members<'_> {
+        Members {
+            chain: &self.chain,
+            chain_seq: self.chain_seq,
+            element: &self.element,
+            element_seq: self.element_seq,
+            op: &self.op,
+            prev: self.prev,
+            state_hash: self.state_hash,
+            time: self.time,
+        }
+    }
+
     /// The JSON object that is hashed: every member but `hash`.
     pub fn body_value(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("chain".into(), Value::String(self.chain.to_string()));
-        map.insert("chain_seq".into(), Value::from(self.chain_seq));
-        map.insert("element".into(), Value::String(self.element.to_string()));
-        map.insert("element_seq".into(), Value::from(self.element_seq));
-        map.insert("op".into(), self.op.to_event_value());
-        map.insert(
-            "prev".into(),
-            self.prev.map_or(Value::Null, |h| Value::String(h.to_hex())),
-        );
-        map.insert(
-            "state_hash".into(),
-            self.state_hash
-                .map_or(Value::Null, |h| Value::String(h.to_hex())),
-        );
-        map.insert("time".into(), Value::String(self.time.to_string()));
-        map.insert("v".into(), Value::from(EVENT_VERSION));
-        Value::Object(map)
+        let (mut body, tail) = self.members().maps();
+        body.extend(tail);
+        Value::Object(body)
     }
 
     /// The event's canonical JSON with its `hash`: one line of `events.log`
     /// and the value of a message on the events topic.
     pub fn to_canonical(&self) -> Result<Vec<u8>, SchemaError> {
-        let mut value = self.body_value();
-        if let Value::Object(map) = &mut value {
-            map.insert("hash".into(), Value::String(self.hash.to_hex()));
-        }
-        jcs::canonical(&value)
+        Ok(self.members().encode()?.line(&self.hash))
     }
 
     /// Recomputes the hash from the other fields.
     pub fn computed_hash(&self) -> Result<EventHash, SchemaError> {
-        Ok(EventHash(Digest::of(&jcs::canonical(&self.body_value())?)))
+        Ok(self.members().encode()?.hash())
     }
 
     /// Parses one line written by [`Event::to_canonical`] and checks that it
@@ -213,6 +192,71 @@ impl Event {
             time,
             hash: stored,
         })
+    }
+}
+
+/// Every hashed member of an event, borrowed. This is the one place that
+/// says which members an event has.
+struct Members<'a> {
+    chain: &'a ChainName,
+    chain_seq: u64,
+    element: &'a ElementId,
+    element_seq: u64,
+    op: &'a Operation,
+    prev: Option<EventHash>,
+    state_hash: Option<StateHash>,
+    time: Timestamp,
+}
+
+impl Members<'_> {
+    /// The members that sort before `hash` (chain, chain_seq, element,
+    /// element_seq) and after it (op, prev, state_hash, time, v).
+    fn maps(&self) -> (Map<String, Value>, Map<String, Value>) {
+        let hex = |h: Option<Digest>| h.map_or(Value::Null, |h| Value::String(h.to_hex()));
+        let mut before = Map::new();
+        before.insert("chain".into(), Value::String(self.chain.to_string()));
+        before.insert("chain_seq".into(), Value::from(self.chain_seq));
+        before.insert("element".into(), Value::String(self.element.to_string()));
+        before.insert("element_seq".into(), Value::from(self.element_seq));
+        let mut after = Map::new();
+        after.insert("op".into(), self.op.to_event_value());
+        after.insert("prev".into(), hex(self.prev.map(|h| h.0)));
+        after.insert("state_hash".into(), hex(self.state_hash.map(|h| h.0)));
+        after.insert("time".into(), Value::String(self.time.to_string()));
+        after.insert("v".into(), Value::from(EVENT_VERSION));
+        (before, after)
+    }
+
+    fn encode(&self) -> Result<Encoded, SchemaError> {
+        let (before, after) = self.maps();
+        let mut before = jcs::canonical_object(&before)?;
+        before.pop(); // `}`
+        let mut after = jcs::canonical_object(&after)?;
+        after.remove(0); // `{`
+        Ok(Encoded { before, after })
+    }
+}
+
+/// An event's canonical JSON, split where its `hash` member goes: the body
+/// (what is hashed) is `before,after`; the line is `before,"hash":"…",after`.
+struct Encoded {
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+impl Encoded {
+    fn hash(&self) -> EventHash {
+        EventHash(Digest::of_parts(&[&self.before, b",", &self.after]))
+    }
+
+    fn line(&self, hash: &EventHash) -> Vec<u8> {
+        let mut line = Vec::with_capacity(self.before.len() + self.after.len() + 76);
+        line.extend_from_slice(&self.before);
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.to_hex().as_bytes());
+        line.extend_from_slice(b"\",");
+        line.extend_from_slice(&self.after);
+        line
     }
 }
 
