@@ -24,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fschain_schema::merkle::{leaf_hash, MerkleLevels};
 use fschain_schema::{
-    jcs, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventDraft, EventHash,
-    EventsRoot, HeaderDraft, Operation, State, StateHash, StateTree, Timestamp,
+    jcs, BlockHeader, ChainName, Digest, ElementId, Event, EventDraft, EventsRoot, HeaderDraft,
+    Operation, State, StateHash, StateTree, Timestamp,
 };
 use fschain_store::layout::{lock, ChainMeta, RootLayout, EVENTS_LOG, HEADERS_LOG};
 use fschain_store::state_path::state_path;
@@ -168,14 +168,15 @@ impl ChainWriter {
         self.pending.len()
     }
 
-    pub fn live_elements(&self) -> usize {
-        self.tree.len()
-    }
-
     /// The element's current state, the open block included.
     pub fn current_state(&mut self, element: &ElementId) -> Result<Option<State>, ProducerError> {
-        if let Some(state) = self.states.get(element) {
-            return Ok(state.clone());
+        Ok(self.load_state(element)?.clone())
+    }
+
+    /// The element's current state, read from the layer on first use.
+    fn load_state(&mut self, element: &ElementId) -> Result<&Option<State>, ProducerError> {
+        if self.states.contains_key(element) {
+            return Ok(&self.states[element]);
         }
         // The layer's file must be the state the chain recorded: never build
         // on a state file changed outside fschain.
@@ -196,8 +197,7 @@ impl ChainWriter {
             .into());
         }
         let state = layer.state(element)?;
-        self.states.insert(element.clone(), state.clone());
-        Ok(state)
+        Ok(self.states.entry(element.clone()).or_insert(state))
     }
 
     /// Applies one operation to the open block. Nothing changes if it fails.
@@ -205,8 +205,7 @@ impl ChainWriter {
         if self.poisoned {
             return Err(ProducerError::Poisoned);
         }
-        let current = self.current_state(&op.element)?;
-        let next = op.apply_to(current.as_ref())?;
+        let next = op.apply_to(self.load_state(&op.element)?.as_ref())?;
         let encoded = match &next {
             Some(state) => {
                 let bytes = jcs::canonical_object(state)?;
@@ -367,23 +366,6 @@ impl ChainWriter {
             self.index.save(&self.layout.state_index())?;
         }
         Ok(())
-    }
-
-    /// The elements' tips and states as the writer knows them (for tests).
-    pub fn state_root(&self) -> fschain_schema::StateRoot {
-        self.tree.root()
-    }
-
-    /// Last event hash of an element, sealed or pending.
-    pub fn element_tip(&self, element: &ElementId) -> Option<EventHash> {
-        self.pending_tips
-            .get(element)
-            .or_else(|| self.index.tip(element))
-            .map(|t| t.last)
-    }
-
-    pub fn head_hash(&self) -> BlockHash {
-        self.head().hash
     }
 }
 

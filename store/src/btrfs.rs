@@ -111,29 +111,31 @@ pub fn delete_subvolume(path: &Path) -> Result<(), StoreError> {
 
 /// Whether the subvolume at `path` is read-only.
 pub fn is_readonly(path: &Path) -> Result<bool, StoreError> {
-    let dir = File::open(path).map_err(|e| StoreError::io(path, e))?;
-    let mut flags: u64 = 0;
-    // SAFETY: `dir` is open, `flags` a valid u64 out-pointer.
-    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_GETFLAGS, &mut flags) };
-    check(rc, "read subvolume flags", path)?;
+    let (_, flags) = subvolume_flags(path)?;
     Ok(flags & BTRFS_SUBVOL_RDONLY != 0)
 }
 
 /// Sets or clears the read-only flag of the subvolume at `path`.
 pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), StoreError> {
-    let dir = File::open(path).map_err(|e| StoreError::io(path, e))?;
-    let mut flags: u64 = 0;
-    // SAFETY: as above.
-    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_GETFLAGS, &mut flags) };
-    check(rc, "read subvolume flags", path)?;
-    flags = if readonly {
+    let (dir, flags) = subvolume_flags(path)?;
+    let flags = if readonly {
         flags | BTRFS_SUBVOL_RDONLY
     } else {
         flags & !BTRFS_SUBVOL_RDONLY
     };
-    // SAFETY: as above.
+    // SAFETY: `dir` is open, `flags` a valid u64.
     let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_SETFLAGS, &flags) };
     check(rc, "set subvolume flags", path)
+}
+
+/// The subvolume's flags, and the open directory they were read through.
+fn subvolume_flags(path: &Path) -> Result<(File, u64), StoreError> {
+    let dir = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut flags: u64 = 0;
+    // SAFETY: `dir` is open, `flags` a valid u64 out-pointer.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_GETFLAGS, &mut flags) };
+    check(rc, "read subvolume flags", path)?;
+    Ok((dir, flags))
 }
 
 /// Deletes every subvolume below `dir` (not `dir` itself), deepest first;

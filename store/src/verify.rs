@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use fschain_schema::verify::{check_logs, state_root_of, ElementTip, LogCheck, Problem};
-use fschain_schema::{ChainName, ElementId, StateHash};
+use fschain_schema::{ElementId, StateHash};
 use serde::Serialize;
 
 use crate::layout::{ChainMeta, RootLayout, CHAIN_FILE};
@@ -283,9 +283,4 @@ fn check_copy(
             }
         }
     }
-}
-
-/// The chain named by a root, for callers that only need the name.
-pub fn chain_name(layout: &RootLayout) -> Result<ChainName, StoreError> {
-    Ok(layout.read_marker()?.chain)
 }
