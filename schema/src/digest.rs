@@ -177,3 +177,11 @@ digest_newtype!(
     /// RFC 6962 Merkle root over a block's event hashes, in chain order.
     EventsRoot
 );
+digest_newtype!(
+    /// SHA-256 of a whole compressed snapshot stream, as it travels.
+    StreamHash
+);
+digest_newtype!(
+    /// SHA-256 of one chunk of a compressed snapshot stream.
+    ChunkHash
+);

@@ -59,4 +59,23 @@ pub enum SchemaError {
     },
     #[error("the chain has no blocks")]
     EmptyChain,
+    #[error("bad key: {why}")]
+    BadKey { why: String },
+    #[error("manifest signed by key {key}, which is not among the trusted keys")]
+    UntrustedKey { key: crate::wire::PublicKey },
+    #[error("bad signature on the manifest of {chain} block {height}")]
+    BadSignature { chain: String, height: u64 },
+    #[error("chunk {index}: hash mismatch: says {expected}, bytes hash to {actual}")]
+    ChunkHashMismatch {
+        index: u32,
+        expected: crate::digest::ChunkHash,
+        actual: crate::digest::ChunkHash,
+    },
+    #[error("stream hash mismatch: manifest says {expected}, chunks hash to {actual}")]
+    StreamHashMismatch {
+        expected: crate::digest::StreamHash,
+        actual: crate::digest::StreamHash,
+    },
+    #[error("not an fschain frame: {why}")]
+    BadFrame { why: String },
 }

@@ -18,9 +18,12 @@ mod reference;
 mod state_tree;
 mod timestamp;
 pub mod verify;
+pub mod wire;
 
 pub use block::{BlockHeader, HeaderDraft, HEADER_VERSION};
-pub use digest::{BlockHash, Digest, EventHash, EventsRoot, StateHash, StateRoot};
+pub use digest::{
+    BlockHash, ChunkHash, Digest, EventHash, EventsRoot, StateHash, StateRoot, StreamHash,
+};
 pub use element::{is_valid_kind, ChainName, ElementId};
 pub use error::SchemaError;
 pub use event::{state_hash, Event, EventDraft, EVENT_VERSION};
