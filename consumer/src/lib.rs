@@ -1,9 +1,12 @@
-//! The consumer side of fschain: consumer groups, chunk reassembly,
-//! `btrfs receive`, the vector index and replay.
+//! The consumer side of fschain: a consumer group per site, chunk
+//! reassembly, `btrfs receive` into the site's copy of each chain, replay,
+//! and import of exported streams.
 //!
-//! Empty for now: replication is issue 3, the index issue 4. The crate exists
-//! so that the workspace has its final shape and the dependency rules below
-//! hold from the start.
-//!
-//! Architecture Invariant: the consumer never depends on the producer; what
-//! both need lives in `fschain-store` and `fschain-schema`.
+//! Architecture Invariant: this crate never depends on `producer`. What
+//! both sides need (the btrfs adapter, reading and verifying a chain) is in
+//! `store`; what travels between them (manifests, chunks, frames) is in
+//! `schema::wire`.
+
+pub mod assembler;
+
+pub use assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};

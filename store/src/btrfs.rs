@@ -206,3 +206,124 @@ fn cstring(path: &Path) -> Result<CString, StoreError> {
         )
     })
 }
+
+/// Runs `btrfs send` of `snapshot` (incremental against `parent` when
+/// given) and hands its output to `consume`, which must read it to the end.
+/// Fails when `btrfs send` fails, with its own message.
+pub fn send<T>(
+    snapshot: &Path,
+    parent: Option<&Path>,
+    consume: impl FnOnce(&mut dyn io::Read) -> io::Result<T>,
+) -> Result<T, StoreError> {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("btrfs");
+    cmd.arg("send").arg("-q");
+    if let Some(p) = parent {
+        cmd.arg("-p").arg(p);
+    }
+    cmd.arg(snapshot);
+    let shown = format!("{cmd:?}").replace('"', "");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| command_error(&shown, e.to_string()))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| command_error(&shown, "no stdout".into()))?;
+    let result = consume(&mut stdout);
+    // Drain whatever `consume` left so `btrfs send` is not killed by SIGPIPE
+    // before its exit status tells what went wrong.
+    let _ = io::copy(&mut stdout, &mut io::sink());
+    drop(stdout);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| command_error(&shown, e.to_string()))?;
+    if !output.status.success() {
+        return Err(command_error(
+            &shown,
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    result.map_err(|e| StoreError::io(snapshot, e))
+}
+
+/// Runs `btrfs receive` into `dir`, creating the stream's subvolume under
+/// `name` instead of the name the stream carries (see
+/// [`crate::send_stream`]). `stream` is the plain, uncompressed send stream.
+pub fn receive(dir: &Path, name: &str, stream: &mut dyn io::Read) -> Result<(), StoreError> {
+    use crate::send_stream::{first_command_end, rename_first_subvolume};
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut head = vec![0u8; 27];
+    stream
+        .read_exact(&mut head)
+        .map_err(|_| StoreError::BadSendStream {
+            why: "shorter than a stream header".into(),
+        })?;
+    let end = first_command_end(&head)?;
+    head.resize(end, 0);
+    stream
+        .read_exact(&mut head[27..])
+        .map_err(|_| StoreError::BadSendStream {
+            why: "ends inside its first command".into(),
+        })?;
+    let head = rename_first_subvolume(&head, name)?;
+    let mut cmd = Command::new("btrfs");
+    cmd.arg("receive").arg("-e").arg(dir);
+    let shown = format!("{cmd:?}").replace('"', "");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| command_error(&shown, e.to_string()))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| command_error(&shown, "no stdin".into()))?;
+    let fed = stdin
+        .write_all(&head)
+        .and_then(|()| io::copy(stream, &mut stdin).map(|_| ()));
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| command_error(&shown, e.to_string()))?;
+    if !output.status.success() {
+        return Err(command_error(
+            &shown,
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    fed.map_err(|e| StoreError::io(dir, e))
+}
+
+/// The received UUID of a subvolume (`None` when it was not received, or
+/// its receive never finished), from `btrfs subvolume show`.
+pub fn received_uuid(path: &Path) -> Result<Option<String>, StoreError> {
+    let output = std::process::Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(path)
+        .output()
+        .map_err(|e| command_error("btrfs subvolume show", e.to_string()))?;
+    if !output.status.success() {
+        return Err(command_error(
+            &format!("btrfs subvolume show {}", path.display()),
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("Received UUID:")?.trim();
+        (value != "-" && !value.is_empty()).then(|| value.to_owned())
+    }))
+}
+
+fn command_error(command: &str, stderr: String) -> StoreError {
+    StoreError::Command {
+        command: command.to_owned(),
+        stderr,
+    }
+}

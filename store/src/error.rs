@@ -28,6 +28,10 @@ pub enum StoreError {
     Corrupt { path: PathBuf, why: String },
     #[error("no state file for {element} at block {height}")]
     NoSuchElement { element: String, height: u64 },
+    #[error("not a usable btrfs send stream: {why}")]
+    BadSendStream { why: String },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
 }
 
 impl StoreError {

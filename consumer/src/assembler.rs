@@ -1,0 +1,510 @@
+//! Chunk reassembly as a plain state machine: no IO, no clock.
+//!
+//! The caller feeds it the frames it reads for one chain (already decoded,
+//! chunk bytes already checked against their own hash, manifests already
+//! verified against the trusted keys) and does what it answers: spool a
+//! chunk's bytes, drop a frame, or apply a block that is now complete. The
+//! assembler tolerates duplicates, retries and any order; a stream is only
+//! ever handed out once its manifest and every one of its chunks are in.
+
+use std::collections::BTreeMap;
+
+use fschain_schema::wire::{BlockManifest, ChunkMeta};
+use fschain_schema::{BlockHeader, StreamHash};
+
+/// Identifies one stream: a height can be published more than once (a
+/// producer that crashed mid-publish makes the stream again), and each
+/// attempt is assembled on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamKey {
+    pub height: u64,
+    pub stream: StreamHash,
+}
+
+/// What the caller must do with a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep this chunk's bytes (spool them under `key` and the index).
+    Spool { key: StreamKey, index: u32 },
+    /// Nothing to keep: a duplicate, or a block the site already holds.
+    Drop { why: DropReason },
+    /// Frame contradicts what is known of its stream; log it, keep nothing.
+    Reject { why: String },
+    /// Manifest taken.
+    Noted,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Duplicate,
+    AlreadyHeld,
+}
+
+#[derive(Debug)]
+struct Pending {
+    manifest: Option<(BlockManifest, BlockHeader)>,
+    parent: Option<u64>,
+    count: u32,
+    have: Vec<bool>,
+    have_count: u32,
+    first_offset: i64,
+}
+
+impl Pending {
+    fn complete(&self) -> bool {
+        self.manifest.is_some() && self.have_count == self.count
+    }
+}
+
+/// A stream ready to apply: every chunk is spooled and the manifest is
+/// verified. Its chunks still have to be hashed together against
+/// `manifest.stream.sha256` before anything reaches `btrfs receive`.
+#[derive(Debug, Clone)]
+pub struct ReadyBlock {
+    pub key: StreamKey,
+    pub manifest: BlockManifest,
+    pub header: BlockHeader,
+}
+
+/// Reassembles the blocks of one chain.
+#[derive(Debug, Default)]
+pub struct ChunkAssembler {
+    /// Highest height the site holds (applied and committed to its chain).
+    held: Option<u64>,
+    pending: BTreeMap<StreamKey, Pending>,
+    /// Offset after the last frame seen.
+    next_offset: i64,
+}
+
+impl ChunkAssembler {
+    pub fn new(held: Option<u64>) -> Self {
+        ChunkAssembler {
+            held,
+            pending: BTreeMap::new(),
+            next_offset: 0,
+        }
+    }
+
+    pub fn held(&self) -> Option<u64> {
+        self.held
+    }
+
+    fn is_held(&self, height: u64) -> bool {
+        self.held.is_some_and(|h| height <= h)
+    }
+
+    fn note_offset(&mut self, offset: i64) {
+        self.next_offset = self.next_offset.max(offset + 1);
+    }
+
+    fn entry(&mut self, key: StreamKey, parent: Option<u64>, count: u32, offset: i64) -> &mut Pending {
+        self.pending.entry(key).or_insert_with(|| Pending {
+            manifest: None,
+            parent,
+            count,
+            have: vec![false; count as usize],
+            have_count: 0,
+            first_offset: offset,
+        })
+    }
+
+    /// A verified manifest (`header` is the header it carries, checked).
+    pub fn manifest(&mut self, manifest: BlockManifest, header: BlockHeader, offset: i64) -> Verdict {
+        self.note_offset(offset);
+        if self.is_held(manifest.height) {
+            return Verdict::Drop {
+                why: DropReason::AlreadyHeld,
+            };
+        }
+        let key = StreamKey {
+            height: manifest.height,
+            stream: manifest.stream.sha256,
+        };
+        let (parent, count) = (manifest.parent, manifest.stream.chunks);
+        let p = self.entry(key, parent, count, offset);
+        if p.manifest.is_some() {
+            return Verdict::Drop {
+                why: DropReason::Duplicate,
+            };
+        }
+        if p.parent != parent || p.count != count {
+            // Chunks came first and described another stream; the signed
+            // manifest wins, the chunks that disagree go.
+            *p = Pending {
+                manifest: None,
+                parent,
+                count,
+                have: vec![false; count as usize],
+                have_count: 0,
+                first_offset: p.first_offset.min(offset),
+            };
+        }
+        p.first_offset = p.first_offset.min(offset);
+        p.manifest = Some((manifest, header));
+        Verdict::Noted
+    }
+
+    /// A chunk whose bytes match its own hash.
+    pub fn chunk(&mut self, meta: &ChunkMeta, offset: i64) -> Verdict {
+        self.note_offset(offset);
+        if self.is_held(meta.height) {
+            return Verdict::Drop {
+                why: DropReason::AlreadyHeld,
+            };
+        }
+        if meta.count == 0 || meta.index >= meta.count {
+            return Verdict::Reject {
+                why: format!("chunk index {} of {}", meta.index, meta.count),
+            };
+        }
+        let key = StreamKey {
+            height: meta.height,
+            stream: meta.stream_sha256,
+        };
+        let p = self.entry(key, meta.parent, meta.count, offset);
+        if p.parent != meta.parent || p.count != meta.count {
+            return Verdict::Reject {
+                why: format!(
+                    "chunk says parent {:?} and {} chunks, its stream's manifest says parent {:?} and {}",
+                    meta.parent, meta.count, p.parent, p.count
+                ),
+            };
+        }
+        let slot = &mut p.have[meta.index as usize];
+        if *slot {
+            return Verdict::Drop {
+                why: DropReason::Duplicate,
+            };
+        }
+        *slot = true;
+        p.have_count += 1;
+        p.first_offset = p.first_offset.min(offset);
+        Verdict::Spool {
+            key,
+            index: meta.index,
+        }
+    }
+
+    /// The block to apply next, if one is complete: the one right after the
+    /// held height, incremental against it or a full stream; with nothing
+    /// held, the first complete full stream.
+    pub fn next_ready(&self) -> Option<ReadyBlock> {
+        self.pending.iter().find_map(|(key, p)| {
+            let fits = match self.held {
+                Some(h) => key.height == h + 1 && (p.parent.is_none() || p.parent == Some(h)),
+                None => p.parent.is_none(),
+            };
+            (fits && p.complete()).then(|| {
+                let (manifest, header) = p.manifest.clone()?;
+                Some(ReadyBlock {
+                    key: *key,
+                    manifest,
+                    header,
+                })
+            })?
+        })
+    }
+
+    /// The caller applied `height` (it is now in the site's chain). Returns
+    /// the streams whose spooled chunks can be deleted.
+    pub fn applied(&mut self, height: u64) -> Vec<StreamKey> {
+        self.held = Some(self.held.map_or(height, |h| h.max(height)));
+        self.forget_held()
+    }
+
+    /// The caller found the stream under `key` bad (its chunks do not hash
+    /// to the manifest's stream hash, or receive failed): forget it, so a
+    /// republished copy can take its place.
+    pub fn discard(&mut self, key: &StreamKey) {
+        self.pending.remove(key);
+    }
+
+    fn forget_held(&mut self) -> Vec<StreamKey> {
+        let held: Vec<StreamKey> = self
+            .pending
+            .keys()
+            .filter(|k| self.is_held(k.height))
+            .copied()
+            .collect();
+        for k in &held {
+            self.pending.remove(k);
+        }
+        held
+    }
+
+    /// The offset the consumer may commit: nothing before it is still needed.
+    pub fn commit_offset(&self) -> i64 {
+        self.pending
+            .values()
+            .map(|p| p.first_offset)
+            .min()
+            .unwrap_or(self.next_offset)
+    }
+
+    /// A height the chain cannot go on without: complete blocks are waiting
+    /// beyond it. `None` when nothing waits or the next block is merely
+    /// still arriving.
+    pub fn gap(&self) -> Option<u64> {
+        let want = self.held.map_or(0, |h| h + 1);
+        let waiting_beyond = self
+            .pending
+            .iter()
+            .any(|(k, p)| k.height > want && p.complete());
+        let next_present = self.pending.keys().any(|k| k.height == want);
+        (waiting_beyond && !next_present).then_some(want)
+    }
+
+    /// Streams still being assembled, for progress and idle checks.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fschain_schema::merkle::root_of;
+    use fschain_schema::wire::{Chunk, SigningKey, StreamInfo};
+    use fschain_schema::{Digest, EventsRoot, HeaderDraft, StateRoot, Timestamp};
+    use proptest::prelude::*;
+
+    fn block(height: u64, parent: Option<u64>, chunks: u32, salt: u8) -> (BlockManifest, Vec<Chunk>) {
+        let header = HeaderDraft {
+            chain: "host1".parse().unwrap(),
+            height,
+            prev: None,
+            time: Timestamp::from_micros(0),
+            state_root: StateRoot(root_of(&[])),
+            events_root: EventsRoot(root_of(&[])),
+            event_count: 0,
+            first_seq: None,
+            last_seq: None,
+        }
+        .seal()
+        .unwrap();
+        let data: Vec<Vec<u8>> = (0..chunks).map(|i| vec![salt, i as u8, height as u8]).collect();
+        let whole: Vec<u8> = data.concat();
+        let stream = StreamInfo {
+            sha256: StreamHash(Digest::of(&whole)),
+            bytes: whole.len() as u64,
+            chunks,
+            chunk_size: 3,
+            compression: "zstd".into(),
+        };
+        let m = BlockManifest::sign(&header, parent, stream, &SigningKey::from_seed([1; 32])).unwrap();
+        let chunks = data
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| Chunk::new(&m, i as u32, d))
+            .collect();
+        (m, chunks)
+    }
+
+    #[derive(Clone, Debug)]
+    enum Msg {
+        Manifest(BlockManifest),
+        Chunk(Chunk),
+    }
+
+    /// Feeds `msgs` in order, applying blocks as they become ready, and
+    /// returns the heights applied and the chunks spooled per stream.
+    fn run(held: Option<u64>, msgs: &[Msg]) -> (Vec<u64>, ChunkAssembler) {
+        let mut a = ChunkAssembler::new(held);
+        let mut applied = Vec::new();
+        let mut spooled: BTreeMap<StreamKey, Vec<u32>> = BTreeMap::new();
+        for (offset, msg) in msgs.iter().enumerate() {
+            let verdict = match msg {
+                Msg::Manifest(m) => {
+                    let header = m.block_header().unwrap();
+                    a.manifest(m.clone(), header, offset as i64)
+                }
+                Msg::Chunk(c) => a.chunk(&c.meta, offset as i64),
+            };
+            if let Verdict::Spool { key, index } = verdict {
+                let list = spooled.entry(key).or_default();
+                assert!(!list.contains(&index), "chunk spooled twice");
+                list.push(index);
+            }
+            while let Some(ready) = a.next_ready() {
+                let got = spooled.get(&ready.key).map_or(0, |l| l.len());
+                assert_eq!(got as u32, ready.manifest.stream.chunks, "handed out incomplete");
+                applied.push(ready.key.height);
+                a.applied(ready.key.height);
+            }
+        }
+        (applied, a)
+    }
+
+    fn messages(blocks: &[(BlockManifest, Vec<Chunk>)]) -> Vec<Msg> {
+        let mut out = Vec::new();
+        for (m, chunks) in blocks {
+            out.push(Msg::Manifest(m.clone()));
+            out.extend(chunks.iter().cloned().map(Msg::Chunk));
+        }
+        out
+    }
+
+    fn chain_of(n: u64) -> Vec<(BlockManifest, Vec<Chunk>)> {
+        (0..n)
+            .map(|h| block(h, h.checked_sub(1), 1 + (h % 4) as u32, 0))
+            .collect()
+    }
+
+    #[test]
+    fn in_order_blocks_apply_one_after_another() {
+        let (applied, a) = run(None, &messages(&chain_of(5)));
+        assert_eq!(applied, vec![0, 1, 2, 3, 4]);
+        assert_eq!(a.pending_len(), 0);
+        assert_eq!(a.commit_offset(), messages(&chain_of(5)).len() as i64);
+    }
+
+    #[test]
+    fn nothing_is_handed_out_while_a_chunk_is_missing() {
+        let mut msgs = messages(&chain_of(3));
+        // Drop the last chunk of block 1 (block 1 has two chunks).
+        let pos = msgs
+            .iter()
+            .position(|m| matches!(m, Msg::Chunk(c) if c.meta.height == 1 && c.meta.index == 1))
+            .unwrap();
+        let missing = msgs.remove(pos);
+        let (applied, a) = run(None, &msgs);
+        assert_eq!(applied, vec![0]);
+        assert_eq!(a.gap(), None, "block 1 is still arriving, not a gap");
+        // Nothing of block 1 or 2 may be committed past.
+        assert!(a.commit_offset() <= pos as i64 - 2);
+        msgs.push(missing);
+        let (applied, _) = run(None, &msgs);
+        assert_eq!(applied, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_missing_block_is_reported_as_a_gap() {
+        let blocks = chain_of(4);
+        let msgs: Vec<Msg> = messages(&blocks)
+            .into_iter()
+            .filter(|m| match m {
+                Msg::Manifest(m) => m.height != 2,
+                Msg::Chunk(c) => c.meta.height != 2,
+            })
+            .collect();
+        let (applied, a) = run(None, &msgs);
+        assert_eq!(applied, vec![0, 1]);
+        assert_eq!(a.gap(), Some(2));
+    }
+
+    #[test]
+    fn a_republished_stream_replaces_a_bad_one_and_held_blocks_are_dropped() {
+        let mut a = ChunkAssembler::new(Some(4));
+        let (m, chunks) = block(4, Some(3), 2, 0);
+        let h = m.block_header().unwrap();
+        assert_eq!(
+            a.manifest(m, h, 0),
+            Verdict::Drop {
+                why: DropReason::AlreadyHeld
+            }
+        );
+        assert_eq!(
+            a.chunk(&chunks[0].meta, 1),
+            Verdict::Drop {
+                why: DropReason::AlreadyHeld
+            }
+        );
+        let (bad, bad_chunks) = block(5, Some(4), 1, 1);
+        let (good, good_chunks) = block(5, Some(4), 1, 2);
+        let hb = bad.block_header().unwrap();
+        a.manifest(bad, hb, 2);
+        a.chunk(&bad_chunks[0].meta, 3);
+        let ready = a.next_ready().unwrap();
+        a.discard(&ready.key);
+        assert!(a.next_ready().is_none());
+        let hg = good.block_header().unwrap();
+        a.manifest(good.clone(), hg, 4);
+        a.chunk(&good_chunks[0].meta, 5);
+        let ready = a.next_ready().unwrap();
+        assert_eq!(ready.key.stream, good.stream.sha256);
+        a.applied(5);
+        assert_eq!(a.commit_offset(), 6);
+    }
+
+    #[test]
+    fn chunks_that_contradict_their_manifest_are_rejected() {
+        let mut a = ChunkAssembler::new(None);
+        let (m, chunks) = block(0, None, 2, 0);
+        let h = m.block_header().unwrap();
+        a.manifest(m, h, 0);
+        let mut meta = chunks[0].meta.clone();
+        meta.count = 3;
+        assert!(matches!(a.chunk(&meta, 1), Verdict::Reject { .. }));
+        meta.count = 2;
+        meta.index = 2;
+        assert!(matches!(a.chunk(&meta, 2), Verdict::Reject { .. }));
+    }
+
+    #[test]
+    fn an_empty_site_starts_at_the_first_full_stream() {
+        // A checkpoint at 3 (full), then incrementals; blocks 1 and 2 are
+        // incremental and cannot start a site.
+        let blocks = vec![
+            block(1, Some(0), 1, 0),
+            block(2, Some(1), 1, 0),
+            block(3, None, 2, 0),
+            block(4, Some(3), 1, 0),
+        ];
+        let (applied, _) = run(None, &messages(&blocks));
+        assert_eq!(applied, vec![3, 4]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Shuffled, duplicated and missing frames: every block whose frames
+        /// all arrived at least once is applied, in height order, and
+        /// nothing else is; no chunk is spooled twice.
+        #[test]
+        fn shuffled_duplicated_and_missing(
+            n in 1u64..6,
+            seed in any::<u64>(),
+            dup in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+            missing in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let blocks = chain_of(n);
+            let all = messages(&blocks);
+            let mut msgs = all.clone();
+            for d in &dup {
+                msgs.push(d.get(&all).clone());
+            }
+            let mut removed_height = None;
+            if let Some(m) = missing {
+                let i = m.index(all.len());
+                removed_height = Some(match &all[i] {
+                    Msg::Manifest(m) => m.height,
+                    Msg::Chunk(c) => c.meta.height,
+                });
+                let target = all[i].clone();
+                msgs.retain(|x| !same(x, &target));
+            }
+            // Deterministic shuffle from the seed.
+            let mut state = seed | 1;
+            for i in (1..msgs.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                msgs.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let (applied, a) = run(None, &msgs);
+            let expected: Vec<u64> = match removed_height {
+                Some(r) => (0..r).collect(),
+                None => (0..n).collect(),
+            };
+            prop_assert_eq!(applied, expected);
+            if removed_height.is_none() {
+                prop_assert_eq!(a.pending_len(), 0);
+            }
+        }
+    }
+
+    fn same(a: &Msg, b: &Msg) -> bool {
+        match (a, b) {
+            (Msg::Manifest(x), Msg::Manifest(y)) => x == y,
+            (Msg::Chunk(x), Msg::Chunk(y)) => x == y,
+            _ => false,
+        }
+    }
+}
