@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::Read;
-
 use fschain_store::{btrfs, send_stream};
 
 #[test]

@@ -14,6 +14,12 @@ pub enum ProducerError {
     Poisoned,
     #[error("{what} failed: {message}")]
     Command { what: String, message: String },
+    #[error("{} already holds a signing key; sites trust it, so it is never replaced", path.display())]
+    KeyExists { path: std::path::PathBuf },
+    #[error("{} has no signing key; run `fschain key create --root {}`", root.display(), root.display())]
+    NoKey { root: std::path::PathBuf },
+    #[error("kafka: {message}")]
+    Kafka { message: String, transient: bool },
 }
 
 impl ProducerError {
@@ -21,6 +27,7 @@ impl ProducerError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProducerError::Store(e) => e.is_transient(),
+            ProducerError::Kafka { transient, .. } => *transient,
             _ => false,
         }
     }

@@ -75,6 +75,9 @@ pub fn init_root(
     std::fs::write(layer.join(HEADERS_LOG), line).at(&layer)?;
     std::fs::create_dir(&blocks).at(&blocks)?;
     btrfs::snapshot(&layer, &layout.snapshot(0), true)?;
+    if !layout.signing_key().exists() {
+        crate::keys::create_signing_key(&layout)?;
+    }
     let marker = layout.marker();
     let tmp = marker.with_extension("tmp");
     std::fs::write(&tmp, meta.to_bytes()).at(&tmp)?;

@@ -4,11 +4,16 @@
 //! Architecture Invariant: the producer never depends on the consumer.
 //! What both need lives in `fschain-store` and `fschain-schema`.
 
+pub mod agent;
 mod error;
 mod init;
+mod keys;
+pub mod outbox;
+pub mod publish;
 mod state_index;
 mod writer;
 
 pub use error::ProducerError;
 pub use init::{init_root, make_loop_filesystem};
+pub use keys::{create_signing_key, load_signing_key};
 pub use writer::{recover_if_interrupted, ChainWriter, Clock, SealedBlock, SystemClock};

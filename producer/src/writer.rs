@@ -152,6 +152,10 @@ impl ChainWriter {
         })
     }
 
+    pub fn layout(&self) -> &RootLayout {
+        &self.layout
+    }
+
     pub fn chain(&self) -> &ChainName {
         &self.meta.chain
     }

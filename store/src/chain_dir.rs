@@ -39,6 +39,48 @@ impl ChainDir {
         std::fs::read(&p).at(&p)
     }
 
+    /// The last `count` lines of `events.log` (a block's events, when
+    /// `count` is its header's event count), read from the end of the file
+    /// so that the cost does not grow with the chain.
+    pub fn last_event_lines(&self, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let p = self.path.join(EVENTS_LOG);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut file = std::fs::File::open(&p).at(&p)?;
+        let len = file.metadata().at(&p)?.len();
+        let mut tail: Vec<u8> = Vec::new();
+        let mut pos = len;
+        // Count newlines: `count` lines end in `count` newlines, and one
+        // more newline (or the start of the file) bounds them.
+        loop {
+            let newlines = tail.iter().filter(|&&b| b == b'\n').count() as u64;
+            if newlines > count || pos == 0 {
+                break;
+            }
+            let step = pos.min(64 * 1024);
+            pos -= step;
+            file.seek(SeekFrom::Start(pos)).at(&p)?;
+            let mut buf = vec![0; step as usize];
+            file.read_exact(&mut buf).at(&p)?;
+            buf.extend_from_slice(&tail);
+            tail = buf;
+        }
+        let mut lines: Vec<Vec<u8>> = tail
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        if (lines.len() as u64) < count {
+            return Err(StoreError::Corrupt {
+                path: p,
+                why: format!("holds {} events, expected at least {count}", lines.len()),
+            });
+        }
+        Ok(lines.split_off(lines.len() - count as usize))
+    }
+
     /// Every header, each checked for canonical form and hash.
     pub fn headers(&self) -> Result<Vec<BlockHeader>, StoreError> {
         let bytes = self.headers_bytes()?;

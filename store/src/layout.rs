@@ -9,7 +9,17 @@
 //!   meta/lock           flock: one writer at a time
 //!   meta/dirty          present while layer/ holds unsealed changes
 //!   meta/state-index    cache of the state tree's leaves, keyed by head hash
+//!   meta/signing.key    ed25519 private key (0600), never published
+//!   meta/signing.pub    its public key, the one sites trust
+//!   meta/published      {"height":N}: every block up to N is on the topic
+//!   meta/outbox/        the stream and signed manifest of blocks being published
+//!   meta/ingest         which offsets of the ops topic the sealed blocks hold
+//!   meta/replica        on a site: {"site":..,"base":N}, the first block held
 //! ```
+//!
+//! A site keeps one such root per chain, under `SITE/<chain>/`, with no
+//! layer; received blocks arrive as `blocks/.incoming-<height>` and are
+//! renamed into place once verified.
 //!
 //! A chain directory (the layer, or any snapshot) is self-contained:
 //!
@@ -118,6 +128,35 @@ impl RootLayout {
         self.meta_dir().join("state-index")
     }
 
+    pub fn signing_key(&self) -> PathBuf {
+        self.meta_dir().join("signing.key")
+    }
+
+    pub fn signing_pub(&self) -> PathBuf {
+        self.meta_dir().join("signing.pub")
+    }
+
+    pub fn published(&self) -> PathBuf {
+        self.meta_dir().join("published")
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.meta_dir().join("outbox")
+    }
+
+    pub fn ingest(&self) -> PathBuf {
+        self.meta_dir().join("ingest")
+    }
+
+    pub fn replica(&self) -> PathBuf {
+        self.meta_dir().join("replica")
+    }
+
+    /// Where a site receives block `height` before it is verified.
+    pub fn incoming(&self, height: u64) -> PathBuf {
+        self.blocks_dir().join(incoming_name(height))
+    }
+
     /// Reads `fschain.root`, or says that this is no fschain root.
     pub fn read_marker(&self) -> Result<ChainMeta, StoreError> {
         let marker = self.marker();
@@ -149,6 +188,23 @@ impl RootLayout {
 /// sort by height (wider when a chain passes ten billion blocks).
 pub fn snapshot_name(height: u64) -> String {
     format!("{height:010}")
+}
+
+/// Staging name of a block being received; never a height, so readers
+/// never see it.
+pub fn incoming_name(height: u64) -> String {
+    format!(".incoming-{height:010}")
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old content or the
+/// new, never a mix: a temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).at(&tmp)?;
+    file.write_all(bytes).at(&tmp)?;
+    file.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
 }
 
 pub fn parse_snapshot_name(name: &str) -> Option<u64> {

@@ -1,0 +1,242 @@
+//! `fschain agent`: consume `<prefix>.ops` for one chain, apply and seal,
+//! publish.
+//!
+//! Exactly-once application without Kafka transactions: the ops offsets a
+//! block consumed are written to `meta/ingest` as *pending* (with the height
+//! the block will have) before the seal, and promoted to *sealed* after it.
+//! On start, a pending record whose height is now in the chain was sealed
+//! (the crash came after the snapshot); otherwise the sealed record holds.
+//! The agent seeks to those offsets, so no sealed operation is applied twice
+//! and no consumed-but-unsealed operation is lost.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fschain_schema::wire::SigningKey;
+use fschain_schema::Operation;
+use fschain_store::layout::{write_atomic, RootLayout};
+use fschain_store::StoreError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::outbox::StreamPolicy;
+use crate::publish::{kafka_error, publish_pending, KafkaTarget, Publisher};
+use crate::{ChainWriter, ProducerError};
+
+/// How the agent cuts blocks.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub block_ops: usize,
+    pub block_interval: Duration,
+    pub policy: StreamPolicy,
+    /// Exit once every ops partition is consumed to its end and everything
+    /// sealed is published.
+    pub until_idle: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct IngestMark {
+    height: u64,
+    /// Partition → next offset to read.
+    offsets: BTreeMap<i32, i64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct IngestRecord {
+    sealed: Option<IngestMark>,
+    pending: Option<IngestMark>,
+}
+
+fn read_ingest(layout: &RootLayout, head: u64) -> Result<IngestRecord, ProducerError> {
+    let path = layout.ingest();
+    let mut record: IngestRecord = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => IngestRecord::default(),
+        Err(e) => return Err(StoreError::io(&path, e).into()),
+    };
+    if let Some(p) = record.pending.take() {
+        if p.height <= head {
+            record.sealed = Some(p);
+        }
+    }
+    Ok(record)
+}
+
+fn write_ingest(layout: &RootLayout, record: &IngestRecord) -> Result<(), ProducerError> {
+    let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+        path: layout.ingest(),
+        why: e.to_string(),
+    })?;
+    write_atomic(&layout.ingest(), &bytes)?;
+    Ok(())
+}
+
+/// What an agent run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AgentSummary {
+    pub applied: u64,
+    pub rejected: u64,
+    pub blocks: u64,
+}
+
+/// Runs the agent until `shutdown` is set (or, with `until_idle`, until it
+/// has caught up). Operations consumed when it stops are sealed first.
+pub fn run_agent(
+    writer: &mut ChainWriter,
+    target: &KafkaTarget,
+    options: &AgentOptions,
+    key: &SigningKey,
+    shutdown: &AtomicBool,
+) -> Result<AgentSummary, ProducerError> {
+    let layout = writer.layout().clone();
+    let chain = writer.chain().clone();
+    let publisher = Publisher::new(target)?;
+    publish_pending(&layout, &publisher, &options.policy, key)?;
+
+    let group = format!("fschain-agent-{chain}");
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &target.brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &target.extra {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(kafka_error)?;
+    let topic = &target.topics.ops;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka_error)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ProducerError::Kafka {
+            message: format!("topic {topic} does not exist; run `fschain topics create`"),
+            transient: false,
+        });
+    }
+    let mut record = read_ingest(&layout, writer.head().height)?;
+    let mut offsets = record.sealed.clone().unwrap_or_default().offsets;
+    let mut assignment = TopicPartitionList::new();
+    for &p in &partitions {
+        let offset = offsets.get(&p).map_or(Offset::Beginning, |&o| Offset::Offset(o));
+        assignment
+            .add_partition_offset(topic, p, offset)
+            .map_err(kafka_error)?;
+    }
+    consumer.assign(&assignment).map_err(kafka_error)?;
+    info!(chain = %chain, topic, group, partitions = partitions.len(), "agent consuming");
+
+    let mut summary = AgentSummary::default();
+    let mut opened: Option<Instant> = None;
+    let mut consumed_since_seal = false;
+    loop {
+        let stopping = shutdown.load(Ordering::SeqCst);
+        let mut idle = false;
+        if !stopping {
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(msg)) => {
+                    offsets.insert(msg.partition(), msg.offset() + 1);
+                    consumed_since_seal = true;
+                    let ours = msg.key().is_some_and(|k| k == chain.as_str().as_bytes());
+                    if ours {
+                        let text = msg.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                        let applied = Operation::from_json(&text)
+                            .map_err(ProducerError::from)
+                            .and_then(|op| writer.apply(op).map(|_| ()));
+                        match applied {
+                            Ok(()) => {
+                                summary.applied += 1;
+                                opened.get_or_insert_with(Instant::now);
+                            }
+                            Err(e) => {
+                                summary.rejected += 1;
+                                warn!(topic, partition = msg.partition(), offset = msg.offset(), error = %e, "operation not applied");
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    warn!(topic, error = %e, "consume error");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                None => idle = options.until_idle && caught_up(&consumer, topic, &partitions, &offsets),
+            }
+        }
+        let pending = writer.pending_len();
+        let due = pending >= options.block_ops
+            || (pending > 0 && opened.is_some_and(|t| t.elapsed() >= options.block_interval))
+            || (pending > 0 && (stopping || idle));
+        if due {
+            let mark = IngestMark {
+                height: writer.head().height + 1,
+                offsets: offsets.clone(),
+            };
+            record.pending = Some(mark.clone());
+            write_ingest(&layout, &record)?;
+            writer.seal()?;
+            record.sealed = Some(mark);
+            record.pending = None;
+            write_ingest(&layout, &record)?;
+            summary.blocks += 1;
+            opened = None;
+            consumed_since_seal = false;
+            commit(&consumer, topic, &offsets);
+            if let Err(e) = publish_pending(&layout, &publisher, &options.policy, key) {
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                warn!(error = %e, "publish failed; will retry");
+            }
+        } else if pending == 0 && consumed_since_seal && (idle || stopping) {
+            // Only skipped messages since the last seal: remember that they
+            // were read, so a restart does not log them again.
+            record.sealed = Some(IngestMark {
+                height: writer.head().height,
+                offsets: offsets.clone(),
+            });
+            write_ingest(&layout, &record)?;
+            commit(&consumer, topic, &offsets);
+            consumed_since_seal = false;
+        }
+        if stopping || (idle && writer.pending_len() == 0) {
+            publish_pending(&layout, &publisher, &options.policy, key)?;
+            return Ok(summary);
+        }
+    }
+}
+
+fn commit(consumer: &BaseConsumer, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in offsets {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(error = %e, "could not commit ops offsets (informational; meta/ingest is the record)");
+    }
+}
+
+fn caught_up(consumer: &BaseConsumer, topic: &str, partitions: &[i32], offsets: &BTreeMap<i32, i64>) -> bool {
+    partitions.iter().all(|&p| {
+        match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+            Ok((low, high)) => {
+                let at = offsets.get(&p).copied().unwrap_or(low);
+                at >= high || high == low
+            }
+            Err(_) => false,
+        }
+    })
+}

@@ -1,0 +1,237 @@
+//! Turning a sealed block into what travels: its `btrfs send` stream,
+//! zstd-compressed and spooled to `meta/outbox/`, and the signed manifest
+//! that describes it. Spooling keeps memory flat whatever the block size,
+//! lets every chunk carry the whole stream's hash and count, and means a
+//! producer that crashes mid-publish republishes the very same bytes.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use fschain_schema::wire::{BlockManifest, Chunk, SigningKey, StreamInfo};
+use fschain_schema::{BlockHeader, Digest, StreamHash};
+use fschain_store::layout::{write_atomic, RootLayout};
+use fschain_store::{btrfs, ChainDir, IoContext, StoreError};
+use sha2::{Digest as _, Sha256};
+
+use crate::ProducerError;
+
+/// How blocks are cut into streams.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamPolicy {
+    /// A full stream every this many blocks (and at genesis); 0: genesis only.
+    pub checkpoint_every: u64,
+    pub chunk_size: u32,
+    pub zstd_level: i32,
+}
+
+impl Default for StreamPolicy {
+    fn default() -> Self {
+        StreamPolicy {
+            checkpoint_every: 1000,
+            chunk_size: fschain_schema::wire::DEFAULT_CHUNK_SIZE,
+            zstd_level: 3,
+        }
+    }
+}
+
+impl StreamPolicy {
+    /// The block `height`'s stream is incremental against this one, or full.
+    pub fn parent_of(&self, height: u64) -> Option<u64> {
+        let full = height == 0 || (self.checkpoint_every > 0 && height % self.checkpoint_every == 0);
+        (!full).then(|| height - 1)
+    }
+}
+
+/// A block ready to publish: the signed manifest and the spooled stream.
+#[derive(Debug)]
+pub struct OutgoingBlock {
+    pub manifest: BlockManifest,
+    pub header: BlockHeader,
+    stream: PathBuf,
+    manifest_path: PathBuf,
+}
+
+impl OutgoingBlock {
+    /// The chunks in order, read from the spool one at a time.
+    pub fn chunks(&self) -> Result<ChunkReader, ProducerError> {
+        Ok(ChunkReader {
+            file: File::open(&self.stream).at(&self.stream)?,
+            path: self.stream.clone(),
+            manifest: self.manifest.clone(),
+            next: 0,
+        })
+    }
+
+    /// Copies the compressed stream to `out` (for `export`).
+    pub fn copy_stream(&self, out: &mut dyn Write) -> Result<u64, ProducerError> {
+        let mut file = File::open(&self.stream).at(&self.stream)?;
+        Ok(io::copy(&mut file, out).at(&self.stream)?)
+    }
+
+    /// Drops the spool once the block is published.
+    pub fn remove(self) -> Result<(), ProducerError> {
+        for p in [&self.stream, &self.manifest_path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(p, e).into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Iterates over the chunks of a spooled stream.
+#[derive(Debug)]
+pub struct ChunkReader {
+    file: File,
+    path: PathBuf,
+    manifest: BlockManifest,
+    next: u32,
+}
+
+impl Iterator for ChunkReader {
+    type Item = Result<Chunk, ProducerError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.manifest.stream.chunks {
+            return None;
+        }
+        let size = self.manifest.stream.chunk_size as usize;
+        let mut data = Vec::with_capacity(size);
+        let read = (&mut self.file)
+            .take(size as u64)
+            .read_to_end(&mut data)
+            .at(&self.path);
+        let index = self.next;
+        self.next += 1;
+        Some(
+            read.map_err(ProducerError::from)
+                .map(|_| Chunk::new(&self.manifest, index, data)),
+        )
+    }
+}
+
+/// Hashes and counts what is written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Prepares block `height` of the root for publishing (or finds it
+/// prepared by an earlier run that did not finish publishing).
+pub fn prepare_block(
+    layout: &RootLayout,
+    height: u64,
+    policy: &StreamPolicy,
+    key: &SigningKey,
+) -> Result<OutgoingBlock, ProducerError> {
+    let dir = layout.outbox();
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let stream_path = dir.join(format!("{height:010}.zst"));
+    let manifest_path = dir.join(format!("{height:010}.manifest"));
+    let header = ChainDir::new(layout.snapshot(height))
+        .headers()?
+        .into_iter()
+        .nth(height as usize)
+        .ok_or_else(|| StoreError::Corrupt {
+            path: layout.snapshot(height),
+            why: format!("does not hold the header of block {height}"),
+        })?;
+    if let (Ok(bytes), true) = (std::fs::read(&manifest_path), stream_path.exists()) {
+        if let Ok(manifest) = serde_json::from_slice::<BlockManifest>(&bytes) {
+            if manifest.verify(&[key.public()]).is_ok_and(|h| h == header) {
+                return Ok(OutgoingBlock {
+                    manifest,
+                    header,
+                    stream: stream_path,
+                    manifest_path,
+                });
+            }
+        }
+    }
+    let parent = policy.parent_of(height);
+    let tmp = stream_path.with_extension("zst.tmp");
+    let file = File::create(&tmp).at(&tmp)?;
+    let hashing = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let parent_path = parent.map(|p| layout.snapshot(p));
+    let hashing = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
+        let mut encoder = zstd::stream::Encoder::new(hashing, policy.zstd_level)?;
+        io::copy(r, &mut encoder)?;
+        let mut hashing = encoder.finish()?;
+        hashing.flush()?;
+        Ok(hashing)
+    })?;
+    let HashingWriter {
+        inner,
+        hasher,
+        bytes,
+    } = hashing;
+    let file = inner.into_inner().map_err(|e| StoreError::io(&tmp, e.into_error()))?;
+    file.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, &stream_path).at(&stream_path)?;
+    let stream = StreamInfo {
+        sha256: StreamHash(Digest::from_bytes(hasher.finalize().into())),
+        bytes,
+        chunks: bytes.div_ceil(u64::from(policy.chunk_size)).max(1) as u32,
+        chunk_size: policy.chunk_size,
+        compression: "zstd".into(),
+    };
+    let manifest = BlockManifest::sign(&header, parent, stream, key)?;
+    write_atomic(
+        &manifest_path,
+        &serde_json::to_vec(&manifest).map_err(|e| StoreError::Corrupt {
+            path: manifest_path.clone(),
+            why: e.to_string(),
+        })?,
+    )?;
+    Ok(OutgoingBlock {
+        manifest,
+        header,
+        stream: stream_path,
+        manifest_path,
+    })
+}
+
+/// Which height is on the topic already (`None`: nothing yet).
+pub fn published_height(layout: &RootLayout) -> Result<Option<u64>, ProducerError> {
+    let path = layout.published();
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+            Ok(v.get("height").and_then(serde_json::Value::as_u64))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(&path, e).into()),
+    }
+}
+
+pub fn record_published(layout: &RootLayout, height: u64) -> Result<(), ProducerError> {
+    write_atomic(
+        &layout.published(),
+        format!("{{\"height\":{height}}}\n").as_bytes(),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Publishing sealed blocks to Kafka: each block's events to
+//! `<prefix>.events` and its signed manifest and chunks to `<prefix>.blocks`
+//! (key = chain, so a chain's blocks stay in one partition, in order).
+//!
+//! The producer is idempotent with `acks=all`; `meta/published` advances
+//! only after the broker acknowledged every message of a block. A crash
+//! anywhere before that republishes the block from its spool, and sites
+//! drop what they already hold.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fschain_schema::wire::{event_key, SigningKey, Topics};
+use fschain_schema::Event;
+use fschain_store::layout::RootLayout;
+use fschain_store::{ChainDir, StoreError};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use tracing::{debug, info};
+
+use crate::outbox::{prepare_block, published_height, record_published, StreamPolicy};
+use crate::ProducerError;
+
+/// Where to publish.
+#[derive(Clone, Debug)]
+pub struct KafkaTarget {
+    pub brokers: String,
+    pub topics: Topics,
+    /// Extra librdkafka settings from the config file (`kafka.<name>`).
+    pub extra: Vec<(String, String)>,
+}
+
+pub(crate) fn kafka_error(e: KafkaError) -> ProducerError {
+    let transient = match &e {
+        KafkaError::MessageProduction(code) | KafkaError::Flush(code) => is_transient_code(*code),
+        KafkaError::ClientCreation(_) => false,
+        _ => true,
+    };
+    ProducerError::Kafka {
+        message: e.to_string(),
+        transient,
+    }
+}
+
+fn is_transient_code(code: RDKafkaErrorCode) -> bool {
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::InvalidConfig
+    )
+}
+
+#[derive(Default)]
+struct DeliveryTally {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTally {}
+
+impl ProducerContext for DeliveryTally {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// An idempotent Kafka producer that knows whether every message it sent
+/// was acknowledged.
+pub struct Publisher {
+    producer: BaseProducer<DeliveryTally>,
+    topics: Topics,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("topics", &self.topics).finish()
+    }
+}
+
+impl Publisher {
+    pub fn new(target: &KafkaTarget) -> Result<Self, ProducerError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &target.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.max.bytes", "4194304")
+            // Bounds the producer's memory whatever the block size.
+            .set("queue.buffering.max.kbytes", "32768")
+            .set("compression.type", "none");
+        for (k, v) in &target.extra {
+            config.set(k, v);
+        }
+        let producer = config
+            .create_with_context(DeliveryTally::default())
+            .map_err(kafka_error)?;
+        Ok(Publisher {
+            producer,
+            topics: target.topics.clone(),
+        })
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Queues one message, waiting for room when the queue is full.
+    pub fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), ProducerError> {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    self.producer.poll(Duration::from_millis(20));
+                    record = back;
+                }
+                Err((e, _)) => return Err(kafka_error(e)),
+            }
+        }
+    }
+
+    /// Waits until every queued message is acknowledged; fails if any was
+    /// not (so the caller does not record it as published).
+    pub fn flush(&self, timeout: Duration) -> Result<(), ProducerError> {
+        self.producer.flush(timeout).map_err(kafka_error)?;
+        let failed = self.producer.context().failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            let last = self
+                .producer
+                .context()
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(ProducerError::Kafka {
+                message: format!("{failed} messages were not acknowledged: {last}"),
+                transient: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What one publish run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PublishSummary {
+    pub blocks: u64,
+    pub events: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub head: u64,
+}
+
+/// Publishes every sealed block not yet on the topics, in height order,
+/// recording each once the broker has acknowledged all of it.
+pub fn publish_pending(
+    layout: &RootLayout,
+    publisher: &Publisher,
+    policy: &StreamPolicy,
+    key: &SigningKey,
+) -> Result<PublishSummary, ProducerError> {
+    let heights = layout.snapshot_heights()?;
+    let Some(&head) = heights.last() else {
+        return Err(StoreError::Corrupt {
+            path: layout.blocks_dir(),
+            why: "no block snapshots".into(),
+        }
+        .into());
+    };
+    let chain = layout.read_marker()?.chain;
+    let from = published_height(layout)?.map_or(0, |h| h + 1);
+    let mut summary = PublishSummary {
+        head,
+        ..PublishSummary::default()
+    };
+    let topics = publisher.topics().clone();
+    for height in from..=head {
+        let block = prepare_block(layout, height, policy, key)?;
+        let lines =
+            ChainDir::new(layout.snapshot(height)).last_event_lines(block.header.event_count)?;
+        for line in &lines {
+            let event = Event::from_canonical(line)?;
+            publisher.send(&topics.events, &event_key(&chain, &event.element), line)?;
+        }
+        publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
+        for chunk in block.chunks()? {
+            let chunk = chunk?;
+            publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
+            summary.chunks += 1;
+        }
+        publisher.flush(Duration::from_secs(60))?;
+        record_published(layout, height)?;
+        debug!(height, bytes = block.manifest.stream.bytes, chunks = block.manifest.stream.chunks, "published");
+        summary.blocks += 1;
+        summary.events += lines.len() as u64;
+        summary.bytes += block.manifest.stream.bytes;
+        block.remove()?;
+    }
+    if summary.blocks > 0 {
+        info!(chain = %chain, blocks = summary.blocks, head, "published");
+    }
+    Ok(summary)
+}
