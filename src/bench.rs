@@ -20,7 +20,7 @@ struct Scale {
     large: usize,
 }
 
-pub fn run(dir: &Path, quick: bool) -> Result<()> {
+pub fn run(dir: &Path, quick: bool, brokers: Option<&str>, replication_only: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if !btrfs::is_btrfs(dir)? {
         bail!(
@@ -28,6 +28,16 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
             dir.display()
         );
     }
+    if !replication_only {
+        run_local(dir, quick)?;
+    }
+    if let Some(brokers) = brokers {
+        crate::bench_replication::run(dir, quick, brokers)?;
+    }
+    Ok(())
+}
+
+fn run_local(dir: &Path, quick: bool) -> Result<()> {
     let scale = if quick {
         Scale {
             elements: 10_000,

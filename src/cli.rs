@@ -20,7 +20,7 @@ pub struct Cli {
 }
 
 /// Where the chain lives.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct RootArg {
     /// The fschain root (or FSCHAIN_ROOT, or `root` in the config file).
     #[arg(long, value_name = "DIR")]
@@ -145,6 +145,95 @@ pub enum Command {
         reference: String,
         dest: PathBuf,
     },
+    /// Show or create the chain's signing key (created by init).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Manage the Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Consume <prefix>.ops for this chain, apply, seal and publish, until stopped.
+    Agent {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Only take operations keyed to this chain (default: the root's chain).
+        #[arg(long)]
+        chain: Option<String>,
+        /// Seal a block after this many operations...
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        block_ops: usize,
+        /// ...or this many milliseconds after its first one, whichever comes first.
+        #[arg(long, default_value_t = 100, value_name = "MS")]
+        block_interval: u64,
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// Exit once the ops topic is consumed to its end and all is published.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Publish every sealed block not yet on the topics, then exit.
+    Publish {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Run a site: receive, verify and keep every chain's blocks.
+    Consume {
+        #[command(flatten)]
+        site: SiteArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Take only these chains (repeatable; default: every chain signed by a trusted key).
+        #[arg(long = "chain", value_name = "NAME")]
+        chains: Vec<String>,
+        /// Exit 0 once the site has caught up with the topic.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Rebuild an empty site from the topic, starting at each chain's latest full checkpoint.
+    Replay {
+        #[command(flatten)]
+        site: SiteArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long = "chain", value_name = "NAME")]
+        chains: Vec<String>,
+    },
+    /// Write blocks as the same signed chunk stream the topic carries (or --raw: a plain btrfs send stream).
+    Export {
+        #[command(flatten)]
+        root: RootArg,
+        /// Start after this block (the receiver holds it); default: from block 0, full.
+        #[arg(long, value_name = "REF")]
+        from: Option<String>,
+        /// Last block to write.
+        #[arg(long, value_name = "REF", default_value = "head")]
+        to: String,
+        /// Output file, or - for stdout.
+        #[arg(short, long, default_value = "-")]
+        output: String,
+        /// Write the plain `btrfs send` stream of --to (incremental against --from) for stock `btrfs receive`.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Take in an export stream at a site, with the same checks as from Kafka.
+    Import {
+        #[command(flatten)]
+        site: SiteArgs,
+        /// File written by `fschain export`, or - for stdin.
+        #[arg(default_value = "-")]
+        file: String,
+    },
     /// Measure throughput and latency against baselines timed in the same run.
     Bench {
         /// A directory on btrfs to work in (a scratch root is made below it).
@@ -153,5 +242,74 @@ pub enum Command {
         /// Run smaller, quicker measurements.
         #[arg(long)]
         quick: bool,
+        /// Also measure replication through this broker.
+        #[arg(long, value_name = "LIST")]
+        brokers: Option<String>,
+        /// Only the replication measurements.
+        #[arg(long, requires = "brokers")]
+        replication_only: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Print the public key sites must trust.
+    Show {
+        #[command(flatten)]
+        root: RootArg,
+    },
+    /// Create a key pair for a root made before keys existed.
+    Create {
+        #[command(flatten)]
+        root: RootArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsAction {
+    /// Create <prefix>.ops, .events and .blocks with fschain's settings.
+    Create {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+/// Where the broker is.
+#[derive(Debug, Args, Clone)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, host:port[,host:port] (or FSCHAIN_BROKERS, or `brokers` in the config file).
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// Topic prefix (default: fschain).
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+/// How blocks are cut into streams.
+#[derive(Debug, Args, Clone)]
+pub struct StreamArgs {
+    /// A full stream every N blocks (and at genesis); 0: at genesis only.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub checkpoint_every: u64,
+    /// Chunk size in bytes (K and M suffixes work).
+    #[arg(long, default_value = "512K", value_name = "SIZE")]
+    pub chunk_size: String,
+}
+
+/// A site.
+#[derive(Debug, Args, Clone)]
+pub struct SiteArgs {
+    /// The site's name; its consumer group is fschain-site-NAME (or FSCHAIN_SITE).
+    #[arg(long, value_name = "NAME")]
+    pub site: Option<String>,
+    /// The site's directory, on btrfs; each chain's copy is DIR/<chain>.
+    #[command(flatten)]
+    pub root: RootArg,
+    /// Trusted producer public key: 64 hex digits, or a file of them (a producer's meta/signing.pub). Repeatable.
+    #[arg(long = "trust", value_name = "KEY|FILE")]
+    pub trust: Vec<String>,
 }

@@ -298,12 +298,66 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 dest.display()
             );
         }
-        Command::Bench { dir, quick } => crate::bench::run(&dir, quick)?,
+        Command::Bench {
+            dir,
+            quick,
+            brokers,
+            replication_only,
+        } => crate::bench::run(&dir, quick, brokers.as_deref(), replication_only)?,
+        Command::Key { action } => return crate::replication::key(action, inv),
+        Command::Topics { action } => return crate::replication::topics_cmd(action, inv),
+        Command::Agent {
+            root,
+            kafka,
+            chain,
+            block_ops,
+            block_interval,
+            stream,
+            until_idle,
+        } => {
+            let root = root_dir(&root, inv)?;
+            let options = fschain_producer::agent::AgentOptions {
+                block_ops: block_ops.max(1),
+                block_interval: std::time::Duration::from_millis(block_interval),
+                policy: crate::replication::policy(&stream)?,
+                until_idle,
+            };
+            return crate::replication::agent(&root, &kafka, chain, options, inv);
+        }
+        Command::Publish {
+            root,
+            kafka,
+            stream,
+        } => {
+            let root = root_dir(&root, inv)?;
+            return crate::replication::publish(&root, &kafka, &stream, inv);
+        }
+        Command::Consume {
+            site,
+            kafka,
+            chains,
+            until_idle,
+        } => return crate::replication::consume(&site, &kafka, &chains, until_idle, inv),
+        Command::Replay { site, kafka, chains } => {
+            return crate::replication::replay(&site, &kafka, &chains, inv)
+        }
+        Command::Export {
+            root,
+            from,
+            to,
+            output,
+            raw,
+            stream,
+        } => {
+            let root = root_dir(&root, inv)?;
+            return crate::replication::export(&root, from.as_deref(), &to, &output, raw, &stream);
+        }
+        Command::Import { site, file } => return crate::replication::import(&site, &file, inv),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn root_dir(arg: &RootArg, inv: &Invocation) -> Result<PathBuf> {
+pub(crate) fn root_dir(arg: &RootArg, inv: &Invocation) -> Result<PathBuf> {
     arg.root
         .clone()
         .or_else(|| inv.settings.root.clone())
@@ -318,7 +372,7 @@ fn open_writer(root: &Path) -> Result<ChainWriter> {
     ChainWriter::open(RootLayout::new(root)).with_context(|| format!("opening {}", root.display()))
 }
 
-fn open_chain(root: &Path) -> Result<Chain> {
+pub(crate) fn open_chain(root: &Path) -> Result<Chain> {
     recover_if_interrupted(&RootLayout::new(root))
         .with_context(|| format!("recovering {}", root.display()))?;
     Chain::open(root).with_context(|| format!("opening {}", root.display()))
@@ -420,7 +474,7 @@ fn event_json(e: &fschain_schema::Event) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -428,7 +482,7 @@ fn print_json(value: &Value) {
 }
 
 /// `2G`, `512M`, `1048576`.
-fn parse_size(text: &str) -> Result<u64> {
+pub(crate) fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
     let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = digits

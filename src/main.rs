@@ -4,11 +4,15 @@
 //! the environment. Everything below it takes plain values.
 
 mod bench;
+mod bench_replication;
 mod cli;
 mod commands;
+mod replication;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -24,6 +28,18 @@ pub struct Settings {
     pub root: Option<PathBuf>,
     /// Chain name for `init`.
     pub chain: Option<String>,
+    /// Kafka bootstrap brokers.
+    pub brokers: Option<String>,
+    /// Topic prefix.
+    pub prefix: Option<String>,
+    /// This site's name (`consume`, `replay`, `import`).
+    pub site: Option<String>,
+    /// Producers' public keys a site trusts (hex, or key files).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
+    #[serde(default)]
+    pub kafka: std::collections::BTreeMap<String, String>,
 }
 
 /// Facts about the caller, read here once.
@@ -33,6 +49,8 @@ pub struct Invocation {
     /// Recorded as the actor of `set`, `delete` and `rollback` events.
     pub actor: String,
     pub hostname: String,
+    /// Set on SIGINT or SIGTERM; long-running commands stop cleanly.
+    pub shutdown: Arc<AtomicBool>,
 }
 
 fn main() -> ExitCode {
@@ -66,7 +84,7 @@ fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
                 .required(true),
         );
     }
-    for key in ["root", "chain"] {
+    for key in ["root", "chain", "brokers", "prefix", "site"] {
         let var = format!("FSCHAIN_{}", key.to_uppercase());
         if let Some(value) = std::env::var_os(&var) {
             builder = builder.set_override(key, value.to_string_lossy().into_owned())?;
@@ -87,10 +105,15 @@ fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "root".into());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutdown);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")?;
     Ok(Invocation {
         settings,
         actor: format!("{user}@{hostname}"),
         hostname,
+        shutdown,
     })
 }
 

@@ -71,6 +71,8 @@ pub struct ReadyBlock {
 pub struct ChunkAssembler {
     /// Highest height the site holds (applied and committed to its chain).
     held: Option<u64>,
+    /// Heights below this are ignored (a replay that starts at a checkpoint).
+    floor: u64,
     pending: BTreeMap<StreamKey, Pending>,
     /// Offset after the last frame seen.
     next_offset: i64,
@@ -80,9 +82,16 @@ impl ChunkAssembler {
     pub fn new(held: Option<u64>) -> Self {
         ChunkAssembler {
             held,
+            floor: 0,
             pending: BTreeMap::new(),
             next_offset: 0,
         }
+    }
+
+    /// Ignores every block below `floor`.
+    pub fn with_floor(mut self, floor: u64) -> Self {
+        self.floor = floor;
+        self
     }
 
     pub fn held(&self) -> Option<u64> {
@@ -90,7 +99,7 @@ impl ChunkAssembler {
     }
 
     fn is_held(&self, height: u64) -> bool {
-        self.held.is_some_and(|h| height <= h)
+        height < self.floor || self.held.is_some_and(|h| height <= h)
     }
 
     fn note_offset(&mut self, offset: i64) {
@@ -245,13 +254,18 @@ impl ChunkAssembler {
     /// beyond it. `None` when nothing waits or the next block is merely
     /// still arriving.
     pub fn gap(&self) -> Option<u64> {
-        let want = self.held.map_or(0, |h| h + 1);
+        let want = self.held.map_or(self.floor, |h| h + 1);
         let waiting_beyond = self
             .pending
             .iter()
             .any(|(k, p)| k.height > want && p.complete());
         let next_present = self.pending.keys().any(|k| k.height == want);
         (waiting_beyond && !next_present).then_some(want)
+    }
+
+    /// The oldest offset a stream still being assembled needs.
+    pub fn low_water(&self) -> Option<i64> {
+        self.pending.values().map(|p| p.first_offset).min()
     }
 
     /// Streams still being assembled, for progress and idle checks.

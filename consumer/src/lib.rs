@@ -8,5 +8,13 @@
 //! `schema::wire`.
 
 pub mod assembler;
+mod error;
+pub mod import;
+pub mod ingest;
+pub mod kafka;
+pub mod site;
 
 pub use assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
+pub use error::ConsumerError;
+pub use ingest::{Ingest, IngestStats, Origin};
+pub use site::{Site, SiteChain};

@@ -18,6 +18,8 @@ pub enum ProducerError {
     KeyExists { path: std::path::PathBuf },
     #[error("{} has no signing key; run `fschain key create --root {}`", root.display(), root.display())]
     NoKey { root: std::path::PathBuf },
+    #[error("{} is a site's copy of a chain; operations are applied on the producer and arrive here through `fschain consume`", root.display())]
+    Replica { root: std::path::PathBuf },
     #[error("kafka: {message}")]
     Kafka { message: String, transient: bool },
 }

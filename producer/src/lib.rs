@@ -6,11 +6,13 @@
 
 pub mod agent;
 mod error;
+pub mod export;
 mod init;
 mod keys;
 pub mod outbox;
 pub mod publish;
 mod state_index;
+pub mod topics;
 mod writer;
 
 pub use error::ProducerError;

@@ -134,14 +134,18 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Prepares block `height` of the root for publishing (or finds it
 /// prepared by an earlier run that did not finish publishing).
+///
+/// The stream is incremental against `parent` (full when `None`) and is
+/// spooled in `dir`.
 pub fn prepare_block(
     layout: &RootLayout,
     height: u64,
+    parent: Option<u64>,
+    dir: &std::path::Path,
     policy: &StreamPolicy,
     key: &SigningKey,
 ) -> Result<OutgoingBlock, ProducerError> {
-    let dir = layout.outbox();
-    std::fs::create_dir_all(&dir).at(&dir)?;
+    std::fs::create_dir_all(dir).at(dir)?;
     let stream_path = dir.join(format!("{height:010}.zst"));
     let manifest_path = dir.join(format!("{height:010}.manifest"));
     let header = ChainDir::new(layout.snapshot(height))
@@ -154,7 +158,7 @@ pub fn prepare_block(
         })?;
     if let (Ok(bytes), true) = (std::fs::read(&manifest_path), stream_path.exists()) {
         if let Ok(manifest) = serde_json::from_slice::<BlockManifest>(&bytes) {
-            if manifest.verify(&[key.public()]).is_ok_and(|h| h == header) {
+            if manifest.parent == parent && manifest.verify(&[key.public()]).is_ok_and(|h| h == header) {
                 return Ok(OutgoingBlock {
                     manifest,
                     header,
@@ -164,7 +168,6 @@ pub fn prepare_block(
             }
         }
     }
-    let parent = policy.parent_of(height);
     let tmp = stream_path.with_extension("zst.tmp");
     let file = File::create(&tmp).at(&tmp)?;
     let hashing = HashingWriter {

@@ -189,7 +189,8 @@ pub fn publish_pending(
     };
     let topics = publisher.topics().clone();
     for height in from..=head {
-        let block = prepare_block(layout, height, policy, key)?;
+        let parent = policy.parent_of(height);
+        let block = prepare_block(layout, height, parent, &layout.outbox(), policy, key)?;
         let lines =
             ChainDir::new(layout.snapshot(height)).last_event_lines(block.header.event_count)?;
         for line in &lines {

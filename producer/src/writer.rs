@@ -106,6 +106,11 @@ impl ChainWriter {
         clock: Box<dyn Clock>,
     ) -> Result<Self, ProducerError> {
         let meta = layout.read_marker()?;
+        if layout.replica().exists() {
+            return Err(ProducerError::Replica {
+                root: layout.root().to_owned(),
+            });
+        }
         let lock = lock(&layout)?;
         let head = recover(&layout)?;
         let head_dir = ChainDir::new(layout.snapshot(head));
@@ -486,6 +491,10 @@ fn layer_matches_head(layout: &RootLayout, head: u64) -> bool {
 /// it is, leaves the root clean.
 pub fn recover_if_interrupted(layout: &RootLayout) -> Result<bool, ProducerError> {
     layout.read_marker()?;
+    if layout.replica().exists() {
+        // A site's copy: no layer, and only the consumer writes it.
+        return Ok(false);
+    }
     if !layout.dirty_marker().exists() && layout.layer().exists() {
         return Ok(false);
     }

@@ -190,6 +190,31 @@ pub fn snapshot_name(height: u64) -> String {
     format!("{height:010}")
 }
 
+/// What a site records about its copy of a chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaMeta {
+    pub site: String,
+    /// The first block this copy holds (a checkpoint, when it was rebuilt
+    /// by replay from one); 0 for a copy that holds the whole chain.
+    pub base: u64,
+}
+
+/// The first block a site's copy holds; `None` for a producer's root.
+pub fn replica_base(layout: &RootLayout) -> Result<Option<u64>, StoreError> {
+    let path = layout.replica();
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<ReplicaMeta>(&bytes)
+            .map(|m| Some(m.base))
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
 /// Staging name of a block being received; never a height, so readers
 /// never see it.
 pub fn incoming_name(height: u64) -> String {

@@ -58,7 +58,9 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         return Ok(report);
     };
     report.head = Some(head);
-    for h in 0..=head {
+    // A site rebuilt from a checkpoint holds blocks from that one on.
+    let base = crate::layout::replica_base(layout)?.unwrap_or(0);
+    for h in base..=head {
         if heights.binary_search(&h).is_err() {
             report.problems.push(Problem::BadSnapshot {
                 place: place(h),
@@ -283,4 +285,79 @@ fn check_copy(
             }
         }
     }
+}
+
+/// Verifies a snapshot a site has just received (at `dir`, still under its
+/// staging name) as block `height` of the chain at `layout`, against the
+/// header the producer signed: the same checks `verify` makes of a
+/// snapshot. Its logs are checked in full; they must extend the logs of the
+/// site's previous block byte for byte; its state files must hash to the
+/// header's state root; it must be read-only. Returns the problems found.
+pub fn verify_received(
+    layout: &RootLayout,
+    dir: &ChainDir,
+    expected: &fschain_schema::BlockHeader,
+) -> Result<Vec<Problem>, StoreError> {
+    let height = expected.height;
+    let p = format!("received block {height}");
+    let meta = ChainMeta::new(expected.chain.clone());
+    let mut report = VerifyReport {
+        chain: meta.chain.to_string(),
+        head: Some(height),
+        blocks: 0,
+        events: 0,
+        snapshots: 0,
+        bytes: 0,
+        problems: Vec::new(),
+    };
+    let (hb, eb) = match (dir.headers_bytes(), dir.events_bytes()) {
+        (Ok(h), Ok(e)) => (h, e),
+        (Err(e), _) | (_, Err(e)) => {
+            report.problems.push(Problem::Unreadable {
+                place: p,
+                message: e.to_string(),
+            });
+            return Ok(report.problems);
+        }
+    };
+    let logs = check_logs(&p, &meta.chain, &hb, &eb);
+    report.problems.extend(logs.problems.iter().cloned());
+    match logs.headers.get(height as usize) {
+        Some(h) if h == expected && logs.headers.len() as u64 == height + 1 => {}
+        _ => report.problems.push(Problem::BadSnapshot {
+            place: p.clone(),
+            height,
+            message: format!(
+                "does not end with the signed header of block {height} ({})",
+                expected.hash
+            ),
+        }),
+    }
+    // The previous block the site holds must be a prefix of this one.
+    let previous = layout
+        .snapshot_heights()?
+        .into_iter()
+        .filter(|&h| h < height)
+        .max();
+    if let Some(prev) = previous {
+        let prev_dir = ChainDir::new(layout.snapshot(prev));
+        let same = match (prev_dir.headers_bytes(), prev_dir.events_bytes()) {
+            (Ok(ph), Ok(pe)) => {
+                let end_h = logs.header_ends.get(prev as usize);
+                let end_e = logs.event_ends.get(prev as usize);
+                end_h.is_some_and(|&e| hb.get(..e) == Some(&ph[..]))
+                    && end_e.is_some_and(|&e| eb.get(..e) == Some(&pe[..]))
+            }
+            _ => false,
+        };
+        if !same {
+            report.problems.push(Problem::Diverges {
+                place: p.clone(),
+                file: "headers.log/events.log".into(),
+                message: format!("do not extend the logs of block {prev}, which this site holds"),
+            });
+        }
+    }
+    check_copy(&mut report, dir, &p, height, &meta, &logs, Some(&logs.tips), true);
+    Ok(report.problems)
 }

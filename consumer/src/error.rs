@@ -1,0 +1,60 @@
+use std::path::PathBuf;
+
+use fschain_schema::SchemaError;
+use fschain_store::StoreError;
+
+/// What can go wrong at a site.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Schema(#[from] SchemaError),
+    #[error("bad site name {name:?}: use letters, digits, . _ -")]
+    BadSiteName { name: String },
+    #[error("{} belongs to site {site}", root.display())]
+    OtherSite { root: PathBuf, site: String },
+    #[error("{chain} block {height}: btrfs receive failed: {source}")]
+    Receive {
+        chain: String,
+        height: u64,
+        source: StoreError,
+    },
+    #[error("{chain} block {height}: the received snapshot does not verify: {}", problems.join("; "))]
+    Unverified {
+        chain: String,
+        height: u64,
+        problems: Vec<String>,
+    },
+    #[error("{chain}: block {height} is missing from the topic; the blocks after it cannot be applied")]
+    Gap { chain: String, height: u64 },
+    #[error("no trusted keys: give the producers' public keys (--trust or trusted_keys in the config)")]
+    NoTrustedKeys,
+    #[error("{} already holds chains ({}); replay rebuilds a site from nothing, into an empty directory", root.display(), chains.join(", "))]
+    NotEmpty { root: PathBuf, chains: Vec<String> },
+    #[error("kafka: {message}")]
+    Kafka { message: String, transient: bool },
+    #[error("reading the import stream: {0}")]
+    Input(std::io::Error),
+}
+
+impl ConsumerError {
+    /// Whether the same call may succeed later: a broker away, a full disk,
+    /// a root locked by another command.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConsumerError::Store(e) => e.is_transient(),
+            ConsumerError::Kafka { transient, .. } => *transient,
+            _ => false,
+        }
+    }
+
+    /// Whether the fault lies with one stream (drop it and wait for a good
+    /// copy) rather than with the site (stop).
+    pub fn is_bad_stream(&self) -> bool {
+        matches!(
+            self,
+            ConsumerError::Schema(_) | ConsumerError::Receive { .. } | ConsumerError::Unverified { .. }
+        )
+    }
+}

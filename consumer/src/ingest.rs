@@ -1,0 +1,226 @@
+//! From frames to blocks: the part of a site that Kafka consumption and
+//! `fschain import` share. Each frame is decoded and checked (manifest
+//! signature, chunk hash); bad frames are logged with where they came from
+//! and skipped; each chain's [`ChunkAssembler`] says what to spool and when
+//! a block is complete; complete blocks are applied to the site's copy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use fschain_schema::wire::{decode_frame, Frame, PublicKey};
+use fschain_schema::ChainName;
+use tracing::{debug, warn};
+
+use crate::assembler::{ChunkAssembler, Verdict};
+use crate::site::{Site, SiteChain};
+use crate::ConsumerError;
+
+/// Where a frame came from, for log lines.
+#[derive(Clone, Debug)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} partition {} offset {}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
+/// Counters for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+/// A site taking in frames.
+#[derive(Debug)]
+pub struct Ingest {
+    site: Site,
+    trusted: Vec<PublicKey>,
+    only: Option<Vec<ChainName>>,
+    floors: BTreeMap<ChainName, u64>,
+    chains: BTreeMap<ChainName, (SiteChain, ChunkAssembler)>,
+    pub stats: IngestStats,
+}
+
+impl Ingest {
+    pub fn new(site: Site, trusted: Vec<PublicKey>) -> Result<Self, ConsumerError> {
+        if trusted.is_empty() {
+            return Err(ConsumerError::NoTrustedKeys);
+        }
+        Ok(Ingest {
+            site,
+            trusted,
+            only: None,
+            floors: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            stats: IngestStats::default(),
+        })
+    }
+
+    /// Takes only these chains; frames of others are logged and skipped.
+    pub fn only_chains(mut self, chains: Vec<ChainName>) -> Self {
+        self.only = (!chains.is_empty()).then_some(chains);
+        self
+    }
+
+    /// Ignores blocks of `chain` below `height` (replay from a checkpoint).
+    pub fn start_at(&mut self, chain: ChainName, height: u64) {
+        self.floors.insert(chain, height);
+    }
+
+    pub fn site(&self) -> &Site {
+        &self.site
+    }
+
+    fn state(&mut self, chain: &ChainName) -> Result<&mut (SiteChain, ChunkAssembler), ConsumerError> {
+        if !self.chains.contains_key(chain) {
+            let site_chain = self.site.chain(chain)?;
+            let held = site_chain.held()?;
+            let floor = self.floors.get(chain).copied().unwrap_or(0);
+            let assembler = ChunkAssembler::new(held).with_floor(floor);
+            self.chains.insert(chain.clone(), (site_chain, assembler));
+        }
+        self.chains
+            .get_mut(chain)
+            .ok_or_else(|| ConsumerError::BadSiteName {
+                name: chain.to_string(),
+            })
+    }
+
+    /// Takes one frame. Returns an error only when the site cannot go on
+    /// (its disk, btrfs); a bad frame or a bad stream is logged and skipped.
+    pub fn frame(
+        &mut self,
+        bytes: &[u8],
+        key: Option<&[u8]>,
+        origin: &Origin<'_>,
+    ) -> Result<Option<ChainName>, ConsumerError> {
+        let frame = match decode_frame(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.rejected += 1;
+                warn!(at = %origin, error = %e, "skipping a message that is not an fschain frame");
+                return Ok(None);
+            }
+        };
+        let chain = frame.chain().clone();
+        if let Some(k) = key {
+            if k != chain.as_str().as_bytes() {
+                self.stats.rejected += 1;
+                warn!(at = %origin, chain = %chain, key = %String::from_utf8_lossy(k), "skipping a frame whose key is not its chain");
+                return Ok(None);
+            }
+        }
+        if self.only.as_ref().is_some_and(|only| !only.contains(&chain)) {
+            self.stats.rejected += 1;
+            warn!(at = %origin, chain = %chain, "skipping a stream for a chain this site does not take");
+            return Ok(None);
+        }
+        let trusted = self.trusted.clone();
+        let (site_chain, assembler) = self.state(&chain)?;
+        let verdict = match frame {
+            Frame::Manifest(m) => match m.verify(&trusted) {
+                Ok(header) => assembler.manifest(m, header, origin.offset),
+                Err(e) => {
+                    self.stats.rejected += 1;
+                    warn!(at = %origin, chain = %chain, height = m.height, error = %e, "rejecting a manifest");
+                    return Ok(Some(chain));
+                }
+            },
+            Frame::Chunk(c) => match c.check() {
+                Ok(()) => {
+                    let v = assembler.chunk(&c.meta, origin.offset);
+                    if let Verdict::Spool { key, index } = &v {
+                        site_chain.spool_chunk(key, *index, &c.data)?;
+                    }
+                    v
+                }
+                Err(e) => {
+                    self.stats.rejected += 1;
+                    warn!(at = %origin, chain = %chain, height = c.meta.height, index = c.meta.index, error = %e, "rejecting a chunk");
+                    return Ok(Some(chain));
+                }
+            },
+        };
+        match verdict {
+            Verdict::Drop { why } => {
+                self.stats.duplicates += 1;
+                debug!(at = %origin, chain = %chain, ?why, "dropping a frame");
+            }
+            Verdict::Reject { why } => {
+                self.stats.rejected += 1;
+                warn!(at = %origin, chain = %chain, why, "rejecting a chunk");
+            }
+            Verdict::Spool { .. } | Verdict::Noted => {}
+        }
+        self.drive(&chain)?;
+        Ok(Some(chain))
+    }
+
+    /// Applies every block of `chain` that is complete and next in line.
+    fn drive(&mut self, chain: &ChainName) -> Result<(), ConsumerError> {
+        let (site_chain, assembler) = self.state(chain)?;
+        let mut applied = 0;
+        let mut rejected = 0;
+        while let Some(ready) = assembler.next_ready() {
+            match site_chain.apply(&ready) {
+                Ok(()) => {
+                    for key in assembler.applied(ready.key.height) {
+                        site_chain.drop_spool(&key);
+                    }
+                    applied += 1;
+                }
+                Err(e) if e.is_bad_stream() => {
+                    warn!(chain = %chain, height = ready.key.height, error = %e, "dropping a stream that does not check out; waiting for a good copy");
+                    assembler.discard(&ready.key);
+                    site_chain.drop_spool(&ready.key);
+                    rejected += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stats.applied += applied;
+        self.stats.rejected += rejected;
+        Ok(())
+    }
+
+    /// The oldest offset `chain` still needs, when it is assembling a stream.
+    pub fn low_water(&self, chain: &ChainName) -> Option<i64> {
+        self.chains.get(chain).and_then(|(_, a)| a.low_water())
+    }
+
+    /// Chains that cannot go on: a block is missing and later ones wait.
+    pub fn gaps(&self) -> Vec<(ChainName, u64)> {
+        self.chains
+            .iter()
+            .filter_map(|(c, (_, a))| a.gap().map(|h| (c.clone(), h)))
+            .collect()
+    }
+
+    /// Streams still incomplete, per chain (for the idle report).
+    pub fn incomplete(&self) -> Vec<(ChainName, usize)> {
+        self.chains
+            .iter()
+            .filter(|(_, (_, a))| a.pending_len() > 0)
+            .map(|(c, (_, a))| (c.clone(), a.pending_len()))
+            .collect()
+    }
+
+    /// The newest block held of each chain seen.
+    pub fn heads(&self) -> Vec<(ChainName, Option<u64>)> {
+        self.chains
+            .iter()
+            .map(|(c, (_, a))| (c.clone(), a.held()))
+            .collect()
+    }
+}

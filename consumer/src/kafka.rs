@@ -1,0 +1,341 @@
+//! The Kafka side of a site: `fschain consume` (a consumer group per site,
+//! so every site gets every block and a site's members share its chains)
+//! and `fschain replay` (rebuild a site from the latest full checkpoint on
+//! the topic).
+//!
+//! Offsets are committed by hand, per partition, only up to the oldest
+//! frame a chain still needs: a restart re-reads whatever was not yet in
+//! the site's chain, and the assemblers drop what is already held.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fschain_schema::wire::{decode_frame, Frame, PublicKey, Topics};
+use fschain_schema::ChainName;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::ingest::{Ingest, Origin};
+use crate::ConsumerError;
+
+/// Where to read from.
+#[derive(Clone, Debug)]
+pub struct KafkaSource {
+    pub brokers: String,
+    pub topics: Topics,
+    pub extra: Vec<(String, String)>,
+}
+
+/// The consumer group of a site.
+pub fn site_group(site: &str) -> String {
+    format!("fschain-site-{site}")
+}
+
+fn kafka_error(e: KafkaError) -> ConsumerError {
+    ConsumerError::Kafka {
+        message: e.to_string(),
+        transient: !matches!(e, KafkaError::ClientCreation(_)),
+    }
+}
+
+fn client(source: &KafkaSource, group: &str) -> Result<BaseConsumer, ConsumerError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &source.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.message.max.bytes", "4194304")
+        // Bounds the prefetch queue: memory stays flat whatever the backlog.
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in &source.extra {
+        config.set(k, v);
+    }
+    config.create().map_err(kafka_error)
+}
+
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ConsumerError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka_error)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ConsumerError::Kafka {
+            message: format!("topic {topic} does not exist; run `fschain topics create`"),
+            transient: false,
+        });
+    }
+    Ok(partitions)
+}
+
+/// What a consume or replay run did.
+#[derive(Debug, Default, Clone)]
+pub struct ConsumeSummary {
+    pub applied: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub heads: Vec<(ChainName, Option<u64>)>,
+}
+
+/// Options of a consume run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsumeOptions {
+    /// Return once every partition is read to its end.
+    pub until_idle: bool,
+}
+
+/// `fschain consume`: runs until `shutdown` (or until idle).
+pub fn consume(
+    ingest: &mut Ingest,
+    source: &KafkaSource,
+    options: ConsumeOptions,
+    shutdown: &AtomicBool,
+    on_block: &mut dyn FnMut(&Ingest),
+) -> Result<ConsumeSummary, ConsumerError> {
+    let group = site_group(ingest.site().name());
+    let consumer = client(source, &group)?;
+    partitions_of(&consumer, &source.topics.blocks)?;
+    consumer
+        .subscribe(&[&source.topics.blocks])
+        .map_err(kafka_error)?;
+    info!(site = ingest.site().name(), group, topic = source.topics.blocks, "consuming");
+    run(ingest, &consumer, &source.topics.blocks, options, shutdown, on_block)
+}
+
+/// `fschain replay`: rebuilds an empty site from the latest full checkpoint
+/// of each chain on the topic, then carries on like `consume --until-idle`,
+/// committing the site group's offsets so that `consume` continues from
+/// there.
+pub fn replay(
+    ingest: &mut Ingest,
+    source: &KafkaSource,
+    trusted: &[PublicKey],
+    shutdown: &AtomicBool,
+    on_block: &mut dyn FnMut(&Ingest),
+) -> Result<ConsumeSummary, ConsumerError> {
+    let held = ingest.site().chains()?;
+    if !held.is_empty() {
+        return Err(ConsumerError::NotEmpty {
+            root: ingest.site().root().to_owned(),
+            chains: held.iter().map(ToString::to_string).collect(),
+        });
+    }
+    let topic = &source.topics.blocks;
+    let group = site_group(ingest.site().name());
+    // Pass 1: find each chain's latest full stream (only manifests are decoded).
+    let scanner = client(source, &format!("{group}-scan"))?;
+    let partitions = partitions_of(&scanner, topic)?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = scanner
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(kafka_error)?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(kafka_error)?;
+        }
+    }
+    scanner.assign(&tpl).map_err(kafka_error)?;
+    let mut latest_full: BTreeMap<ChainName, (u64, i32, i64)> = BTreeMap::new();
+    let mut last_height: BTreeMap<ChainName, u64> = BTreeMap::new();
+    let mut done: BTreeSet<i32> = BTreeSet::new();
+    while done.len() < ends.len() {
+        if shutdown.load(Ordering::SeqCst) {
+            return Ok(ConsumeSummary::default());
+        }
+        let Some(msg) = scanner.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.map_err(kafka_error)?;
+        let (p, o) = (msg.partition(), msg.offset());
+        if ends.get(&p).is_some_and(|&end| o + 1 >= end) {
+            done.insert(p);
+        }
+        let Some(bytes) = msg.payload() else { continue };
+        if bytes.get(4) != Some(&1) {
+            continue;
+        }
+        if let Ok(Frame::Manifest(m)) = decode_frame(bytes) {
+            if m.verify(trusted).is_ok() {
+                let h = last_height.entry(m.chain.clone()).or_insert(m.height);
+                *h = (*h).max(m.height);
+                if m.parent.is_none() {
+                    let e = latest_full.entry(m.chain.clone()).or_insert((m.height, p, o));
+                    if m.height >= e.0 {
+                        *e = (m.height, p, o);
+                    }
+                }
+            }
+        }
+    }
+    drop(scanner);
+    // Pass 2: from each partition's earliest needed checkpoint.
+    let mut start: BTreeMap<i32, i64> = BTreeMap::new();
+    for (chain, &(height, p, o)) in &latest_full {
+        info!(chain = %chain, checkpoint = height, head = last_height.get(chain).copied().unwrap_or(height), "replaying from checkpoint");
+        ingest.start_at(chain.clone(), height);
+        let s = start.entry(p).or_insert(o);
+        *s = (*s).min(o);
+    }
+    if start.is_empty() {
+        warn!(topic, "no full checkpoint stream signed by a trusted key on the topic; nothing to replay");
+        return Ok(summary(ingest));
+    }
+    let consumer = client(source, &group)?;
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in &start {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(kafka_error)?;
+    }
+    consumer.assign(&tpl).map_err(kafka_error)?;
+    run(
+        ingest,
+        &consumer,
+        topic,
+        ConsumeOptions { until_idle: true },
+        shutdown,
+        on_block,
+    )
+}
+
+fn run(
+    ingest: &mut Ingest,
+    consumer: &BaseConsumer,
+    topic: &str,
+    options: ConsumeOptions,
+    shutdown: &AtomicBool,
+    on_block: &mut dyn FnMut(&Ingest),
+) -> Result<ConsumeSummary, ConsumerError> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut chains_in: BTreeMap<i32, BTreeSet<ChainName>> = BTreeMap::new();
+    loop {
+        if shutdown.load(Ordering::SeqCst) {
+            commit(ingest, consumer, topic, &next, &chains_in, &mut committed, CommitMode::Sync);
+            return Ok(summary(ingest));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                let (p, o) = (msg.partition(), msg.offset());
+                let origin = Origin {
+                    topic,
+                    partition: p,
+                    offset: o,
+                };
+                let applied_before = ingest.stats.applied;
+                let chain = ingest.frame(msg.payload().unwrap_or_default(), msg.key(), &origin)?;
+                if let Some(chain) = chain {
+                    chains_in.entry(p).or_default().insert(chain);
+                }
+                next.insert(p, o + 1);
+                if ingest.stats.applied > applied_before {
+                    on_block(ingest);
+                }
+                commit(ingest, consumer, topic, &next, &chains_in, &mut committed, CommitMode::Async);
+            }
+            Some(Err(e)) => {
+                warn!(topic, error = %e, "consume error; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => {
+                if options.until_idle && caught_up(consumer, topic, &next)? {
+                    commit(ingest, consumer, topic, &next, &chains_in, &mut committed, CommitMode::Sync);
+                    if let Some((chain, height)) = ingest.gaps().into_iter().next() {
+                        return Err(ConsumerError::Gap {
+                            chain: chain.to_string(),
+                            height,
+                        });
+                    }
+                    for (chain, n) in ingest.incomplete() {
+                        warn!(chain = %chain, streams = n, "caught up with the topic; incomplete streams wait for the rest of their chunks");
+                    }
+                    return Ok(summary(ingest));
+                }
+            }
+        }
+    }
+}
+
+fn summary(ingest: &Ingest) -> ConsumeSummary {
+    ConsumeSummary {
+        applied: ingest.stats.applied,
+        rejected: ingest.stats.rejected,
+        duplicates: ingest.stats.duplicates,
+        heads: ingest.heads(),
+    }
+}
+
+/// Commits, per partition, the oldest offset any of its chains still needs.
+fn commit(
+    ingest: &Ingest,
+    consumer: &BaseConsumer,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+    chains_in: &BTreeMap<i32, BTreeSet<ChainName>>,
+    committed: &mut BTreeMap<i32, i64>,
+    mode: CommitMode,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &n) in next {
+        let low = chains_in
+            .get(&p)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| ingest.low_water(c))
+            .min()
+            .map_or(n, |l| l.min(n));
+        if committed.get(&p) != Some(&low) {
+            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(low));
+            committed.insert(p, low);
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            warn!(topic, error = %e, "offset commit failed; a restart re-reads a little more");
+        }
+    }
+}
+
+/// Whether every assigned partition has been read to its end.
+fn caught_up(
+    consumer: &BaseConsumer,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+) -> Result<bool, ConsumerError> {
+    let assignment = consumer.assignment().map_err(kafka_error)?;
+    if assignment.count() == 0 {
+        return Ok(false);
+    }
+    let committed = consumer
+        .committed(Duration::from_secs(10))
+        .map_err(kafka_error)?;
+    for elem in assignment.elements() {
+        let p = elem.partition();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(kafka_error)?;
+        let position = next.get(&p).copied().or_else(|| {
+            committed
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|&o| o >= 0)
+        });
+        let position = position.unwrap_or(low);
+        if position < high {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

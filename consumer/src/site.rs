@@ -1,0 +1,354 @@
+//! A site's store: one fschain root per chain under `SITE/<chain>/`, with
+//! no layer, and the adapter that turns a complete, verified stream into a
+//! block of that chain.
+//!
+//! Applying a block: hash the spooled chunks against the signed stream hash
+//! (nothing reaches `btrfs receive` before that), decompress into `btrfs
+//! receive` under `blocks/.incoming-<height>`, verify the received snapshot
+//! against the signed header, then rename it into place (same directory:
+//! a received read-only subvolume cannot move to another one). A crash at
+//! any point leaves at most an `.incoming-*` subvolume, which the next start
+//! deletes; the Kafka offset is committed only after the rename.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use fschain_schema::{BlockHeader, ChainName, Digest, StreamHash};
+use fschain_store::layout::{write_atomic, ChainMeta, ReplicaMeta, RootLayout};
+use fschain_store::{btrfs, verify_received, ChainDir, IoContext, StoreError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use crate::assembler::{ReadyBlock, StreamKey};
+use crate::ConsumerError;
+
+pub const SITE_MARKER: &str = "fschain.site";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteMeta {
+    site: String,
+}
+
+/// A site's directory.
+#[derive(Debug, Clone)]
+pub struct Site {
+    root: PathBuf,
+    name: String,
+}
+
+impl Site {
+    /// Opens the site at `root`, creating it if the directory is new or
+    /// empty. A root that belongs to another site is refused.
+    pub fn open(root: &Path, name: &str) -> Result<Self, ConsumerError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConsumerError::BadSiteName { name: name.into() });
+        }
+        std::fs::create_dir_all(root).at(root)?;
+        if !btrfs::is_btrfs(root)? {
+            return Err(StoreError::NotBtrfs {
+                path: root.to_owned(),
+            }
+            .into());
+        }
+        let marker = root.join(SITE_MARKER);
+        match std::fs::read(&marker) {
+            Ok(bytes) => {
+                let meta: SiteMeta =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        path: marker.clone(),
+                        why: e.to_string(),
+                    })?;
+                if meta.site != name {
+                    return Err(ConsumerError::OtherSite {
+                        root: root.to_owned(),
+                        site: meta.site,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let body = serde_json::json!({ "site": name }).to_string();
+                write_atomic(&marker, body.as_bytes())?;
+            }
+            Err(e) => return Err(StoreError::io(&marker, e).into()),
+        }
+        Ok(Site {
+            root: root.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The chains this site holds a copy of.
+    pub fn chains(&self) -> Result<Vec<ChainName>, ConsumerError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.root).at(&self.root)? {
+            let entry = entry.at(&self.root)?;
+            if let Some(name) = entry.file_name().to_str() {
+                if let Ok(chain) = name.parse::<ChainName>() {
+                    if RootLayout::new(entry.path()).marker().exists() {
+                        out.push(chain);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The site's copy of `chain` (created on first use), recovered from
+    /// any interrupted receive.
+    pub fn chain(&self, chain: &ChainName) -> Result<SiteChain, ConsumerError> {
+        let layout = RootLayout::new(self.root.join(chain.as_str()));
+        let blocks = layout.blocks_dir();
+        std::fs::create_dir_all(&blocks).at(&blocks)?;
+        std::fs::create_dir_all(layout.meta_dir()).at(&layout.meta_dir())?;
+        if !layout.replica().exists() {
+            self.write_replica(&layout, 0)?;
+        }
+        if !layout.marker().exists() {
+            write_atomic(&layout.marker(), &ChainMeta::new(chain.clone()).to_bytes())?;
+        }
+        let site_chain = SiteChain {
+            layout,
+            chain: chain.clone(),
+            site: self.clone(),
+        };
+        site_chain.recover()?;
+        Ok(site_chain)
+    }
+}
+
+impl Site {
+    fn write_replica(&self, layout: &RootLayout, base: u64) -> Result<(), ConsumerError> {
+        let meta = ReplicaMeta {
+            site: self.name.clone(),
+            base,
+        };
+        let bytes = serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt {
+            path: layout.replica(),
+            why: e.to_string(),
+        })?;
+        write_atomic(&layout.replica(), &bytes)?;
+        Ok(())
+    }
+}
+
+/// One chain at a site.
+#[derive(Debug)]
+pub struct SiteChain {
+    layout: RootLayout,
+    chain: ChainName,
+    site: Site,
+}
+
+impl SiteChain {
+    pub fn layout(&self) -> &RootLayout {
+        &self.layout
+    }
+
+    pub fn chain(&self) -> &ChainName {
+        &self.chain
+    }
+
+    /// The newest block this site holds.
+    pub fn held(&self) -> Result<Option<u64>, ConsumerError> {
+        Ok(self.layout.snapshot_heights()?.last().copied())
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.layout.meta_dir().join("spool")
+    }
+
+    fn stream_dir(&self, key: &StreamKey) -> PathBuf {
+        self.spool_dir()
+            .join(format!("{:010}-{}", key.height, key.stream.to_hex()))
+    }
+
+    /// Deletes what an interrupted receive left: staging subvolumes, and any
+    /// block subvolume that is not read-only or has no received UUID. The
+    /// spool goes too: whatever it held is re-read from the committed offset.
+    pub fn recover(&self) -> Result<(), ConsumerError> {
+        let blocks = self.layout.blocks_dir();
+        for entry in std::fs::read_dir(&blocks).at(&blocks)? {
+            let entry = entry.at(&blocks)?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let staging = name.starts_with(".incoming-");
+            let broken = !staging
+                && fschain_store::layout::parse_snapshot_name(&name).is_some()
+                && (!btrfs::is_readonly(&path).unwrap_or(false)
+                    || btrfs::received_uuid(&path)?.is_none());
+            if staging || broken {
+                warn!(chain = %self.chain, path = %path.display(), "deleting an interrupted receive");
+                if btrfs::is_subvolume(&path) {
+                    if btrfs::is_readonly(&path).unwrap_or(false) {
+                        btrfs::set_readonly(&path, false)?;
+                    }
+                    btrfs::delete_subvolume(&path)?;
+                } else {
+                    std::fs::remove_dir_all(&path).at(&path)?;
+                }
+            }
+        }
+        let spool = self.spool_dir();
+        if spool.exists() {
+            std::fs::remove_dir_all(&spool).at(&spool)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps one chunk's bytes on disk until its stream is complete.
+    pub fn spool_chunk(&self, key: &StreamKey, index: u32, data: &[u8]) -> Result<(), ConsumerError> {
+        let dir = self.stream_dir(key);
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let path = dir.join(format!("{index:08}"));
+        std::fs::write(&path, data).at(&path)?;
+        Ok(())
+    }
+
+    /// Forgets a stream's spooled chunks.
+    pub fn drop_spool(&self, key: &StreamKey) {
+        let dir = self.stream_dir(key);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!(path = %dir.display(), error = %e, "could not remove spooled chunks");
+            }
+        }
+    }
+
+    fn chunk_paths(&self, ready: &ReadyBlock) -> Vec<PathBuf> {
+        let dir = self.stream_dir(&ready.key);
+        (0..ready.manifest.stream.chunks)
+            .map(|i| dir.join(format!("{i:08}")))
+            .collect()
+    }
+
+    /// Applies a complete stream: verify, receive, verify, rename.
+    pub fn apply(&self, ready: &ReadyBlock) -> Result<(), ConsumerError> {
+        let paths = self.chunk_paths(ready);
+        // 1. The whole stream against the signed hash, before anything else.
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        for p in &paths {
+            let mut f = File::open(p).at(p)?;
+            loop {
+                let n = f.read(&mut buf).at(p)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+        }
+        let actual = StreamHash(Digest::from_bytes(hasher.finalize().into()));
+        if actual != ready.manifest.stream.sha256 || total != ready.manifest.stream.bytes {
+            return Err(ConsumerError::Schema(
+                fschain_schema::SchemaError::StreamHashMismatch {
+                    expected: ready.manifest.stream.sha256,
+                    actual,
+                },
+            ));
+        }
+        // 2. Receive under the staging name.
+        let height = ready.header.height;
+        let staging = self.layout.incoming(height);
+        let files = ChunkFiles::new(paths);
+        let mut decoder = zstd::stream::Decoder::new(files).at(&staging)?;
+        let name = fschain_store::layout::incoming_name(height);
+        let received = btrfs::receive(&self.layout.blocks_dir(), &name, &mut decoder);
+        if let Err(e) = received {
+            self.remove_staging(&staging);
+            return Err(ConsumerError::Receive {
+                chain: self.chain.to_string(),
+                height,
+                source: e,
+            });
+        }
+        // 3. Verify the received snapshot against the signed header.
+        let problems = verify_received(&self.layout, &ChainDir::new(&staging), &ready.header)?;
+        if !problems.is_empty() {
+            self.remove_staging(&staging);
+            return Err(ConsumerError::Unverified {
+                chain: self.chain.to_string(),
+                height,
+                problems: problems.iter().map(ToString::to_string).collect(),
+            });
+        }
+        // 4. Into place. The first block a copy holds is its base.
+        if self.held()?.is_none() {
+            self.site.write_replica(&self.layout, height)?;
+        }
+        let dest = self.layout.snapshot(height);
+        std::fs::rename(&staging, &dest).at(&dest)?;
+        let blocks = self.layout.blocks_dir();
+        File::open(&blocks).and_then(|d| d.sync_all()).at(&blocks)?;
+        info!(chain = %self.chain, height, hash = %ready.header.hash, "block verified and in place");
+        Ok(())
+    }
+
+    fn remove_staging(&self, staging: &Path) {
+        if !btrfs::is_subvolume(staging) {
+            return;
+        }
+        let _ = btrfs::set_readonly(staging, false);
+        if let Err(e) = btrfs::delete_subvolume(staging) {
+            warn!(path = %staging.display(), error = %e, "could not delete a rejected receive");
+        }
+    }
+
+    /// The header of the newest block held.
+    pub fn head_header(&self) -> Result<Option<BlockHeader>, ConsumerError> {
+        let Some(h) = self.held()? else {
+            return Ok(None);
+        };
+        Ok(ChainDir::new(self.layout.snapshot(h)).headers()?.pop())
+    }
+}
+
+/// The spooled chunk files of a stream read as one stream, one file open at
+/// a time.
+struct ChunkFiles {
+    paths: std::vec::IntoIter<PathBuf>,
+    current: Option<BufReader<File>>,
+}
+
+impl ChunkFiles {
+    fn new(paths: Vec<PathBuf>) -> Self {
+        ChunkFiles {
+            paths: paths.into_iter(),
+            current: None,
+        }
+    }
+}
+
+impl Read for ChunkFiles {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(f) = &mut self.current {
+                let n = f.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            match self.paths.next() {
+                Some(p) => self.current = Some(BufReader::new(File::open(p)?)),
+                None => return Ok(0),
+            }
+        }
+    }
+}

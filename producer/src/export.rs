@@ -1,0 +1,86 @@
+//! `fschain export`: the same frames the blocks topic carries, written to a
+//! file or a pipe, so that `fschain export | ssh host fschain import` moves
+//! a chain without Kafka; and `--raw`, the plain `btrfs send` stream that
+//! stock `btrfs receive` takes.
+
+use std::io::{self, Write};
+
+use fschain_schema::wire::SigningKey;
+use fschain_store::layout::RootLayout;
+use fschain_store::{btrfs, IoContext, StoreError};
+
+use crate::outbox::{prepare_block, StreamPolicy};
+use crate::ProducerError;
+
+/// What an export wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExportSummary {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// Writes blocks `from+1 ..= to` (from block 0, as a full stream, when
+/// `from` is `None`), each incremental against the one before.
+pub fn export_frames(
+    layout: &RootLayout,
+    from: Option<u64>,
+    to: u64,
+    policy: &StreamPolicy,
+    key: &SigningKey,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ProducerError> {
+    let spool = layout
+        .meta_dir()
+        .join(format!("export-{}", std::process::id()));
+    let result = (|| {
+        let mut summary = ExportSummary::default();
+        let start = from.map_or(0, |f| f + 1);
+        for height in start..=to {
+            let parent = if height == start { from } else { Some(height - 1) };
+            let block = prepare_block(layout, height, parent, &spool, policy, key)?;
+            let frame = block.manifest.to_frame()?;
+            out.write_all(&frame).map_err(output_error)?;
+            summary.bytes += frame.len() as u64;
+            for chunk in block.chunks()? {
+                let frame = chunk?.to_frame()?;
+                out.write_all(&frame).map_err(output_error)?;
+                summary.bytes += frame.len() as u64;
+            }
+            block.remove()?;
+            summary.blocks += 1;
+        }
+        out.flush().map_err(output_error)?;
+        Ok(summary)
+    })();
+    let _ = std::fs::remove_dir_all(&spool);
+    result
+}
+
+/// Writes the plain `btrfs send` stream of block `to` (incremental against
+/// `from` when given).
+pub fn export_raw(
+    layout: &RootLayout,
+    from: Option<u64>,
+    to: u64,
+    out: &mut dyn Write,
+) -> Result<u64, ProducerError> {
+    let parent = from.map(|f| layout.snapshot(f));
+    let to_path = layout.snapshot(to);
+    if !to_path.exists() {
+        return Err(StoreError::Corrupt {
+            path: to_path,
+            why: "no such block snapshot".into(),
+        }
+        .into());
+    }
+    let bytes = btrfs::send(&to_path, parent.as_deref(), |r| io::copy(r, out))?;
+    out.flush().at(layout.root())?;
+    Ok(bytes)
+}
+
+fn output_error(e: io::Error) -> ProducerError {
+    ProducerError::Command {
+        what: "writing the export".into(),
+        message: e.to_string(),
+    }
+}

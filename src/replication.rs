@@ -1,0 +1,317 @@
+//! The replication commands: key, topics, agent, publish, consume, replay,
+//! export, import.
+
+use std::io::{IsTerminal as _, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fschain_consumer::kafka::{ConsumeOptions, ConsumeSummary, KafkaSource};
+use fschain_consumer::{Ingest, Site};
+use fschain_producer::agent::{run_agent, AgentOptions};
+use fschain_producer::outbox::StreamPolicy;
+use fschain_producer::publish::{publish_pending, KafkaTarget, Publisher};
+use fschain_producer::{create_signing_key, load_signing_key, ChainWriter};
+use fschain_schema::wire::{PublicKey, Topics};
+use fschain_schema::{BlockRef, ChainName};
+use fschain_store::{Chain, RootLayout};
+
+use crate::cli::{KafkaArgs, KeyAction, SiteArgs, StreamArgs, TopicsAction};
+use crate::commands::{open_chain, parse_size, root_dir};
+use crate::Invocation;
+
+pub fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
+    match action {
+        KeyAction::Show { root } => {
+            let layout = RootLayout::new(root_dir(&root, inv)?);
+            layout.read_marker()?;
+            let key = load_signing_key(&layout)?;
+            println!("{}", key.public());
+        }
+        KeyAction::Create { root } => {
+            let layout = RootLayout::new(root_dir(&root, inv)?);
+            layout.read_marker()?;
+            println!("{}", create_signing_key(&layout)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn brokers(args: &KafkaArgs, inv: &Invocation) -> Result<String> {
+    args.brokers
+        .clone()
+        .or_else(|| inv.settings.brokers.clone())
+        .ok_or_else(|| {
+            anyhow!("no brokers given: pass --brokers HOST:PORT, set FSCHAIN_BROKERS, or set brokers in the config file")
+        })
+}
+
+fn topics(args: &KafkaArgs, inv: &Invocation) -> Topics {
+    let prefix = args
+        .prefix
+        .clone()
+        .or_else(|| inv.settings.prefix.clone())
+        .unwrap_or_else(|| "fschain".into());
+    Topics::with_prefix(&prefix)
+}
+
+fn extra(inv: &Invocation) -> Vec<(String, String)> {
+    inv.settings
+        .kafka
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn target(args: &KafkaArgs, inv: &Invocation) -> Result<KafkaTarget> {
+    Ok(KafkaTarget {
+        brokers: brokers(args, inv)?,
+        topics: topics(args, inv),
+        extra: extra(inv),
+    })
+}
+
+pub(crate) fn policy(args: &StreamArgs) -> Result<StreamPolicy> {
+    let chunk = parse_size(&args.chunk_size)?;
+    if !(1024..=u64::from(fschain_schema::wire::MAX_CHUNK_LEN)).contains(&chunk) {
+        bail!("--chunk-size must be between 1K and 16M");
+    }
+    Ok(StreamPolicy {
+        checkpoint_every: args.checkpoint_every,
+        chunk_size: chunk as u32,
+        ..StreamPolicy::default()
+    })
+}
+
+pub fn topics_cmd(action: TopicsAction, inv: &Invocation) -> Result<ExitCode> {
+    let TopicsAction::Create {
+        kafka,
+        partitions,
+        replication,
+    } = action;
+    let created = fschain_producer::topics::create_topics(
+        &brokers(&kafka, inv)?,
+        &topics(&kafka, inv),
+        partitions,
+        replication,
+    )?;
+    for (name, new) in created {
+        println!("{name}: {}", if new { "created" } else { "exists" });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn agent(
+    root: &Path,
+    kafka: &KafkaArgs,
+    chain: Option<String>,
+    options: AgentOptions,
+    inv: &Invocation,
+) -> Result<ExitCode> {
+    let mut writer = ChainWriter::open(RootLayout::new(root))
+        .with_context(|| format!("opening {}", root.display()))?;
+    if let Some(c) = chain {
+        let c = ChainName::parse(&c)?;
+        if &c != writer.chain() {
+            bail!(
+                "{} holds chain {}, not {c}",
+                root.display(),
+                writer.chain()
+            );
+        }
+    }
+    let key = load_signing_key(writer.layout())?;
+    let summary = run_agent(&mut writer, &target(kafka, inv)?, &options, &key, &inv.shutdown)?;
+    writer.close()?;
+    eprintln!(
+        "agent: applied {} operations in {} blocks, rejected {}",
+        summary.applied, summary.blocks, summary.rejected
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn publish(root: &Path, kafka: &KafkaArgs, stream: &StreamArgs, inv: &Invocation) -> Result<ExitCode> {
+    let layout = RootLayout::new(root);
+    // Publishing reads sealed snapshots only, but recovers a crashed seal
+    // first and keeps other writers out while it records progress.
+    fschain_producer::recover_if_interrupted(&layout)?;
+    let _lock = fschain_store::layout::lock(&layout)?;
+    let key = load_signing_key(&layout)?;
+    let publisher = Publisher::new(&target(kafka, inv)?)?;
+    let summary = publish_pending(&layout, &publisher, &policy(stream)?, &key)?;
+    println!(
+        "published {} blocks ({} events, {} chunks, {} bytes); head {}",
+        summary.blocks, summary.events, summary.chunks, summary.bytes, summary.head
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trusted(site: &SiteArgs, inv: &Invocation) -> Result<Vec<PublicKey>> {
+    let mut keys = Vec::new();
+    for item in site.trust.iter().chain(inv.settings.trusted_keys.iter()) {
+        if item.len() == 64 && item.bytes().all(|b| b.is_ascii_hexdigit()) {
+            keys.push(PublicKey::from_hex(item)?);
+            continue;
+        }
+        let text = std::fs::read_to_string(item)
+            .with_context(|| format!("--trust {item}: neither 64 hex digits nor a readable key file"))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            keys.push(PublicKey::from_hex(line).with_context(|| format!("key file {item}"))?);
+        }
+    }
+    Ok(keys)
+}
+
+fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<Ingest> {
+    let name = site
+        .site
+        .clone()
+        .or_else(|| inv.settings.site.clone())
+        .ok_or_else(|| anyhow!("no site given: pass --site NAME or set FSCHAIN_SITE"))?;
+    let root = root_dir(&site.root, inv)?;
+    let opened = Site::open(&root, &name).with_context(|| format!("opening site {}", root.display()))?;
+    let chains = chains
+        .iter()
+        .map(|c| ChainName::parse(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Ingest::new(opened, trusted(site, inv)?)?.only_chains(chains))
+}
+
+fn source(kafka: &KafkaArgs, inv: &Invocation) -> Result<KafkaSource> {
+    Ok(KafkaSource {
+        brokers: brokers(kafka, inv)?,
+        topics: topics(kafka, inv),
+        extra: extra(inv),
+    })
+}
+
+fn report(what: &str, summary: &ConsumeSummary) {
+    let heads: Vec<String> = summary
+        .heads
+        .iter()
+        .map(|(c, h)| match h {
+            Some(h) => format!("{c} at block {h}"),
+            None => format!("{c} empty"),
+        })
+        .collect();
+    eprintln!(
+        "{what}: {} blocks applied, {} frames rejected, {} duplicates dropped; {}",
+        summary.applied,
+        summary.rejected,
+        summary.duplicates,
+        if heads.is_empty() { "no chains".into() } else { heads.join(", ") }
+    );
+}
+
+pub fn consume(
+    site: &SiteArgs,
+    kafka: &KafkaArgs,
+    chains: &[String],
+    until_idle: bool,
+    inv: &Invocation,
+) -> Result<ExitCode> {
+    let mut ingest = open_ingest(site, chains, inv)?;
+    let summary = fschain_consumer::kafka::consume(
+        &mut ingest,
+        &source(kafka, inv)?,
+        ConsumeOptions { until_idle },
+        &inv.shutdown,
+        &mut |_| {},
+    )?;
+    report("consume", &summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn replay(site: &SiteArgs, kafka: &KafkaArgs, chains: &[String], inv: &Invocation) -> Result<ExitCode> {
+    let trusted_keys = trusted(site, inv)?;
+    let mut ingest = open_ingest(site, chains, inv)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |ingest: &Ingest| {
+        let line: Vec<String> = ingest
+            .heads()
+            .iter()
+            .map(|(c, h)| format!("{c} {}", h.map_or("-".into(), |h| h.to_string())))
+            .collect();
+        let text = format!("replay: {} blocks [{}]", ingest.stats.applied, line.join(", "));
+        if tty {
+            let bar = "#".repeat((ingest.stats.applied % 40) as usize);
+            eprint!("\r{text} {bar:<40}");
+        } else if ingest.stats.applied % 100 == 1 {
+            eprintln!("{text}");
+        }
+    };
+    let summary = fschain_consumer::kafka::replay(
+        &mut ingest,
+        &source(kafka, inv)?,
+        &trusted_keys,
+        &inv.shutdown,
+        &mut progress,
+    )?;
+    if tty {
+        eprintln!();
+    }
+    report("replay", &summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve(chain: &Chain, text: &str) -> Result<u64> {
+    Ok(chain.resolve(&BlockRef::parse(text)?)?)
+}
+
+pub fn export(
+    root: &Path,
+    from: Option<&str>,
+    to: &str,
+    output: &str,
+    raw: bool,
+    stream: &StreamArgs,
+) -> Result<ExitCode> {
+    let chain = open_chain(root)?;
+    let to = resolve(&chain, to)?;
+    let from = from.map(|f| resolve(&chain, f)).transpose()?;
+    if from.is_some_and(|f| f >= to) {
+        bail!("--from must be an older block than --to");
+    }
+    let mut out: Box<dyn Write> = if output == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(output).with_context(|| format!("creating {output}"))?,
+        ))
+    };
+    let layout = chain.layout();
+    if raw {
+        let bytes = fschain_producer::export::export_raw(layout, from, to, &mut out)?;
+        eprintln!("export: raw btrfs send stream of block {to}, {bytes} bytes");
+    } else {
+        let key = load_signing_key(layout)?;
+        let summary =
+            fschain_producer::export::export_frames(layout, from, to, &policy(stream)?, &key, &mut out)?;
+        eprintln!("export: {} blocks, {} bytes", summary.blocks, summary.bytes);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import(site: &SiteArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
+    let mut ingest = open_ingest(site, &[], inv)?;
+    let mut input: Box<dyn Read> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
+        ))
+    };
+    let frames = fschain_consumer::import::import(&mut ingest, &mut input, file)?;
+    if let Some((chain, height)) = ingest.gaps().into_iter().next() {
+        bail!("{chain}: block {height} is missing from the import; the blocks after it were not applied");
+    }
+    eprintln!(
+        "import: {frames} frames, {} blocks applied, {} rejected",
+        ingest.stats.applied, ingest.stats.rejected
+    );
+    Ok(if ingest.stats.rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
