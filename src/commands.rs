@@ -475,7 +475,10 @@ fn event_json(e: &fschain_schema::Event) -> Value {
 }
 
 pub(crate) fn print_json(value: &Value) {
-    println!(
+    use std::io::Write as _;
+    // A reader that stops early (`| head`) is not an error worth a panic.
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );

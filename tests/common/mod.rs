@@ -173,3 +173,83 @@ pub fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
     .ok();
     root
 }
+
+/// The Kafka-protocol broker the replication tests use (FSCHAIN_TEST_BROKERS,
+/// started by scripts/test.sh). Without it the test is skipped, except under
+/// CI, where it fails.
+pub fn broker(name: &str) -> Option<String> {
+    match std::env::var("FSCHAIN_TEST_BROKERS") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!("FSCHAIN_TEST_BROKERS is not set: under CI the broker tests must run (scripts/test.sh starts tansu)");
+            }
+            eprintln!("SKIPPED {name}: FSCHAIN_TEST_BROKERS is not set; run scripts/test.sh");
+            None
+        }
+    }
+}
+
+/// A name no other test run uses (topic prefixes, site names).
+pub fn unique(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{name}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Splits an `fschain export` file into its frames.
+pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let meta = u32::from_be_bytes(bytes[5..9].try_into().unwrap()) as usize;
+        let p = 9 + meta;
+        let payload = u32::from_be_bytes(bytes[p..p + 4].try_into().unwrap()) as usize;
+        let end = p + 4 + payload;
+        out.push(bytes[..end].to_vec());
+        bytes = &bytes[end..];
+    }
+    out
+}
+
+/// Produces raw messages onto a topic, waiting for every acknowledgement.
+pub fn produce_raw(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.max.bytes", "4194304")
+        .create()
+        .unwrap();
+    for (key, value) in messages {
+        loop {
+            match producer.send(BaseRecord::to(topic).key(key).payload(value)) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    eprintln!("produce retry: {e}");
+                    producer.poll(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+}
+
+/// Each block's hash, in order, from `fschain log --json`.
+pub fn block_hashes(root: &str) -> Vec<String> {
+    let log = fschain(&["log", "--root", root, "--json"]).ok().json();
+    let blocks = log
+        .as_array()
+        .cloned()
+        .or_else(|| log["blocks"].as_array().cloned())
+        .unwrap();
+    blocks
+        .iter()
+        .map(|b| b["hash"].as_str().unwrap().to_owned())
+        .collect()
+}

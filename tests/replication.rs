@@ -1,0 +1,360 @@
+//! Replication through a real Kafka-protocol broker (tansu, started by
+//! scripts/test.sh) and real btrfs: a producer and two sites end to end,
+//! the agent, crashes of a site and of a producer, duplicate, reordered and
+//! corrupted frames on the topic, replay from a checkpoint, export/import.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    block_hashes, broker, fschain, fschain_with_input, produce_raw, sample_ops, scratch,
+    split_frames, unique, Scratch,
+};
+
+struct Setup {
+    s: Scratch,
+    brokers: String,
+    prefix: String,
+    producer: String,
+    pubkey: String,
+}
+
+impl Setup {
+    fn new(name: &str) -> Option<Setup> {
+        let brokers = broker(name)?;
+        let s = scratch(name)?;
+        let prefix = unique(name);
+        fschain(&["topics", "create", "--brokers", &brokers, "--prefix", &prefix]).ok();
+        let producer = s.dir.join("producer").display().to_string();
+        fschain(&["init", "--root", &producer, "--chain", "host1"]).ok();
+        let pubkey = s.dir.join("producer.pub").display().to_string();
+        let key = fschain(&["key", "show", "--root", &producer]).ok().stdout();
+        std::fs::write(&pubkey, key).unwrap();
+        Some(Setup {
+            s,
+            brokers,
+            prefix,
+            producer,
+            pubkey,
+        })
+    }
+
+    fn kafka<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = args.to_vec();
+        v.extend(["--brokers", &self.brokers, "--prefix", &self.prefix]);
+        v
+    }
+
+    fn apply(&self, ops: &str, per_block: usize) {
+        let n = per_block.to_string();
+        fschain_with_input(
+            &["apply", "--root", &self.producer, "--block-ops", &n],
+            Some(ops.as_bytes()),
+        )
+        .ok();
+    }
+
+    fn publish(&self, extra: &[&str]) -> common::Run {
+        let mut args = vec!["publish", "--root", &self.producer];
+        args.extend(extra);
+        fschain(&self.kafka(&args))
+    }
+
+    fn site_root(&self, site: &str) -> String {
+        self.s.dir.join(format!("site-{site}")).display().to_string()
+    }
+
+    fn consume(&self, site: &str) -> common::Run {
+        let root = self.site_root(site);
+        fschain(&self.kafka(&[
+            "consume",
+            "--site",
+            site,
+            "--root",
+            &root,
+            "--trust",
+            &self.pubkey,
+            "--until-idle",
+        ]))
+    }
+
+    fn copy_of(&self, site: &str) -> String {
+        format!("{}/host1", self.site_root(site))
+    }
+
+    /// The site's copy verifies and has the producer's blocks, hash for hash.
+    fn assert_same_as_producer(&self, site: &str) {
+        let copy = self.copy_of(site);
+        fschain(&["verify", "--root", &copy]).ok();
+        assert_eq!(block_hashes(&copy), block_hashes(&self.producer), "site {site}");
+        assert_same_files(
+            &Path::new(&self.producer).join("layer/states"),
+            &Path::new(&copy).join(format!(
+                "blocks/{}/states",
+                last_snapshot(&copy)
+            )),
+        );
+    }
+}
+
+fn last_snapshot(root: &str) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(Path::new(root).join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names.pop().unwrap()
+}
+
+fn assert_same_files(a: &Path, b: &Path) {
+    let list = |root: &Path| {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push((
+                        p.strip_prefix(root).unwrap().to_owned(),
+                        std::fs::read(&p).unwrap(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(la.len(), lb.len(), "{} vs {}", a.display(), b.display());
+    assert!(la == lb, "files differ between {} and {}", a.display(), b.display());
+}
+
+#[test]
+fn a_producer_and_two_sites_end_to_end_then_the_agent() {
+    let Some(t) = Setup::new("e2e") else { return };
+    t.apply(&sample_ops(60), 20);
+    let published = t.publish(&[]).ok().stdout();
+    assert!(published.contains("published 4 blocks"), "{published}");
+    t.consume("east").ok();
+    t.consume("west").ok();
+    t.assert_same_as_producer("east");
+    t.assert_same_as_producer("west");
+    // Nothing new: publishing again publishes nothing.
+    assert!(t.publish(&[]).ok().stdout().contains("published 0 blocks"));
+
+    // Operations through the ops topic, applied by the agent.
+    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(90)
+        .lines()
+        .skip(60)
+        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
+        .chain([
+            (b"host1".to_vec(), b"{not json".to_vec()),
+            (b"other-chain".to_vec(), sample_ops(1).trim().as_bytes().to_vec()),
+        ])
+        .collect();
+    produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    let agent = fschain(&t.kafka(&[
+        "agent",
+        "--root",
+        &t.producer,
+        "--block-ops",
+        "10",
+        "--until-idle",
+    ]))
+    .ok();
+    assert!(agent.stderr().contains("applied 30 operations"), "{}", agent.stderr());
+    assert!(agent.stderr().contains("rejected 1"), "{}", agent.stderr());
+    // A second run applies nothing twice.
+    let again = fschain(&t.kafka(&["agent", "--root", &t.producer, "--until-idle"])).ok();
+    assert!(again.stderr().contains("applied 0 operations"), "{}", again.stderr());
+    t.consume("east").ok();
+    t.assert_same_as_producer("east");
+    let events = fschain(&["history", "--root", &t.copy_of("east"), "--json", "service:nginx"]);
+    assert_eq!(events.code(), fschain(&["history", "--root", &t.producer, "--json", "service:nginx"]).code());
+    // The events topic holds every event, keyed chain/element.
+    assert_eq!(block_hashes(&t.copy_of("east")).len(), block_hashes(&t.producer).len());
+}
+
+#[test]
+fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes() {
+    let Some(t) = Setup::new("crash") else { return };
+    // A block of many small chunks, so that both kills land mid-block.
+    t.apply(&sample_ops(200), 200);
+    // Producer: kill publish part-way (after some chunks are on the topic).
+    let mut args = t.kafka(&["publish", "--root", &t.producer, "--chunk-size", "1K"]);
+    args.insert(0, "-v");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let outbox = Path::new(&t.producer).join("meta/outbox");
+    common::wait_for("the outbox to fill", Duration::from_secs(60), || {
+        std::fs::read_dir(&outbox).map(|d| d.count() >= 2).unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Site: consume what is there (maybe a partial block), killed mid-way too.
+    let root = t.site_root("north");
+    let site_args = t.kafka(&[
+        "consume", "--site", "north", "--root", &root, "--trust", &t.pubkey,
+    ]);
+    let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(&site_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    site.kill().unwrap();
+    site.wait().unwrap();
+    // The producer republishes what is missing; the site carries on.
+    t.publish(&["--chunk-size", "1K"]).ok();
+    t.consume("north").ok();
+    t.assert_same_as_producer("north");
+    let blocks = Path::new(&t.copy_of("north")).join("blocks");
+    let leftovers: Vec<_> = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging leftovers: {leftovers:?}");
+    // Kill the site in the middle of applying a large block, many times over.
+    t.apply(&sample_ops(400)[..].lines().skip(200).map(|l| format!("{l}\n")).collect::<String>(), 200);
+    t.publish(&["--chunk-size", "1K"]).ok();
+    for delay in [50u64, 150, 300] {
+        let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
+            .args(&site_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        site.kill().unwrap();
+        site.wait().unwrap();
+    }
+    t.consume("north").ok();
+    t.assert_same_as_producer("north");
+}
+
+#[test]
+fn duplicated_reordered_and_corrupted_frames_on_the_topic() {
+    let Some(t) = Setup::new("frames") else { return };
+    t.apply(&sample_ops(40), 10);
+    let export = t.s.dir.join("all.fsx");
+    fschain(&[
+        "export",
+        "--root",
+        &t.producer,
+        "--chunk-size",
+        "1K",
+        "-o",
+        export.to_str().unwrap(),
+    ])
+    .ok();
+    let frames = split_frames(&std::fs::read(&export).unwrap());
+    assert!(frames.len() > 10, "{} frames", frames.len());
+    let key = b"host1".to_vec();
+    let mut messages: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // Junk that is not ours, and a corrupted copy of every third frame first.
+    messages.push((key.clone(), b"hello, not a frame".to_vec()));
+    messages.push((b"host1".to_vec(), vec![0; 3]));
+    for (i, f) in frames.iter().enumerate() {
+        if i % 3 == 0 {
+            let mut bad = f.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 0x40;
+            messages.push((key.clone(), bad));
+        }
+    }
+    // Every frame twice, each block's frames reversed (chunks before the
+    // manifest, last chunk first).
+    let mut block: Vec<Vec<u8>> = Vec::new();
+    let mut blocks: Vec<Vec<Vec<u8>>> = Vec::new();
+    for f in &frames {
+        if f[4] == 1 && !block.is_empty() {
+            blocks.push(std::mem::take(&mut block));
+        }
+        block.push(f.clone());
+    }
+    blocks.push(block);
+    for b in &blocks {
+        for f in b.iter().rev() {
+            messages.push((key.clone(), f.clone()));
+        }
+        for f in b {
+            messages.push((key.clone(), f.clone()));
+        }
+    }
+    produce_raw(&t.brokers, &format!("{}.blocks", t.prefix), &messages);
+    let run = t.consume("south").ok();
+    assert!(run.stderr().contains("not an fschain frame"), "{}", run.stderr());
+    assert!(run.stderr().contains("hash mismatch") || run.stderr().contains("rejecting"), "{}", run.stderr());
+    t.assert_same_as_producer("south");
+}
+
+#[test]
+fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka() {
+    let Some(t) = Setup::new("replay") else { return };
+    t.apply(&sample_ops(70), 10);
+    t.publish(&["--checkpoint-every", "3"]).ok();
+    let root = t.site_root("fresh");
+    let run = fschain(&t.kafka(&[
+        "replay", "--site", "fresh", "--root", &root, "--trust", &t.pubkey,
+    ]))
+    .ok();
+    assert!(run.stderr().contains("replay:"), "{}", run.stderr());
+    let copy = t.copy_of("fresh");
+    fschain(&["verify", "--root", &copy]).ok();
+    // Blocks 6 and 7 (the checkpoint at 6 and one after it); the chain's
+    // headers all the way from genesis, same hashes.
+    assert_eq!(block_hashes(&copy), block_hashes(&t.producer));
+    assert_eq!(last_snapshot(&copy), "0000000007");
+    assert!(!Path::new(&copy).join("blocks/0000000005").exists());
+    assert!(Path::new(&copy).join("blocks/0000000006").exists());
+    // Replay refuses a site that already holds chains.
+    let again = fschain(&t.kafka(&[
+        "replay", "--site", "fresh", "--root", &root, "--trust", &t.pubkey,
+    ]));
+    assert_eq!(again.code(), 2);
+    assert!(again.stderr().contains("already holds"), "{}", again.stderr());
+    // Consume carries on from where replay stopped.
+    t.apply(&sample_ops(80).lines().skip(70).map(|l| format!("{l}\n")).collect::<String>(), 10);
+    t.publish(&["--checkpoint-every", "3"]).ok();
+    fschain(&t.kafka(&[
+        "consume", "--site", "fresh", "--root", &root, "--trust", &t.pubkey, "--until-idle",
+    ]))
+    .ok();
+    t.assert_same_as_producer("fresh");
+
+    // A site with an untrusted key takes nothing.
+    let other = t.s.dir.join("other.pub");
+    std::fs::write(&other, "11".repeat(32)).unwrap();
+    let stranger = t.site_root("stranger");
+    let run = fschain(&t.kafka(&[
+        "consume", "--site", "stranger", "--root", &stranger, "--trust", other.to_str().unwrap(), "--until-idle",
+    ]))
+    .ok();
+    assert!(run.stderr().contains("not among the trusted keys"), "{}", run.stderr());
+    assert!(!Path::new(&stranger).join("host1/blocks/0000000000").exists());
+
+    // export | import, without Kafka.
+    let out = fschain(&["export", "--root", &t.producer]).ok();
+    let site = t.site_root("ssh");
+    fschain_with_input(
+        &["import", "--site", "ssh", "--root", &site, "--trust", &t.pubkey, "-"],
+        Some(&out.output.stdout),
+    )
+    .ok();
+    t.assert_same_as_producer("ssh");
+}
