@@ -338,9 +338,11 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             chains,
             until_idle,
         } => return crate::replication::consume(&site, &kafka, &chains, until_idle, inv),
-        Command::Replay { site, kafka, chains } => {
-            return crate::replication::replay(&site, &kafka, &chains, inv)
-        }
+        Command::Replay {
+            site,
+            kafka,
+            chains,
+        } => return crate::replication::replay(&site, &kafka, &chains, inv),
         Command::Export {
             root,
             from,

@@ -113,15 +113,17 @@ pub fn agent(
     if let Some(c) = chain {
         let c = ChainName::parse(&c)?;
         if &c != writer.chain() {
-            bail!(
-                "{} holds chain {}, not {c}",
-                root.display(),
-                writer.chain()
-            );
+            bail!("{} holds chain {}, not {c}", root.display(), writer.chain());
         }
     }
     let key = load_signing_key(writer.layout())?;
-    let summary = run_agent(&mut writer, &target(kafka, inv)?, &options, &key, &inv.shutdown)?;
+    let summary = run_agent(
+        &mut writer,
+        &target(kafka, inv)?,
+        &options,
+        &key,
+        &inv.shutdown,
+    )?;
     writer.close()?;
     eprintln!(
         "agent: applied {} operations in {} blocks, rejected {}",
@@ -130,7 +132,12 @@ pub fn agent(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn publish(root: &Path, kafka: &KafkaArgs, stream: &StreamArgs, inv: &Invocation) -> Result<ExitCode> {
+pub fn publish(
+    root: &Path,
+    kafka: &KafkaArgs,
+    stream: &StreamArgs,
+    inv: &Invocation,
+) -> Result<ExitCode> {
     let layout = RootLayout::new(root);
     // Publishing reads sealed snapshots only, but recovers a crashed seal
     // first and keeps other writers out while it records progress.
@@ -153,9 +160,14 @@ fn trusted(site: &SiteArgs, inv: &Invocation) -> Result<Vec<PublicKey>> {
             keys.push(PublicKey::from_hex(item)?);
             continue;
         }
-        let text = std::fs::read_to_string(item)
-            .with_context(|| format!("--trust {item}: neither 64 hex digits nor a readable key file"))?;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let text = std::fs::read_to_string(item).with_context(|| {
+            format!("--trust {item}: neither 64 hex digits nor a readable key file")
+        })?;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             keys.push(PublicKey::from_hex(line).with_context(|| format!("key file {item}"))?);
         }
     }
@@ -169,7 +181,8 @@ fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<I
         .or_else(|| inv.settings.site.clone())
         .ok_or_else(|| anyhow!("no site given: pass --site NAME or set FSCHAIN_SITE"))?;
     let root = root_dir(&site.root, inv)?;
-    let opened = Site::open(&root, &name).with_context(|| format!("opening site {}", root.display()))?;
+    let opened =
+        Site::open(&root, &name).with_context(|| format!("opening site {}", root.display()))?;
     let chains = chains
         .iter()
         .map(|c| ChainName::parse(c))
@@ -199,7 +212,11 @@ fn report(what: &str, summary: &ConsumeSummary) {
         summary.applied,
         summary.rejected,
         summary.duplicates,
-        if heads.is_empty() { "no chains".into() } else { heads.join(", ") }
+        if heads.is_empty() {
+            "no chains".into()
+        } else {
+            heads.join(", ")
+        }
     );
 }
 
@@ -222,7 +239,12 @@ pub fn consume(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn replay(site: &SiteArgs, kafka: &KafkaArgs, chains: &[String], inv: &Invocation) -> Result<ExitCode> {
+pub fn replay(
+    site: &SiteArgs,
+    kafka: &KafkaArgs,
+    chains: &[String],
+    inv: &Invocation,
+) -> Result<ExitCode> {
     let trusted_keys = trusted(site, inv)?;
     let mut ingest = open_ingest(site, chains, inv)?;
     let tty = std::io::stderr().is_terminal();
@@ -232,7 +254,11 @@ pub fn replay(site: &SiteArgs, kafka: &KafkaArgs, chains: &[String], inv: &Invoc
             .iter()
             .map(|(c, h)| format!("{c} {}", h.map_or("-".into(), |h| h.to_string())))
             .collect();
-        let text = format!("replay: {} blocks [{}]", ingest.stats.applied, line.join(", "));
+        let text = format!(
+            "replay: {} blocks [{}]",
+            ingest.stats.applied,
+            line.join(", ")
+        );
         if tty {
             let bar = "#".repeat((ingest.stats.applied % 40) as usize);
             eprint!("\r{text} {bar:<40}");
@@ -285,8 +311,14 @@ pub fn export(
         eprintln!("export: raw btrfs send stream of block {to}, {bytes} bytes");
     } else {
         let key = load_signing_key(layout)?;
-        let summary =
-            fschain_producer::export::export_frames(layout, from, to, &policy(stream)?, &key, &mut out)?;
+        let summary = fschain_producer::export::export_frames(
+            layout,
+            from,
+            to,
+            &policy(stream)?,
+            &key,
+            &mut out,
+        )?;
         eprintln!("export: {} blocks, {} bytes", summary.blocks, summary.bytes);
     }
     Ok(ExitCode::SUCCESS)

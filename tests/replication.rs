@@ -29,7 +29,15 @@ impl Setup {
         let brokers = broker(name)?;
         let s = scratch(name)?;
         let prefix = unique(name);
-        fschain(&["topics", "create", "--brokers", &brokers, "--prefix", &prefix]).ok();
+        fschain(&[
+            "topics",
+            "create",
+            "--brokers",
+            &brokers,
+            "--prefix",
+            &prefix,
+        ])
+        .ok();
         let producer = s.dir.join("producer").display().to_string();
         fschain(&["init", "--root", &producer, "--chain", "host1"]).ok();
         let pubkey = s.dir.join("producer.pub").display().to_string();
@@ -66,7 +74,11 @@ impl Setup {
     }
 
     fn site_root(&self, site: &str) -> String {
-        self.s.dir.join(format!("site-{site}")).display().to_string()
+        self.s
+            .dir
+            .join(format!("site-{site}"))
+            .display()
+            .to_string()
     }
 
     fn consume(&self, site: &str) -> common::Run {
@@ -91,13 +103,14 @@ impl Setup {
     fn assert_same_as_producer(&self, site: &str) {
         let copy = self.copy_of(site);
         fschain(&["verify", "--root", &copy]).ok();
-        assert_eq!(block_hashes(&copy), block_hashes(&self.producer), "site {site}");
+        assert_eq!(
+            block_hashes(&copy),
+            block_hashes(&self.producer),
+            "site {site}"
+        );
         assert_same_files(
             &Path::new(&self.producer).join("layer/states"),
-            &Path::new(&copy).join(format!(
-                "blocks/{}/states",
-                last_snapshot(&copy)
-            )),
+            &Path::new(&copy).join(format!("blocks/{}/states", last_snapshot(&copy))),
         );
     }
 }
@@ -134,7 +147,12 @@ fn assert_same_files(a: &Path, b: &Path) {
     };
     let (la, lb) = (list(a), list(b));
     assert_eq!(la.len(), lb.len(), "{} vs {}", a.display(), b.display());
-    assert!(la == lb, "files differ between {} and {}", a.display(), b.display());
+    assert!(
+        la == lb,
+        "files differ between {} and {}",
+        a.display(),
+        b.display()
+    );
 }
 
 #[test]
@@ -157,7 +175,10 @@ fn a_producer_and_two_sites_end_to_end_then_the_agent() {
         .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
         .chain([
             (b"host1".to_vec(), b"{not json".to_vec()),
-            (b"other-chain".to_vec(), sample_ops(1).trim().as_bytes().to_vec()),
+            (
+                b"other-chain".to_vec(),
+                sample_ops(1).trim().as_bytes().to_vec(),
+            ),
         ])
         .collect();
     produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
@@ -170,86 +191,180 @@ fn a_producer_and_two_sites_end_to_end_then_the_agent() {
         "--until-idle",
     ]))
     .ok();
-    assert!(agent.stderr().contains("applied 30 operations"), "{}", agent.stderr());
+    assert!(
+        agent.stderr().contains("applied 30 operations"),
+        "{}",
+        agent.stderr()
+    );
     assert!(agent.stderr().contains("rejected 1"), "{}", agent.stderr());
     // A second run applies nothing twice.
     let again = fschain(&t.kafka(&["agent", "--root", &t.producer, "--until-idle"])).ok();
-    assert!(again.stderr().contains("applied 0 operations"), "{}", again.stderr());
+    assert!(
+        again.stderr().contains("applied 0 operations"),
+        "{}",
+        again.stderr()
+    );
     t.consume("east").ok();
     t.assert_same_as_producer("east");
-    let events = fschain(&["history", "--root", &t.copy_of("east"), "--json", "service:nginx"]);
-    assert_eq!(events.code(), fschain(&["history", "--root", &t.producer, "--json", "service:nginx"]).code());
+    let events = fschain(&[
+        "history",
+        "--root",
+        &t.copy_of("east"),
+        "--json",
+        "service:nginx",
+    ]);
+    assert_eq!(
+        events.code(),
+        fschain(&["history", "--root", &t.producer, "--json", "service:nginx"]).code()
+    );
     // The events topic holds every event, keyed chain/element.
-    assert_eq!(block_hashes(&t.copy_of("east")).len(), block_hashes(&t.producer).len());
+    assert_eq!(
+        block_hashes(&t.copy_of("east")).len(),
+        block_hashes(&t.producer).len()
+    );
+}
+
+/// Names in a site copy's blocks/ that are staging leftovers.
+fn staging_entries(copy: &str) -> Vec<String> {
+    std::fs::read_dir(Path::new(copy).join("blocks"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
 fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes() {
     let Some(t) = Setup::new("crash") else { return };
-    // A block of many small chunks, so that both kills land mid-block.
-    t.apply(&sample_ops(200), 200);
-    // Producer: kill publish part-way (after some chunks are on the topic).
-    let mut args = t.kafka(&["publish", "--root", &t.producer, "--chunk-size", "1K"]);
-    args.insert(0, "-v");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let outbox = Path::new(&t.producer).join("meta/outbox");
-    common::wait_for("the outbox to fill", Duration::from_secs(60), || {
-        std::fs::read_dir(&outbox).map(|d| d.count() >= 2).unwrap_or(false)
-    });
-    std::thread::sleep(Duration::from_millis(30));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // Site: consume what is there (maybe a partial block), killed mid-way too.
+    // Blocks of many small chunks, so that the kills land mid-block.
+    t.apply(&sample_ops(150), 50);
+    t.apply(
+        &sample_ops(1200)[..]
+            .lines()
+            .skip(150)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        1050,
+    );
+
+    // A site killed while it receives a block (through import: the same
+    // site code as consume, without the broker's group timing).
+    let export = t.s.dir.join("all.fsx");
+    fschain(&[
+        "export",
+        "--root",
+        &t.producer,
+        "--chunk-size",
+        "1K",
+        "-o",
+        export.to_str().unwrap(),
+    ])
+    .ok();
     let root = t.site_root("north");
-    let site_args = t.kafka(&[
-        "consume", "--site", "north", "--root", &root, "--trust", &t.pubkey,
+    let copy = t.copy_of("north");
+    let mut import = spawn(&[
+        "import",
+        "--site",
+        "north",
+        "--root",
+        &root,
+        "--trust",
+        &t.pubkey,
+        export.to_str().unwrap(),
     ]);
-    let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(&site_args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let spool = Path::new(&copy).join("meta/spool");
+    common::wait_for(
+        "the last block to be mid-way",
+        Duration::from_secs(60),
+        || {
+            Path::new(&copy).join("blocks/0000000003").exists()
+                && std::fs::read_dir(&spool)
+                    .map(|d| d.count() > 0)
+                    .unwrap_or(false)
+        },
+    );
+    import.kill().unwrap();
+    import.wait().unwrap();
+    // What the site holds reads and verifies as it is: blocks 0..=3.
+    fschain(&["verify", "--root", &copy]).ok();
+    assert_eq!(block_hashes(&copy).len(), 4);
+    // Producer: kill publish once part of the big block is on the topic.
+    let mut publish = spawn(&t.kafka(&["publish", "--root", &t.producer, "--chunk-size", "1K"]));
+    let published = Path::new(&t.producer).join("meta/published");
+    common::wait_for(
+        "blocks 0..=3 to be published",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&published).is_ok_and(|s| s.contains("\"height\":3")),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    publish.kill().unwrap();
+    publish.wait().unwrap();
+    // The site, through Kafka now, resumes: blocks it holds are dropped,
+    // the partial block waits, the republished one completes it.
+    t.consume("north").ok();
+    assert!(
+        staging_entries(&copy).is_empty(),
+        "{:?}",
+        staging_entries(&copy)
+    );
+    t.publish(&["--chunk-size", "1K"]).ok();
+    t.consume("north").ok();
+    t.assert_same_as_producer("north");
+    assert!(
+        staging_entries(&copy).is_empty(),
+        "{:?}",
+        staging_entries(&copy)
+    );
+
+    // A consume killed mid-block restarts from its committed offset.
+    t.apply(
+        &sample_ops(2000)[..]
+            .lines()
+            .skip(1200)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        800,
+    );
+    t.publish(&["--chunk-size", "1K"]).ok();
+    let mut site = spawn(&t.kafka(&[
+        "consume", "--site", "north", "--root", &root, "--trust", &t.pubkey,
+    ]));
+    common::wait_for(
+        "the new block to be mid-way",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_dir(&spool)
+                .map(|d| d.count() > 0)
+                .unwrap_or(false)
+        },
+    );
     site.kill().unwrap();
     site.wait().unwrap();
-    // The producer republishes what is missing; the site carries on.
-    t.publish(&["--chunk-size", "1K"]).ok();
     t.consume("north").ok();
     t.assert_same_as_producer("north");
-    let blocks = Path::new(&t.copy_of("north")).join("blocks");
-    let leftovers: Vec<_> = std::fs::read_dir(&blocks)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "staging leftovers: {leftovers:?}");
-    // Kill the site in the middle of applying a large block, many times over.
-    t.apply(&sample_ops(400)[..].lines().skip(200).map(|l| format!("{l}\n")).collect::<String>(), 200);
-    t.publish(&["--chunk-size", "1K"]).ok();
-    for delay in [50u64, 150, 300] {
-        let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
-            .args(&site_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        site.kill().unwrap();
-        site.wait().unwrap();
-    }
-    t.consume("north").ok();
-    t.assert_same_as_producer("north");
+    assert!(
+        staging_entries(&copy).is_empty(),
+        "{:?}",
+        staging_entries(&copy)
+    );
 }
 
 #[test]
 fn duplicated_reordered_and_corrupted_frames_on_the_topic() {
-    let Some(t) = Setup::new("frames") else { return };
+    let Some(t) = Setup::new("frames") else {
+        return;
+    };
     t.apply(&sample_ops(40), 10);
     let export = t.s.dir.join("all.fsx");
     fschain(&[
@@ -298,14 +413,24 @@ fn duplicated_reordered_and_corrupted_frames_on_the_topic() {
     }
     produce_raw(&t.brokers, &format!("{}.blocks", t.prefix), &messages);
     let run = t.consume("south").ok();
-    assert!(run.stderr().contains("not an fschain frame"), "{}", run.stderr());
-    assert!(run.stderr().contains("hash mismatch") || run.stderr().contains("rejecting"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("not an fschain frame"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("hash mismatch") || run.stderr().contains("rejecting"),
+        "{}",
+        run.stderr()
+    );
     t.assert_same_as_producer("south");
 }
 
 #[test]
 fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka() {
-    let Some(t) = Setup::new("replay") else { return };
+    let Some(t) = Setup::new("replay") else {
+        return;
+    };
     t.apply(&sample_ops(70), 10);
     t.publish(&["--checkpoint-every", "3"]).ok();
     let root = t.site_root("fresh");
@@ -327,12 +452,30 @@ fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka()
         "replay", "--site", "fresh", "--root", &root, "--trust", &t.pubkey,
     ]));
     assert_eq!(again.code(), 2);
-    assert!(again.stderr().contains("already holds"), "{}", again.stderr());
+    assert!(
+        again.stderr().contains("already holds"),
+        "{}",
+        again.stderr()
+    );
     // Consume carries on from where replay stopped.
-    t.apply(&sample_ops(80).lines().skip(70).map(|l| format!("{l}\n")).collect::<String>(), 10);
+    t.apply(
+        &sample_ops(80)
+            .lines()
+            .skip(70)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        10,
+    );
     t.publish(&["--checkpoint-every", "3"]).ok();
     fschain(&t.kafka(&[
-        "consume", "--site", "fresh", "--root", &root, "--trust", &t.pubkey, "--until-idle",
+        "consume",
+        "--site",
+        "fresh",
+        "--root",
+        &root,
+        "--trust",
+        &t.pubkey,
+        "--until-idle",
     ]))
     .ok();
     t.assert_same_as_producer("fresh");
@@ -342,17 +485,32 @@ fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka()
     std::fs::write(&other, "11".repeat(32)).unwrap();
     let stranger = t.site_root("stranger");
     let run = fschain(&t.kafka(&[
-        "consume", "--site", "stranger", "--root", &stranger, "--trust", other.to_str().unwrap(), "--until-idle",
+        "consume",
+        "--site",
+        "stranger",
+        "--root",
+        &stranger,
+        "--trust",
+        other.to_str().unwrap(),
+        "--until-idle",
     ]))
     .ok();
-    assert!(run.stderr().contains("not among the trusted keys"), "{}", run.stderr());
-    assert!(!Path::new(&stranger).join("host1/blocks/0000000000").exists());
+    assert!(
+        run.stderr().contains("not among the trusted keys"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!Path::new(&stranger)
+        .join("host1/blocks/0000000000")
+        .exists());
 
     // export | import, without Kafka.
     let out = fschain(&["export", "--root", &t.producer]).ok();
     let site = t.site_root("ssh");
     fschain_with_input(
-        &["import", "--site", "ssh", "--root", &site, "--trust", &t.pubkey, "-"],
+        &[
+            "import", "--site", "ssh", "--root", &site, "--trust", &t.pubkey, "-",
+        ],
         Some(&out.output.stdout),
     )
     .ok();

@@ -42,7 +42,9 @@ fn full_and_incremental_streams_land_under_the_staging_name() {
     assert!(btrfs::received_uuid(&staged).unwrap().is_some());
     assert_eq!(std::fs::read(staged.join("a")).unwrap(), b"one");
     std::fs::rename(&staged, dst.join("0000000000")).unwrap();
-    assert!(btrfs::received_uuid(&dst.join("0000000000")).unwrap().is_some());
+    assert!(btrfs::received_uuid(&dst.join("0000000000"))
+        .unwrap()
+        .is_some());
 
     // Incremental stream of block 1 against 0 finds the renamed parent.
     let incr = btrfs::send(

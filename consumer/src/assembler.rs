@@ -106,7 +106,13 @@ impl ChunkAssembler {
         self.next_offset = self.next_offset.max(offset + 1);
     }
 
-    fn entry(&mut self, key: StreamKey, parent: Option<u64>, count: u32, offset: i64) -> &mut Pending {
+    fn entry(
+        &mut self,
+        key: StreamKey,
+        parent: Option<u64>,
+        count: u32,
+        offset: i64,
+    ) -> &mut Pending {
         self.pending.entry(key).or_insert_with(|| Pending {
             manifest: None,
             parent,
@@ -118,7 +124,12 @@ impl ChunkAssembler {
     }
 
     /// A verified manifest (`header` is the header it carries, checked).
-    pub fn manifest(&mut self, manifest: BlockManifest, header: BlockHeader, offset: i64) -> Verdict {
+    pub fn manifest(
+        &mut self,
+        manifest: BlockManifest,
+        header: BlockHeader,
+        offset: i64,
+    ) -> Verdict {
         self.note_offset(offset);
         if self.is_held(manifest.height) {
             return Verdict::Drop {
@@ -282,7 +293,12 @@ mod tests {
     use fschain_schema::{Digest, EventsRoot, HeaderDraft, StateRoot, Timestamp};
     use proptest::prelude::*;
 
-    fn block(height: u64, parent: Option<u64>, chunks: u32, salt: u8) -> (BlockManifest, Vec<Chunk>) {
+    fn block(
+        height: u64,
+        parent: Option<u64>,
+        chunks: u32,
+        salt: u8,
+    ) -> (BlockManifest, Vec<Chunk>) {
         let header = HeaderDraft {
             chain: "host1".parse().unwrap(),
             height,
@@ -296,7 +312,9 @@ mod tests {
         }
         .seal()
         .unwrap();
-        let data: Vec<Vec<u8>> = (0..chunks).map(|i| vec![salt, i as u8, height as u8]).collect();
+        let data: Vec<Vec<u8>> = (0..chunks)
+            .map(|i| vec![salt, i as u8, height as u8])
+            .collect();
         let whole: Vec<u8> = data.concat();
         let stream = StreamInfo {
             sha256: StreamHash(Digest::of(&whole)),
@@ -305,7 +323,8 @@ mod tests {
             chunk_size: 3,
             compression: "zstd".into(),
         };
-        let m = BlockManifest::sign(&header, parent, stream, &SigningKey::from_seed([1; 32])).unwrap();
+        let m =
+            BlockManifest::sign(&header, parent, stream, &SigningKey::from_seed([1; 32])).unwrap();
         let chunks = data
             .into_iter()
             .enumerate()
@@ -341,7 +360,10 @@ mod tests {
             }
             while let Some(ready) = a.next_ready() {
                 let got = spooled.get(&ready.key).map_or(0, |l| l.len());
-                assert_eq!(got as u32, ready.manifest.stream.chunks, "handed out incomplete");
+                assert_eq!(
+                    got as u32, ready.manifest.stream.chunks,
+                    "handed out incomplete"
+                );
                 applied.push(ready.key.height);
                 a.applied(ready.key.height);
             }

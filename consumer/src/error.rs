@@ -18,7 +18,7 @@ pub enum ConsumerError {
     Receive {
         chain: String,
         height: u64,
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("{chain} block {height}: the received snapshot does not verify: {}", problems.join("; "))]
     Unverified {
@@ -26,9 +26,13 @@ pub enum ConsumerError {
         height: u64,
         problems: Vec<String>,
     },
-    #[error("{chain}: block {height} is missing from the topic; the blocks after it cannot be applied")]
+    #[error(
+        "{chain}: block {height} is missing from the topic; the blocks after it cannot be applied"
+    )]
     Gap { chain: String, height: u64 },
-    #[error("no trusted keys: give the producers' public keys (--trust or trusted_keys in the config)")]
+    #[error(
+        "no trusted keys: give the producers' public keys (--trust or trusted_keys in the config)"
+    )]
     NoTrustedKeys,
     #[error("{} already holds chains ({}); replay rebuilds a site from nothing, into an empty directory", root.display(), chains.join(", "))]
     NotEmpty { root: PathBuf, chains: Vec<String> },
@@ -54,7 +58,9 @@ impl ConsumerError {
     pub fn is_bad_stream(&self) -> bool {
         matches!(
             self,
-            ConsumerError::Schema(_) | ConsumerError::Receive { .. } | ConsumerError::Unverified { .. }
+            ConsumerError::Schema(_)
+                | ConsumerError::Receive { .. }
+                | ConsumerError::Unverified { .. }
         )
     }
 }

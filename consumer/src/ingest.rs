@@ -82,7 +82,10 @@ impl Ingest {
         &self.site
     }
 
-    fn state(&mut self, chain: &ChainName) -> Result<&mut (SiteChain, ChunkAssembler), ConsumerError> {
+    fn state(
+        &mut self,
+        chain: &ChainName,
+    ) -> Result<&mut (SiteChain, ChunkAssembler), ConsumerError> {
         if !self.chains.contains_key(chain) {
             let site_chain = self.site.chain(chain)?;
             let held = site_chain.held()?;
@@ -121,7 +124,11 @@ impl Ingest {
                 return Ok(None);
             }
         }
-        if self.only.as_ref().is_some_and(|only| !only.contains(&chain)) {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.contains(&chain))
+        {
             self.stats.rejected += 1;
             warn!(at = %origin, chain = %chain, "skipping a stream for a chain this site does not take");
             return Ok(None);

@@ -51,6 +51,9 @@ fn client(source: &KafkaSource, group: &str) -> Result<BaseConsumer, ConsumerErr
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.message.max.bytes", "4194304")
+        // A site member that dies hands its chains over within seconds.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
         // Bounds the prefetch queue: memory stays flat whatever the backlog.
         .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &source.extra {
@@ -108,8 +111,20 @@ pub fn consume(
     consumer
         .subscribe(&[&source.topics.blocks])
         .map_err(kafka_error)?;
-    info!(site = ingest.site().name(), group, topic = source.topics.blocks, "consuming");
-    run(ingest, &consumer, &source.topics.blocks, options, shutdown, on_block)
+    info!(
+        site = ingest.site().name(),
+        group,
+        topic = source.topics.blocks,
+        "consuming"
+    );
+    run(
+        ingest,
+        &consumer,
+        &source.topics.blocks,
+        options,
+        shutdown,
+        on_block,
+    )
 }
 
 /// `fschain replay`: rebuilds an empty site from the latest full checkpoint
@@ -172,7 +187,9 @@ pub fn replay(
                 let h = last_height.entry(m.chain.clone()).or_insert(m.height);
                 *h = (*h).max(m.height);
                 if m.parent.is_none() {
-                    let e = latest_full.entry(m.chain.clone()).or_insert((m.height, p, o));
+                    let e = latest_full
+                        .entry(m.chain.clone())
+                        .or_insert((m.height, p, o));
                     if m.height >= e.0 {
                         *e = (m.height, p, o);
                     }
@@ -190,7 +207,10 @@ pub fn replay(
         *s = (*s).min(o);
     }
     if start.is_empty() {
-        warn!(topic, "no full checkpoint stream signed by a trusted key on the topic; nothing to replay");
+        warn!(
+            topic,
+            "no full checkpoint stream signed by a trusted key on the topic; nothing to replay"
+        );
         return Ok(summary(ingest));
     }
     let consumer = client(source, &group)?;
@@ -223,7 +243,15 @@ fn run(
     let mut chains_in: BTreeMap<i32, BTreeSet<ChainName>> = BTreeMap::new();
     loop {
         if shutdown.load(Ordering::SeqCst) {
-            commit(ingest, consumer, topic, &next, &chains_in, &mut committed, CommitMode::Sync);
+            commit(
+                ingest,
+                consumer,
+                topic,
+                &next,
+                &chains_in,
+                &mut committed,
+                CommitMode::Sync,
+            );
             return Ok(summary(ingest));
         }
         match consumer.poll(Duration::from_millis(100)) {
@@ -243,7 +271,15 @@ fn run(
                 if ingest.stats.applied > applied_before {
                     on_block(ingest);
                 }
-                commit(ingest, consumer, topic, &next, &chains_in, &mut committed, CommitMode::Async);
+                commit(
+                    ingest,
+                    consumer,
+                    topic,
+                    &next,
+                    &chains_in,
+                    &mut committed,
+                    CommitMode::Async,
+                );
             }
             Some(Err(e)) => {
                 warn!(topic, error = %e, "consume error; retrying");
@@ -251,7 +287,15 @@ fn run(
             }
             None => {
                 if options.until_idle && caught_up(consumer, topic, &next)? {
-                    commit(ingest, consumer, topic, &next, &chains_in, &mut committed, CommitMode::Sync);
+                    commit(
+                        ingest,
+                        consumer,
+                        topic,
+                        &next,
+                        &chains_in,
+                        &mut committed,
+                        CommitMode::Sync,
+                    );
                     if let Some((chain, height)) = ingest.gaps().into_iter().next() {
                         return Err(ConsumerError::Gap {
                             chain: chain.to_string(),

@@ -212,7 +212,12 @@ impl SiteChain {
     }
 
     /// Keeps one chunk's bytes on disk until its stream is complete.
-    pub fn spool_chunk(&self, key: &StreamKey, index: u32, data: &[u8]) -> Result<(), ConsumerError> {
+    pub fn spool_chunk(
+        &self,
+        key: &StreamKey,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(), ConsumerError> {
         let dir = self.stream_dir(key);
         std::fs::create_dir_all(&dir).at(&dir)?;
         let path = dir.join(format!("{index:08}"));
@@ -276,7 +281,7 @@ impl SiteChain {
             return Err(ConsumerError::Receive {
                 chain: self.chain.to_string(),
                 height,
-                source: e,
+                source: Box::new(e),
             });
         }
         // 3. Verify the received snapshot against the signed header.

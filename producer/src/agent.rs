@@ -132,7 +132,9 @@ pub fn run_agent(
     let mut offsets = record.sealed.clone().unwrap_or_default().offsets;
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
-        let offset = offsets.get(&p).map_or(Offset::Beginning, |&o| Offset::Offset(o));
+        let offset = offsets
+            .get(&p)
+            .map_or(Offset::Beginning, |&o| Offset::Offset(o));
         assignment
             .add_partition_offset(topic, p, offset)
             .map_err(kafka_error)?;
@@ -153,7 +155,10 @@ pub fn run_agent(
                     consumed_since_seal = true;
                     let ours = msg.key().is_some_and(|k| k == chain.as_str().as_bytes());
                     if ours {
-                        let text = msg.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                        let text = msg
+                            .payload()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
                         let applied = Operation::from_json(&text)
                             .map_err(ProducerError::from)
                             .and_then(|op| writer.apply(op).map(|_| ()));
@@ -173,7 +178,9 @@ pub fn run_agent(
                     warn!(topic, error = %e, "consume error");
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                None => idle = options.until_idle && caught_up(&consumer, topic, &partitions, &offsets),
+                None => {
+                    idle = options.until_idle && caught_up(&consumer, topic, &partitions, &offsets)
+                }
             }
         }
         let pending = writer.pending_len();
@@ -229,14 +236,19 @@ fn commit(consumer: &BaseConsumer, topic: &str, offsets: &BTreeMap<i32, i64>) {
     }
 }
 
-fn caught_up(consumer: &BaseConsumer, topic: &str, partitions: &[i32], offsets: &BTreeMap<i32, i64>) -> bool {
-    partitions.iter().all(|&p| {
-        match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+fn caught_up(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    offsets: &BTreeMap<i32, i64>,
+) -> bool {
+    partitions.iter().all(
+        |&p| match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
             Ok((low, high)) => {
                 let at = offsets.get(&p).copied().unwrap_or(low);
                 at >= high || high == low
             }
             Err(_) => false,
-        }
-    })
+        },
+    )
 }

@@ -36,7 +36,11 @@ pub fn export_frames(
         let mut summary = ExportSummary::default();
         let start = from.map_or(0, |f| f + 1);
         for height in start..=to {
-            let parent = if height == start { from } else { Some(height - 1) };
+            let parent = if height == start {
+                from
+            } else {
+                Some(height - 1)
+            };
             let block = prepare_block(layout, height, parent, &spool, policy, key)?;
             let frame = block.manifest.to_frame()?;
             out.write_all(&frame).map_err(output_error)?;

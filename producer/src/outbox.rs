@@ -38,7 +38,8 @@ impl Default for StreamPolicy {
 impl StreamPolicy {
     /// The block `height`'s stream is incremental against this one, or full.
     pub fn parent_of(&self, height: u64) -> Option<u64> {
-        let full = height == 0 || (self.checkpoint_every > 0 && height % self.checkpoint_every == 0);
+        let full = height == 0
+            || (self.checkpoint_every > 0 && height.is_multiple_of(self.checkpoint_every));
         (!full).then(|| height - 1)
     }
 }
@@ -158,7 +159,9 @@ pub fn prepare_block(
         })?;
     if let (Ok(bytes), true) = (std::fs::read(&manifest_path), stream_path.exists()) {
         if let Ok(manifest) = serde_json::from_slice::<BlockManifest>(&bytes) {
-            if manifest.parent == parent && manifest.verify(&[key.public()]).is_ok_and(|h| h == header) {
+            if manifest.parent == parent
+                && manifest.verify(&[key.public()]).is_ok_and(|h| h == header)
+            {
                 return Ok(OutgoingBlock {
                     manifest,
                     header,
@@ -188,7 +191,9 @@ pub fn prepare_block(
         hasher,
         bytes,
     } = hashing;
-    let file = inner.into_inner().map_err(|e| StoreError::io(&tmp, e.into_error()))?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| StoreError::io(&tmp, e.into_error()))?;
     file.sync_all().at(&tmp)?;
     std::fs::rename(&tmp, &stream_path).at(&stream_path)?;
     let stream = StreamInfo {

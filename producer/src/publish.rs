@@ -85,7 +85,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("topics", &self.topics).finish()
+        f.debug_struct("Publisher")
+            .field("topics", &self.topics)
+            .finish()
     }
 }
 
@@ -205,7 +207,12 @@ pub fn publish_pending(
         }
         publisher.flush(Duration::from_secs(60))?;
         record_published(layout, height)?;
-        debug!(height, bytes = block.manifest.stream.bytes, chunks = block.manifest.stream.chunks, "published");
+        debug!(
+            height,
+            bytes = block.manifest.stream.bytes,
+            chunks = block.manifest.stream.chunks,
+            "published"
+        );
         summary.blocks += 1;
         summary.events += lines.len() as u64;
         summary.bytes += block.manifest.stream.bytes;

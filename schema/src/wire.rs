@@ -180,9 +180,8 @@ impl BlockManifest {
     /// The bytes the signature covers: [`SIGNATURE_CONTEXT`] followed by the
     /// JCS of the manifest without its `signature` member.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, SchemaError> {
-        let mut value = serde_json::to_value(self).map_err(|e| SchemaError::Malformed {
-            why: e.to_string(),
-        })?;
+        let mut value = serde_json::to_value(self)
+            .map_err(|e| SchemaError::Malformed { why: e.to_string() })?;
         if let Value::Object(map) = &mut value {
             map.remove("signature");
         }
@@ -253,11 +252,10 @@ impl BlockManifest {
     }
 
     pub fn to_frame(&self) -> Result<Vec<u8>, SchemaError> {
-        let meta = jcs::canonical(&serde_json::to_value(self).map_err(|e| {
-            SchemaError::Malformed {
-                why: e.to_string(),
-            }
-        })?)?;
+        let meta = jcs::canonical(
+            &serde_json::to_value(self)
+                .map_err(|e| SchemaError::Malformed { why: e.to_string() })?,
+        )?;
         Ok(encode_frame(FrameKind::Manifest, &meta, &[]))
     }
 }
@@ -321,11 +319,10 @@ impl Chunk {
     }
 
     pub fn to_frame(&self) -> Result<Vec<u8>, SchemaError> {
-        let meta = jcs::canonical(&serde_json::to_value(&self.meta).map_err(|e| {
-            SchemaError::Malformed {
-                why: e.to_string(),
-            }
-        })?)?;
+        let meta = jcs::canonical(
+            &serde_json::to_value(&self.meta)
+                .map_err(|e| SchemaError::Malformed { why: e.to_string() })?,
+        )?;
         Ok(encode_frame(FrameKind::Chunk, &meta, &self.data))
     }
 }
@@ -375,12 +372,16 @@ fn encode_frame(kind: FrameKind, meta: &[u8], payload: &[u8]) -> Vec<u8> {
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, SchemaError> {
     let bad = |why: String| SchemaError::BadFrame { why };
     if bytes.len() < 13 || &bytes[..4] != FRAME_MAGIC {
-        return Err(bad("does not start with the fschain frame magic FSC1".into()));
+        return Err(bad(
+            "does not start with the fschain frame magic FSC1".into()
+        ));
     }
     let kind = bytes[4];
     let meta_len = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
     if meta_len > MAX_META_LEN || 9 + meta_len as usize + 4 > bytes.len() {
-        return Err(bad(format!("metadata length {meta_len} runs past the frame")));
+        return Err(bad(format!(
+            "metadata length {meta_len} runs past the frame"
+        )));
     }
     let meta_end = 9 + meta_len as usize;
     let meta = &bytes[9..meta_end];
@@ -404,7 +405,9 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, SchemaError> {
         }
         2 => {
             if payload_len > MAX_CHUNK_LEN as usize {
-                return Err(bad(format!("chunk of {payload_len} bytes is over the limit")));
+                return Err(bad(format!(
+                    "chunk of {payload_len} bytes is over the limit"
+                )));
             }
             let m: ChunkMeta = serde_json::from_slice(meta).map_err(|e| json("chunk", e))?;
             Ok(Frame::Chunk(Chunk {

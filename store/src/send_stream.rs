@@ -91,7 +91,9 @@ fn first_command(head: &[u8]) -> Result<(u16, Attrs<'_>), StoreError> {
     }
     let cmd = u16::from_le_bytes([head[21], head[22]]);
     if cmd != CMD_SUBVOL && cmd != CMD_SNAPSHOT {
-        return Err(bad(format!("first command is {cmd}, not SUBVOL or SNAPSHOT")));
+        return Err(bad(format!(
+            "first command is {cmd}, not SUBVOL or SNAPSHOT"
+        )));
     }
     let stored_crc = u32::from_le_bytes([head[23], head[24], head[25], head[26]]);
     let mut zeroed = head[HEADER_LEN..end].to_vec();
@@ -125,7 +127,11 @@ pub fn rename_first_subvolume(head: &[u8], name: &str) -> Result<Vec<u8>, StoreE
     let (cmd, attrs) = first_command(head)?;
     let mut body = Vec::new();
     for (ty, value) in attrs {
-        let value = if ty == ATTR_PATH { name.as_bytes() } else { value };
+        let value = if ty == ATTR_PATH {
+            name.as_bytes()
+        } else {
+            value
+        };
         body.extend_from_slice(&ty.to_le_bytes());
         body.extend_from_slice(&(value.len() as u16).to_le_bytes());
         body.extend_from_slice(value);
@@ -149,7 +155,11 @@ mod tests {
     /// A stream head built by hand the way btrfs send lays it out.
     fn head(cmd: u16, name: &str) -> Vec<u8> {
         let mut body = Vec::new();
-        for (ty, value) in [(ATTR_PATH, name.as_bytes()), (1u16, &[7u8; 16][..]), (2, &[1u8; 8][..])] {
+        for (ty, value) in [
+            (ATTR_PATH, name.as_bytes()),
+            (1u16, &[7u8; 16][..]),
+            (2, &[1u8; 8][..]),
+        ] {
             body.extend_from_slice(&ty.to_le_bytes());
             body.extend_from_slice(&(value.len() as u16).to_le_bytes());
             body.extend_from_slice(value);

@@ -358,6 +358,15 @@ pub fn verify_received(
             });
         }
     }
-    check_copy(&mut report, dir, &p, height, &meta, &logs, Some(&logs.tips), true);
+    check_copy(
+        &mut report,
+        dir,
+        &p,
+        height,
+        &meta,
+        &logs,
+        Some(&logs.tips),
+        true,
+    );
     Ok(report.problems)
 }
