@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit and property tests, per-crate integration tests, and
-# the system tests against a real loop-mounted btrfs (made here, as root).
+# the system tests against a real loop-mounted btrfs and a real
+# Kafka-protocol broker (tansu on loopback), both set up here (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FSCHAIN_TEST_BTRFS=$(scripts/btrfs-loop.sh up /mnt/fschain-test 8G)
 export FSCHAIN_TEST_BTRFS
+port=${FSCHAIN_TEST_BROKER_PORT:-19092}
+scripts/broker.sh up "$port" memory://tansu/ >&2
+trap 'scripts/broker.sh down "$port"' EXIT
+export FSCHAIN_TEST_BROKERS=127.0.0.1:$port
 cargo test --workspace --locked "$@"

@@ -377,6 +377,7 @@ fn caught_up(
                 .filter(|&o| o >= 0)
         });
         let position = position.unwrap_or(low);
+        tracing::debug!(topic, partition = p, low, high, position, "idle check");
         if position < high {
             return Ok(false);
         }

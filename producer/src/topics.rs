@@ -21,6 +21,11 @@ pub struct TopicSpec {
     pub configs: Vec<(&'static str, &'static str)>,
 }
 
+/// Kept "forever": ten years. Not `-1`, Kafka's own "forever": tansu 0.6
+/// reads `-1` as already expired and deletes every record when it restarts
+/// (measured with its sqlite storage).
+pub const RETAIN_FOREVER_MS: &str = "315360000000";
+
 /// The settings of each topic.
 pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
     vec![
@@ -34,7 +39,7 @@ pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
         TopicSpec {
             name: topics.events.clone(),
             partitions,
-            configs: vec![("retention.ms", "-1"), ("cleanup.policy", "delete")],
+            configs: vec![("retention.ms", RETAIN_FOREVER_MS), ("cleanup.policy", "delete")],
         },
         TopicSpec {
             name: topics.blocks.clone(),
@@ -42,7 +47,7 @@ pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
             // Replay needs every block since a chain's latest checkpoint:
             // keep them all. Chunks are 512 KiB by default; 4 MiB leaves room.
             configs: vec![
-                ("retention.ms", "-1"),
+                ("retention.ms", RETAIN_FOREVER_MS),
                 ("cleanup.policy", "delete"),
                 ("max.message.bytes", "4194304"),
             ],
