@@ -221,12 +221,12 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
     Ok(())
 }
 
-fn new_root(root: &Path, chain: &str) -> Result<ChainWriter> {
+pub(crate) fn new_root(root: &Path, chain: &str) -> Result<ChainWriter> {
     init_root(root, ChainName::parse(chain)?, &mut SystemClock)?;
     Ok(ChainWriter::open(RootLayout::new(root))?)
 }
 
-fn element(i: usize) -> ElementId {
+pub(crate) fn element(i: usize) -> ElementId {
     // Ids spread over the whole id space, like real hosts' mixed kinds.
     let kinds = ["iface", "service", "file", "sysctl", "ovs-port", "user"];
     let kind = kinds[i % kinds.len()];
@@ -237,9 +237,13 @@ fn element(i: usize) -> ElementId {
     .unwrap_or_else(|_| unreachable!())
 }
 
-fn state(i: usize) -> State {
+pub(crate) fn state(i: usize) -> State {
     let v = json!({"mtu": 1500, "up": true, "addresses": [format!("10.{}.{}.{}/24", i % 250, (i / 250) % 250, i % 7)], "speed": "10G", "rev": i});
     v.as_object().cloned().unwrap_or_default()
+}
+
+pub(crate) fn patch_op(i: usize, n: usize) -> Operation {
+    patch(i, n)
 }
 
 fn patch(i: usize, n: usize) -> Operation {
@@ -256,7 +260,7 @@ fn patch(i: usize, n: usize) -> Operation {
     }
 }
 
-fn populate(writer: &mut ChainWriter, n: usize, block: usize) -> Result<()> {
+pub(crate) fn populate(writer: &mut ChainWriter, n: usize, block: usize) -> Result<()> {
     for i in 0..n {
         let op = Operation {
             element: element(i),
@@ -333,12 +337,12 @@ fn concatenate_verified_files(layout: &RootLayout, dest: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn cleanup(work: &Path) {
+pub(crate) fn cleanup(work: &Path) {
     btrfs::delete_subvolumes_below(work);
     let _ = std::fs::remove_dir_all(work);
 }
 
-fn pct(times: &mut [Duration], p: usize) -> Duration {
+pub(crate) fn pct(times: &mut [Duration], p: usize) -> Duration {
     times.sort_unstable();
     times
         .get((times.len() * p / 100).min(times.len().saturating_sub(1)))
@@ -346,18 +350,18 @@ fn pct(times: &mut [Duration], p: usize) -> Duration {
         .unwrap_or_default()
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn ratio(a: Duration, b: Duration) -> f64 {
+pub(crate) fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

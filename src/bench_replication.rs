@@ -1,9 +1,379 @@
-//! Replication benchmarks (issue 3): filled in below.
+//! Replication benchmarks: each figure beside a baseline timed in the same
+//! run through the same broker.
+//!
+//! - operation published → verified at a site (agent and site running),
+//!   p50/p99, against a bare produce → consume round trip;
+//! - a large change replicated (publish, then consume at a fresh site)
+//!   against producing and consuming the same bytes raw;
+//! - bytes on the topic for a block that changes one element of a large
+//!   layer;
+//! - peak resident memory of `fschain publish` and `fschain consume` while
+//!   a full checkpoint of the large layer goes through.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use fschain_producer::ChainWriter;
+use fschain_schema::{Action, Operation};
+use fschain_store::RootLayout;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use serde_json::json;
 
-pub fn run(_dir: &Path, _quick: bool, _brokers: &str) -> Result<()> {
-    bail!("replication benchmarks are not written yet")
+use crate::bench::{cleanup, element, ms, new_root, pct, populate, ratio, Rng};
+
+struct Scale {
+    latency_ops: usize,
+    large_mb: usize,
+    layer_elements: usize,
+}
+
+pub fn run(dir: &Path, quick: bool, brokers: &str) -> Result<()> {
+    let scale = if quick {
+        Scale {
+            latency_ops: 40,
+            large_mb: 200,
+            layer_elements: 20_000,
+        }
+    } else {
+        Scale {
+            latency_ops: 200,
+            large_mb: 2048,
+            layer_elements: 100_000,
+        }
+    };
+    let work = dir.join(format!("bench-repl-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(&work, &scale, brokers);
+    cleanup(&work);
+    result
+}
+
+struct Bin {
+    exe: PathBuf,
+    brokers: String,
+    prefix: String,
+}
+
+impl Bin {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.args(args)
+            .args(["--brokers", &self.brokers, "--prefix", &self.prefix])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+    fn run(&self, args: &[&str]) -> Result<(Duration, u64)> {
+        let t = Instant::now();
+        let child = self.cmd(args).spawn()?;
+        let (status, peak) = wait_measuring(child)?;
+        if !status.0.success() {
+            bail!("fschain {} failed: {}", args.join(" "), status.1);
+        }
+        Ok((t.elapsed(), peak))
+    }
+}
+
+/// Waits for `child`, sampling its peak resident set (VmHWM) meanwhile.
+fn wait_measuring(mut child: Child) -> Result<((std::process::ExitStatus, String), u64)> {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        if let Some(_status) = child.try_wait()? {
+            let out = child.wait_with_output()?;
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Ok(((out.status, err), peak));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
+    let bin = Bin {
+        exe: std::env::current_exe()?,
+        brokers: brokers.to_owned(),
+        prefix: format!("bench-{}", std::process::id()),
+    };
+    println!("\nfschain replication bench (broker {brokers}, topics {}.*)\n", bin.prefix);
+    bin.run(&["topics", "create"])?;
+
+    // 1. Latency: operation published -> block verified at a site.
+    let producer_root = work.join("producer");
+    drop(new_root(&producer_root, "lat")?);
+    let key_file = work.join("producer.pub");
+    let key = fschain_producer::load_signing_key(&RootLayout::new(&producer_root))?;
+    std::fs::write(&key_file, format!("{}\n", key.public()))?;
+    let p = producer_root.display().to_string();
+    let site = work.join("site");
+    let site_s = site.display().to_string();
+    let k = key_file.display().to_string();
+    let mut agent = bin
+        .cmd(&["agent", "--root", &p, "--block-ops", "1", "--block-interval", "1", "--checkpoint-every", "0"])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut consumer = bin
+        .cmd(&["consume", "--site", "bench", "--root", &site_s, "--trust", &k])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()?;
+    let ops_topic = format!("{}.ops", bin.prefix);
+    let blocks = site.join("lat/blocks");
+    let held = |h: u64| blocks.join(format!("{h:010}")).exists();
+    // Warm up: the first block waits for the consumer group to form.
+    let mut latencies = Vec::new();
+    for i in 0..=s.latency_ops {
+        let op = json!({"element": format!("service:s{}", i % 10), "action": "set", "state": {"n": i}, "reason": "latency"});
+        let body = op.to_string();
+        let t = Instant::now();
+        producer
+            .send(BaseRecord::to(&ops_topic).key("lat").payload(&body))
+            .map_err(|(e, _)| e)?;
+        producer.flush(Duration::from_secs(10))?;
+        let want = i as u64 + 1;
+        let deadline = if i == 0 { 120 } else { 10 };
+        while !held(want) {
+            if t.elapsed() > Duration::from_secs(deadline) {
+                let _ = agent.kill();
+                let _ = consumer.kill();
+                bail!("block {want} did not reach the site within {deadline} s");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        if i > 0 {
+            latencies.push(t.elapsed());
+        }
+    }
+    terminate(&mut agent);
+    terminate(&mut consumer);
+    let raw = raw_round_trips(brokers, &format!("{}.raw-lat", bin.prefix), s.latency_ops)?;
+    let (mut lat, mut raw_lat) = (latencies, raw);
+    println!("operation published -> verified at a site ({} ops, one block each)", s.latency_ops);
+    println!("  fschain        p50 {:>12}   p99 {:>12}   (target p99 <= 250 ms)", ms(pct(&mut lat, 50)), ms(pct(&mut lat, 99)));
+    println!("  raw kafka rtt  p50 {:>12}   p99 {:>12}", ms(pct(&mut raw_lat, 50)), ms(pct(&mut raw_lat, 99)));
+
+    // 2. A large change, and 4. memory while its full checkpoint replicates.
+    let big_root = work.join("big");
+    let mut writer = new_root(&big_root, "big")?;
+    let stream_bytes = large_change(&mut writer, s.large_mb)?;
+    writer.close()?;
+    let b = big_root.display().to_string();
+    let key = fschain_producer::load_signing_key(&RootLayout::new(&big_root))?;
+    let big_key = work.join("big.pub");
+    std::fs::write(&big_key, format!("{}\n", key.public()))?;
+    let (t_pub, rss_pub) = bin.run(&["publish", "--root", &b, "--checkpoint-every", "1"])?;
+    let big_site = work.join("big-site").display().to_string();
+    let (t_con, rss_con) = bin.run(&[
+        "consume", "--site", "big", "--root", &big_site, "--trust", &big_key.display().to_string(), "--until-idle",
+    ])?;
+    let on_topic: u64 = topic_bytes(&RootLayout::new(&big_root), stream_bytes);
+    let (raw_prod, raw_cons) = raw_bulk(brokers, &format!("{}.raw-bulk", bin.prefix), on_topic)?;
+    let fs = t_pub + t_con;
+    let raw = raw_prod + raw_cons;
+    println!(
+        "\nlarge change: {} MB of new state in one block, {:.1} MB compressed on the topic",
+        s.large_mb,
+        on_topic as f64 / 1e6
+    );
+    println!("  fschain publish + consume   {:>10.2} s  ({:.1} MB/s of state)", fs.as_secs_f64(), s.large_mb as f64 / fs.as_secs_f64());
+    println!("  raw produce + consume       {:>10.2} s", raw.as_secs_f64());
+    println!("  ratio raw/fschain           {:>10.2}x   (target >= 0.7)", ratio(raw, fs));
+    println!("peak resident memory, full checkpoint of {} MB", s.large_mb);
+    println!("  fschain publish             {:>10.1} MB   (target <= 200 MB)", rss_pub as f64 / 1e6);
+    println!("  fschain consume             {:>10.1} MB   (target <= 200 MB)", rss_con as f64 / 1e6);
+
+    // 3. Bytes on the topic for one changed element in a large layer.
+    let wide_root = work.join("wide");
+    let mut writer = new_root(&wide_root, "wide")?;
+    populate(&mut writer, s.layer_elements, 10_000)?;
+    writer.close()?;
+    let w = wide_root.display().to_string();
+    bin.run(&["publish", "--root", &w, "--checkpoint-every", "0"])?;
+    let mut writer = ChainWriter::open(RootLayout::new(&wide_root))?;
+    let mut rng = Rng(99);
+    writer.apply(crate::bench::patch_op(rng.below(s.layer_elements), 1))?;
+    writer.seal()?;
+    writer.close()?;
+    let layout = RootLayout::new(&wide_root);
+    let head = *layout.snapshot_heights()?.last().unwrap_or(&0);
+    let one = one_block_bytes(&layout, head)?;
+    println!("\nbytes on the topic for a block changing one element of {} (manifest, chunks, event)", s.layer_elements);
+    println!("  fschain                     {:>10} B   (target <= 8192 B)", one);
+    println!("  the state file itself       {:>10} B", state_file_len(&layout, head)?);
+    Ok(())
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+/// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.
+fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<u64> {
+    let mut rng = Rng(12345);
+    for i in 0..mb {
+        let mut text = String::with_capacity(1 << 20);
+        while text.len() < (1 << 20) - 64 {
+            rng.below(2);
+            text.push_str(&format!("{:016x}", rng.0));
+        }
+        let state = json!({"blob": text}).as_object().cloned().unwrap_or_default();
+        writer.apply(Operation {
+            element: element(i),
+            action: Action::Set,
+            state: Some(state),
+            reason: Some("bulk".into()),
+            actor: None,
+        })?;
+    }
+    writer.seal()?;
+    Ok((mb as u64) << 20)
+}
+
+/// Bytes the big block's stream took: recorded in the published manifest
+/// is gone with the outbox, so re-measure with an export of the head.
+fn topic_bytes(layout: &RootLayout, fallback: u64) -> u64 {
+    let head = layout.snapshot_heights().ok().and_then(|h| h.last().copied()).unwrap_or(0);
+    let key = match fschain_producer::load_signing_key(layout) {
+        Ok(k) => k,
+        Err(_) => return fallback,
+    };
+    let mut sink = CountingSink(0);
+    let policy = fschain_producer::outbox::StreamPolicy::default();
+    match fschain_producer::export::export_frames(layout, head.checked_sub(1), head, &policy, &key, &mut sink) {
+        Ok(_) => sink.0,
+        Err(_) => fallback,
+    }
+}
+
+fn one_block_bytes(layout: &RootLayout, head: u64) -> Result<u64> {
+    let key = fschain_producer::load_signing_key(layout)?;
+    let mut sink = CountingSink(0);
+    let policy = fschain_producer::outbox::StreamPolicy::default();
+    fschain_producer::export::export_frames(layout, Some(head - 1), head, &policy, &key, &mut sink)?;
+    let events = fschain_store::ChainDir::new(layout.snapshot(head)).last_event_lines(1)?;
+    Ok(sink.0 + events.iter().map(|l| l.len() as u64).sum::<u64>())
+}
+
+fn state_file_len(layout: &RootLayout, head: u64) -> Result<u64> {
+    let dir = fschain_store::ChainDir::new(layout.snapshot(head));
+    let event = fschain_schema::Event::from_canonical(&dir.last_event_lines(1)?[0])?;
+    Ok(dir.state_bytes(&event.element)?.map_or(0, |b| b.len() as u64))
+}
+
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "4194304")
+        .create()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-g"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.message.max.bytes", "4194304")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    // Create the topic by producing one message, then start at its end.
+    producer
+        .send(BaseRecord::to(topic).key("k").payload("start").partition(0))
+        .map_err(|(e, _)| e)?;
+    producer.flush(Duration::from_secs(10))?;
+    consumer.assign(&tpl)?;
+    loop {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) if m.payload() == Some(b"start".as_slice()) => break,
+            Some(_) => {}
+            None => bail!("raw baseline topic {topic} never answered"),
+        }
+    }
+    Ok((producer, consumer))
+}
+
+/// Produce one small message and wait until it is consumed, `n` times.
+fn raw_round_trips(brokers: &str, topic: &str, n: usize) -> Result<Vec<Duration>> {
+    let (producer, consumer) = raw_client(brokers, topic)?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = format!("{{\"n\":{i}}}");
+        let t = Instant::now();
+        producer
+            .send(BaseRecord::to(topic).key("k").payload(&body).partition(0))
+            .map_err(|(e, _)| e)?;
+        producer.flush(Duration::from_secs(10))?;
+        loop {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) if m.payload() == Some(body.as_bytes()) => break,
+                Some(_) => {}
+                None => bail!("raw round trip {i} timed out"),
+            }
+        }
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+/// Produce `bytes` in 512 KiB messages (acks=all), then consume them all.
+fn raw_bulk(brokers: &str, topic: &str, bytes: u64) -> Result<(Duration, Duration)> {
+    let (producer, consumer) = raw_client(brokers, topic)?;
+    let chunk = vec![0x5au8; 512 * 1024];
+    let count = bytes.div_ceil(chunk.len() as u64).max(1);
+    let t = Instant::now();
+    for _ in 0..count {
+        let mut record = BaseRecord::to(topic).key("k").payload(&chunk).partition(0);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(600)).context("raw produce")?;
+    let produced = t.elapsed();
+    let t = Instant::now();
+    let mut got = 0;
+    while got < count {
+        match consumer.poll(Duration::from_secs(30)) {
+            Some(Ok(m)) if m.payload().map(<[u8]>::len) == Some(chunk.len()) => got += 1,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => bail!("raw consume: {e}"),
+            None => bail!("raw consume stalled at {got}/{count}"),
+        }
+    }
+    Ok((produced, t.elapsed()))
 }
