@@ -109,8 +109,19 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         brokers: brokers.to_owned(),
         prefix: format!("bench-{}", std::process::id()),
     };
-    println!("\nfschain replication bench (broker {brokers}, topics {}.*)\n", bin.prefix);
+    println!(
+        "\nfschain replication bench (broker {brokers}, topics {}.*)\n",
+        bin.prefix
+    );
     bin.run(&["topics", "create"])?;
+    // Topics for the raw baselines (brokers need not auto-create topics).
+    let raw_prefix = format!("{}-raw", bin.prefix);
+    let raw_bin = Bin {
+        exe: bin.exe.clone(),
+        brokers: bin.brokers.clone(),
+        prefix: raw_prefix.clone(),
+    };
+    raw_bin.run(&["topics", "create"])?;
 
     // 1. Latency: operation published -> block verified at a site.
     let producer_root = work.join("producer");
@@ -123,11 +134,23 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     let site_s = site.display().to_string();
     let k = key_file.display().to_string();
     let mut agent = bin
-        .cmd(&["agent", "--root", &p, "--block-ops", "1", "--block-interval", "1", "--checkpoint-every", "0"])
+        .cmd(&[
+            "agent",
+            "--root",
+            &p,
+            "--block-ops",
+            "1",
+            "--block-interval",
+            "1",
+            "--checkpoint-every",
+            "0",
+        ])
         .stderr(Stdio::null())
         .spawn()?;
     let mut consumer = bin
-        .cmd(&["consume", "--site", "bench", "--root", &site_s, "--trust", &k])
+        .cmd(&[
+            "consume", "--site", "bench", "--root", &site_s, "--trust", &k,
+        ])
         .stderr(Stdio::null())
         .spawn()?;
     let producer: BaseProducer = ClientConfig::new()
@@ -146,7 +169,7 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         producer
             .send(BaseRecord::to(&ops_topic).key("lat").payload(&body))
             .map_err(|(e, _)| e)?;
-        producer.flush(Duration::from_secs(10))?;
+        producer.flush(Duration::from_secs(60))?;
         let want = i as u64 + 1;
         let deadline = if i == 0 { 120 } else { 10 };
         while !held(want) {
@@ -163,11 +186,22 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     }
     terminate(&mut agent);
     terminate(&mut consumer);
-    let raw = raw_round_trips(brokers, &format!("{}.raw-lat", bin.prefix), s.latency_ops)?;
+    let raw = raw_round_trips(brokers, &format!("{raw_prefix}.ops"), s.latency_ops)?;
     let (mut lat, mut raw_lat) = (latencies, raw);
-    println!("operation published -> verified at a site ({} ops, one block each)", s.latency_ops);
-    println!("  fschain        p50 {:>12}   p99 {:>12}   (target p99 <= 250 ms)", ms(pct(&mut lat, 50)), ms(pct(&mut lat, 99)));
-    println!("  raw kafka rtt  p50 {:>12}   p99 {:>12}", ms(pct(&mut raw_lat, 50)), ms(pct(&mut raw_lat, 99)));
+    println!(
+        "operation published -> verified at a site ({} ops, one block each)",
+        s.latency_ops
+    );
+    println!(
+        "  fschain        p50 {:>12}   p99 {:>12}   (target p99 <= 250 ms)",
+        ms(pct(&mut lat, 50)),
+        ms(pct(&mut lat, 99))
+    );
+    println!(
+        "  raw kafka rtt  p50 {:>12}   p99 {:>12}",
+        ms(pct(&mut raw_lat, 50)),
+        ms(pct(&mut raw_lat, 99))
+    );
 
     // 2. A large change, and 4. memory while its full checkpoint replicates.
     let big_root = work.join("big");
@@ -181,10 +215,17 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     let (t_pub, rss_pub) = bin.run(&["publish", "--root", &b, "--checkpoint-every", "1"])?;
     let big_site = work.join("big-site").display().to_string();
     let (t_con, rss_con) = bin.run(&[
-        "consume", "--site", "big", "--root", &big_site, "--trust", &big_key.display().to_string(), "--until-idle",
+        "consume",
+        "--site",
+        "big",
+        "--root",
+        &big_site,
+        "--trust",
+        &big_key.display().to_string(),
+        "--until-idle",
     ])?;
     let on_topic: u64 = topic_bytes(&RootLayout::new(&big_root), stream_bytes);
-    let (raw_prod, raw_cons) = raw_bulk(brokers, &format!("{}.raw-bulk", bin.prefix), on_topic)?;
+    let (raw_prod, raw_cons) = raw_bulk(brokers, &format!("{raw_prefix}.blocks"), on_topic)?;
     let fs = t_pub + t_con;
     let raw = raw_prod + raw_cons;
     println!(
@@ -192,12 +233,28 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         s.large_mb,
         on_topic as f64 / 1e6
     );
-    println!("  fschain publish + consume   {:>10.2} s  ({:.1} MB/s of state)", fs.as_secs_f64(), s.large_mb as f64 / fs.as_secs_f64());
-    println!("  raw produce + consume       {:>10.2} s", raw.as_secs_f64());
-    println!("  ratio raw/fschain           {:>10.2}x   (target >= 0.7)", ratio(raw, fs));
+    println!(
+        "  fschain publish + consume   {:>10.2} s  ({:.1} MB/s of state)",
+        fs.as_secs_f64(),
+        s.large_mb as f64 / fs.as_secs_f64()
+    );
+    println!(
+        "  raw produce + consume       {:>10.2} s",
+        raw.as_secs_f64()
+    );
+    println!(
+        "  ratio raw/fschain           {:>10.2}x   (target >= 0.7)",
+        ratio(raw, fs)
+    );
     println!("peak resident memory, full checkpoint of {} MB", s.large_mb);
-    println!("  fschain publish             {:>10.1} MB   (target <= 200 MB)", rss_pub as f64 / 1e6);
-    println!("  fschain consume             {:>10.1} MB   (target <= 200 MB)", rss_con as f64 / 1e6);
+    println!(
+        "  fschain publish             {:>10.1} MB   (target <= 200 MB)",
+        rss_pub as f64 / 1e6
+    );
+    println!(
+        "  fschain consume             {:>10.1} MB   (target <= 200 MB)",
+        rss_con as f64 / 1e6
+    );
 
     // 3. Bytes on the topic for one changed element in a large layer.
     let wide_root = work.join("wide");
@@ -214,9 +271,18 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     let layout = RootLayout::new(&wide_root);
     let head = *layout.snapshot_heights()?.last().unwrap_or(&0);
     let one = one_block_bytes(&layout, head)?;
-    println!("\nbytes on the topic for a block changing one element of {} (manifest, chunks, event)", s.layer_elements);
-    println!("  fschain                     {:>10} B   (target <= 8192 B)", one);
-    println!("  the state file itself       {:>10} B", state_file_len(&layout, head)?);
+    println!(
+        "\nbytes on the topic for a block changing one element of {} (manifest, chunks, event)",
+        s.layer_elements
+    );
+    println!(
+        "  fschain                     {:>10} B   (target <= 8192 B)",
+        one
+    );
+    println!(
+        "  the state file itself       {:>10} B",
+        state_file_len(&layout, head)?
+    );
     Ok(())
 }
 
@@ -234,7 +300,10 @@ fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<u64> {
             rng.below(2);
             text.push_str(&format!("{:016x}", rng.0));
         }
-        let state = json!({"blob": text}).as_object().cloned().unwrap_or_default();
+        let state = json!({"blob": text})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         writer.apply(Operation {
             element: element(i),
             action: Action::Set,
@@ -250,14 +319,25 @@ fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<u64> {
 /// Bytes the big block's stream took: recorded in the published manifest
 /// is gone with the outbox, so re-measure with an export of the head.
 fn topic_bytes(layout: &RootLayout, fallback: u64) -> u64 {
-    let head = layout.snapshot_heights().ok().and_then(|h| h.last().copied()).unwrap_or(0);
+    let head = layout
+        .snapshot_heights()
+        .ok()
+        .and_then(|h| h.last().copied())
+        .unwrap_or(0);
     let key = match fschain_producer::load_signing_key(layout) {
         Ok(k) => k,
         Err(_) => return fallback,
     };
     let mut sink = CountingSink(0);
     let policy = fschain_producer::outbox::StreamPolicy::default();
-    match fschain_producer::export::export_frames(layout, head.checked_sub(1), head, &policy, &key, &mut sink) {
+    match fschain_producer::export::export_frames(
+        layout,
+        head.checked_sub(1),
+        head,
+        &policy,
+        &key,
+        &mut sink,
+    ) {
         Ok(_) => sink.0,
         Err(_) => fallback,
     }
@@ -267,7 +347,14 @@ fn one_block_bytes(layout: &RootLayout, head: u64) -> Result<u64> {
     let key = fschain_producer::load_signing_key(layout)?;
     let mut sink = CountingSink(0);
     let policy = fschain_producer::outbox::StreamPolicy::default();
-    fschain_producer::export::export_frames(layout, Some(head - 1), head, &policy, &key, &mut sink)?;
+    fschain_producer::export::export_frames(
+        layout,
+        Some(head - 1),
+        head,
+        &policy,
+        &key,
+        &mut sink,
+    )?;
     let events = fschain_store::ChainDir::new(layout.snapshot(head)).last_event_lines(1)?;
     Ok(sink.0 + events.iter().map(|l| l.len() as u64).sum::<u64>())
 }
@@ -275,7 +362,9 @@ fn one_block_bytes(layout: &RootLayout, head: u64) -> Result<u64> {
 fn state_file_len(layout: &RootLayout, head: u64) -> Result<u64> {
     let dir = fschain_store::ChainDir::new(layout.snapshot(head));
     let event = fschain_schema::Event::from_canonical(&dir.last_event_lines(1)?[0])?;
-    Ok(dir.state_bytes(&event.element)?.map_or(0, |b| b.len() as u64))
+    Ok(dir
+        .state_bytes(&event.element)?
+        .map_or(0, |b| b.len() as u64))
 }
 
 struct CountingSink(u64);
@@ -295,7 +384,6 @@ fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
         .set("acks", "all")
-        .set("enable.idempotence", "true")
         .set("message.max.bytes", "4194304")
         .create()?;
     let consumer: BaseConsumer = ClientConfig::new()
@@ -303,6 +391,7 @@ fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)
         .set("group.id", format!("{topic}-g"))
         .set("auto.offset.reset", "earliest")
         .set("fetch.message.max.bytes", "4194304")
+        .set("fetch.wait.max.ms", "20")
         .create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
@@ -363,7 +452,9 @@ fn raw_bulk(brokers: &str, topic: &str, bytes: u64) -> Result<(Duration, Duratio
             }
         }
     }
-    producer.flush(Duration::from_secs(600)).context("raw produce")?;
+    producer
+        .flush(Duration::from_secs(600))
+        .context("raw produce")?;
     let produced = t.elapsed();
     let t = Instant::now();
     let mut got = 0;

@@ -555,37 +555,92 @@ fn a_broker_restart_loses_nothing() {
     let prefix = unique("restart");
     let k = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        v.extend(["--brokers".into(), brokers.clone(), "--prefix".into(), prefix.clone()]);
+        v.extend([
+            "--brokers".into(),
+            brokers.clone(),
+            "--prefix".into(),
+            prefix.clone(),
+        ]);
         fschain(&v.iter().map(String::as_str).collect::<Vec<_>>())
     };
     k(&["topics", "create"]).ok();
     let producer = s.dir.join("producer").display().to_string();
     fschain(&["init", "--root", &producer, "--chain", "host1"]).ok();
     let key = s.dir.join("key.pub");
-    std::fs::write(&key, fschain(&["key", "show", "--root", &producer]).ok().stdout()).unwrap();
+    std::fs::write(
+        &key,
+        fschain(&["key", "show", "--root", &producer]).ok().stdout(),
+    )
+    .unwrap();
     let key = key.display().to_string();
     let apply = |ops: String| {
-        fschain_with_input(&["apply", "--root", &producer, "--block-ops", "10"], Some(ops.as_bytes())).ok();
+        fschain_with_input(
+            &["apply", "--root", &producer, "--block-ops", "10"],
+            Some(ops.as_bytes()),
+        )
+        .ok();
     };
     apply(sample_ops(30));
     k(&["publish", "--root", &producer]).ok();
     let site = s.dir.join("site").display().to_string();
-    k(&["consume", "--site", "a", "--root", &site, "--trust", &key, "--until-idle"]).ok();
+    k(&[
+        "consume",
+        "--site",
+        "a",
+        "--root",
+        &site,
+        "--trust",
+        &key,
+        "--until-idle",
+    ])
+    .ok();
     // Restart the broker on the same storage.
     OwnBroker::script(&["down", &port]);
-    apply(sample_ops(60).lines().skip(30).map(|l| format!("{l}\n")).collect());
+    apply(
+        sample_ops(60)
+            .lines()
+            .skip(30)
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    );
     // Publishing with the broker away fails clearly and records nothing.
     let quick = s.dir.join("quick.toml");
     std::fs::write(&quick, "[kafka]\n\"message.timeout.ms\" = \"2000\"\n").unwrap();
-    let down = k(&["--config", quick.to_str().unwrap(), "publish", "--root", &producer]);
+    let down = k(&[
+        "--config",
+        quick.to_str().unwrap(),
+        "publish",
+        "--root",
+        &producer,
+    ]);
     assert!(down.stderr().contains("kafka"), "{}", down.stderr());
     assert_ne!(down.code(), 0);
     OwnBroker::script(&["up", &port, &storage]);
     k(&["publish", "--root", &producer]).ok();
     // A new site gets everything from before and after the restart.
     let fresh = s.dir.join("fresh").display().to_string();
-    k(&["consume", "--site", "b", "--root", &fresh, "--trust", &key, "--until-idle"]).ok();
-    k(&["consume", "--site", "a", "--root", &site, "--trust", &key, "--until-idle"]).ok();
+    k(&[
+        "consume",
+        "--site",
+        "b",
+        "--root",
+        &fresh,
+        "--trust",
+        &key,
+        "--until-idle",
+    ])
+    .ok();
+    k(&[
+        "consume",
+        "--site",
+        "a",
+        "--root",
+        &site,
+        "--trust",
+        &key,
+        "--until-idle",
+    ])
+    .ok();
     for copy in [format!("{site}/host1"), format!("{fresh}/host1")] {
         fschain(&["verify", "--root", &copy]).ok();
         assert_eq!(block_hashes(&copy), block_hashes(&producer));

@@ -53,6 +53,9 @@ fn client(source: &KafkaSource, group: &str) -> Result<BaseConsumer, ConsumerErr
         .set("fetch.message.max.bytes", "4194304")
         // A site member that dies hands its chains over within seconds.
         .set("session.timeout.ms", "6000")
+        // Brokers that hold a fetch for its whole wait (tansu does) would
+        // otherwise add up to 500 ms to every block.
+        .set("fetch.wait.max.ms", "20")
         .set("heartbeat.interval.ms", "1000")
         // Bounds the prefetch queue: memory stays flat whatever the backlog.
         .set("queued.max.messages.kbytes", "16384");

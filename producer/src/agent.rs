@@ -107,7 +107,8 @@ pub fn run_agent(
         .set("bootstrap.servers", &target.brokers)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20");
     for (k, v) in &target.extra {
         config.set(k, v);
     }

@@ -193,11 +193,23 @@ pub fn publish_pending(
     for height in from..=head {
         let parent = policy.parent_of(height);
         let block = prepare_block(layout, height, parent, &layout.outbox(), policy, key)?;
-        let lines =
-            ChainDir::new(layout.snapshot(height)).last_event_lines(block.header.event_count)?;
-        for line in &lines {
-            let event = Event::from_canonical(line)?;
-            publisher.send(&topics.events, &event_key(&chain, &event.element), line)?;
+        let mut failed = None;
+        let events = ChainDir::new(layout.snapshot(height)).for_last_event_lines(
+            block.header.event_count,
+            |line| {
+                if failed.is_none() {
+                    let sent = Event::from_canonical(line)
+                        .map_err(ProducerError::from)
+                        .and_then(|e| {
+                            publisher.send(&topics.events, &event_key(&chain, &e.element), line)
+                        });
+                    failed = sent.err();
+                }
+                Ok(())
+            },
+        )?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
         for chunk in block.chunks()? {
@@ -214,7 +226,7 @@ pub fn publish_pending(
             "published"
         );
         summary.blocks += 1;
-        summary.events += lines.len() as u64;
+        summary.events += events;
         summary.bytes += block.manifest.stream.bytes;
         block.remove()?;
     }

@@ -39,7 +39,10 @@ pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
         TopicSpec {
             name: topics.events.clone(),
             partitions,
-            configs: vec![("retention.ms", RETAIN_FOREVER_MS), ("cleanup.policy", "delete")],
+            configs: vec![
+                ("retention.ms", RETAIN_FOREVER_MS),
+                ("cleanup.policy", "delete"),
+            ],
         },
         TopicSpec {
             name: topics.blocks.clone(),

@@ -39,46 +39,78 @@ impl ChainDir {
         std::fs::read(&p).at(&p)
     }
 
-    /// The last `count` lines of `events.log` (a block's events, when
-    /// `count` is its header's event count), read from the end of the file
-    /// so that the cost does not grow with the chain.
-    pub fn last_event_lines(&self, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        use std::io::{Read as _, Seek as _, SeekFrom};
+    /// Calls `each` with each of the last `count` lines of `events.log` (a
+    /// block's events, when `count` is its header's event count), in order.
+    /// The start is found by scanning backwards, so the cost does not grow
+    /// with the chain, and one line is in memory at a time.
+    pub fn for_last_event_lines(
+        &self,
+        count: u64,
+        mut each: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
         let p = self.path.join(EVENTS_LOG);
         if count == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let mut file = std::fs::File::open(&p).at(&p)?;
         let len = file.metadata().at(&p)?.len();
-        let mut tail: Vec<u8> = Vec::new();
+        // The file ends with a newline; the `count`-th newline before the
+        // last one ends the previous block's events.
         let mut pos = len;
-        // Count newlines: `count` lines end in `count` newlines, and one
-        // more newline (or the start of the file) bounds them.
-        loop {
-            let newlines = tail.iter().filter(|&&b| b == b'\n').count() as u64;
-            if newlines > count || pos == 0 {
-                break;
-            }
-            let step = pos.min(64 * 1024);
+        let mut seen = 0u64;
+        let mut start = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        'scan: while pos > 0 {
+            let step = pos.min(buf.len() as u64);
             pos -= step;
             file.seek(SeekFrom::Start(pos)).at(&p)?;
-            let mut buf = vec![0; step as usize];
-            file.read_exact(&mut buf).at(&p)?;
-            buf.extend_from_slice(&tail);
-            tail = buf;
+            let chunk = &mut buf[..step as usize];
+            file.read_exact(chunk).at(&p)?;
+            for i in (0..chunk.len()).rev() {
+                if chunk[i] == b'\n' {
+                    seen += 1;
+                    if seen == count + 1 {
+                        start = pos + i as u64 + 1;
+                        break 'scan;
+                    }
+                }
+            }
         }
-        let mut lines: Vec<Vec<u8>> = tail
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
-        if (lines.len() as u64) < count {
+        file.seek(SeekFrom::Start(start)).at(&p)?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut line = Vec::new();
+        let mut n = 0;
+        while n < count {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).at(&p)? == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            if !line.is_empty() {
+                each(&line)?;
+                n += 1;
+            }
+        }
+        if n < count {
             return Err(StoreError::Corrupt {
                 path: p,
-                why: format!("holds {} events, expected at least {count}", lines.len()),
+                why: format!("holds {n} events, expected at least {count}"),
             });
         }
-        Ok(lines.split_off(lines.len() - count as usize))
+        Ok(n)
+    }
+
+    /// The last `count` lines of `events.log` (see [`Self::for_last_event_lines`]).
+    pub fn last_event_lines(&self, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        self.for_last_event_lines(count, |l| {
+            out.push(l.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Every header, each checked for canonical form and hash.
