@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The local chain end to end, on a fresh machine (as root):
-# a loop-mounted btrfs image, a few hundred realistic operations, verify,
-# a time-travel read, a diff, a rollback, and a tamper that verify catches.
+# The whole pipeline on one machine, on a fresh machine (as root): a
+# Kafka-protocol broker (tansu) on loopback, a producer chain on a
+# loop-mounted btrfs, operations published to the ops topic and applied by
+# the agent, and two sites that receive, verify and hold the same chain.
+# scripts/demo-local.sh shows the local chain alone (time travel, rollback,
+# a tamper that verify catches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MNT=${FSCHAIN_DEMO_DIR:-/mnt/fschain-demo}
-IMG=${FSCHAIN_DEMO_IMAGE:-/var/tmp/fschain-demo.img}
 OPS=${FSCHAIN_DEMO_OPS:-../shared/data/ops-sample.jsonl}
+PORT=${FSCHAIN_DEMO_PORT:-19192}
+export PATH="$HOME/.cargo/bin:$PATH"
 
 if ! command -v mkfs.btrfs >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs
@@ -16,33 +20,31 @@ cargo build --release --locked -q
 fschain() { ./target/release/fschain "$@"; }
 step() { printf '\n\033[1m$ fschain %s\033[0m\n' "$*"; fschain "$@"; }
 
-# Start clean: a previous demo's mount and image go.
-if mountpoint -q "$MNT"; then umount "$MNT"; fi
-rm -f "$IMG"
+scripts/broker.sh up "$PORT" memory://tansu/
+trap 'scripts/broker.sh down "$PORT"' EXIT
+K=(--brokers "127.0.0.1:$PORT" --prefix "demo$$")
 
-step init --root "$MNT" --chain host1 --image "$IMG" --size 2G
-head -n 400 "$OPS" > /tmp/fschain-demo-ops.jsonl
-step apply --root "$MNT" --block-ops 100 /tmp/fschain-demo-ops.jsonl
-step log --root "$MNT"
-step verify --root "$MNT"
-step show --root "$MNT" iface:eth0
-step show --root "$MNT" iface:eth0 --at 1
-step history --root "$MNT" iface:eth0
-step set --root "$MNT" iface:eth0 mtu=9000 --reason "jumbo frames for the storage VLAN"
-step diff --root "$MNT" head~1
-step rollback --root "$MNT" head~1 --reason "jumbo frames broke the overlay"
-step show --root "$MNT" iface:eth0
-step verify --root "$MNT"
+# A clean btrfs for the producer and both sites.
+scripts/btrfs-loop.sh down "$MNT" >/dev/null 2>&1 || true
+MNT=$(scripts/btrfs-loop.sh up "$MNT" 2G)
+step init --root "$MNT/producer" --chain host1
+step topics create "${K[@]}"
+fschain key show --root "$MNT/producer" > "$MNT/producer.pub"
 
-printf '\n\033[1m# someone edits a sealed snapshot behind fschain'"'"'s back\033[0m\n'
-snap="$MNT/blocks/0000000002"
-btrfs property set -ts "$snap" ro false
-sed -i 's/"mtu":[0-9]*/"mtu":1/' "$snap/states/iface/eth0"
-btrfs property set -ts "$snap" ro true
-printf '\033[1m$ fschain verify --root %s\033[0m\n' "$MNT"
-if fschain verify --root "$MNT"; then
-  echo "verify missed the change" >&2
-  exit 1
-fi
+printf '\n\033[1m# operations go to the ops topic; the agent applies, seals and publishes them\033[0m\n'
+head -n 300 "$OPS" > /tmp/fschain-demo-ops.jsonl
+step submit --chain host1 "${K[@]}" /tmp/fschain-demo-ops.jsonl
+step agent --root "$MNT/producer" --block-ops 50 --until-idle "${K[@]}"
+step consume --site east --root "$MNT/east" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+step consume --site west --root "$MNT/west" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+step verify --root "$MNT/east/host1"
+step verify --root "$MNT/west/host1"
+step show --root "$MNT/west/host1" iface:eth0 --at 2
+for site in east west; do
+  if [ "$(fschain log --root "$MNT/$site/host1" --json)" != "$(fschain log --root "$MNT/producer" --json)" ]; then
+    echo "site $site differs from the producer" >&2
+    exit 1
+  fi
+done
 echo
-echo "demo done: the chain is at $MNT (image $IMG); umount $MNT to drop it"
+echo "demo done: both sites hold the producer's chain, block for block (btrfs at $MNT; scripts/btrfs-loop.sh down $MNT drops it)"

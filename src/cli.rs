@@ -176,6 +176,17 @@ pub enum Command {
         #[arg(long)]
         until_idle: bool,
     },
+    /// Publish operations (JSON Lines) to <prefix>.ops for CHAIN's agent; any Kafka client can do the same.
+    Submit {
+        /// The chain the operations are for (the message key).
+        #[arg(long)]
+        chain: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// JSON Lines file, or - for stdin.
+        #[arg(default_value = "-")]
+        file: String,
+    },
     /// Publish every sealed block not yet on the topics, then exit.
     Publish {
         #[command(flatten)]

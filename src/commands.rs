@@ -324,6 +324,9 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             };
             return crate::replication::agent(&root, &kafka, chain, options, inv);
         }
+        Command::Submit { chain, kafka, file } => {
+            return crate::replication::submit(&chain, &kafka, &file, inv)
+        }
         Command::Publish {
             root,
             kafka,

@@ -132,6 +132,25 @@ pub fn agent(
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn submit(chain: &str, kafka: &KafkaArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
+    let chain = ChainName::parse(chain)?;
+    let mut input: Box<dyn std::io::BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
+        ))
+    };
+    let publisher = Publisher::new(&target(kafka, inv)?)?;
+    let n = fschain_producer::publish::submit_operations(&publisher, &chain, &mut input)
+        .with_context(|| format!("submitting {file}"))?;
+    println!(
+        "submitted {n} operations for chain {chain} to {}",
+        publisher.topics().ops
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn publish(
     root: &Path,
     kafka: &KafkaArgs,

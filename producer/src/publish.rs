@@ -235,3 +235,42 @@ pub fn publish_pending(
     }
     Ok(summary)
 }
+
+/// Publishes operations (JSON Lines) to `<prefix>.ops`, keyed by `chain`,
+/// for an agent to apply. Every line is parsed first; a bad line stops
+/// before anything is sent. Returns how many were published.
+pub fn submit_operations(
+    publisher: &Publisher,
+    chain: &fschain_schema::ChainName,
+    input: &mut dyn std::io::BufRead,
+) -> Result<u64, ProducerError> {
+    let mut lines = Vec::new();
+    let mut n = 0u64;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        let read = input
+            .read_line(&mut text)
+            .map_err(|e| ProducerError::Command {
+                what: "reading operations".into(),
+                message: e.to_string(),
+            })?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        let line = text.trim();
+        if line.is_empty() {
+            continue;
+        }
+        fschain_schema::Operation::from_json(line)
+            .map_err(|source| ProducerError::BadLine { line: n, source })?;
+        lines.push(line.to_owned());
+    }
+    let topic = publisher.topics().ops.clone();
+    for line in &lines {
+        publisher.send(&topic, chain.as_str(), line.as_bytes())?;
+    }
+    publisher.flush(Duration::from_secs(60))?;
+    Ok(lines.len() as u64)
+}
