@@ -243,6 +243,13 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         raw.as_secs_f64()
     );
     println!(
+        "    publish {:.2} s (send, zstd, hash, produce) vs raw produce {:.2} s; consume {:.2} s (spool, hash, receive, verify) vs raw consume {:.2} s",
+        t_pub.as_secs_f64(),
+        raw_prod.as_secs_f64(),
+        t_con.as_secs_f64(),
+        raw_cons.as_secs_f64()
+    );
+    println!(
         "  ratio raw/fschain           {:>10.2}x   (target >= 0.7)",
         ratio(raw, fs)
     );
