@@ -222,13 +222,7 @@ pub fn send<T>(
         cmd.arg("-p").arg(p);
     }
     cmd.arg(snapshot);
-    let shown = format!("{cmd:?}").replace('"', "");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| command_error(&shown, e.to_string()))?;
+    let (mut child, shown) = spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()))?;
     let mut stdout = child
         .stdout
         .take()
@@ -238,15 +232,7 @@ pub fn send<T>(
     // before its exit status tells what went wrong.
     let _ = io::copy(&mut stdout, &mut io::sink());
     drop(stdout);
-    let output = child
-        .wait_with_output()
-        .map_err(|e| command_error(&shown, e.to_string()))?;
-    if !output.status.success() {
-        return Err(command_error(
-            &shown,
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ));
-    }
+    wait_for_success(child, &shown)?;
     result.map_err(|e| StoreError::io(snapshot, e))
 }
 
@@ -273,13 +259,7 @@ pub fn receive(dir: &Path, name: &str, stream: &mut dyn io::Read) -> Result<(), 
     let head = rename_first_subvolume(&head, name)?;
     let mut cmd = Command::new("btrfs");
     cmd.arg("receive").arg("-e").arg(dir);
-    let shown = format!("{cmd:?}").replace('"', "");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| command_error(&shown, e.to_string()))?;
+    let (mut child, shown) = spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::null()))?;
     let mut stdin = child
         .stdin
         .take()
@@ -288,15 +268,7 @@ pub fn receive(dir: &Path, name: &str, stream: &mut dyn io::Read) -> Result<(), 
         .write_all(&head)
         .and_then(|()| io::copy(stream, &mut stdin).map(|_| ()));
     drop(stdin);
-    let output = child
-        .wait_with_output()
-        .map_err(|e| command_error(&shown, e.to_string()))?;
-    if !output.status.success() {
-        return Err(command_error(
-            &shown,
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ));
-    }
+    wait_for_success(child, &shown)?;
     fed.map_err(|e| StoreError::io(dir, e))
 }
 
@@ -319,6 +291,30 @@ pub fn received_uuid(path: &Path) -> Result<Option<String>, StoreError> {
         let value = line.trim().strip_prefix("Received UUID:")?.trim();
         (value != "-" && !value.is_empty()).then(|| value.to_owned())
     }))
+}
+
+/// Spawns `cmd` with stderr captured; returns it and how to name it in errors.
+fn spawn(cmd: &mut std::process::Command) -> Result<(std::process::Child, String), StoreError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| command_error(&shown, e.to_string()))?;
+    Ok((child, shown))
+}
+
+/// Waits for a spawned command; its stderr is the error when it failed.
+fn wait_for_success(child: std::process::Child, shown: &str) -> Result<(), StoreError> {
+    let output = child
+        .wait_with_output()
+        .map_err(|e| command_error(shown, e.to_string()))?;
+    if !output.status.success() {
+        return Err(command_error(
+            shown,
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn command_error(command: &str, stderr: String) -> StoreError {
