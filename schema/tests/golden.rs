@@ -177,3 +177,60 @@ fn print_vectors() {
         println!("{name}: {value}");
     }
 }
+
+/// A signed manifest and a chunk frame, byte for byte (docs/replication.md).
+#[test]
+fn replication_frames_are_pinned() {
+    use fschain_schema::wire::{BlockManifest, Chunk, SigningKey, StreamInfo};
+    use fschain_schema::{
+        merkle::root_of, Digest, EventsRoot, HeaderDraft, StateRoot, StreamHash, Timestamp,
+    };
+    let header = HeaderDraft {
+        chain: ChainName::parse("host1").unwrap(),
+        height: 0,
+        prev: None,
+        time: Timestamp::parse_rfc3339("2026-11-21T10:00:00Z").unwrap(),
+        state_root: StateRoot(root_of(&[])),
+        events_root: EventsRoot(root_of(&[])),
+        event_count: 0,
+        first_seq: None,
+        last_seq: None,
+    }
+    .seal()
+    .unwrap();
+    let data = b"zstd bytes".to_vec();
+    let stream = StreamInfo {
+        sha256: StreamHash(Digest::of(&data)),
+        bytes: data.len() as u64,
+        chunks: 1,
+        chunk_size: 524288,
+        compression: "zstd".into(),
+    };
+    let key = SigningKey::from_seed([7; 32]);
+    let manifest = BlockManifest::sign(&header, None, stream, &key).unwrap();
+    let frame = manifest.to_frame().unwrap();
+    let chunk = Chunk::new(&manifest, 0, data).to_frame().unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/replication.md"
+    ))
+    .unwrap();
+    let vectors = [
+        ("public key", key.public().to_hex()),
+        ("manifest signature", manifest.signature.clone()),
+        ("manifest frame SHA-256", Digest::of(&frame).to_hex()),
+        ("chunk frame", hex(&chunk)),
+    ];
+    for (name, value) in &vectors {
+        println!("{name}: {value}");
+    }
+    println!("manifest frame: {}", hex(&frame));
+    for (name, value) in &vectors {
+        assert!(
+            doc.contains(value.as_str()),
+            "docs/replication.md lacks the {name} {value}"
+        );
+    }
+    assert!(manifest.verify(&[key.public()]).is_ok());
+}
