@@ -30,7 +30,7 @@ impl Default for StreamPolicy {
         StreamPolicy {
             checkpoint_every: 1000,
             chunk_size: fschain_schema::wire::DEFAULT_CHUNK_SIZE,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
