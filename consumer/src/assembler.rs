@@ -288,9 +288,8 @@ impl ChunkAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fschain_schema::merkle::root_of;
     use fschain_schema::wire::{Chunk, SigningKey, StreamInfo};
-    use fschain_schema::{Digest, EventsRoot, HeaderDraft, StateRoot, Timestamp};
+    use fschain_schema::{Digest, HeaderDraft, Timestamp};
     use proptest::prelude::*;
 
     fn block(
@@ -300,15 +299,8 @@ mod tests {
         salt: u8,
     ) -> (BlockManifest, Vec<Chunk>) {
         let header = HeaderDraft {
-            chain: "host1".parse().unwrap(),
             height,
-            prev: None,
-            time: Timestamp::from_micros(0),
-            state_root: StateRoot(root_of(&[])),
-            events_root: EventsRoot(root_of(&[])),
-            event_count: 0,
-            first_seq: None,
-            last_seq: None,
+            ..HeaderDraft::genesis("host1".parse().unwrap(), Timestamp::from_micros(0))
         }
         .seal()
         .unwrap();

@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use fschain_schema::merkle::root_of;
-use fschain_schema::{BlockHeader, ChainName, EventsRoot, HeaderDraft, StateRoot};
-use fschain_store::layout::{ChainMeta, RootLayout, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
+use fschain_schema::{BlockHeader, ChainName, HeaderDraft};
+use fschain_store::layout::{
+    write_atomic, ChainMeta, RootLayout, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG,
+};
 use fschain_store::state_path::STATES_DIR;
 use fschain_store::{btrfs, IoContext, StoreError};
 use tracing::warn;
@@ -58,18 +59,7 @@ pub fn init_root(
     std::fs::write(layer.join(CHAIN_FILE), meta.to_bytes()).at(&layer)?;
     std::fs::write(layer.join(EVENTS_LOG), b"").at(&layer)?;
     std::fs::create_dir(layer.join(STATES_DIR)).at(&layer)?;
-    let genesis = HeaderDraft {
-        chain,
-        height: 0,
-        prev: None,
-        time: clock.now(),
-        state_root: StateRoot(root_of(&[])),
-        events_root: EventsRoot(root_of(&[])),
-        event_count: 0,
-        first_seq: None,
-        last_seq: None,
-    }
-    .seal()?;
+    let genesis = HeaderDraft::genesis(chain, clock.now()).seal()?;
     let mut line = genesis.to_canonical()?;
     line.push(b'\n');
     std::fs::write(layer.join(HEADERS_LOG), line).at(&layer)?;
@@ -78,10 +68,7 @@ pub fn init_root(
     if !layout.signing_key().exists() {
         crate::keys::create_signing_key(&layout)?;
     }
-    let marker = layout.marker();
-    let tmp = marker.with_extension("tmp");
-    std::fs::write(&tmp, meta.to_bytes()).at(&tmp)?;
-    std::fs::rename(&tmp, &marker).at(&marker)?;
+    write_atomic(&layout.marker(), &meta.to_bytes())?;
     Ok(genesis)
 }
 

@@ -43,6 +43,21 @@ pub struct HeaderDraft {
 }
 
 impl HeaderDraft {
+    /// Block 0 of `chain`: no events, the empty state.
+    pub fn genesis(chain: ChainName, time: Timestamp) -> Self {
+        HeaderDraft {
+            chain,
+            height: 0,
+            prev: None,
+            time,
+            state_root: StateRoot(crate::merkle::root_of(&[])),
+            events_root: EventsRoot(crate::merkle::root_of(&[])),
+            event_count: 0,
+            first_seq: None,
+            last_seq: None,
+        }
+    }
+
     pub fn seal(self) -> Result<BlockHeader, SchemaError> {
         let mut header = BlockHeader {
             version: HEADER_VERSION,

@@ -44,12 +44,7 @@ impl Digest {
 
     /// Lower-case hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
-        for byte in self.0 {
-            out.push(HEX[(byte >> 4) as usize] as char);
-            out.push(HEX[(byte & 0x0f) as usize] as char);
-        }
-        out
+        hex_encode(&self.0)
     }
 
     /// Parses exactly 64 lower-case hex digits (the only form fschain writes).
@@ -57,21 +52,35 @@ impl Digest {
         let bad = || SchemaError::BadHex {
             text: truncate(text),
         };
-        let bytes = text.as_bytes();
-        if bytes.len() != 64 {
-            return Err(bad());
-        }
         let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let hi = hex_value(pair[0]).ok_or_else(bad)?;
-            let lo = hex_value(pair[1]).ok_or_else(bad)?;
-            out[i] = (hi << 4) | lo;
-        }
+        hex_decode(text, &mut out).ok_or_else(bad)?;
         Ok(Digest(out))
     }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(HEX[(byte >> 4) as usize] as char);
+        out.push(HEX[(byte & 0x0f) as usize] as char);
+    }
+    out
+}
+
+/// Fills `out` from exactly `2 * out.len()` lower-case hex digits.
+pub(crate) fn hex_decode(text: &str, out: &mut [u8]) -> Option<()> {
+    let bytes = text.as_bytes();
+    if bytes.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+    }
+    Some(())
+}
 
 fn hex_value(c: u8) -> Option<u8> {
     match c {

@@ -14,7 +14,7 @@ use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::digest::{ChunkHash, StreamHash};
+use crate::digest::{hex_decode, hex_encode, ChunkHash, StreamHash};
 use crate::{jcs, BlockHeader, ChainName, Digest, SchemaError};
 
 /// First bytes of every frame.
@@ -173,7 +173,7 @@ impl BlockManifest {
         };
         let message = manifest.signed_bytes()?;
         let sig = key.0.sign(&message);
-        manifest.signature = hex(&sig.to_bytes());
+        manifest.signature = hex_encode(&sig.to_bytes());
         Ok(manifest)
     }
 
@@ -217,7 +217,8 @@ impl BlockManifest {
         if !trusted.contains(&self.key) {
             return Err(SchemaError::UntrustedKey { key: self.key });
         }
-        let sig_bytes = unhex_64(&self.signature).ok_or(SchemaError::BadSignature {
+        let mut sig_bytes = [0u8; 64];
+        hex_decode(&self.signature, &mut sig_bytes).ok_or(SchemaError::BadSignature {
             chain: self.chain.to_string(),
             height: self.height,
         })?;
@@ -436,50 +437,19 @@ pub fn frame_meta_len(head: &[u8; 9]) -> Result<usize, SchemaError> {
     Ok(len as usize)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
-    }
-    out
-}
-
-fn unhex_64(text: &str) -> Option<[u8; 64]> {
-    let t = text.as_bytes();
-    if t.len() != 128 {
-        return None;
-    }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 64];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nib(t[2 * i])? << 4) | nib(t[2 * i + 1])?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merkle::root_of;
-    use crate::{EventsRoot, HeaderDraft, StateRoot, Timestamp};
+    use crate::{HeaderDraft, Timestamp};
 
     fn header() -> BlockHeader {
         HeaderDraft {
-            chain: "host1".parse().unwrap(),
             height: 3,
             prev: Some(crate::BlockHash(Digest::of(b"prev"))),
-            time: Timestamp::from_micros(1_700_000_000_000_000),
-            state_root: StateRoot(root_of(&[])),
-            events_root: EventsRoot(root_of(&[])),
-            event_count: 0,
-            first_seq: None,
-            last_seq: None,
+            ..HeaderDraft::genesis(
+                "host1".parse().unwrap(),
+                Timestamp::from_micros(1_700_000_000_000_000),
+            )
         }
         .seal()
         .unwrap()

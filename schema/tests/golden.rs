@@ -182,20 +182,11 @@ fn print_vectors() {
 #[test]
 fn replication_frames_are_pinned() {
     use fschain_schema::wire::{BlockManifest, Chunk, SigningKey, StreamInfo};
-    use fschain_schema::{
-        merkle::root_of, Digest, EventsRoot, HeaderDraft, StateRoot, StreamHash, Timestamp,
-    };
-    let header = HeaderDraft {
-        chain: ChainName::parse("host1").unwrap(),
-        height: 0,
-        prev: None,
-        time: Timestamp::parse_rfc3339("2026-11-21T10:00:00Z").unwrap(),
-        state_root: StateRoot(root_of(&[])),
-        events_root: EventsRoot(root_of(&[])),
-        event_count: 0,
-        first_seq: None,
-        last_seq: None,
-    }
+    use fschain_schema::{Digest, HeaderDraft, StreamHash, Timestamp};
+    let header = HeaderDraft::genesis(
+        ChainName::parse("host1").unwrap(),
+        Timestamp::parse_rfc3339("2026-11-21T10:00:00Z").unwrap(),
+    )
     .seal()
     .unwrap();
     let data = b"zstd bytes".to_vec();
