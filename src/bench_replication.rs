@@ -65,26 +65,51 @@ impl Bin {
         c.args(args)
             .args(["--brokers", &self.brokers, "--prefix", &self.prefix])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c
     }
-    fn run(&self, args: &[&str]) -> Result<(Duration, u64)> {
+    /// Runs fschain to the end: how long it took, its peak RSS, its stdout.
+    fn run(&self, args: &[&str]) -> Result<(Duration, u64, String)> {
         let t = Instant::now();
         let child = self.cmd(args).spawn()?;
-        let (status, peak) = wait_measuring(child)?;
-        if !status.0.success() {
-            bail!("fschain {} failed: {}", args.join(" "), status.1);
+        let (out, peak) = wait_measuring(child)?;
+        if !out.status.success() {
+            bail!(
+                "fschain {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok((t.elapsed(), peak))
+        Ok((
+            t.elapsed(),
+            peak,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 }
 
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
 /// Waits for `child`, sampling its peak resident set (VmHWM) meanwhile.
-fn wait_measuring(mut child: Child) -> Result<((std::process::ExitStatus, String), u64)> {
+fn wait_measuring(mut child: Child) -> Result<(std::process::Output, u64)> {
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak = 0;
-    loop {
+    // Read the pipes on the side so that a chatty child never blocks.
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_thread = drain(stdout);
+    let err_thread = drain(stderr);
+    let status = loop {
         if let Ok(text) = std::fs::read_to_string(&status_file) {
             if let Some(kb) = text
                 .lines()
@@ -94,13 +119,17 @@ fn wait_measuring(mut child: Child) -> Result<((std::process::ExitStatus, String
                 peak = peak.max(kb * 1024);
             }
         }
-        if let Some(_status) = child.try_wait()? {
-            let out = child.wait_with_output()?;
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            return Ok(((out.status, err), peak));
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let output = std::process::Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    };
+    Ok((output, peak))
 }
 
 fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
@@ -206,15 +235,16 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     // 2. A large change, and 4. memory while its full checkpoint replicates.
     let big_root = work.join("big");
     let mut writer = new_root(&big_root, "big")?;
-    let stream_bytes = large_change(&mut writer, s.large_mb)?;
+    large_change(&mut writer, s.large_mb)?;
     writer.close()?;
     let b = big_root.display().to_string();
     let key = fschain_producer::load_signing_key(&RootLayout::new(&big_root))?;
     let big_key = work.join("big.pub");
     std::fs::write(&big_key, format!("{}\n", key.public()))?;
-    let (t_pub, rss_pub) = bin.run(&["publish", "--root", &b, "--checkpoint-every", "1"])?;
+    let (t_pub, rss_pub, published) =
+        bin.run(&["publish", "--root", &b, "--checkpoint-every", "1"])?;
     let big_site = work.join("big-site").display().to_string();
-    let (t_con, rss_con) = bin.run(&[
+    let (t_con, rss_con, _) = bin.run(&[
         "consume",
         "--site",
         "big",
@@ -224,7 +254,12 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         &big_key.display().to_string(),
         "--until-idle",
     ])?;
-    let on_topic: u64 = topic_bytes(&RootLayout::new(&big_root), stream_bytes);
+    // `publish` reports the stream bytes it put on the topic.
+    let on_topic: u64 = published
+        .split_once(" bytes)")
+        .and_then(|(before, _)| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no byte count in publish's report: {published}"))?;
     let (raw_prod, raw_cons) = raw_bulk(brokers, &format!("{raw_prefix}.blocks"), on_topic)?;
     let fs = t_pub + t_con;
     let raw = raw_prod + raw_cons;
@@ -299,7 +334,7 @@ fn terminate(child: &mut Child) {
 }
 
 /// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.
-fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<u64> {
+fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<()> {
     let mut rng = Rng(12345);
     for i in 0..mb {
         let mut text = String::with_capacity(1 << 20);
@@ -320,34 +355,7 @@ fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<u64> {
         })?;
     }
     writer.seal()?;
-    Ok((mb as u64) << 20)
-}
-
-/// Bytes the big block's stream took: recorded in the published manifest
-/// is gone with the outbox, so re-measure with an export of the head.
-fn topic_bytes(layout: &RootLayout, fallback: u64) -> u64 {
-    let head = layout
-        .snapshot_heights()
-        .ok()
-        .and_then(|h| h.last().copied())
-        .unwrap_or(0);
-    let key = match fschain_producer::load_signing_key(layout) {
-        Ok(k) => k,
-        Err(_) => return fallback,
-    };
-    let mut sink = CountingSink(0);
-    let policy = fschain_producer::outbox::StreamPolicy::default();
-    match fschain_producer::export::export_frames(
-        layout,
-        head.checked_sub(1),
-        head,
-        &policy,
-        &key,
-        &mut sink,
-    ) {
-        Ok(_) => sink.0,
-        Err(_) => fallback,
-    }
+    Ok(())
 }
 
 fn one_block_bytes(layout: &RootLayout, head: u64) -> Result<u64> {

@@ -73,6 +73,23 @@ impl Setup {
         fschain(&self.kafka(&args))
     }
 
+    /// The whole chain as an export file of 1 KiB chunks.
+    fn export_small_chunks(&self) -> std::path::PathBuf {
+        let export = self.s.dir.join("all.fsx");
+        let out = export.to_str().unwrap();
+        fschain(&[
+            "export",
+            "--root",
+            &self.producer,
+            "--chunk-size",
+            "1K",
+            "-o",
+            out,
+        ])
+        .ok();
+        export
+    }
+
     fn site_root(&self, site: &str) -> String {
         self.s
             .dir
@@ -260,17 +277,7 @@ fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes
 
     // A site killed while it receives a block (through import: the same
     // site code as consume, without the broker's group timing).
-    let export = t.s.dir.join("all.fsx");
-    fschain(&[
-        "export",
-        "--root",
-        &t.producer,
-        "--chunk-size",
-        "1K",
-        "-o",
-        export.to_str().unwrap(),
-    ])
-    .ok();
+    let export = t.export_small_chunks();
     let root = t.site_root("north");
     let copy = t.copy_of("north");
     let mut import = spawn(&[
@@ -366,17 +373,7 @@ fn duplicated_reordered_and_corrupted_frames_on_the_topic() {
         return;
     };
     t.apply(&sample_ops(40), 10);
-    let export = t.s.dir.join("all.fsx");
-    fschain(&[
-        "export",
-        "--root",
-        &t.producer,
-        "--chunk-size",
-        "1K",
-        "-o",
-        export.to_str().unwrap(),
-    ])
-    .ok();
+    let export = t.export_small_chunks();
     let frames = split_frames(&std::fs::read(&export).unwrap());
     assert!(frames.len() > 10, "{} frames", frames.len());
     let key = b"host1".to_vec();

@@ -4,6 +4,7 @@
 //! and skipped; each chain's [`ChunkAssembler`] says what to spool and when
 //! a block is complete; complete blocks are applied to the site's copy.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -82,24 +83,6 @@ impl Ingest {
         &self.site
     }
 
-    fn state(
-        &mut self,
-        chain: &ChainName,
-    ) -> Result<&mut (SiteChain, ChunkAssembler), ConsumerError> {
-        if !self.chains.contains_key(chain) {
-            let site_chain = self.site.chain(chain)?;
-            let held = site_chain.held()?;
-            let floor = self.floors.get(chain).copied().unwrap_or(0);
-            let assembler = ChunkAssembler::new(held).with_floor(floor);
-            self.chains.insert(chain.clone(), (site_chain, assembler));
-        }
-        self.chains
-            .get_mut(chain)
-            .ok_or_else(|| ConsumerError::BadSiteName {
-                name: chain.to_string(),
-            })
-    }
-
     /// Takes one frame. Returns an error only when the site cannot go on
     /// (its disk, btrfs); a bad frame or a bad stream is logged and skipped.
     pub fn frame(
@@ -133,10 +116,10 @@ impl Ingest {
             warn!(at = %origin, chain = %chain, "skipping a stream for a chain this site does not take");
             return Ok(None);
         }
-        let trusted = self.trusted.clone();
-        let (site_chain, assembler) = self.state(&chain)?;
+        let (site_chain, assembler) =
+            chain_state(&self.site, &self.floors, &mut self.chains, &chain)?;
         let verdict = match frame {
-            Frame::Manifest(m) => match m.verify(&trusted) {
+            Frame::Manifest(m) => match m.verify(&self.trusted) {
                 Ok(header) => assembler.manifest(m, header, origin.offset),
                 Err(e) => {
                     self.stats.rejected += 1;
@@ -176,7 +159,8 @@ impl Ingest {
 
     /// Applies every block of `chain` that is complete and next in line.
     fn drive(&mut self, chain: &ChainName) -> Result<(), ConsumerError> {
-        let (site_chain, assembler) = self.state(chain)?;
+        let (site_chain, assembler) =
+            chain_state(&self.site, &self.floors, &mut self.chains, chain)?;
         let mut applied = 0;
         let mut rejected = 0;
         while let Some(ready) = assembler.next_ready() {
@@ -229,5 +213,24 @@ impl Ingest {
             .iter()
             .map(|(c, (_, a))| (c.clone(), a.held()))
             .collect()
+    }
+}
+
+/// The site's copy of `chain` and its assembler, made on first use.
+fn chain_state<'a>(
+    site: &Site,
+    floors: &BTreeMap<ChainName, u64>,
+    chains: &'a mut BTreeMap<ChainName, (SiteChain, ChunkAssembler)>,
+    chain: &ChainName,
+) -> Result<&'a mut (SiteChain, ChunkAssembler), ConsumerError> {
+    match chains.entry(chain.clone()) {
+        Entry::Occupied(e) => Ok(e.into_mut()),
+        Entry::Vacant(v) => {
+            let site_chain = site.chain(chain)?;
+            let held = site_chain.held()?;
+            let floor = floors.get(chain).copied().unwrap_or(0);
+            let assembler = ChunkAssembler::new(held).with_floor(floor);
+            Ok(v.insert((site_chain, assembler)))
+        }
     }
 }

@@ -241,20 +241,10 @@ fn run(
     shutdown: &AtomicBool,
     on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut chains_in: BTreeMap<i32, BTreeSet<ChainName>> = BTreeMap::new();
+    let mut progress = Progress::default();
     loop {
         if shutdown.load(Ordering::SeqCst) {
-            commit(
-                ingest,
-                consumer,
-                topic,
-                &next,
-                &chains_in,
-                &mut committed,
-                CommitMode::Sync,
-            );
+            progress.commit(ingest, consumer, topic, CommitMode::Sync);
             return Ok(summary(ingest));
         }
         match consumer.poll(Duration::from_millis(100)) {
@@ -267,38 +257,19 @@ fn run(
                 };
                 let applied_before = ingest.stats.applied;
                 let chain = ingest.frame(msg.payload().unwrap_or_default(), msg.key(), &origin)?;
-                if let Some(chain) = chain {
-                    chains_in.entry(p).or_default().insert(chain);
-                }
-                next.insert(p, o + 1);
+                progress.read(p, o, chain);
                 if ingest.stats.applied > applied_before {
                     on_block(ingest);
                 }
-                commit(
-                    ingest,
-                    consumer,
-                    topic,
-                    &next,
-                    &chains_in,
-                    &mut committed,
-                    CommitMode::Async,
-                );
+                progress.commit(ingest, consumer, topic, CommitMode::Async);
             }
             Some(Err(e)) => {
                 warn!(topic, error = %e, "consume error; retrying");
                 std::thread::sleep(Duration::from_millis(200));
             }
             None => {
-                if options.until_idle && caught_up(consumer, topic, &next)? {
-                    commit(
-                        ingest,
-                        consumer,
-                        topic,
-                        &next,
-                        &chains_in,
-                        &mut committed,
-                        CommitMode::Sync,
-                    );
+                if options.until_idle && caught_up(consumer, topic, &progress.next)? {
+                    progress.commit(ingest, consumer, topic, CommitMode::Sync);
                     if let Some((chain, height)) = ingest.gaps().into_iter().next() {
                         return Err(ConsumerError::Gap {
                             chain: chain.to_string(),
@@ -324,33 +295,45 @@ fn summary(ingest: &Ingest) -> ConsumeSummary {
     }
 }
 
-/// Commits, per partition, the oldest offset any of its chains still needs.
-fn commit(
-    ingest: &Ingest,
-    consumer: &BaseConsumer,
-    topic: &str,
-    next: &BTreeMap<i32, i64>,
-    chains_in: &BTreeMap<i32, BTreeSet<ChainName>>,
-    committed: &mut BTreeMap<i32, i64>,
-    mode: CommitMode,
-) {
-    let mut tpl = TopicPartitionList::new();
-    for (&p, &n) in next {
-        let low = chains_in
-            .get(&p)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| ingest.low_water(c))
-            .min()
-            .map_or(n, |l| l.min(n));
-        if committed.get(&p) != Some(&low) {
-            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(low));
-            committed.insert(p, low);
+/// What this member has read of each partition, and what it committed.
+#[derive(Default)]
+struct Progress {
+    /// Partition → offset after the last message read.
+    next: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+    chains_in: BTreeMap<i32, BTreeSet<ChainName>>,
+}
+
+impl Progress {
+    fn read(&mut self, partition: i32, offset: i64, chain: Option<ChainName>) {
+        if let Some(chain) = chain {
+            self.chains_in.entry(partition).or_default().insert(chain);
         }
+        self.next.insert(partition, offset + 1);
     }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            warn!(topic, error = %e, "offset commit failed; a restart re-reads a little more");
+
+    /// Commits, per partition, the oldest offset any of its chains still
+    /// needs (when it moved).
+    fn commit(&mut self, ingest: &Ingest, consumer: &BaseConsumer, topic: &str, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &n) in &self.next {
+            let low = self
+                .chains_in
+                .get(&p)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| ingest.low_water(c))
+                .min()
+                .map_or(n, |l| l.min(n));
+            if self.committed.get(&p) != Some(&low) {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(low));
+                self.committed.insert(p, low);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                warn!(topic, error = %e, "offset commit failed; a restart re-reads a little more");
+            }
         }
     }
 }

@@ -372,19 +372,17 @@ fn encode_frame(kind: FrameKind, meta: &[u8], payload: &[u8]) -> Vec<u8> {
 /// error: a frame must be whole and alone.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, SchemaError> {
     let bad = |why: String| SchemaError::BadFrame { why };
-    if bytes.len() < 13 || &bytes[..4] != FRAME_MAGIC {
-        return Err(bad(
-            "does not start with the fschain frame magic FSC1".into()
-        ));
-    }
+    let Some(head) = bytes.first_chunk::<9>() else {
+        return Err(bad("shorter than a frame header".into()));
+    };
     let kind = bytes[4];
-    let meta_len = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
-    if meta_len > MAX_META_LEN || 9 + meta_len as usize + 4 > bytes.len() {
+    let meta_len = frame_meta_len(head)?;
+    if 9 + meta_len + 4 > bytes.len() {
         return Err(bad(format!(
             "metadata length {meta_len} runs past the frame"
         )));
     }
-    let meta_end = 9 + meta_len as usize;
+    let meta_end = 9 + meta_len;
     let meta = &bytes[9..meta_end];
     let p = &bytes[meta_end..meta_end + 4];
     let payload_len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
