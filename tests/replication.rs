@@ -266,14 +266,7 @@ fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes
     let Some(t) = Setup::new("crash") else { return };
     // Blocks of many small chunks, so that the kills land mid-block.
     t.apply(&sample_ops(150), 50);
-    t.apply(
-        &sample_ops(1200)[..]
-            .lines()
-            .skip(150)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        1050,
-    );
+    t.apply(&common::sample_ops_between(150, 1200), 1050);
 
     // A site killed while it receives a block (through import: the same
     // site code as consume, without the broker's group timing).
@@ -335,14 +328,7 @@ fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes
     );
 
     // A consume killed mid-block restarts from its committed offset.
-    t.apply(
-        &sample_ops(2000)[..]
-            .lines()
-            .skip(1200)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        800,
-    );
+    t.apply(&common::sample_ops_between(1200, 2000), 800);
     t.publish(&["--chunk-size", "1K"]).ok();
     let mut site = spawn(&t.kafka(&[
         "consume", "--site", "north", "--root", &root, "--trust", &t.pubkey,
@@ -455,14 +441,7 @@ fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka()
         again.stderr()
     );
     // Consume carries on from where replay stopped.
-    t.apply(
-        &sample_ops(80)
-            .lines()
-            .skip(70)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        10,
-    );
+    t.apply(&common::sample_ops_between(70, 80), 10);
     t.publish(&["--checkpoint-every", "3"]).ok();
     fschain(&t.kafka(&[
         "consume",
@@ -577,29 +556,26 @@ fn a_broker_restart_loses_nothing() {
         )
         .ok();
     };
+    let consume = |site: &str, root: &str| {
+        k(&[
+            "consume",
+            "--site",
+            site,
+            "--root",
+            root,
+            "--trust",
+            &key,
+            "--until-idle",
+        ])
+        .ok();
+    };
     apply(sample_ops(30));
     k(&["publish", "--root", &producer]).ok();
     let site = s.dir.join("site").display().to_string();
-    k(&[
-        "consume",
-        "--site",
-        "a",
-        "--root",
-        &site,
-        "--trust",
-        &key,
-        "--until-idle",
-    ])
-    .ok();
+    consume("a", &site);
     // Restart the broker on the same storage.
     OwnBroker::script(&["down", &port]);
-    apply(
-        sample_ops(60)
-            .lines()
-            .skip(30)
-            .map(|l| format!("{l}\n"))
-            .collect(),
-    );
+    apply(common::sample_ops_between(30, 60));
     // Publishing with the broker away fails clearly and records nothing.
     let quick = s.dir.join("quick.toml");
     std::fs::write(&quick, "[kafka]\n\"message.timeout.ms\" = \"2000\"\n").unwrap();
@@ -616,28 +592,8 @@ fn a_broker_restart_loses_nothing() {
     k(&["publish", "--root", &producer]).ok();
     // A new site gets everything from before and after the restart.
     let fresh = s.dir.join("fresh").display().to_string();
-    k(&[
-        "consume",
-        "--site",
-        "b",
-        "--root",
-        &fresh,
-        "--trust",
-        &key,
-        "--until-idle",
-    ])
-    .ok();
-    k(&[
-        "consume",
-        "--site",
-        "a",
-        "--root",
-        &site,
-        "--trust",
-        &key,
-        "--until-idle",
-    ])
-    .ok();
+    consume("b", &fresh);
+    consume("a", &site);
     for copy in [format!("{site}/host1"), format!("{fresh}/host1")] {
         fschain(&["verify", "--root", &copy]).ok();
         assert_eq!(block_hashes(&copy), block_hashes(&producer));

@@ -143,6 +143,15 @@ pub fn sample_ops(n: usize) -> String {
     text.lines().take(n).map(|l| format!("{l}\n")).collect()
 }
 
+/// Sample operations `from..to` (0-based lines).
+pub fn sample_ops_between(from: usize, to: usize) -> String {
+    sample_ops(to)
+        .lines()
+        .skip(from)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Waits until `check` holds, polling, up to `timeout`.
 pub fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
