@@ -209,6 +209,52 @@ pub enum Command {
         #[arg(long)]
         until_idle: bool,
     },
+    /// Build a chain's event index from its snapshots (on a producer, or a site's copy), replacing any index it has.
+    Reindex {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        index: IndexArgs,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Search events by meaning (BM25, fused with MiniLM when a model is configured).
+    Search {
+        /// A chain root, or a site directory (every chain it holds).
+        #[command(flatten)]
+        root: RootArg,
+        query: String,
+        /// Only events of this element.
+        #[arg(long, value_name = "ELEMENT")]
+        element: Option<String>,
+        /// Only events of elements of this kind (iface, service, file, ...).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only this chain (at a site holding several).
+        #[arg(long, value_name = "NAME")]
+        chain: Option<String>,
+        /// Only events up to this block, each shown with its element's state there.
+        #[arg(long, value_name = "REF")]
+        at: Option<String>,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events at or before this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        limit: usize,
+        /// Add each hit's inclusion proof in its block and the signed block header.
+        #[arg(long)]
+        proof: bool,
+        /// Rank with one embedder only (default: all the index has, fused).
+        #[arg(long, value_enum, value_name = "EMBEDDER")]
+        using: Option<UsingArg>,
+        #[command(flatten)]
+        index: IndexArgs,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Rebuild an empty site from the topic, starting at each chain's latest full checkpoint.
     Replay {
         #[command(flatten)]
@@ -260,6 +306,21 @@ pub enum Command {
         #[arg(long, requires = "brokers")]
         replication_only: bool,
     },
+}
+
+/// One embedder to rank a search with.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsingArg {
+    Bm25,
+    Minilm,
+}
+
+/// Which embedders the event index uses.
+#[derive(Debug, Args, Clone)]
+pub struct IndexArgs {
+    /// all-MiniLM-L6-v2 directory (scripts/fetch-model.sh; or FSCHAIN_MODEL_DIR, or model_dir in the config). Without it: BM25 only.
+    #[arg(long = "model", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -304,6 +304,43 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             brokers,
             replication_only,
         } => crate::bench::run(&dir, quick, brokers.as_deref(), replication_only)?,
+        Command::Reindex { root, index, json } => {
+            return crate::search::reindex(&root, &index, json.json, inv)
+        }
+        Command::Search {
+            root,
+            query,
+            element,
+            kind,
+            chain,
+            at,
+            since,
+            until,
+            limit,
+            proof,
+            using,
+            index,
+            json,
+        } => {
+            let args = crate::search::SearchArgs {
+                query,
+                element,
+                kind,
+                chain,
+                at,
+                since,
+                until,
+                limit,
+                proof,
+                ranking: match using {
+                    None => fschain_index::Ranking::Fused,
+                    Some(crate::cli::UsingArg::Bm25) => fschain_index::Ranking::Bm25,
+                    Some(crate::cli::UsingArg::Minilm) => fschain_index::Ranking::MiniLm,
+                },
+                json: json.json,
+            };
+            return crate::search::search(&root, &args, &index, inv);
+        }
         Command::Key { action } => return crate::replication::key(action, inv),
         Command::Topics { action } => return crate::replication::topics_cmd(action, inv),
         Command::Agent {

@@ -8,6 +8,7 @@ mod bench_replication;
 mod cli;
 mod commands;
 mod replication;
+mod search;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ pub struct Settings {
     /// Producers' public keys a site trusts (hex, or key files).
     #[serde(default)]
     pub trusted_keys: Vec<String>,
+    /// all-MiniLM-L6-v2 model directory for the event index.
+    pub model_dir: Option<PathBuf>,
     /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
     #[serde(default)]
     pub kafka: std::collections::BTreeMap<String, String>,
@@ -84,7 +87,7 @@ fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
                 .required(true),
         );
     }
-    for key in ["root", "chain", "brokers", "prefix", "site"] {
+    for key in ["root", "chain", "brokers", "prefix", "site", "model_dir"] {
         let var = format!("FSCHAIN_{}", key.to_uppercase());
         if let Some(value) = std::env::var_os(&var) {
             builder = builder.set_override(key, value.to_string_lossy().into_owned())?;
@@ -119,8 +122,9 @@ fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "debug",
+        // qdrant-edge warns about internals it never set up in process.
+        0 => "warn,qdrant_edge=error",
+        1 => "debug,qdrant_edge=warn",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -15,6 +15,8 @@
 //!   meta/outbox/        the stream and signed manifest of blocks being published
 //!   meta/ingest         which offsets of the ops topic the sealed blocks hold
 //!   meta/replica        on a site: {"site":..,"base":N}, the first block held
+//!   meta/manifests/     the signed manifest of every block published or received
+//!   index/              the event index (qdrant-edge shard and index.json)
 //! ```
 //!
 //! A site keeps one such root per chain, under `SITE/<chain>/`, with no
@@ -150,6 +152,19 @@ impl RootLayout {
 
     pub fn replica(&self) -> PathBuf {
         self.meta_dir().join("replica")
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.meta_dir().join("manifests")
+    }
+
+    /// The signed manifest of block `height`, kept for search proofs.
+    pub fn manifest(&self, height: u64) -> PathBuf {
+        self.manifests_dir().join(format!("{height:010}.manifest"))
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
     }
 
     /// Where a site receives block `height` before it is verified.

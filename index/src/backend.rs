@@ -1,0 +1,349 @@
+//! Where the vectors live: qdrant-edge in process (the default) behind a
+//! small trait, so a Qdrant server can stand in for it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use qdrant_edge::external::ordered_float::OrderedFloat;
+use qdrant_edge::external::uuid::Uuid;
+use qdrant_edge::{
+    Condition, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion, JsonPath, Match,
+    Modifier, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest, Range, ScoringQuery,
+    UpdateOperation, ValueVariants, Vector, VectorInternal, Vectors, WithPayloadInterface,
+    WithVector,
+};
+use serde_json::Value;
+
+use crate::document::fields;
+use crate::embed::{SparseVec, TextVectors, BM25_VECTOR, MINILM_DIM, MINILM_VECTOR};
+use crate::IndexError;
+
+/// A point to store: its id (from the event hash), vectors and payload.
+#[derive(Clone, Debug)]
+pub struct IndexPoint {
+    pub id: [u8; 16],
+    pub vectors: TextVectors,
+    pub payload: Value,
+}
+
+/// What a search may be narrowed to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SearchFilter {
+    pub element: Option<String>,
+    pub kind: Option<String>,
+    /// Only events sealed at or below this height.
+    pub max_height: Option<u64>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+}
+
+/// Which embedders rank a search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ranking {
+    /// Every embedder of the index; two are fused by reciprocal rank fusion.
+    #[default]
+    Fused,
+    Bm25,
+    MiniLm,
+}
+
+/// A hit as a backend returns it.
+#[derive(Clone, Debug)]
+pub struct ScoredPayload {
+    pub score: f32,
+    pub payload: Value,
+}
+
+/// The one thing fschain needs from a vector store.
+pub trait Backend {
+    /// Inserts or overwrites points (same id, same point).
+    fn upsert(&mut self, points: Vec<IndexPoint>) -> Result<(), IndexError>;
+    /// The best `limit` points for the query; with both vectors, the two
+    /// rankings are fused by reciprocal rank fusion.
+    fn search(
+        &self,
+        query: &TextVectors,
+        ranking: Ranking,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredPayload>, IndexError>;
+    /// Makes everything upserted durable.
+    fn flush(&mut self) -> Result<(), IndexError>;
+}
+
+/// Reciprocal rank fusion constant (the usual 60).
+pub const RRF_K: usize = 60;
+/// How many candidates each embedder contributes before fusion.
+fn prefetch_limit(limit: usize) -> usize {
+    (limit * 4).max(40)
+}
+
+/// qdrant-edge: the Qdrant engine in this process, stored in a directory.
+#[derive(Debug)]
+pub struct EdgeBackend {
+    shard: EdgeShard,
+    path: PathBuf,
+    dense: bool,
+}
+
+impl EdgeBackend {
+    /// Opens the shard at `path`, creating it (with payload indexes) if it
+    /// is not there.
+    pub fn open(path: &Path, dense: bool) -> Result<Self, IndexError> {
+        let err = |e: &dyn std::fmt::Display| qdrant_error(path, e);
+        let exists = path.join("edge_config.json").exists();
+        std::fs::create_dir_all(path).map_err(|e| err(&e))?;
+        let config = edge_config(dense);
+        let shard = if exists {
+            EdgeShard::load(path, Some(config)).map_err(|e| err(&e))?
+        } else {
+            let shard = EdgeShard::new(path, config).map_err(|e| err(&e))?;
+            for (field, kind) in fields::KEYWORDS
+                .iter()
+                .map(|f| (*f, PayloadSchemaType::Keyword))
+                .chain(
+                    fields::INTEGERS
+                        .iter()
+                        .map(|f| (*f, PayloadSchemaType::Integer)),
+                )
+            {
+                shard
+                    .update(UpdateOperation::FieldIndexOperation(
+                        FieldIndexOperations::CreateIndex(CreateIndex {
+                            field_name: json_path(field)?,
+                            field_schema: Some(PayloadFieldSchema::FieldType(kind)),
+                        }),
+                    ))
+                    .map_err(|e| err(&e))?;
+            }
+            shard
+        };
+        Ok(EdgeBackend {
+            shard,
+            path: path.to_owned(),
+            dense,
+        })
+    }
+
+    /// Builds the vector indexes (HNSW for dense vectors) once enough
+    /// points have arrived; cheap when there is nothing to do.
+    pub fn optimize(&self) -> Result<(), IndexError> {
+        self.shard
+            .optimize()
+            .map(|_| ())
+            .map_err(|e| qdrant_error(&self.path, &e))
+    }
+}
+
+fn edge_config(dense: bool) -> EdgeConfig {
+    let mut vectors = HashMap::new();
+    if dense {
+        vectors.insert(
+            MINILM_VECTOR.to_owned(),
+            EdgeVectorParams {
+                size: MINILM_DIM,
+                distance: Distance::Cosine,
+                on_disk: None,
+                multivector_config: None,
+                datatype: None,
+                quantization_config: None,
+                hnsw_config: None,
+            },
+        );
+    }
+    EdgeConfig {
+        vectors,
+        sparse_vectors: HashMap::from([(
+            BM25_VECTOR.to_owned(),
+            EdgeSparseVectorParams {
+                modifier: Some(Modifier::Idf),
+                ..Default::default()
+            },
+        )]),
+        ..Default::default()
+    }
+}
+
+fn qdrant_error(path: &Path, e: &dyn std::fmt::Display) -> IndexError {
+    IndexError::Qdrant {
+        backend: format!("edge {}", path.display()),
+        message: e.to_string(),
+        transient: false,
+    }
+}
+
+fn sparse_vector(v: &SparseVec) -> Result<Vector, qdrant_edge::OperationError> {
+    Vector::new_sparse(v.indices.clone(), v.values.clone())
+}
+
+impl Backend for EdgeBackend {
+    fn upsert(&mut self, points: Vec<IndexPoint>) -> Result<(), IndexError> {
+        let err = |e: &dyn std::fmt::Display| qdrant_error(&self.path, e);
+        let mut batch = Vec::with_capacity(points.len());
+        for p in points {
+            let mut named = vec![(
+                BM25_VECTOR,
+                sparse_vector(&p.vectors.sparse).map_err(|e| err(&e))?,
+            )];
+            if self.dense {
+                let dense = p.vectors.dense.ok_or_else(|| IndexError::Embed {
+                    embedder: "minilm",
+                    why: "no dense vector for a point of a MiniLM index".into(),
+                })?;
+                named.push((MINILM_VECTOR, Vector::new_dense(dense)));
+            }
+            batch.push(
+                PointStruct::new(
+                    PointId::Uuid(Uuid::from_bytes(p.id)),
+                    Vectors::new_named(named),
+                    p.payload,
+                )
+                .into(),
+            );
+        }
+        self.shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+            ))
+            .map_err(|e| err(&e))
+    }
+
+    fn search(
+        &self,
+        query: &TextVectors,
+        ranking: Ranking,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredPayload>, IndexError> {
+        let filter = edge_filter(filter)?;
+        let single = |q| QueryRequest {
+            prefetches: vec![],
+            query: Some(ScoringQuery::Vector(q)),
+            filter: filter.clone(),
+            score_threshold: None,
+            limit,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let sparse = QueryEnum::Nearest(NamedQuery {
+            query: VectorInternal::from(
+                qdrant_edge::SparseVector::new(
+                    query.sparse.indices.clone(),
+                    query.sparse.values.clone(),
+                )
+                .map_err(|e| qdrant_error(&self.path, &e))?,
+            ),
+            using: Some(BM25_VECTOR.to_owned()),
+        });
+        let dense = match (&query.dense, self.dense) {
+            (Some(dense), true) => Some(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::from(dense.clone()),
+                using: Some(MINILM_VECTOR.to_owned()),
+            })),
+            _ => None,
+        };
+        let request = match (ranking, dense) {
+            (Ranking::MiniLm, None) => {
+                return Err(IndexError::Embed {
+                    embedder: "minilm",
+                    why: "this index has no MiniLM vectors; reindex with --model DIR".into(),
+                })
+            }
+            (Ranking::MiniLm, Some(dense)) => single(dense),
+            (Ranking::Bm25, _) | (Ranking::Fused, None) => single(sparse),
+            (Ranking::Fused, Some(dense)) => {
+                let prefetch = |q| Prefetch {
+                    prefetches: vec![],
+                    query: Some(ScoringQuery::Vector(q)),
+                    limit: prefetch_limit(limit),
+                    params: None,
+                    filter: filter.clone(),
+                    score_threshold: None,
+                };
+                QueryRequest {
+                    prefetches: vec![prefetch(sparse), prefetch(dense)],
+                    query: Some(ScoringQuery::Fusion(Fusion::Rrf {
+                        k: RRF_K,
+                        weights: None,
+                    })),
+                    filter: None,
+                    score_threshold: None,
+                    limit,
+                    offset: 0,
+                    params: None,
+                    with_vector: WithVector::Bool(false),
+                    with_payload: WithPayloadInterface::Bool(true),
+                }
+            }
+        };
+        let points = self
+            .shard
+            .query(request)
+            .map_err(|e| qdrant_error(&self.path, &e))?;
+        Ok(points
+            .into_iter()
+            .map(|p| ScoredPayload {
+                score: p.score,
+                payload: Value::Object(p.payload.map(|p| p.0).unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    fn flush(&mut self) -> Result<(), IndexError> {
+        self.shard.flush();
+        Ok(())
+    }
+}
+
+fn json_path(key: &str) -> Result<JsonPath, IndexError> {
+    JsonPath::try_from(key).map_err(|()| IndexError::Qdrant {
+        backend: "edge".into(),
+        message: format!("{key:?} is not a payload path"),
+        transient: false,
+    })
+}
+
+fn edge_filter(filter: &SearchFilter) -> Result<Option<Filter>, IndexError> {
+    let keyword = |key: &str, value: &str| {
+        Ok::<_, IndexError>(Condition::Field(FieldCondition::new_match(
+            json_path(key)?,
+            Match::new_value(ValueVariants::String(value.to_owned())),
+        )))
+    };
+    let range = |key: &str, gte: Option<f64>, lte: Option<f64>| {
+        Ok::<_, IndexError>(Condition::Field(FieldCondition::new_range(
+            json_path(key)?,
+            Range {
+                lt: None,
+                gt: None,
+                gte: gte.map(OrderedFloat),
+                lte: lte.map(OrderedFloat),
+            },
+        )))
+    };
+    let mut must = Vec::new();
+    if let Some(e) = &filter.element {
+        must.push(keyword(fields::ELEMENT, e)?);
+    }
+    if let Some(k) = &filter.kind {
+        must.push(keyword(fields::KIND, k)?);
+    }
+    if let Some(h) = filter.max_height {
+        must.push(range(fields::HEIGHT, None, Some(h as f64))?);
+    }
+    if filter.since_us.is_some() || filter.until_us.is_some() {
+        must.push(range(
+            fields::TIME_MICROS,
+            filter.since_us.map(|t| t as f64),
+            filter.until_us.map(|t| t as f64),
+        )?);
+    }
+    Ok((!must.is_empty()).then(|| Filter {
+        must: Some(must),
+        ..Default::default()
+    }))
+}

@@ -1,0 +1,242 @@
+//! What the index stores for an event: the text that gets embedded and the
+//! payload people filter by. Pure: no IO.
+
+use std::collections::BTreeSet;
+
+use fschain_schema::{Event, State};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// One top-level key of an element's state that an event changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub key: String,
+    /// The value before the event; absent when the key is new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    /// The value after the event; absent when the key was removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+impl Change {
+    /// `mtu: 1500 → 9000`, `up: (none) → true`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} → {}",
+            self.key,
+            describe_value(self.old.as_ref()),
+            describe_value(self.new.as_ref())
+        )
+    }
+
+    /// [`Self::describe`] with long values cut short, for embedding: a
+    /// digest's 64 hex digits are 40 tokens of noise to a language model,
+    /// and every token costs the same.
+    pub fn describe_brief(&self) -> String {
+        format!(
+            "{}: {} → {}",
+            self.key,
+            brief(describe_value(self.old.as_ref())),
+            brief(describe_value(self.new.as_ref()))
+        )
+    }
+}
+
+/// Values longer than this are cut in embedded text.
+const BRIEF_CHARS: usize = 48;
+/// Hex digests are cut to this many digits.
+const BRIEF_HEX: usize = 8;
+
+fn brief(text: String) -> String {
+    let hex = text.len() >= 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let keep = if hex { BRIEF_HEX } else { BRIEF_CHARS };
+    match text.char_indices().nth(keep) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+fn describe_value(value: Option<&Value>) -> String {
+    match value {
+        None => "(none)".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The keys whose values differ between two states, in key order.
+pub fn changes(old: Option<&State>, new: Option<&State>) -> Vec<Change> {
+    let empty = State::new();
+    let old = old.unwrap_or(&empty);
+    let new = new.unwrap_or(&empty);
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| Change {
+            key: k.clone(),
+            old: old.get(k).cloned(),
+            new: new.get(k).cloned(),
+        })
+        .collect()
+}
+
+/// An event as the index holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventDocument {
+    pub height: u64,
+    pub event: Event,
+    pub changes: Vec<Change>,
+}
+
+impl EventDocument {
+    /// The document for `event`, sealed in block `height`, given the
+    /// element's state before it.
+    pub fn new(
+        height: u64,
+        event: Event,
+        before: Option<&State>,
+    ) -> Result<Self, fschain_schema::SchemaError> {
+        let after = event.op.apply_to(before)?;
+        let changes = changes(before, after.as_ref());
+        Ok(EventDocument {
+            height,
+            event,
+            changes,
+        })
+    }
+
+    /// The text both embedders see: the element, the action, what changed
+    /// (old → new), the reason and the actor.
+    pub fn text(&self) -> String {
+        let op = &self.event.op;
+        let mut text = format!("{} {}.", op.element, op.action.as_str());
+        for change in &self.changes {
+            text.push(' ');
+            text.push_str(&change.describe_brief());
+            text.push(';');
+        }
+        if let Some(reason) = &op.reason {
+            text.push_str(" Reason: ");
+            text.push_str(reason);
+            text.push('.');
+        }
+        if let Some(actor) = &op.actor {
+            text.push_str(" Actor: ");
+            text.push_str(actor);
+            text.push('.');
+        }
+        text
+    }
+
+    /// The text the lexical embedder sees: [`Self::text`] with the reason
+    /// counted twice. The reason is the operator's own words about why,
+    /// which is what people search for; the changed values are mostly
+    /// numbers, paths and digests that only match by accident.
+    pub fn lexical_text(&self) -> String {
+        let mut text = self.text();
+        if let Some(reason) = &self.event.op.reason {
+            text.push(' ');
+            text.push_str(reason);
+        }
+        text
+    }
+
+    /// The point id: the first 16 bytes of the event hash, so indexing the
+    /// same event twice overwrites one point.
+    pub fn point_id(&self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.event.hash.digest().as_bytes()[..16]);
+        id
+    }
+
+    /// The payload stored with the point. Field names are in [`fields`].
+    pub fn payload(&self) -> Value {
+        let op = &self.event.op;
+        json!({
+            fields::CHAIN: self.event.chain.as_str(),
+            fields::HEIGHT: self.height,
+            fields::ELEMENT: op.element.as_str(),
+            fields::KIND: op.element.kind(),
+            fields::ACTION: op.action.as_str(),
+            fields::TIME: self.event.time.to_string(),
+            fields::TIME_MICROS: self.event.time.as_micros(),
+            fields::CHAIN_SEQ: self.event.chain_seq,
+            fields::ELEMENT_SEQ: self.event.element_seq,
+            fields::EVENT_HASH: self.event.hash.to_hex(),
+            fields::REASON: op.reason,
+            fields::ACTOR: op.actor,
+            fields::CHANGES: self.changes,
+        })
+    }
+}
+
+/// Payload field names: the compatibility surface of an index.
+pub mod fields {
+    pub const CHAIN: &str = "chain";
+    pub const HEIGHT: &str = "height";
+    pub const ELEMENT: &str = "element";
+    pub const KIND: &str = "kind";
+    pub const ACTION: &str = "action";
+    pub const TIME: &str = "time";
+    pub const TIME_MICROS: &str = "time_us";
+    pub const CHAIN_SEQ: &str = "chain_seq";
+    pub const ELEMENT_SEQ: &str = "element_seq";
+    pub const EVENT_HASH: &str = "event_hash";
+    pub const REASON: &str = "reason";
+    pub const ACTOR: &str = "actor";
+    pub const CHANGES: &str = "changes";
+
+    /// Fields with a keyword index.
+    pub const KEYWORDS: [&str; 5] = [CHAIN, ELEMENT, KIND, ACTION, ACTOR];
+    /// Fields with an integer index.
+    pub const INTEGERS: [&str; 3] = [HEIGHT, TIME_MICROS, CHAIN_SEQ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(v: Value) -> State {
+        match v {
+            Value::Object(m) => m,
+            _ => State::new(),
+        }
+    }
+
+    #[test]
+    fn changes_list_old_and_new_values_of_changed_keys_only() {
+        let old = state(json!({"mtu": 1500, "up": true, "vlan": 10}));
+        let new = state(json!({"mtu": 9000, "up": true, "speed": "10G"}));
+        let got = changes(Some(&old), Some(&new));
+        let described: Vec<String> = got.iter().map(Change::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "mtu: 1500 → 9000",
+                "speed: (none) → 10G",
+                "vlan: 10 → (none)"
+            ]
+        );
+    }
+
+    #[test]
+    fn embedded_text_cuts_digests_and_long_values() {
+        let old = state(json!({"sha256": "ab".repeat(32), "note": "x".repeat(60)}));
+        let c = changes(Some(&old), None);
+        assert_eq!(c[1].describe_brief(), "sha256: abababab… → (none)");
+        assert_eq!(
+            c[0].describe_brief(),
+            format!("note: {}… → (none)", "x".repeat(48))
+        );
+        assert!(c[1].describe().contains(&"ab".repeat(32)));
+    }
+
+    #[test]
+    fn a_new_element_changes_every_key_and_a_deleted_one_loses_every_key() {
+        let s = state(json!({"a": 1, "b": "x"}));
+        assert_eq!(changes(None, Some(&s)).len(), 2);
+        assert!(changes(Some(&s), None).iter().all(|c| c.new.is_none()));
+        assert!(changes(Some(&s), Some(&s)).is_empty());
+    }
+}
