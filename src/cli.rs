@@ -384,4 +384,9 @@ pub struct SiteArgs {
     /// Trusted producer public key: 64 hex digits, or a file of them (a producer's meta/signing.pub). Repeatable.
     #[arg(long = "trust", value_name = "KEY|FILE")]
     pub trust: Vec<String>,
+    #[command(flatten)]
+    pub index: IndexArgs,
+    /// Do not keep the event index (search then needs `fschain reindex` first).
+    #[arg(long)]
+    pub no_index: bool,
 }

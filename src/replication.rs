@@ -206,7 +206,11 @@ fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<I
         .iter()
         .map(|c| ChainName::parse(c))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Ingest::new(opened, trusted(site, inv)?)?.only_chains(chains))
+    let ingest = Ingest::new(opened, trusted(site, inv)?)?.only_chains(chains);
+    if site.no_index {
+        return Ok(ingest);
+    }
+    Ok(ingest.with_index(crate::search::embedders(&site.index, inv)?))
 }
 
 fn source(kafka: &KafkaArgs, inv: &Invocation) -> Result<KafkaSource> {

@@ -12,6 +12,8 @@ use fschain_schema::wire::{decode_frame, Frame, PublicKey};
 use fschain_schema::ChainName;
 use tracing::{debug, warn};
 
+use fschain_index::{Embedders, EventIndex, IndexError};
+use fschain_store::{Chain, RootLayout};
 use crate::assembler::{ChunkAssembler, Verdict};
 use crate::site::{Site, SiteChain};
 use crate::ConsumerError;
@@ -40,6 +42,8 @@ pub struct IngestStats {
     pub applied: u64,
     pub duplicates: u64,
     pub rejected: u64,
+    /// Events put in the site's event index.
+    pub indexed: u64,
 }
 
 /// A site taking in frames.
@@ -50,6 +54,8 @@ pub struct Ingest {
     only: Option<Vec<ChainName>>,
     floors: BTreeMap<ChainName, u64>,
     chains: BTreeMap<ChainName, (SiteChain, ChunkAssembler)>,
+    /// When set, each chain's event index follows its verified blocks.
+    index: Option<Embedders>,
     pub stats: IngestStats,
 }
 
@@ -64,6 +70,7 @@ impl Ingest {
             only: None,
             floors: BTreeMap::new(),
             chains: BTreeMap::new(),
+            index: None,
             stats: IngestStats::default(),
         })
     }
@@ -71,6 +78,12 @@ impl Ingest {
     /// Takes only these chains; frames of others are logged and skipped.
     pub fn only_chains(mut self, chains: Vec<ChainName>) -> Self {
         self.only = (!chains.is_empty()).then_some(chains);
+        self
+    }
+
+    /// Indexes each verified block's events with `embedders`.
+    pub fn with_index(mut self, embedders: Embedders) -> Self {
+        self.index = Some(embedders);
         self
     }
 
@@ -182,7 +195,32 @@ impl Ingest {
         }
         self.stats.applied += applied;
         self.stats.rejected += rejected;
+        if applied > 0 {
+            let layout = site_chain.layout().clone();
+            self.index_chain(&layout);
+        }
         Ok(())
+    }
+
+    /// Brings the chain's event index level with its verified blocks. The
+    /// index is derived data: a failure is logged, not fatal, and the next
+    /// block (or `search`, or `reindex`) catches up.
+    fn index_chain(&mut self, layout: &RootLayout) {
+        let Some(embedders) = &self.index else {
+            return;
+        };
+        let done = Chain::open(layout.root())
+            .map_err(IndexError::from)
+            .and_then(|chain| {
+                EventIndex::open(layout, chain.meta().chain.as_str(), embedders, true)?
+                    .catch_up(&chain, |_, _| {})
+            });
+        match done {
+            Ok(done) => self.stats.indexed += done.events,
+            Err(e) => {
+                warn!(root = %layout.root().display(), error = %e, "could not index the new blocks; the next block or `fschain search` catches up")
+            }
+        }
     }
 
     /// The oldest offset `chain` still needs, when it is assembling a stream.

@@ -294,7 +294,15 @@ impl SiteChain {
                 problems: problems.iter().map(ToString::to_string).collect(),
             });
         }
-        // 4. Into place. The first block a copy holds is its base.
+        // 4. Keep the signed manifest (search proofs show it), then into
+        // place. The first block a copy holds is its base.
+        let manifests = self.layout.manifests_dir();
+        std::fs::create_dir_all(&manifests).at(&manifests)?;
+        let manifest = serde_json::to_vec(&ready.manifest).map_err(|e| StoreError::Corrupt {
+            path: self.layout.manifest(height),
+            why: e.to_string(),
+        })?;
+        write_atomic(&self.layout.manifest(height), &manifest)?;
         if self.held()?.is_none() {
             self.site.write_replica(&self.layout, height)?;
         }

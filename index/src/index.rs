@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::backend::{Backend, EdgeBackend, IndexPoint, Ranking, ScoredPayload, SearchFilter};
-use crate::document::EventDocument;
+use crate::document::{fields, EventDocument};
 use crate::embed::Embedders;
 use crate::IndexError;
 
@@ -21,6 +21,8 @@ const EDGE_DIR: &str = "edge";
 const FORMAT: u64 = 1;
 /// Events embedded and upserted together.
 const BATCH: usize = 256;
+/// Extra candidates fetched to order equal scores.
+const TIE_SLACK: usize = 16;
 /// Points upserted between two durable checkpoints of `index.json`.
 const CHECKPOINT_POINTS: usize = 50_000;
 
@@ -251,7 +253,15 @@ impl<'e> EventIndex<'e> {
         limit: usize,
     ) -> Result<Vec<ScoredPayload>, IndexError> {
         let vectors = self.embedders.query(query)?;
-        self.backend.search(&vectors, ranking, filter, limit)
+        // Equal scores are common (the same reason on many events): take a
+        // few more and break ties newest first, so answers are stable.
+        let mut hits = self
+            .backend
+            .search(&vectors, ranking, filter, limit + TIE_SLACK)?;
+        let seq = |h: &ScoredPayload| h.payload.get(fields::CHAIN_SEQ).and_then(|v| v.as_u64());
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(seq(b).cmp(&seq(a))));
+        hits.truncate(limit);
+        Ok(hits)
     }
 }
 

@@ -219,6 +219,19 @@ pub fn prepare_block(
     })
 }
 
+/// Keeps a published block's signed manifest in `meta/manifests/`, where
+/// search proofs find it.
+pub fn keep_manifest(layout: &RootLayout, manifest: &BlockManifest) -> Result<(), ProducerError> {
+    let dir = layout.manifests_dir();
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let path = layout.manifest(manifest.height);
+    let bytes = serde_json::to_vec(manifest).map_err(|e| StoreError::Corrupt {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    Ok(write_atomic(&path, &bytes)?)
+}
+
 /// Which height is on the topic already (`None`: nothing yet).
 pub fn published_height(layout: &RootLayout) -> Result<Option<u64>, ProducerError> {
     let path = layout.published();

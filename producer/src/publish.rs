@@ -21,7 +21,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 use tracing::{debug, info};
 
-use crate::outbox::{prepare_block, published_height, record_published, StreamPolicy};
+use crate::outbox::{
+    keep_manifest, prepare_block, published_height, record_published, StreamPolicy,
+};
 use crate::ProducerError;
 
 /// Where to publish.
@@ -218,6 +220,7 @@ pub fn publish_pending(
             summary.chunks += 1;
         }
         publisher.flush(Duration::from_secs(60))?;
+        keep_manifest(layout, &block.manifest)?;
         record_published(layout, height)?;
         debug!(
             height,
