@@ -40,6 +40,9 @@ step consume --site west --root "$MNT/west" --trust "$MNT/producer.pub" --until-
 step verify --root "$MNT/east/host1"
 step verify --root "$MNT/west/host1"
 step show --root "$MNT/west/host1" iface:eth0 --at 2
+printf '\n\033[1m# each site indexed the events it verified (BM25 in qdrant-edge, in process)\033[0m\n'
+step search --root "$MNT/east" "jumbo frames storage network" --limit 3
+step search --root "$MNT/east" "who disabled password login for ssh" --limit 1 --at 4 --proof
 for site in east west; do
   if [ "$(fschain log --root "$MNT/$site/host1" --json)" != "$(fschain log --root "$MNT/producer" --json)" ]; then
     echo "site $site differs from the producer" >&2

@@ -20,7 +20,15 @@ struct Scale {
     large: usize,
 }
 
-pub fn run(dir: &Path, quick: bool, brokers: Option<&str>, replication_only: bool) -> Result<()> {
+/// Which measurements to take.
+#[derive(Debug)]
+pub struct Parts {
+    pub local: bool,
+    pub index: bool,
+    pub model: Option<PathBuf>,
+}
+
+pub fn run(dir: &Path, quick: bool, brokers: Option<&str>, parts: Parts) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if !btrfs::is_btrfs(dir)? {
         bail!(
@@ -28,10 +36,14 @@ pub fn run(dir: &Path, quick: bool, brokers: Option<&str>, replication_only: boo
             dir.display()
         );
     }
-    if !replication_only {
+    if parts.local {
         run_local(dir, quick)?;
     }
-    if let Some(brokers) = brokers {
+    if parts.index {
+        let work = dir.join(format!("bench-index-{}", std::process::id()));
+        crate::bench_index::run(&work, quick, parts.model.as_deref())?;
+    }
+    if let Some(brokers) = brokers.filter(|_| parts.local || !parts.index) {
         crate::bench_replication::run(dir, quick, brokers)?;
     }
     Ok(())

@@ -305,6 +305,12 @@ pub enum Command {
         /// Only the replication measurements.
         #[arg(long, requires = "brokers")]
         replication_only: bool,
+        /// Only the event index measurements.
+        #[arg(long, conflicts_with = "replication_only")]
+        index_only: bool,
+        /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
+        #[arg(long = "model", value_name = "DIR")]
+        model_dir: Option<PathBuf>,
     },
 }
 

@@ -303,7 +303,18 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             quick,
             brokers,
             replication_only,
-        } => crate::bench::run(&dir, quick, brokers.as_deref(), replication_only)?,
+            index_only,
+            model_dir,
+        } => crate::bench::run(
+            &dir,
+            quick,
+            brokers.as_deref(),
+            crate::bench::Parts {
+                local: !replication_only && !index_only,
+                index: !replication_only,
+                model: model_dir.or_else(|| inv.settings.model_dir.clone()),
+            },
+        )?,
         Command::Reindex { root, index, json } => {
             return crate::search::reindex(&root, &index, json.json, inv)
         }

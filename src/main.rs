@@ -4,6 +4,7 @@
 //! the environment. Everything below it takes plain values.
 
 mod bench;
+mod bench_index;
 mod bench_replication;
 mod cli;
 mod commands;

@@ -28,7 +28,7 @@ pub fn reindex(root: &RootArg, args: &IndexArgs, json: bool, inv: &Invocation) -
     let started = std::time::Instant::now();
     let mut index = EventIndex::recreate(chain.layout(), chain.meta().chain.as_str(), &embedders)
         .with_context(|| format!("creating the index of {}", root.display()))?;
-    let done = index.catch_up(&chain, |_, _| {})?;
+    let done = index.catch_up(&chain, &inv.shutdown, |_, _| {})?;
     let secs = started.elapsed().as_secs_f64();
     if json {
         println!(
@@ -140,7 +140,7 @@ pub fn search(
         let mut index = EventIndex::open(&layout, chain.meta().chain.as_str(), &embedders, false)?;
         // A site indexes as blocks arrive; a producer's index may lag its
         // head, and an index is cheap to bring level before reading it.
-        index.catch_up(&chain, |_, _| {})?;
+        index.catch_up(&chain, &inv.shutdown, |_, _| {})?;
         for found in index.search(&args.query, args.ranking, &base, args.limit)? {
             let mut hit = SearchHit::from_payload(found)?;
             if let Some(h) = at_height {

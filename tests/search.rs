@@ -66,15 +66,22 @@ fn assert_queries_found(root: &str, extra: &[&str], embedder: &str) {
         let hits = search(root, &query, extra);
         let reasons: Vec<&str> = hits.iter().filter_map(|h| h["reason"].as_str()).collect();
         if !reasons.iter().any(|r| expected.iter().any(|e| e == r)) {
-            missed.push(format!("{query:?} (expected {expected:?}, got {reasons:?})"));
+            missed.push(format!(
+                "{query:?} (expected {expected:?}, got {reasons:?})"
+            ));
         }
     }
-    assert!(missed.is_empty(), "{embedder}: not in the top 5: {missed:#?}");
+    assert!(
+        missed.is_empty(),
+        "{embedder}: not in the top 5: {missed:#?}"
+    );
 }
 
 #[test]
 fn bm25_finds_each_shared_query_and_filters_narrow_the_hits() {
-    let Some(s) = scratch("search-bm25") else { return };
+    let Some(s) = scratch("search-bm25") else {
+        return;
+    };
     let root = root_with_sample(&s, 2000, 200);
     let built = fschain(&["reindex", "--root", &root, "--json"]).ok().json();
     assert_eq!(built["events"], 2000);
@@ -86,10 +93,16 @@ fn bm25_finds_each_shared_query_and_filters_narrow_the_hits() {
     let before = search(&root, "jumbo frames storage network", &[]);
     fschain(&["reindex", "--root", &root]).ok();
     assert_eq!(search(&root, "jumbo frames storage network", &[]), before);
-    let seqs: Vec<u64> = before.iter().map(|h| h["chain_seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = before
+        .iter()
+        .map(|h| h["chain_seq"].as_u64().unwrap())
+        .collect();
     for pair in before.windows(2).zip(seqs.windows(2)) {
         let ((a, b), (sa, sb)) = ((&pair.0[0], &pair.0[1]), (pair.1[0], pair.1[1]));
-        assert!(a["score"].as_f64() > b["score"].as_f64() || sa > sb, "{a} then {b}");
+        assert!(
+            a["score"].as_f64() > b["score"].as_f64() || sa > sb,
+            "{a} then {b}"
+        );
     }
 
     // --element and --kind keep only what they name.
@@ -131,7 +144,11 @@ fn bm25_finds_each_shared_query_and_filters_narrow_the_hits() {
     }
 
     // What changed is old → new of the changed keys.
-    let eth = search(&root, "jumbo frames", &["--element", "iface:eth0", "--limit", "20"]);
+    let eth = search(
+        &root,
+        "jumbo frames",
+        &["--element", "iface:eth0", "--limit", "20"],
+    );
     assert!(eth
         .iter()
         .flat_map(|h| h["changes"].as_array().unwrap())
@@ -140,25 +157,47 @@ fn bm25_finds_each_shared_query_and_filters_narrow_the_hits() {
 
 #[test]
 fn search_errors_name_the_problem() {
-    let Some(s) = scratch("search-errors") else { return };
+    let Some(s) = scratch("search-errors") else {
+        return;
+    };
     let root = root_with_sample(&s, 200, 100);
     let no_index = fschain(&["search", "--root", &root, "sudo"]).code_is(2);
-    assert!(no_index.stderr().contains("fschain reindex"), "{}", no_index.stderr());
+    assert!(
+        no_index.stderr().contains("fschain reindex"),
+        "{}",
+        no_index.stderr()
+    );
     fschain(&["reindex", "--root", &root]).ok();
     let bad_ref = fschain(&["search", "--root", &root, "sudo", "--at", "99"]).code_is(2);
     assert!(bad_ref.stderr().contains("99"), "{}", bad_ref.stderr());
     let bad_time = fschain(&["search", "--root", &root, "sudo", "--since", "yesterday"]).code_is(2);
-    assert!(bad_time.stderr().contains("--since"), "{}", bad_time.stderr());
+    assert!(
+        bad_time.stderr().contains("--since"),
+        "{}",
+        bad_time.stderr()
+    );
     let bad_element = fschain(&["search", "--root", &root, "x", "--element", "nocolon"]).code_is(2);
-    assert!(bad_element.stderr().contains("--element"), "{}", bad_element.stderr());
+    assert!(
+        bad_element.stderr().contains("--element"),
+        "{}",
+        bad_element.stderr()
+    );
     let no_dense = fschain(&["search", "--root", &root, "x", "--using", "minilm"]).code_is(2);
-    assert!(no_dense.stderr().contains("--model"), "{}", no_dense.stderr());
+    assert!(
+        no_dense.stderr().contains("--model"),
+        "{}",
+        no_dense.stderr()
+    );
 }
 
 #[test]
 fn minilm_alone_and_fused_find_each_shared_query() {
-    let Some(model) = model("search-minilm") else { return };
-    let Some(s) = scratch("search-minilm") else { return };
+    let Some(model) = model("search-minilm") else {
+        return;
+    };
+    let Some(s) = scratch("search-minilm") else {
+        return;
+    };
     let root = root_with_sample(&s, 2000, 500);
     fschain(&["reindex", "--root", &root, "--model", &model]).ok();
     assert_queries_found(&root, &["--model", &model, "--using", "minilm"], "minilm");
@@ -179,7 +218,8 @@ fn check_proof(hit: &Value, key: &PublicKey) {
     let proof = &hit["proof"];
     let event = Event::from_canonical(&serde_json::to_vec(&proof["event"]).unwrap()).unwrap();
     assert_eq!(event.hash.to_hex(), hit["event_hash"].as_str().unwrap());
-    let header = BlockHeader::from_canonical(&serde_json::to_vec(&proof["header"]).unwrap()).unwrap();
+    let header =
+        BlockHeader::from_canonical(&serde_json::to_vec(&proof["header"]).unwrap()).unwrap();
     assert_eq!(header.height, hit["height"].as_u64().unwrap());
     let path = proof["path"]
         .as_array()
@@ -193,10 +233,14 @@ fn check_proof(hit: &Value, key: &PublicKey) {
         path,
     };
     let leaf = leaf_hash(event.hash.digest().as_bytes());
-    inclusion.verify(&leaf, header.events_root.digest()).unwrap();
+    inclusion
+        .verify(&leaf, header.events_root.digest())
+        .unwrap();
     // A different event does not verify against the same path.
     let other = leaf_hash(b"not this event");
-    assert!(inclusion.verify(&other, header.events_root.digest()).is_err());
+    assert!(inclusion
+        .verify(&other, header.events_root.digest())
+        .is_err());
     let manifest: BlockManifest = serde_json::from_value(proof["manifest"].clone()).unwrap();
     let signed = manifest.verify(std::slice::from_ref(key)).unwrap();
     assert_eq!(signed, header);
@@ -204,8 +248,12 @@ fn check_proof(hit: &Value, key: &PublicKey) {
 
 #[test]
 fn a_site_indexes_what_it_verifies_and_its_hits_carry_signed_proofs() {
-    let Some(brokers) = broker("search-site") else { return };
-    let Some(s) = scratch("search-site") else { return };
+    let Some(brokers) = broker("search-site") else {
+        return;
+    };
+    let Some(s) = scratch("search-site") else {
+        return;
+    };
     let prefix = unique("search-site");
     let root = root_with_sample(&s, 600, 100);
     let kafka = ["--brokers", brokers.as_str(), "--prefix", prefix.as_str()];
@@ -221,7 +269,14 @@ fn a_site_indexes_what_it_verifies_and_its_hits_carry_signed_proofs() {
     let site = s.dir.join("site").display().to_string();
     let name = unique("idx");
     with_kafka(&[
-        "consume", "--site", &name, "--root", &site, "--trust", key_hex.trim(), "--until-idle",
+        "consume",
+        "--site",
+        &name,
+        "--root",
+        &site,
+        "--trust",
+        key_hex.trim(),
+        "--until-idle",
     ]);
     // The site built its index while consuming: no reindex needed, and it
     // holds every event (the same hits as the producer's own index).
@@ -229,7 +284,8 @@ fn a_site_indexes_what_it_verifies_and_its_hits_carry_signed_proofs() {
     assert!(!site_hits.is_empty());
     fschain(&["reindex", "--root", &root]).ok();
     let producer_hits = search(&root, "sudo for the deploy user", &[]);
-    let hashes = |hits: &[Value]| -> Vec<Value> { hits.iter().map(|h| h["event_hash"].clone()).collect() };
+    let hashes =
+        |hits: &[Value]| -> Vec<Value> { hits.iter().map(|h| h["event_hash"].clone()).collect() };
     assert_eq!(hashes(&site_hits), hashes(&producer_hits));
     for hit in &site_hits {
         check_proof(hit, &key);

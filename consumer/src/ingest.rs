@@ -7,16 +7,17 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 
 use fschain_schema::wire::{decode_frame, Frame, PublicKey};
 use fschain_schema::ChainName;
 use tracing::{debug, warn};
 
-use fschain_index::{Embedders, EventIndex, IndexError};
-use fschain_store::{Chain, RootLayout};
 use crate::assembler::{ChunkAssembler, Verdict};
 use crate::site::{Site, SiteChain};
 use crate::ConsumerError;
+use fschain_index::{Embedders, EventIndex, IndexError};
+use fschain_store::{Chain, RootLayout};
 
 /// Where a frame came from, for log lines.
 #[derive(Clone, Debug)]
@@ -209,12 +210,13 @@ impl Ingest {
         let Some(embedders) = &self.index else {
             return;
         };
-        let done = Chain::open(layout.root())
-            .map_err(IndexError::from)
-            .and_then(|chain| {
-                EventIndex::open(layout, chain.meta().chain.as_str(), embedders, true)?
-                    .catch_up(&chain, |_, _| {})
-            });
+        let done =
+            Chain::open(layout.root())
+                .map_err(IndexError::from)
+                .and_then(|chain| {
+                    EventIndex::open(layout, chain.meta().chain.as_str(), embedders, true)?
+                        .catch_up(&chain, &AtomicBool::new(false), |_, _| {})
+                });
         match done {
             Ok(done) => self.stats.indexed += done.events,
             Err(e) => {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fschain_schema::{ElementId, Event, State};
 use fschain_store::layout::{write_atomic, RootLayout};
@@ -162,9 +163,13 @@ impl<'e> EventIndex<'e> {
     /// Indexes every block of `chain` above the index's height, in order.
     /// Returns what it did; `index.json` moves forward only after the
     /// points are durable, so a crash re-indexes (idempotently) at worst.
+    ///
+    /// `stop` is checked between blocks: when it is set, what is indexed so
+    /// far is made durable and recorded, and the call returns early.
     pub fn catch_up(
         &mut self,
         chain: &Chain,
+        stop: &AtomicBool,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<CatchUp, IndexError> {
         let head = chain.head().height;
@@ -182,6 +187,15 @@ impl<'e> EventIndex<'e> {
         let mut buffer: Vec<EventDocument> = Vec::new();
         let mut since_checkpoint = 0usize;
         for height in start..=head {
+            if stop.load(Ordering::Relaxed) {
+                done.events += buffer.len() as u64;
+                self.write(&mut buffer)?;
+                if height > start {
+                    self.record(height - 1)?;
+                    done.indexed_height = Some(height - 1);
+                }
+                return Ok(done);
+            }
             let header = &chain.headers()[height as usize];
             let snapshot = ChainDir::new(chain.layout().snapshot(height));
             for line in snapshot.last_event_lines(header.event_count)? {
@@ -203,6 +217,10 @@ impl<'e> EventIndex<'e> {
                 since_checkpoint = 0;
                 done.events += buffer.len() as u64;
                 self.write(&mut buffer)?;
+                // The appendable segment's sparse posting lists grow by
+                // insertion (quadratic over a million points); let the
+                // optimizer seal it into an indexed segment as it fills.
+                self.backend.optimize()?;
                 self.record(height)?;
                 done.indexed_height = Some(height);
             }
