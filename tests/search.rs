@@ -51,8 +51,11 @@ fn model(name: &str) -> Option<String> {
 }
 
 fn search(root: &str, query: &str, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["search", "--root", root, query, "--limit", "5", "--json"];
+    let mut args = vec!["search", "--root", root, query, "--json"];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--limit") {
+        args.extend(["--limit", "5"]);
+    }
     match fschain(&args).ok().json() {
         Value::Array(hits) => hits,
         other => panic!("search printed {other}"),

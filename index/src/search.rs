@@ -145,15 +145,21 @@ pub fn event_proof(chain: &Chain, height: u64, hash: &EventHash) -> Result<Event
         Ok(bytes) => serde_json::from_slice::<BlockManifest>(&bytes).ok(),
         Err(_) => None,
     };
-    Ok(EventProof {
-        event: serde_json::from_slice(&canonical).map_err(|e| IndexError::Corrupt {
+    // Both as JSON whose members are in canonical order, so that a checker
+    // can serialise them back to the exact bytes that were hashed.
+    let header_bytes = fschain_schema::jcs::canonical(&header.body_value_with_hash())?;
+    let as_json = |bytes: &[u8]| {
+        serde_json::from_slice::<Value>(bytes).map_err(|e| IndexError::Corrupt {
             path: chain.layout().snapshot(height),
             why: e.to_string(),
-        })?,
+        })
+    };
+    Ok(EventProof {
+        event: as_json(&canonical)?,
         leaf_index: proof.leaf_index,
         tree_size: proof.tree_size,
         path: proof.path.iter().map(|d| d.to_hex()).collect(),
-        header: header.body_value_with_hash(),
+        header: as_json(&header_bytes)?,
         manifest,
     })
 }
