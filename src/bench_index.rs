@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Result;
 use fschain_index::backend::{Backend, EdgeBackend, IndexPoint, Ranking};
 use fschain_index::embed::{SparseVec, TextVectors};
-use fschain_index::{Embedders, EventIndex, SearchFilter};
+use fschain_index::{Embedders, EventIndex, SearchFilter, VectorStore};
 use fschain_schema::{Action, ElementId, Operation, State};
 use fschain_store::Chain;
 use serde_json::json;
@@ -155,7 +155,8 @@ fn run_in(work: &Path, quick: bool, model: Option<&Path>) -> Result<()> {
     let bm25 = Embedders::new(None)?;
     let rate = |embedders: &Embedders| -> Result<(u64, f64)> {
         let t = Instant::now();
-        let mut index = EventIndex::recreate(chain.layout(), "bench", embedders)?;
+        let mut index =
+            EventIndex::recreate(chain.layout(), "bench", embedders, &VectorStore::Edge)?;
         let done = index.catch_up(&chain, &AtomicBool::new(false), |_, _| {})?;
         Ok((done.events, done.events as f64 / t.elapsed().as_secs_f64()))
     };

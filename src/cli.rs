@@ -327,6 +327,15 @@ pub struct IndexArgs {
     /// all-MiniLM-L6-v2 directory (scripts/fetch-model.sh; or FSCHAIN_MODEL_DIR, or model_dir in the config). Without it: BM25 only.
     #[arg(long = "model", value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Keep the index on this Qdrant server (gRPC, e.g. http://localhost:6334) instead of in process (or FSCHAIN_QDRANT_URL, or qdrant_url in the config).
+    #[arg(long, value_name = "URL")]
+    pub qdrant_url: Option<String>,
+    /// API key for the Qdrant server (or FSCHAIN_QDRANT_API_KEY, or qdrant_api_key in the config).
+    #[arg(long, value_name = "KEY")]
+    pub qdrant_api_key: Option<String>,
+    /// Server collections are named PREFIX<chain> (default fschain-<site>- at a site, fschain- elsewhere).
+    #[arg(long, value_name = "PREFIX")]
+    pub qdrant_prefix: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,6 +41,11 @@ pub struct Settings {
     pub trusted_keys: Vec<String>,
     /// all-MiniLM-L6-v2 model directory for the event index.
     pub model_dir: Option<PathBuf>,
+    /// A Qdrant server for the event index, instead of qdrant-edge.
+    pub qdrant_url: Option<String>,
+    pub qdrant_api_key: Option<String>,
+    /// Server collections are named `<prefix><chain>`.
+    pub qdrant_prefix: Option<String>,
     /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
     #[serde(default)]
     pub kafka: std::collections::BTreeMap<String, String>,
@@ -88,7 +93,17 @@ fn invocation(cli: &Cli) -> anyhow::Result<Invocation> {
                 .required(true),
         );
     }
-    for key in ["root", "chain", "brokers", "prefix", "site", "model_dir"] {
+    for key in [
+        "root",
+        "chain",
+        "brokers",
+        "prefix",
+        "site",
+        "model_dir",
+        "qdrant_url",
+        "qdrant_api_key",
+        "qdrant_prefix",
+    ] {
         let var = format!("FSCHAIN_{}", key.to_uppercase());
         if let Some(value) = std::env::var_os(&var) {
             builder = builder.set_override(key, value.to_string_lossy().into_owned())?;

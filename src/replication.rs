@@ -210,7 +210,8 @@ fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<I
     if site.no_index {
         return Ok(ingest);
     }
-    Ok(ingest.with_index(crate::search::embedders(&site.index, inv)?))
+    let store = crate::search::vector_store(&site.index, Some(&name), inv);
+    Ok(ingest.with_index(crate::search::embedders(&site.index, inv)?, store)?)
 }
 
 fn source(kafka: &KafkaArgs, inv: &Invocation) -> Result<KafkaSource> {

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use fschain_index::{Embedders, EventIndex, Ranking, SearchFilter, SearchHit};
+use fschain_index::{
+    Embedders, EventIndex, Ranking, SearchFilter, SearchHit, ServerConfig, VectorStore,
+};
 use fschain_schema::{BlockRef, ElementId, Timestamp};
 use fschain_store::layout::ROOT_MARKER;
 use fschain_store::RootLayout;
@@ -21,13 +23,44 @@ pub(crate) fn embedders(args: &IndexArgs, inv: &Invocation) -> Result<Embedders>
     Ok(Embedders::new(dir.as_deref())?)
 }
 
+/// Where the index keeps its vectors: a Qdrant server when one is
+/// configured, else qdrant-edge in process. `site` names the default
+/// collection prefix.
+pub(crate) fn vector_store(args: &IndexArgs, site: Option<&str>, inv: &Invocation) -> VectorStore {
+    let s = &inv.settings;
+    let Some(url) = args.qdrant_url.clone().or_else(|| s.qdrant_url.clone()) else {
+        return VectorStore::Edge;
+    };
+    VectorStore::Server(ServerConfig {
+        url,
+        api_key: args
+            .qdrant_api_key
+            .clone()
+            .or_else(|| s.qdrant_api_key.clone()),
+        collection_prefix: args
+            .qdrant_prefix
+            .clone()
+            .or_else(|| s.qdrant_prefix.clone())
+            .unwrap_or_else(|| match site {
+                Some(site) => format!("fschain-{site}-"),
+                None => "fschain-".to_owned(),
+            }),
+    })
+}
+
 pub fn reindex(root: &RootArg, args: &IndexArgs, json: bool, inv: &Invocation) -> Result<ExitCode> {
     let root = root_dir(root, inv)?;
     let embedders = embedders(args, inv)?;
     let chain = open_chain(&root)?;
     let started = std::time::Instant::now();
-    let mut index = EventIndex::recreate(chain.layout(), chain.meta().chain.as_str(), &embedders)
-        .with_context(|| format!("creating the index of {}", root.display()))?;
+    let store = vector_store(args, inv.settings.site.as_deref(), inv);
+    let mut index = EventIndex::recreate(
+        chain.layout(),
+        chain.meta().chain.as_str(),
+        &embedders,
+        &store,
+    )
+    .with_context(|| format!("creating the index of {}", root.display()))?;
     let done = index.catch_up(&chain, &inv.shutdown, |_, _| {})?;
     let secs = started.elapsed().as_secs_f64();
     if json {
@@ -111,6 +144,7 @@ pub fn search(
         bail!("--limit must be at least 1");
     }
     let embedders = embedders(index, inv)?;
+    let store = vector_store(index, inv.settings.site.as_deref(), inv);
     let time = |t: &Option<String>, flag: &str| -> Result<Option<i64>> {
         t.as_deref()
             .map(|t| {
@@ -137,7 +171,13 @@ pub fn search(
         let at_height = at.as_ref().map(|r| chain.resolve(r)).transpose()?;
         base.max_height = at_height;
         let layout = RootLayout::new(&chain_root);
-        let mut index = EventIndex::open(&layout, chain.meta().chain.as_str(), &embedders, false)?;
+        let mut index = EventIndex::open(
+            &layout,
+            chain.meta().chain.as_str(),
+            &embedders,
+            &store,
+            false,
+        )?;
         // A site indexes as blocks arrive; a producer's index may lag its
         // head, and an index is cheap to bring level before reading it.
         index.catch_up(&chain, &inv.shutdown, |_, _| {})?;

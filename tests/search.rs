@@ -191,6 +191,64 @@ fn search_errors_name_the_problem() {
         "{}",
         no_dense.stderr()
     );
+    // An index kept in process, searched as if it were on a server (and a
+    // server that is not there): each error names the store.
+    let nowhere = "http://127.0.0.1:9";
+    let elsewhere = fschain(&["search", "--root", &root, "x", "--qdrant-url", nowhere]).code_is(2);
+    assert!(
+        elsewhere.stderr().contains("in-process") && elsewhere.stderr().contains(nowhere),
+        "{}",
+        elsewhere.stderr()
+    );
+    let away = fschain(&["reindex", "--root", &root, "--qdrant-url", nowhere]).code_is(2);
+    assert!(
+        away.stderr().contains("qdrant") && away.stderr().contains(nowhere),
+        "{}",
+        away.stderr()
+    );
+}
+
+/// The server backend, when `QDRANT_URL` names a Qdrant server (there is
+/// none on the CI machines; `docker-compose.yml` brings one up).
+#[test]
+fn a_qdrant_server_holds_the_same_index_when_one_is_configured() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("SKIPPED qdrant-server: QDRANT_URL is not set (docker compose up qdrant)");
+        return;
+    };
+    let Some(s) = scratch("search-server") else {
+        return;
+    };
+    let root = root_with_sample(&s, 2000, 200);
+    let prefix = format!("{}-", unique("fschain-test"));
+    let server = [
+        "--qdrant-url",
+        url.as_str(),
+        "--qdrant-prefix",
+        prefix.as_str(),
+    ];
+    let mut args = vec!["reindex", "--root", root.as_str(), "--json"];
+    args.extend(server);
+    assert_eq!(fschain(&args).ok().json()["events"], 2000);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(PathBuf::from(&root).join("index/index.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["backend"], "server");
+    assert!(manifest["collection"]
+        .as_str()
+        .unwrap()
+        .starts_with(&prefix));
+    assert_queries_found(&root, &server[..2], "bm25 on the server");
+    let mut filtered = server[..2].to_vec();
+    filtered.extend(["--element", "iface:eth0", "--at", "3"]);
+    for hit in search(&root, "mtu", &filtered) {
+        assert_eq!(hit["element"], "iface:eth0");
+        assert!(hit["height"].as_u64().unwrap() <= 3);
+    }
+    // The same index searched in process is a clear error.
+    let edge = fschain(&["search", "--root", &root, "mtu"]).code_is(2);
+    assert!(edge.stderr().contains("reindex"), "{}", edge.stderr());
 }
 
 #[test]

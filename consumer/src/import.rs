@@ -46,6 +46,7 @@ pub fn import(ingest: &mut Ingest, input: &mut dyn Read, name: &str) -> Result<u
         ingest.frame(&frame, None, &origin)?;
         count += 1;
     }
+    ingest.settle_index();
     Ok(count)
 }
 

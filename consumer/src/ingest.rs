@@ -7,17 +7,16 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::AtomicBool;
 
 use fschain_schema::wire::{decode_frame, Frame, PublicKey};
 use fschain_schema::ChainName;
 use tracing::{debug, warn};
 
 use crate::assembler::{ChunkAssembler, Verdict};
+use crate::indexer::SiteIndexer;
 use crate::site::{Site, SiteChain};
 use crate::ConsumerError;
-use fschain_index::{Embedders, EventIndex, IndexError};
-use fschain_store::{Chain, RootLayout};
+use fschain_index::{Embedders, VectorStore};
 
 /// Where a frame came from, for log lines.
 #[derive(Clone, Debug)]
@@ -56,7 +55,7 @@ pub struct Ingest {
     floors: BTreeMap<ChainName, u64>,
     chains: BTreeMap<ChainName, (SiteChain, ChunkAssembler)>,
     /// When set, each chain's event index follows its verified blocks.
-    index: Option<Embedders>,
+    indexer: Option<SiteIndexer>,
     pub stats: IngestStats,
 }
 
@@ -71,7 +70,7 @@ impl Ingest {
             only: None,
             floors: BTreeMap::new(),
             chains: BTreeMap::new(),
-            index: None,
+            indexer: None,
             stats: IngestStats::default(),
         })
     }
@@ -82,10 +81,25 @@ impl Ingest {
         self
     }
 
-    /// Indexes each verified block's events with `embedders`.
-    pub fn with_index(mut self, embedders: Embedders) -> Self {
-        self.index = Some(embedders);
-        self
+    /// Indexes each verified block's events with `embedders` into `store`,
+    /// on a thread of its own (see [`SiteIndexer`]).
+    pub fn with_index(
+        mut self,
+        embedders: Embedders,
+        store: VectorStore,
+    ) -> Result<Self, ConsumerError> {
+        self.indexer = Some(SiteIndexer::start(embedders, store)?);
+        Ok(self)
+    }
+
+    /// Waits until the event index holds every block applied so far. The
+    /// index is derived data: failures were logged, and the next block (or
+    /// `search`, or `reindex`) catches up.
+    pub fn settle_index(&mut self) {
+        if let Some(indexer) = &mut self.indexer {
+            indexer.finish();
+            self.stats.indexed = indexer.indexed();
+        }
     }
 
     /// Ignores blocks of `chain` below `height` (replay from a checkpoint).
@@ -197,32 +211,12 @@ impl Ingest {
         self.stats.applied += applied;
         self.stats.rejected += rejected;
         if applied > 0 {
-            let layout = site_chain.layout().clone();
-            self.index_chain(&layout);
-        }
-        Ok(())
-    }
-
-    /// Brings the chain's event index level with its verified blocks. The
-    /// index is derived data: a failure is logged, not fatal, and the next
-    /// block (or `search`, or `reindex`) catches up.
-    fn index_chain(&mut self, layout: &RootLayout) {
-        let Some(embedders) = &self.index else {
-            return;
-        };
-        let done =
-            Chain::open(layout.root())
-                .map_err(IndexError::from)
-                .and_then(|chain| {
-                    EventIndex::open(layout, chain.meta().chain.as_str(), embedders, true)?
-                        .catch_up(&chain, &AtomicBool::new(false), |_, _| {})
-                });
-        match done {
-            Ok(done) => self.stats.indexed += done.events,
-            Err(e) => {
-                warn!(root = %layout.root().display(), error = %e, "could not index the new blocks; the next block or `fschain search` catches up")
+            if let Some(indexer) = &self.indexer {
+                indexer.chain_moved(site_chain.layout());
+                self.stats.indexed = indexer.indexed();
             }
         }
+        Ok(())
     }
 
     /// The oldest offset `chain` still needs, when it is assembling a stream.

@@ -270,6 +270,7 @@ fn run(
             None => {
                 if options.until_idle && caught_up(consumer, topic, &progress.next)? {
                     progress.commit(ingest, consumer, topic, CommitMode::Sync);
+                    ingest.settle_index();
                     if let Some((chain, height)) = ingest.gaps().into_iter().next() {
                         return Err(ConsumerError::Gap {
                             chain: chain.to_string(),

@@ -10,11 +10,13 @@
 pub mod assembler;
 mod error;
 pub mod import;
+pub mod indexer;
 pub mod ingest;
 pub mod kafka;
 pub mod site;
 
 pub use assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
 pub use error::ConsumerError;
+pub use indexer::SiteIndexer;
 pub use ingest::{Ingest, IngestStats, Origin};
 pub use site::{Site, SiteChain};

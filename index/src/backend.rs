@@ -71,12 +71,17 @@ pub trait Backend {
     ) -> Result<Vec<ScoredPayload>, IndexError>;
     /// Makes everything upserted durable.
     fn flush(&mut self) -> Result<(), IndexError>;
+    /// Seals what has piled up into indexed segments, where the backend
+    /// leaves that to its caller.
+    fn optimize(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
 }
 
 /// Reciprocal rank fusion constant (the usual 60).
 pub const RRF_K: usize = 60;
 /// How many candidates each embedder contributes before fusion.
-fn prefetch_limit(limit: usize) -> usize {
+pub(crate) fn prefetch_limit(limit: usize) -> usize {
     (limit * 4).max(40)
 }
 
@@ -125,15 +130,6 @@ impl EdgeBackend {
             path: path.to_owned(),
             dense,
         })
-    }
-
-    /// Builds the vector indexes (HNSW for dense vectors) once enough
-    /// points have arrived; cheap when there is nothing to do.
-    pub fn optimize(&self) -> Result<(), IndexError> {
-        self.shard
-            .optimize()
-            .map(|_| ())
-            .map_err(|e| qdrant_error(&self.path, &e))
     }
 }
 
@@ -296,6 +292,15 @@ impl Backend for EdgeBackend {
     fn flush(&mut self) -> Result<(), IndexError> {
         self.shard.flush();
         Ok(())
+    }
+
+    /// Builds the vector indexes (HNSW for dense vectors) once enough
+    /// points have arrived; cheap when there is nothing to do.
+    fn optimize(&self) -> Result<(), IndexError> {
+        self.shard
+            .optimize()
+            .map(|_| ())
+            .map_err(|e| qdrant_error(&self.path, &e))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use fschain_schema::{Event, State};
+use fschain_schema::{jcs, Digest, Event, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -65,6 +65,38 @@ fn describe_value(value: Option<&Value>) -> String {
     }
 }
 
+/// Values whose canonical JSON is longer than this are kept in the index as
+/// a summary, `<N bytes, sha256 XXXXXXXXXXXXXXXX>`: a 1 MB blob is no use
+/// in a hit or to an embedder, and the index stays small whatever the
+/// states hold. The event itself, with every byte, is in the chain and in
+/// `--proof`.
+pub const FULL_VALUE_BYTES: usize = 1024;
+
+/// `state` with every long value (see [`FULL_VALUE_BYTES`]) summarized.
+/// Objects are summarized member by member, so a JSON Merge Patch applied
+/// to a summarized state gives the summary of the patched state.
+pub fn summarize_state(state: State) -> State {
+    state.into_iter().map(|(k, v)| (k, summarize(v))).collect()
+}
+
+fn summarize(value: Value) -> Value {
+    let canonical = match value {
+        Value::Object(members) => return Value::Object(summarize_state(members)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => return value,
+        Value::String(ref s) if s.len() <= FULL_VALUE_BYTES => return value,
+        ref other => jcs::canonical(other).unwrap_or_else(|_| other.to_string().into_bytes()),
+    };
+    if canonical.len() <= FULL_VALUE_BYTES {
+        return value;
+    }
+    let digest = Digest::of(&canonical).to_hex();
+    Value::String(format!(
+        "<{} bytes, sha256 {}>",
+        canonical.len(),
+        &digest[..16]
+    ))
+}
+
 /// The keys whose values differ between two states, in key order.
 pub fn changes(old: Option<&State>, new: Option<&State>) -> Vec<Change> {
     let empty = State::new();
@@ -91,14 +123,16 @@ pub struct EventDocument {
 
 impl EventDocument {
     /// The document for `event`, sealed in block `height`, given the
-    /// element's state before it.
+    /// element's state before it (whole or summarized: the changes hold
+    /// long values summarized either way).
     pub fn new(
         height: u64,
         event: Event,
         before: Option<&State>,
     ) -> Result<Self, fschain_schema::SchemaError> {
-        let after = event.op.apply_to(before)?;
-        let changes = changes(before, after.as_ref());
+        let before = before.cloned().map(summarize_state);
+        let after = event.op.apply_to(before.as_ref())?.map(summarize_state);
+        let changes = changes(before.as_ref(), after.as_ref());
         Ok(EventDocument {
             height,
             event,
@@ -230,6 +264,51 @@ mod tests {
             format!("note: {}… → (none)", "x".repeat(48))
         );
         assert!(c[1].describe().contains(&"ab".repeat(32)));
+    }
+
+    #[test]
+    fn long_values_are_summarized_member_by_member_and_patches_still_apply() {
+        let blob = "x".repeat(FULL_VALUE_BYTES + 1);
+        let list: Vec<u32> = (0..1000).collect();
+        let s = summarize_state(state(json!({
+            "blob": blob, "list": list, "short": "y", "n": 7,
+            "nested": {"blob": blob, "mtu": 1500}
+        })));
+        let placeholder = s["blob"].as_str().unwrap_or_default();
+        assert!(
+            placeholder.starts_with(&format!("<{} bytes, sha256 ", FULL_VALUE_BYTES + 3)),
+            "{placeholder}"
+        );
+        assert_eq!(s["nested"]["blob"], s["blob"]);
+        assert_eq!(s["nested"]["mtu"], 1500);
+        assert_eq!((&s["short"], &s["n"]), (&json!("y"), &json!(7)));
+        assert!(s["list"].as_str().is_some_and(|t| t.ends_with('>')));
+        let other = summarize_state(state(json!({"blob": "z".repeat(FULL_VALUE_BYTES + 1)})));
+        assert_ne!(other["blob"], s["blob"], "different long values differ");
+        // The same long value set again is no change; a patch to a nested
+        // member of a summarized object keeps its summarized siblings.
+        let full = state(json!({"blob": blob, "nested": {"blob": blob, "mtu": 1500}}));
+        let event = |action: &str, st: Value| {
+            fschain_schema::Operation::from_value(
+                json!({"element": "file:/x", "action": action, "state": st}),
+            )
+            .expect("op")
+        };
+        let set = event("set", Value::Object(full.clone()));
+        let after = set.apply_to(Some(&s)).expect("set").map(summarize_state);
+        assert_eq!(
+            changes(Some(&s), after.as_ref()).len(),
+            3,
+            "list and the rest"
+        );
+        let patch = event("patch", json!({"nested": {"mtu": 9000}}));
+        let after = patch
+            .apply_to(Some(&s))
+            .expect("patch")
+            .map(summarize_state);
+        let c = changes(Some(&s), after.as_ref());
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].new.as_ref().map(|n| &n["blob"]), Some(&s["blob"]));
     }
 
     #[test]

@@ -17,6 +17,13 @@ pub enum IndexError {
         built: Vec<String>,
         configured: Vec<String>,
     },
+    #[error("the index at {} is kept in {built} but this command uses {configured}; run `fschain reindex --root {}` (or give the store it was built in)", path.display(), root.display())]
+    StoreMismatch {
+        path: PathBuf,
+        root: PathBuf,
+        built: String,
+        configured: String,
+    },
     #[error("no event index at {}; run `fschain reindex --root {}` to build it", path.display(), root.display())]
     NoIndex { path: PathBuf, root: PathBuf },
     #[error("the MiniLM model at {}: {why}; fetch it with scripts/fetch-model.sh", path.display())]

@@ -6,15 +6,16 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fschain_schema::{ElementId, Event, State};
+use fschain_schema::{BlockHeader, ElementId, Event, State};
 use fschain_store::layout::{write_atomic, RootLayout};
 use fschain_store::{Chain, ChainDir, IoContext, StoreError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::backend::{Backend, EdgeBackend, IndexPoint, Ranking, ScoredPayload, SearchFilter};
-use crate::document::{fields, EventDocument};
+use crate::document::{fields, summarize_state, EventDocument};
 use crate::embed::Embedders;
+use crate::server::{ServerBackend, ServerConfig};
 use crate::IndexError;
 
 const MANIFEST: &str = "index.json";
@@ -24,8 +25,12 @@ const FORMAT: u64 = 1;
 const BATCH: usize = 256;
 /// Extra candidates fetched to order equal scores.
 const TIE_SLACK: usize = 16;
+/// Bytes of events (canonical JSON) embedded and upserted together.
+const BATCH_BYTES: usize = 8 << 20;
 /// Points upserted between two durable checkpoints of `index.json`.
-const CHECKPOINT_POINTS: usize = 50_000;
+const CHECKPOINT_POINTS: u64 = 50_000;
+/// Points upserted since the optimizer last ran that make it run again.
+const OPTIMIZE_POINTS: u64 = 50_000;
 
 /// `index/index.json`: what the index holds and how it was built.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,10 +38,17 @@ const CHECKPOINT_POINTS: usize = 50_000;
 pub struct IndexManifest {
     pub format: u64,
     pub chain: String,
+    /// `edge` (in process, under `index/edge`) or `server`.
     pub backend: String,
+    /// The server collection, for a `server` index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
     pub embedders: Vec<String>,
     /// Every event of every block up to this height is in the index.
     pub indexed_height: Option<u64>,
+    /// Points written since the optimizer last ran.
+    #[serde(default)]
+    pub unoptimized_points: u64,
 }
 
 /// An open event index of one chain. Holds `index/lock` while open, so one
@@ -44,7 +56,7 @@ pub struct IndexManifest {
 pub struct EventIndex<'e> {
     layout: RootLayout,
     manifest: IndexManifest,
-    backend: EdgeBackend,
+    backend: Box<dyn Backend + Send>,
     embedders: &'e Embedders,
     _lock: File,
 }
@@ -67,14 +79,16 @@ pub struct CatchUp {
 }
 
 impl<'e> EventIndex<'e> {
-    /// Opens the index of the chain at `layout`. With `create`, a missing
-    /// index is created empty; without it, a missing index is an error that
-    /// says to run `reindex`. An index built with other embedders is
-    /// always an error that says to run `reindex`.
+    /// Opens the index of the chain at `layout`, kept in `store`. With
+    /// `create`, a missing index is created empty; without it, a missing
+    /// index is an error that says to run `reindex`. An index built with
+    /// other embedders, or kept elsewhere, is always an error that says to
+    /// run `reindex`.
     pub fn open(
         layout: &RootLayout,
         chain: &str,
         embedders: &'e Embedders,
+        store: &VectorStore,
         create: bool,
     ) -> Result<Self, IndexError> {
         let dir = layout.index_dir();
@@ -87,7 +101,8 @@ impl<'e> EventIndex<'e> {
         }
         std::fs::create_dir_all(&dir).at(&dir)?;
         let lock = lock_index(&dir)?;
-        let manifest = match std::fs::read(&manifest_path) {
+        let dense = embedders.minilm.is_some();
+        let (manifest, backend) = match std::fs::read(&manifest_path) {
             Ok(bytes) => {
                 let m: IndexManifest =
                     serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt {
@@ -102,7 +117,16 @@ impl<'e> EventIndex<'e> {
                         configured: embedders.ids(),
                     });
                 }
-                m
+                let backend = store.open(&dir, &m, dense, false).map_err(|e| match e {
+                    OpenError::Elsewhere { built, configured } => IndexError::StoreMismatch {
+                        path: dir.clone(),
+                        root: layout.root().to_owned(),
+                        built,
+                        configured,
+                    },
+                    OpenError::Index(e) => e,
+                })?;
+                (m, backend)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // A shard without a manifest is left from a crash during
@@ -111,18 +135,20 @@ impl<'e> EventIndex<'e> {
                 let m = IndexManifest {
                     format: FORMAT,
                     chain: chain.to_owned(),
-                    backend: "edge".to_owned(),
+                    backend: store.kind().to_owned(),
+                    collection: store.collection(chain),
                     embedders: embedders.ids(),
                     indexed_height: None,
+                    unoptimized_points: 0,
                 };
-                let backend = EdgeBackend::open(&dir.join(EDGE_DIR), embedders.minilm.is_some())?;
-                drop(backend);
+                let backend = store
+                    .open(&dir, &m, dense, true)
+                    .map_err(OpenError::into_index)?;
                 write_manifest(&manifest_path, &m)?;
-                m
+                (m, backend)
             }
             Err(e) => return Err(StoreError::io(&manifest_path, e).into()),
         };
-        let backend = EdgeBackend::open(&dir.join(EDGE_DIR), embedders.minilm.is_some())?;
         Ok(EventIndex {
             layout: layout.clone(),
             manifest,
@@ -133,12 +159,17 @@ impl<'e> EventIndex<'e> {
     }
 
     /// Deletes the index of the chain at `layout`, if any, and creates it
-    /// empty with `embedders`.
+    /// empty with `embedders` in `store`.
     pub fn recreate(
         layout: &RootLayout,
         chain: &str,
         embedders: &'e Embedders,
+        store: &VectorStore,
     ) -> Result<Self, IndexError> {
+        if let VectorStore::Server(config) = store {
+            // Nothing is thrown away for a server that does not answer.
+            ServerBackend::check(config)?;
+        }
         let dir = layout.index_dir();
         std::fs::create_dir_all(&dir).at(&dir)?;
         {
@@ -153,7 +184,7 @@ impl<'e> EventIndex<'e> {
             }
             remove_dir_if_present(&dir.join(EDGE_DIR))?;
         }
-        Self::open(layout, chain, embedders, true)
+        Self::open(layout, chain, embedders, store, true)
     }
 
     pub fn manifest(&self) -> &IndexManifest {
@@ -163,6 +194,9 @@ impl<'e> EventIndex<'e> {
     /// Indexes every block of `chain` above the index's height, in order.
     /// Returns what it did; `index.json` moves forward only after the
     /// points are durable, so a crash re-indexes (idempotently) at worst.
+    /// Events are read one at a time and written in batches bounded in
+    /// count and bytes, and long values are summarized, so memory stays
+    /// small whatever the blocks hold.
     ///
     /// `stop` is checked between blocks: when it is set, what is indexed so
     /// far is made durable and recorded, and the call returns early.
@@ -184,12 +218,11 @@ impl<'e> EventIndex<'e> {
             ..Default::default()
         };
         let mut states = BeforeStates::default();
-        let mut buffer: Vec<EventDocument> = Vec::new();
-        let mut since_checkpoint = 0usize;
+        let mut batch = Batch::default();
+        let mut since_checkpoint = 0u64;
         for height in start..=head {
             if stop.load(Ordering::Relaxed) {
-                done.events += buffer.len() as u64;
-                self.write(&mut buffer)?;
+                done.events += self.write(&mut batch)?;
                 if height > start {
                     self.record(height - 1)?;
                     done.indexed_height = Some(height - 1);
@@ -198,38 +231,33 @@ impl<'e> EventIndex<'e> {
             }
             let header = &chain.headers()[height as usize];
             let snapshot = ChainDir::new(chain.layout().snapshot(height));
-            for line in snapshot.last_event_lines(header.event_count)? {
-                let event = Event::from_canonical(&line).map_err(|e| {
+            states.prime(chain, header)?;
+            snapshot.for_last_event_lines(header.event_count, |line| {
+                let event = Event::from_canonical(line).map_err(|e| {
                     StoreError::schema(format!("block {height} of {}", chain.meta().chain), e)
                 })?;
-                let before = states.before(chain, height, &event)?;
+                let before = states.before(chain, height, &event.op.element)?;
                 let doc = EventDocument::new(height, event, before.as_ref())?;
                 states.record(&doc.event, before)?;
-                buffer.push(doc);
-                if buffer.len() >= BATCH {
-                    since_checkpoint += buffer.len();
-                    done.events += buffer.len() as u64;
-                    self.write(&mut buffer)?;
+                batch.push(doc, line.len());
+                if batch.is_full() {
+                    let n = self.write(&mut batch)?;
+                    since_checkpoint += n;
+                    done.events += n;
                 }
-            }
+                Ok::<(), IndexError>(())
+            })?;
             done.blocks += 1;
             if since_checkpoint >= CHECKPOINT_POINTS {
                 since_checkpoint = 0;
-                done.events += buffer.len() as u64;
-                self.write(&mut buffer)?;
-                // The appendable segment's sparse posting lists grow by
-                // insertion (quadratic over a million points); let the
-                // optimizer seal it into an indexed segment as it fills.
-                self.backend.optimize()?;
+                done.events += self.write(&mut batch)?;
                 self.record(height)?;
                 done.indexed_height = Some(height);
             }
             progress(height, head);
         }
-        done.events += buffer.len() as u64;
-        self.write(&mut buffer)?;
+        done.events += self.write(&mut batch)?;
         if start <= head {
-            self.backend.optimize()?;
             self.record(head)?;
             done.indexed_height = Some(head);
             info!(chain = %chain.meta().chain, blocks = done.blocks, events = done.events, head, "index caught up");
@@ -237,15 +265,19 @@ impl<'e> EventIndex<'e> {
         Ok(done)
     }
 
-    fn write(&mut self, docs: &mut Vec<EventDocument>) -> Result<(), IndexError> {
-        if docs.is_empty() {
-            return Ok(());
+    /// Embeds and upserts the batch; returns how many points it wrote.
+    fn write(&mut self, batch: &mut Batch) -> Result<u64, IndexError> {
+        if batch.docs.is_empty() {
+            return Ok(0);
         }
+        let docs = std::mem::take(&mut batch.docs);
+        batch.bytes = 0;
         let lexical: Vec<String> = docs.iter().map(EventDocument::lexical_text).collect();
         let natural: Vec<String> = docs.iter().map(EventDocument::text).collect();
         let vectors = self.embedders.documents(&lexical, &natural)?;
+        let written = docs.len() as u64;
         let points = docs
-            .drain(..)
+            .into_iter()
             .zip(vectors)
             .map(|(doc, vectors)| IndexPoint {
                 id: doc.point_id(),
@@ -253,10 +285,21 @@ impl<'e> EventIndex<'e> {
                 payload: doc.payload(),
             })
             .collect();
-        self.backend.upsert(points)
+        self.backend.upsert(points)?;
+        self.manifest.unoptimized_points += written;
+        Ok(written)
     }
 
+    /// Makes what is written durable, lets the optimizer seal what has
+    /// piled up, and records `height` as indexed.
     fn record(&mut self, height: u64) -> Result<(), IndexError> {
+        if self.manifest.unoptimized_points >= OPTIMIZE_POINTS {
+            // The appendable segment's sparse posting lists grow by
+            // insertion (quadratic over a million points); sealing it into
+            // an indexed segment as it fills keeps upserts and searches fast.
+            self.backend.optimize()?;
+            self.manifest.unoptimized_points = 0;
+        }
         self.backend.flush()?;
         self.manifest.indexed_height = Some(height);
         write_manifest(&self.layout.index_dir().join(MANIFEST), &self.manifest)
@@ -283,43 +326,84 @@ impl<'e> EventIndex<'e> {
     }
 }
 
-/// The state of each element just before the event being indexed: read
-/// from the previous block's snapshot the first time an element shows up,
-/// then carried forward event by event.
+/// Documents waiting to be embedded and upserted together.
+#[derive(Default)]
+struct Batch {
+    docs: Vec<EventDocument>,
+    /// Bytes of the events' canonical JSON.
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, doc: EventDocument, bytes: usize) {
+        self.docs.push(doc);
+        self.bytes += bytes;
+    }
+
+    fn is_full(&self) -> bool {
+        self.docs.len() >= BATCH || self.bytes >= BATCH_BYTES
+    }
+}
+
+/// The state of each element just before the event being indexed, with
+/// long values summarized (see [`summarize_state`]): read from the previous
+/// block's snapshot the first time an element shows up, then carried
+/// forward event by event.
 #[derive(Default)]
 struct BeforeStates {
     current: HashMap<ElementId, Option<State>>,
 }
 
 impl BeforeStates {
+    /// At the first block a site holds, which has no snapshot before it,
+    /// replays the log up to the block once for the elements the block
+    /// touches (every snapshot holds the whole log).
+    fn prime(&mut self, chain: &Chain, header: &BlockHeader) -> Result<(), IndexError> {
+        let height = header.height;
+        if height == 0 || chain.layout().snapshot(height - 1).exists() {
+            return Ok(());
+        }
+        let snapshot = ChainDir::new(chain.layout().snapshot(height));
+        let place = || format!("block {height} of {}", chain.meta().chain);
+        let mut touched: HashMap<ElementId, Option<State>> = HashMap::new();
+        snapshot.for_last_event_lines(header.event_count, |line| {
+            let event = Event::from_canonical(line).map_err(|e| StoreError::schema(place(), e))?;
+            touched.insert(event.op.element, None);
+            Ok::<(), IndexError>(())
+        })?;
+        let first = header.first_seq;
+        snapshot.for_event_lines(|line| {
+            let event = Event::from_canonical(line).map_err(|e| StoreError::schema(place(), e))?;
+            if first.is_some_and(|first| event.chain_seq >= first) {
+                return Ok(false);
+            }
+            if let Some(state) = touched.get_mut(&event.op.element) {
+                *state = event.op.apply_to(state.as_ref())?.map(summarize_state);
+            }
+            Ok::<bool, IndexError>(true)
+        })?;
+        self.current.extend(touched);
+        Ok(())
+    }
+
     fn before(
         &mut self,
         chain: &Chain,
         height: u64,
-        event: &Event,
+        element: &ElementId,
     ) -> Result<Option<State>, IndexError> {
-        let element = &event.op.element;
         if let Some(state) = self.current.get(element) {
             return Ok(state.clone());
         }
         let previous = chain.layout().snapshot(height.wrapping_sub(1));
         if height > 0 && previous.exists() {
-            return Ok(ChainDir::new(previous).state(element)?);
+            return Ok(ChainDir::new(previous).state(element)?.map(summarize_state));
         }
-        // The first block a site holds has no snapshot before it: replay
-        // the element's own chain from the log, which every snapshot holds.
-        let mut state: Option<State> = None;
-        for earlier in ChainDir::new(chain.layout().snapshot(height)).events(Some(element))? {
-            if earlier.chain_seq >= event.chain_seq {
-                break;
-            }
-            state = earlier.op.apply_to(state.as_ref())?;
-        }
-        Ok(state)
+        Ok(None)
     }
 
     fn record(&mut self, event: &Event, before: Option<State>) -> Result<(), IndexError> {
-        let after = event.op.apply_to(before.as_ref())?;
+        let after = event.op.apply_to(before.as_ref())?.map(summarize_state);
         self.current.insert(event.op.element.clone(), after);
         Ok(())
     }
@@ -350,5 +434,91 @@ fn remove_dir_if_present(path: &PathBuf) -> Result<(), IndexError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io(path, e).into()),
+    }
+}
+
+/// Where indexes keep their vectors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum VectorStore {
+    /// qdrant-edge in this process, under each chain's `index/edge`.
+    #[default]
+    Edge,
+    /// A Qdrant server, one collection per chain.
+    Server(ServerConfig),
+}
+
+enum OpenError {
+    /// The manifest says the index is kept somewhere this store is not.
+    Elsewhere {
+        built: String,
+        configured: String,
+    },
+    Index(IndexError),
+}
+
+impl OpenError {
+    fn into_index(self) -> IndexError {
+        match self {
+            OpenError::Index(e) => e,
+            OpenError::Elsewhere { built, configured } => IndexError::Corrupt {
+                path: PathBuf::from(MANIFEST),
+                why: format!("kept in {built}, opened as {configured}"),
+            },
+        }
+    }
+}
+
+impl VectorStore {
+    fn kind(&self) -> &'static str {
+        match self {
+            VectorStore::Edge => "edge",
+            VectorStore::Server(_) => "server",
+        }
+    }
+
+    fn collection(&self, chain: &str) -> Option<String> {
+        match self {
+            VectorStore::Edge => None,
+            VectorStore::Server(s) => Some(format!("{}{chain}", s.collection_prefix)),
+        }
+    }
+
+    fn describe(&self, collection: Option<&str>) -> String {
+        match self {
+            VectorStore::Edge => "the in-process store (qdrant-edge)".to_owned(),
+            VectorStore::Server(s) => format!(
+                "collection {} on the Qdrant server {}",
+                collection.unwrap_or("?"),
+                s.url
+            ),
+        }
+    }
+
+    /// Opens the backend `manifest` describes; `fresh` deletes what a
+    /// server collection held.
+    fn open(
+        &self,
+        dir: &Path,
+        manifest: &IndexManifest,
+        dense: bool,
+        fresh: bool,
+    ) -> Result<Box<dyn Backend + Send>, OpenError> {
+        let collection = manifest.collection.as_deref();
+        let elsewhere = || OpenError::Elsewhere {
+            built: match manifest.backend.as_str() {
+                "edge" => VectorStore::Edge.describe(None),
+                other => format!("{other} collection {}", collection.unwrap_or("?")),
+            },
+            configured: self.describe(collection),
+        };
+        match (self, manifest.backend.as_str(), collection) {
+            (VectorStore::Edge, "edge", _) => Ok(Box::new(
+                EdgeBackend::open(&dir.join(EDGE_DIR), dense).map_err(OpenError::Index)?,
+            )),
+            (VectorStore::Server(config), "server", Some(collection)) => Ok(Box::new(
+                ServerBackend::open(config, collection, dense, fresh).map_err(OpenError::Index)?,
+            )),
+            _ => Err(elsewhere()),
+        }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The pure part is [`document`] (what an event's text and payload are);
 //! [`embed`] turns text into vectors (BM25, and MiniLM with candle);
-//! [`backend`] stores and searches them (qdrant-edge in process);
+//! [`backend`] stores and searches them (qdrant-edge in process, or a
+//! Qdrant server through [`server`]);
 //! [`index`] keeps a chain's index level with its head; [`search`] turns
 //! hits into answers with states and proofs.
 //!
@@ -18,10 +19,12 @@ pub mod embed;
 mod error;
 pub mod index;
 pub mod search;
+pub mod server;
 
 pub use backend::{Ranking, SearchFilter};
 pub use document::{Change, EventDocument};
 pub use embed::Embedders;
 pub use error::IndexError;
-pub use index::{CatchUp, EventIndex, IndexManifest};
+pub use index::{CatchUp, EventIndex, IndexManifest, VectorStore};
 pub use search::{EventProof, SearchHit, StateAt};
+pub use server::ServerConfig;

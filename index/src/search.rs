@@ -122,13 +122,14 @@ pub fn event_proof(chain: &Chain, height: u64, hash: &EventHash) -> Result<Event
     let snapshot = ChainDir::new(chain.layout().snapshot(height));
     let mut events = Vec::new();
     let mut found = None;
-    for line in snapshot.last_event_lines(header.event_count)? {
-        let event = Event::from_canonical(&line)?;
+    snapshot.for_last_event_lines(header.event_count, |line| {
+        let event = Event::from_canonical(line)?;
         if &event.hash == hash {
-            found = Some((events.len(), line.clone()));
+            found = Some((events.len(), line.to_vec()));
         }
         events.push(leaf_hash(event.hash.digest().as_bytes()));
-    }
+        Ok::<(), IndexError>(())
+    })?;
     let not_there = || StoreError::Corrupt {
         path: chain.layout().snapshot(height),
         why: format!(

@@ -207,7 +207,7 @@ pub fn publish_pending(
                         });
                     failed = sent.err();
                 }
-                Ok(())
+                Ok::<(), fschain_store::StoreError>(())
             },
         )?;
         if let Some(e) = failed {

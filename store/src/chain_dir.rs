@@ -43,12 +43,12 @@ impl ChainDir {
     /// block's events, when `count` is its header's event count), in order.
     /// The start is found by scanning backwards, so the cost does not grow
     /// with the chain, and one line is in memory at a time.
-    pub fn for_last_event_lines(
+    pub fn for_last_event_lines<E: From<StoreError>>(
         &self,
         count: u64,
-        mut each: impl FnMut(&[u8]) -> Result<(), StoreError>,
-    ) -> Result<u64, StoreError> {
-        use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
         let p = self.path.join(EVENTS_LOG);
         if count == 0 {
             return Ok(0);
@@ -78,29 +78,33 @@ impl ChainDir {
             }
         }
         file.seek(SeekFrom::Start(start)).at(&p)?;
-        let mut reader = std::io::BufReader::new(file);
-        let mut line = Vec::new();
-        let mut n = 0;
-        while n < count {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).at(&p)? == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            if !line.is_empty() {
-                each(&line)?;
-                n += 1;
-            }
-        }
+        let n = read_lines(file, &p, count, &mut each)?;
         if n < count {
             return Err(StoreError::Corrupt {
                 path: p,
                 why: format!("holds {n} events, expected at least {count}"),
-            });
+            }
+            .into());
         }
         Ok(n)
+    }
+
+    /// Calls `each` with every line of `events.log` from the first, one
+    /// line in memory at a time, until `each` returns `false`.
+    pub fn for_event_lines<E: From<StoreError>>(
+        &self,
+        mut each: impl FnMut(&[u8]) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let p = self.path.join(EVENTS_LOG);
+        let file = std::fs::File::open(&p).at(&p)?;
+        let mut go_on = true;
+        read_lines(file, &p, u64::MAX, &mut |line: &[u8]| {
+            if go_on {
+                go_on = each(line)?;
+            }
+            Ok::<(), E>(())
+        })?;
+        Ok(())
     }
 
     /// The last `count` lines of `events.log` (see [`Self::for_last_event_lines`]).
@@ -108,7 +112,7 @@ impl ChainDir {
         let mut out = Vec::new();
         self.for_last_event_lines(count, |l| {
             out.push(l.to_vec());
-            Ok(())
+            Ok::<(), StoreError>(())
         })?;
         Ok(out)
     }
@@ -251,4 +255,32 @@ pub struct StateScan {
     pub states: Vec<(ElementId, StateHash)>,
     pub bytes: u64,
     pub problems: Vec<Problem>,
+}
+
+/// Calls `each` with up to `count` non-empty lines read from `file`
+/// (without their newline); returns how many it read.
+fn read_lines<E: From<StoreError>>(
+    file: std::fs::File,
+    path: &Path,
+    count: u64,
+    each: &mut impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    let mut n = 0;
+    while n < count {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).at(path)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if !line.is_empty() {
+            each(&line)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
