@@ -223,37 +223,10 @@ pub enum Command {
         /// A chain root, or a site directory (every chain it holds).
         #[command(flatten)]
         root: RootArg,
-        query: String,
-        /// Only events of this element.
-        #[arg(long, value_name = "ELEMENT")]
-        element: Option<String>,
-        /// Only events of elements of this kind (iface, service, file, ...).
-        #[arg(long, value_name = "KIND")]
-        kind: Option<String>,
-        /// Only this chain (at a site holding several).
-        #[arg(long, value_name = "NAME")]
-        chain: Option<String>,
-        /// Only events up to this block, each shown with its element's state there.
-        #[arg(long, value_name = "REF")]
-        at: Option<String>,
-        /// Only events at or after this RFC 3339 time.
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Only events at or before this RFC 3339 time.
-        #[arg(long, value_name = "TIME")]
-        until: Option<String>,
-        #[arg(long, default_value_t = 10, value_name = "N")]
-        limit: usize,
-        /// Add each hit's inclusion proof in its block and the signed block header.
-        #[arg(long)]
-        proof: bool,
-        /// Rank with one embedder only (default: all the index has, fused).
-        #[arg(long, value_enum, value_name = "EMBEDDER")]
-        using: Option<UsingArg>,
+        #[command(flatten)]
+        args: SearchArgs,
         #[command(flatten)]
         index: IndexArgs,
-        #[command(flatten)]
-        json: JsonArg,
     },
     /// Rebuild an empty site from the topic, starting at each chain's latest full checkpoint.
     Replay {
@@ -319,6 +292,51 @@ pub enum Command {
 pub enum UsingArg {
     Bm25,
     Minilm,
+}
+
+/// What `search` is asked.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    pub query: String,
+    /// Only events of this element.
+    #[arg(long, value_name = "ELEMENT")]
+    pub element: Option<String>,
+    /// Only events of elements of this kind (iface, service, file, ...).
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only this chain (at a site holding several).
+    #[arg(long, value_name = "NAME")]
+    pub chain: Option<String>,
+    /// Only events up to this block, each shown with its element's state there.
+    #[arg(long, value_name = "REF")]
+    pub at: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events at or before this RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub limit: usize,
+    /// Add each hit's inclusion proof in its block and the signed block header.
+    #[arg(long)]
+    pub proof: bool,
+    /// Rank with one embedder only (default: all the index has, fused).
+    #[arg(long, value_enum, value_name = "EMBEDDER")]
+    pub using: Option<UsingArg>,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+impl SearchArgs {
+    /// Which embedders rank the hits.
+    pub fn ranking(&self) -> fschain_index::Ranking {
+        match self.using {
+            None => fschain_index::Ranking::Fused,
+            Some(UsingArg::Bm25) => fschain_index::Ranking::Bm25,
+            Some(UsingArg::Minilm) => fschain_index::Ranking::MiniLm,
+        }
+    }
 }
 
 /// Which embedders the event index uses.

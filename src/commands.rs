@@ -318,38 +318,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
         Command::Reindex { root, index, json } => {
             return crate::search::reindex(&root, &index, json.json, inv)
         }
-        Command::Search {
-            root,
-            query,
-            element,
-            kind,
-            chain,
-            at,
-            since,
-            until,
-            limit,
-            proof,
-            using,
-            index,
-            json,
-        } => {
-            let args = crate::search::SearchArgs {
-                query,
-                element,
-                kind,
-                chain,
-                at,
-                since,
-                until,
-                limit,
-                proof,
-                ranking: match using {
-                    None => fschain_index::Ranking::Fused,
-                    Some(crate::cli::UsingArg::Bm25) => fschain_index::Ranking::Bm25,
-                    Some(crate::cli::UsingArg::Minilm) => fschain_index::Ranking::MiniLm,
-                },
-                json: json.json,
-            };
+        Command::Search { root, args, index } => {
             return crate::search::search(&root, &args, &index, inv);
         }
         Command::Key { action } => return crate::replication::key(action, inv),

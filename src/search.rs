@@ -4,14 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use fschain_index::{
-    Embedders, EventIndex, Ranking, SearchFilter, SearchHit, ServerConfig, VectorStore,
-};
+use fschain_index::{Embedders, EventIndex, SearchFilter, SearchHit, ServerConfig, VectorStore};
 use fschain_schema::{BlockRef, ElementId, Timestamp};
 use fschain_store::layout::ROOT_MARKER;
 use fschain_store::RootLayout;
 
-use crate::cli::{IndexArgs, RootArg};
+use crate::cli::{IndexArgs, RootArg, SearchArgs};
 use crate::commands::{open_chain, root_dir};
 use crate::Invocation;
 
@@ -85,22 +83,6 @@ pub fn reindex(root: &RootArg, args: &IndexArgs, json: bool, inv: &Invocation) -
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `search` was asked.
-#[derive(Debug)]
-pub struct SearchArgs {
-    pub query: String,
-    pub element: Option<String>,
-    pub kind: Option<String>,
-    pub chain: Option<String>,
-    pub at: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub limit: usize,
-    pub proof: bool,
-    pub ranking: Ranking,
-    pub json: bool,
 }
 
 /// The chain roots a search covers: ROOT itself, or every chain of a site.
@@ -181,7 +163,7 @@ pub fn search(
         // A site indexes as blocks arrive; a producer's index may lag its
         // head, and an index is cheap to bring level before reading it.
         index.catch_up(&chain, &inv.shutdown, |_, _| {})?;
-        for found in index.search(&args.query, args.ranking, &base, args.limit)? {
+        for found in index.search(&args.query, args.ranking(), &base, args.limit)? {
             let mut hit = SearchHit::from_payload(found)?;
             if let Some(h) = at_height {
                 hit = hit.with_state_at(&chain, h)?;
@@ -194,7 +176,7 @@ pub fn search(
     }
     hits.sort_by(|a, b| b.score.total_cmp(&a.score));
     hits.truncate(args.limit);
-    if args.json {
+    if args.json.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
     } else if hits.is_empty() {
         println!("no events match");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fschain_schema::{BlockHeader, ElementId, Event, State};
-use fschain_store::layout::{write_atomic, RootLayout};
+use fschain_store::layout::{open_lock_file, write_atomic, RootLayout};
 use fschain_store::{Chain, ChainDir, IoContext, StoreError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -419,12 +419,7 @@ fn write_manifest(path: &Path, manifest: &IndexManifest) -> Result<(), IndexErro
 
 fn lock_index(dir: &Path) -> Result<File, IndexError> {
     let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .at(&path)?;
+    let file = open_lock_file(&path)?;
     file.lock().at(&path)?;
     Ok(file)
 }

@@ -256,12 +256,7 @@ pub fn parse_snapshot_name(name: &str) -> Option<u64> {
 /// Takes the root's writer lock, failing at once if another command holds it.
 pub fn lock(layout: &RootLayout) -> Result<std::fs::File, StoreError> {
     let path = layout.lock_file();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .at(&path)?;
+    let file = open_lock_file(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
@@ -269,4 +264,14 @@ pub fn lock(layout: &RootLayout) -> Result<std::fs::File, StoreError> {
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
     }
+}
+
+/// Opens (creating it if needed) a file whose only use is to be locked.
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at(path)
 }
