@@ -78,6 +78,37 @@ pub trait Backend {
     }
 }
 
+/// How a search is ranked, given the ranking asked for and the vectors the
+/// index holds: one embedder's ranking, or both fused.
+pub(crate) enum Plan<Q> {
+    Single(Q),
+    Fuse { sparse: Q, dense: Q },
+}
+
+pub(crate) fn plan<Q>(
+    ranking: Ranking,
+    sparse: Q,
+    dense: Option<Q>,
+) -> Result<Plan<Q>, IndexError> {
+    match (ranking, dense) {
+        (Ranking::MiniLm, None) => Err(IndexError::Embed {
+            embedder: "minilm",
+            why: "this index has no MiniLM vectors; reindex with --model DIR".into(),
+        }),
+        (Ranking::MiniLm, Some(dense)) => Ok(Plan::Single(dense)),
+        (Ranking::Bm25, _) | (Ranking::Fused, None) => Ok(Plan::Single(sparse)),
+        (Ranking::Fused, Some(dense)) => Ok(Plan::Fuse { sparse, dense }),
+    }
+}
+
+/// A point's dense vector, which every point of a MiniLM index has.
+pub(crate) fn dense_vector(point: &mut IndexPoint) -> Result<Vec<f32>, IndexError> {
+    point.vectors.dense.take().ok_or_else(|| IndexError::Embed {
+        embedder: "minilm",
+        why: "no dense vector for a point of a MiniLM index".into(),
+    })
+}
+
 /// Reciprocal rank fusion constant (the usual 60).
 pub const RRF_K: usize = 60;
 /// How many candidates each embedder contributes before fusion.
@@ -178,17 +209,13 @@ impl Backend for EdgeBackend {
     fn upsert(&mut self, points: Vec<IndexPoint>) -> Result<(), IndexError> {
         let err = |e: &dyn std::fmt::Display| qdrant_error(&self.path, e);
         let mut batch = Vec::with_capacity(points.len());
-        for p in points {
+        for mut p in points {
             let mut named = vec![(
                 BM25_VECTOR,
                 sparse_vector(&p.vectors.sparse).map_err(|e| err(&e))?,
             )];
             if self.dense {
-                let dense = p.vectors.dense.ok_or_else(|| IndexError::Embed {
-                    embedder: "minilm",
-                    why: "no dense vector for a point of a MiniLM index".into(),
-                })?;
-                named.push((MINILM_VECTOR, Vector::new_dense(dense)));
+                named.push((MINILM_VECTOR, Vector::new_dense(dense_vector(&mut p)?)));
             }
             batch.push(
                 PointStruct::new(
@@ -242,16 +269,9 @@ impl Backend for EdgeBackend {
             })),
             _ => None,
         };
-        let request = match (ranking, dense) {
-            (Ranking::MiniLm, None) => {
-                return Err(IndexError::Embed {
-                    embedder: "minilm",
-                    why: "this index has no MiniLM vectors; reindex with --model DIR".into(),
-                })
-            }
-            (Ranking::MiniLm, Some(dense)) => single(dense),
-            (Ranking::Bm25, _) | (Ranking::Fused, None) => single(sparse),
-            (Ranking::Fused, Some(dense)) => {
+        let request = match plan(ranking, sparse, dense)? {
+            Plan::Single(q) => single(q),
+            Plan::Fuse { sparse, dense } => {
                 let prefetch = |q| Prefetch {
                     prefetches: vec![],
                     query: Some(ScoringQuery::Vector(q)),

@@ -16,7 +16,8 @@ use qdrant_edge::external::uuid::Uuid;
 use serde_json::Value;
 
 use crate::backend::{
-    prefetch_limit, Backend, IndexPoint, Ranking, ScoredPayload, SearchFilter, RRF_K,
+    dense_vector, plan, prefetch_limit, Backend, IndexPoint, Plan, Ranking, ScoredPayload,
+    SearchFilter, RRF_K,
 };
 use crate::document::fields;
 use crate::embed::{TextVectors, BM25_VECTOR, MINILM_DIM, MINILM_VECTOR};
@@ -204,18 +205,15 @@ fn server_filter(filter: &SearchFilter) -> Option<Filter> {
 impl Backend for ServerBackend {
     fn upsert(&mut self, points: Vec<IndexPoint>) -> Result<(), IndexError> {
         let mut batch = Vec::with_capacity(points.len());
-        for p in points {
-            let mut named = NamedVectors::default().add_vector(
+        for mut p in points {
+            let mut named = NamedVectors::default();
+            if self.dense {
+                named = named.add_vector(MINILM_VECTOR, Vector::new_dense(dense_vector(&mut p)?));
+            }
+            named = named.add_vector(
                 BM25_VECTOR,
                 Vector::new_sparse(p.vectors.sparse.indices, p.vectors.sparse.values),
             );
-            if self.dense {
-                let dense = p.vectors.dense.ok_or_else(|| IndexError::Embed {
-                    embedder: "minilm",
-                    why: "no dense vector for a point of a MiniLM index".into(),
-                })?;
-                named = named.add_vector(MINILM_VECTOR, Vector::new_dense(dense));
-            }
             let payload = Payload::try_from(p.payload).map_err(|e| self.error(e))?;
             batch.push(PointStruct::new(
                 Uuid::from_bytes(p.id).to_string(),
@@ -249,7 +247,7 @@ impl Backend for ServerBackend {
         let request = QueryPointsBuilder::new(&self.collection)
             .limit(limit as u64)
             .with_payload(true);
-        let single = |input: VectorInput, using: &str| {
+        let single = |(input, using): (VectorInput, &str)| {
             let r = request
                 .clone()
                 .query(Query::new_nearest(input))
@@ -259,18 +257,12 @@ impl Backend for ServerBackend {
                 None => r,
             }
         };
-        let request = match (ranking, dense) {
-            (Ranking::MiniLm, None) => {
-                return Err(IndexError::Embed {
-                    embedder: "minilm",
-                    why: "this index has no MiniLM vectors; reindex with --model DIR".into(),
-                })
-            }
-            (Ranking::MiniLm, Some(dense)) => single(dense, MINILM_VECTOR),
-            (Ranking::Bm25, _) | (Ranking::Fused, None) => single(sparse, BM25_VECTOR),
-            (Ranking::Fused, Some(dense)) => {
+        let sparse = (sparse, BM25_VECTOR);
+        let request = match plan(ranking, sparse, dense.map(|d| (d, MINILM_VECTOR)))? {
+            Plan::Single(q) => single(q),
+            Plan::Fuse { sparse, dense } => {
                 // The filter narrows each prefetch; fusion ranks what they bring.
-                let prefetch = |input: VectorInput, using: &str| {
+                let prefetch = |(input, using): (VectorInput, &str)| {
                     let p = PrefetchQueryBuilder::default()
                         .query(Query::new_nearest(input))
                         .using(using)
@@ -282,8 +274,8 @@ impl Backend for ServerBackend {
                 };
                 request
                     .clone()
-                    .add_prefetch(prefetch(sparse, BM25_VECTOR))
-                    .add_prefetch(prefetch(dense, MINILM_VECTOR))
+                    .add_prefetch(prefetch(sparse))
+                    .add_prefetch(prefetch(dense))
                     .query(Query::new_rrf(RrfBuilder::with_k(RRF_K as u32)))
             }
         };
