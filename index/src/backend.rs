@@ -39,6 +39,39 @@ pub struct SearchFilter {
     pub until_us: Option<i64>,
 }
 
+/// One condition of a [`SearchFilter`], for a backend to spell its way.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum FilterCondition<'a> {
+    /// The keyword field equals the value.
+    Keyword(&'static str, &'a str),
+    /// The numeric field is within the bounds (inclusive).
+    Range(&'static str, Option<f64>, Option<f64>),
+}
+
+impl SearchFilter {
+    /// Every condition a point must meet (none: no filter).
+    pub(crate) fn conditions(&self) -> Vec<FilterCondition<'_>> {
+        let mut must = Vec::new();
+        if let Some(e) = &self.element {
+            must.push(FilterCondition::Keyword(fields::ELEMENT, e));
+        }
+        if let Some(k) = &self.kind {
+            must.push(FilterCondition::Keyword(fields::KIND, k));
+        }
+        if let Some(h) = self.max_height {
+            must.push(FilterCondition::Range(fields::HEIGHT, None, Some(h as f64)));
+        }
+        if self.since_us.is_some() || self.until_us.is_some() {
+            must.push(FilterCondition::Range(
+                fields::TIME_MICROS,
+                self.since_us.map(|t| t as f64),
+                self.until_us.map(|t| t as f64),
+            ));
+        }
+        must
+    }
+}
+
 /// Which embedders rank a search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ranking {
@@ -333,40 +366,27 @@ fn json_path(key: &str) -> Result<JsonPath, IndexError> {
 }
 
 fn edge_filter(filter: &SearchFilter) -> Result<Option<Filter>, IndexError> {
-    let keyword = |key: &str, value: &str| {
-        Ok::<_, IndexError>(Condition::Field(FieldCondition::new_match(
-            json_path(key)?,
-            Match::new_value(ValueVariants::String(value.to_owned())),
-        )))
-    };
-    let range = |key: &str, gte: Option<f64>, lte: Option<f64>| {
-        Ok::<_, IndexError>(Condition::Field(FieldCondition::new_range(
-            json_path(key)?,
-            Range {
-                lt: None,
-                gt: None,
-                gte: gte.map(OrderedFloat),
-                lte: lte.map(OrderedFloat),
-            },
-        )))
-    };
-    let mut must = Vec::new();
-    if let Some(e) = &filter.element {
-        must.push(keyword(fields::ELEMENT, e)?);
-    }
-    if let Some(k) = &filter.kind {
-        must.push(keyword(fields::KIND, k)?);
-    }
-    if let Some(h) = filter.max_height {
-        must.push(range(fields::HEIGHT, None, Some(h as f64))?);
-    }
-    if filter.since_us.is_some() || filter.until_us.is_some() {
-        must.push(range(
-            fields::TIME_MICROS,
-            filter.since_us.map(|t| t as f64),
-            filter.until_us.map(|t| t as f64),
-        )?);
-    }
+    let must = filter
+        .conditions()
+        .into_iter()
+        .map(|c| {
+            Ok(Condition::Field(match c {
+                FilterCondition::Keyword(key, value) => FieldCondition::new_match(
+                    json_path(key)?,
+                    Match::new_value(ValueVariants::String(value.to_owned())),
+                ),
+                FilterCondition::Range(key, gte, lte) => FieldCondition::new_range(
+                    json_path(key)?,
+                    Range {
+                        lt: None,
+                        gt: None,
+                        gte: gte.map(OrderedFloat),
+                        lte: lte.map(OrderedFloat),
+                    },
+                ),
+            }))
+        })
+        .collect::<Result<Vec<_>, IndexError>>()?;
     Ok((!must.is_empty()).then(|| Filter {
         must: Some(must),
         ..Default::default()

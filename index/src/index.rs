@@ -117,15 +117,7 @@ impl<'e> EventIndex<'e> {
                         configured: embedders.ids(),
                     });
                 }
-                let backend = store.open(&dir, &m, dense, false).map_err(|e| match e {
-                    OpenError::Elsewhere { built, configured } => IndexError::StoreMismatch {
-                        path: dir.clone(),
-                        root: layout.root().to_owned(),
-                        built,
-                        configured,
-                    },
-                    OpenError::Index(e) => e,
-                })?;
+                let backend = store.open(layout, &m, dense, false)?;
                 (m, backend)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -141,9 +133,7 @@ impl<'e> EventIndex<'e> {
                     indexed_height: None,
                     unoptimized_points: 0,
                 };
-                let backend = store
-                    .open(&dir, &m, dense, true)
-                    .map_err(OpenError::into_index)?;
+                let backend = store.open(layout, &m, dense, true)?;
                 write_manifest(&manifest_path, &m)?;
                 (m, backend)
             }
@@ -442,27 +432,6 @@ pub enum VectorStore {
     Server(ServerConfig),
 }
 
-enum OpenError {
-    /// The manifest says the index is kept somewhere this store is not.
-    Elsewhere {
-        built: String,
-        configured: String,
-    },
-    Index(IndexError),
-}
-
-impl OpenError {
-    fn into_index(self) -> IndexError {
-        match self {
-            OpenError::Index(e) => e,
-            OpenError::Elsewhere { built, configured } => IndexError::Corrupt {
-                path: PathBuf::from(MANIFEST),
-                why: format!("kept in {built}, opened as {configured}"),
-            },
-        }
-    }
-}
-
 impl VectorStore {
     fn kind(&self) -> &'static str {
         match self {
@@ -490,30 +459,33 @@ impl VectorStore {
     }
 
     /// Opens the backend `manifest` describes; `fresh` deletes what a
-    /// server collection held.
+    /// server collection held. An index kept elsewhere than this store is
+    /// `IndexError::StoreMismatch`.
     fn open(
         &self,
-        dir: &Path,
+        layout: &RootLayout,
         manifest: &IndexManifest,
         dense: bool,
         fresh: bool,
-    ) -> Result<Box<dyn Backend + Send>, OpenError> {
+    ) -> Result<Box<dyn Backend + Send>, IndexError> {
         let collection = manifest.collection.as_deref();
-        let elsewhere = || OpenError::Elsewhere {
-            built: match manifest.backend.as_str() {
-                "edge" => VectorStore::Edge.describe(None),
-                other => format!("{other} collection {}", collection.unwrap_or("?")),
-            },
-            configured: self.describe(collection),
-        };
         match (self, manifest.backend.as_str(), collection) {
-            (VectorStore::Edge, "edge", _) => Ok(Box::new(
-                EdgeBackend::open(&dir.join(EDGE_DIR), dense).map_err(OpenError::Index)?,
-            )),
+            (VectorStore::Edge, "edge", _) => Ok(Box::new(EdgeBackend::open(
+                &layout.index_dir().join(EDGE_DIR),
+                dense,
+            )?)),
             (VectorStore::Server(config), "server", Some(collection)) => Ok(Box::new(
-                ServerBackend::open(config, collection, dense, fresh).map_err(OpenError::Index)?,
+                ServerBackend::open(config, collection, dense, fresh)?,
             )),
-            _ => Err(elsewhere()),
+            (_, built, _) => Err(IndexError::StoreMismatch {
+                path: layout.index_dir(),
+                root: layout.root().to_owned(),
+                built: match built {
+                    "edge" => VectorStore::Edge.describe(None),
+                    other => format!("{other} collection {}", collection.unwrap_or("?")),
+                },
+                configured: self.describe(collection),
+            }),
         }
     }
 }

@@ -16,8 +16,8 @@ use qdrant_edge::external::uuid::Uuid;
 use serde_json::Value;
 
 use crate::backend::{
-    dense_vector, plan, prefetch_limit, Backend, IndexPoint, Plan, Ranking, ScoredPayload,
-    SearchFilter, RRF_K,
+    dense_vector, plan, prefetch_limit, Backend, FilterCondition, IndexPoint, Plan, Ranking,
+    ScoredPayload, SearchFilter, RRF_K,
 };
 use crate::document::fields;
 use crate::embed::{TextVectors, BM25_VECTOR, MINILM_DIM, MINILM_VECTOR};
@@ -172,33 +172,21 @@ fn server_error(url: &str, collection: &str, e: QdrantError) -> IndexError {
 }
 
 fn server_filter(filter: &SearchFilter) -> Option<Filter> {
-    let range = |key: &str, gte: Option<f64>, lte: Option<f64>| {
-        Condition::range(
-            key,
-            Range {
-                gte,
-                lte,
-                ..Default::default()
-            },
-        )
-    };
-    let mut must = Vec::new();
-    if let Some(e) = &filter.element {
-        must.push(Condition::matches(fields::ELEMENT, e.clone()));
-    }
-    if let Some(k) = &filter.kind {
-        must.push(Condition::matches(fields::KIND, k.clone()));
-    }
-    if let Some(h) = filter.max_height {
-        must.push(range(fields::HEIGHT, None, Some(h as f64)));
-    }
-    if filter.since_us.is_some() || filter.until_us.is_some() {
-        must.push(range(
-            fields::TIME_MICROS,
-            filter.since_us.map(|t| t as f64),
-            filter.until_us.map(|t| t as f64),
-        ));
-    }
+    let must: Vec<Condition> = filter
+        .conditions()
+        .into_iter()
+        .map(|c| match c {
+            FilterCondition::Keyword(key, value) => Condition::matches(key, value.to_owned()),
+            FilterCondition::Range(key, gte, lte) => Condition::range(
+                key,
+                Range {
+                    gte,
+                    lte,
+                    ..Default::default()
+                },
+            ),
+        })
+        .collect();
     (!must.is_empty()).then(|| Filter::must(must))
 }
 
