@@ -133,12 +133,11 @@ impl Event {
         let value: Value = serde_json::from_slice(line).map_err(|e| SchemaError::Json {
             message: e.to_string(),
         })?;
-        let canonical = jcs::canonical(&value)?;
+        let event = Self::from_value_unchecked(value)?;
+        let (actual, canonical) = event.recompute()?;
         if canonical != line {
             return Err(SchemaError::NotCanonical { what: "event" });
         }
-        let event = Self::from_value_unchecked(value)?;
-        let actual = event.computed_hash()?;
         if actual != event.hash {
             return Err(SchemaError::EventHashMismatch {
                 expected: event.hash,
@@ -146,6 +145,14 @@ impl Event {
             });
         }
         Ok(event)
+    }
+
+    /// Recomputes the hash from the other fields and the canonical line
+    /// (with the stored hash), from one encoding. A line is canonical when
+    /// it equals the line re-encoded from what it parses to.
+    pub fn recompute(&self) -> Result<(EventHash, Vec<u8>), SchemaError> {
+        let encoded = self.members().encode()?;
+        Ok((encoded.hash(), encoded.line(&self.hash)))
     }
 
     /// Reads an event's fields without checking its hash or canonical form

@@ -154,20 +154,18 @@ impl Operation {
     ///
     /// `patch` and `delete` of an element that does not exist are errors.
     pub fn apply_to(&self, current: Option<&State>) -> Result<Option<State>, SchemaError> {
+        self.apply_owned(current.cloned())
+    }
+
+    /// [`Self::apply_to`], patching the state it is given in place.
+    pub fn apply_owned(&self, current: Option<State>) -> Result<Option<State>, SchemaError> {
         match (self.action, current) {
             (Action::Set, _) => Ok(self.state.clone()),
-            (Action::Patch, Some(current)) => {
-                let mut next = Value::Object(current.clone());
-                merge_patch(
-                    &mut next,
-                    &Value::Object(self.state.clone().unwrap_or_default()),
-                );
-                match next {
-                    Value::Object(map) => Ok(Some(map)),
-                    _ => Err(SchemaError::StateNotObject {
-                        element: self.element.to_string(),
-                    }),
+            (Action::Patch, Some(mut current)) => {
+                if let Some(patch) = &self.state {
+                    merge_patch_object(&mut current, patch);
                 }
+                Ok(Some(current))
             }
             (Action::Delete, Some(_)) => Ok(None),
             (Action::Patch | Action::Delete, None) => Err(SchemaError::NoSuchElement {
@@ -202,12 +200,17 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
         *target = Value::Object(Map::new());
     }
     if let Value::Object(target) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                target.remove(key);
-            } else {
-                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-            }
+        merge_patch_object(target, patch);
+    }
+}
+
+/// RFC 7396 JSON Merge Patch of an object by an object, in place.
+fn merge_patch_object(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
         }
     }
 }

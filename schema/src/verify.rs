@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::merkle::{leaf_hash, MerkleLevels};
 use crate::{
-    jcs, state_hash, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventHash,
+    jcs, Action, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventHash,
     EventsRoot, State, StateHash, StateRoot, StateTree,
 };
 
@@ -239,13 +239,39 @@ impl fmt::Display for Problem {
     }
 }
 
+/// States whose canonical JSON is larger than this are not held in memory
+/// while the log is replayed: the checker keeps the byte offsets of the
+/// events that produced them and reads those lines again when a `patch`
+/// needs the state. Memory stays bounded whatever the states weigh.
+pub const HELD_STATE_MAX: usize = 64 * 1024;
+
 /// What one element looks like after replaying the log.
 #[derive(Clone, Debug)]
 pub struct ElementTip {
     pub seq: u64,
     pub last: EventHash,
-    pub state: Option<State>,
+    pub state: ReplayedState,
     pub state_hash: Option<StateHash>,
+}
+
+/// An element's replayed state, as the checker keeps it.
+#[derive(Clone, Debug)]
+pub enum ReplayedState {
+    /// Deleted, or never replayed successfully.
+    Absent,
+    Held(State),
+    /// Too large to hold: read again and replayed when a `patch` needs it.
+    Spilled(SpilledState),
+}
+
+/// How to rebuild a state too large to hold: start from `base` (the
+/// canonical JSON of the held state it grew from, at most
+/// [`HELD_STATE_MAX`] bytes, or nothing when a `set` made it) and apply the
+/// operations of the events.log lines at `events`, in order.
+#[derive(Clone, Debug)]
+pub struct SpilledState {
+    pub base: Option<Vec<u8>>,
+    pub events: Vec<u64>,
 }
 
 /// The result of checking a chain's logs.
@@ -253,44 +279,95 @@ pub struct ElementTip {
 pub struct LogCheck {
     pub headers: Vec<BlockHeader>,
     /// Byte offset in headers.log just past each header's line.
-    pub header_ends: Vec<usize>,
+    pub header_ends: Vec<u64>,
     /// Byte offset in events.log just past each block's last event.
-    pub event_ends: Vec<usize>,
+    pub event_ends: Vec<u64>,
     /// Every element that ever had an event, as of the last header.
     pub tips: HashMap<ElementId, ElementTip>,
     pub events_checked: u64,
     pub problems: Vec<Problem>,
 }
 
-/// Checks headers.log and events.log of one copy of a chain (`place` names
-/// it in problems): every event hash, both chains, every events root, and
-/// every state root against the replayed states.
+/// One log read line by line, in order. The store reads files through it,
+/// one line in memory at a time; [`SliceLines`] reads bytes in memory.
+pub trait LineSource {
+    type Error: fmt::Display;
+    /// The next line without its newline, or `None` at the end. A last
+    /// line without its newline is still a line (a torn write shows up as a
+    /// malformed line, never silently).
+    fn next_line(&mut self) -> Result<Option<&[u8]>, Self::Error>;
+    /// Byte offset just past the last line returned (and its newline).
+    fn offset(&self) -> u64;
+}
+
+/// Reads one line of events.log again, by the byte offset it starts at.
+pub trait LineAt {
+    type Error: fmt::Display;
+    fn line_at(&mut self, offset: u64) -> Result<Vec<u8>, Self::Error>;
+}
+
+/// Checks headers.log and events.log of one copy of a chain held in memory
+/// (`place` names it in problems). See [`check_log_lines`].
 pub fn check_logs(
     place: &str,
     chain: &ChainName,
     headers_log: &[u8],
     events_log: &[u8],
 ) -> LogCheck {
+    check_log_lines(
+        place,
+        chain,
+        &mut SliceLines::new(headers_log),
+        &mut SliceLines::new(events_log),
+        &mut SliceLines::new(events_log),
+    )
+}
+
+/// Checks the logs of one copy of a chain, read line by line: every event
+/// hash, both chains, every events root, and every state root against the
+/// replayed states. `events_at` reads an events.log line again (for
+/// patches of states larger than [`HELD_STATE_MAX`]).
+pub fn check_log_lines<H: LineSource, E: LineSource, A: LineAt>(
+    place: &str,
+    chain: &ChainName,
+    headers: &mut H,
+    events: &mut E,
+    events_at: &mut A,
+) -> LogCheck {
     let mut check = LogCheck::default();
     let mut problems = Vec::new();
     let p = || place.to_owned();
+    let unreadable = |file: &str, e: &dyn fmt::Display| Problem::Unreadable {
+        place: place.to_owned(),
+        message: format!("{file}: {e}"),
+    };
     let mut tree = StateTree::default();
-    let mut events = Lines::new(events_log);
     let mut next_seq = 1u64;
     let mut prev_header: Option<BlockHeader> = None;
-    let mut header_lines = Lines::new(headers_log);
-    while let Some((line_no, line)) = header_lines.next() {
+    let mut header_line = 0u64;
+    let mut event_line = 0u64;
+    loop {
+        let line = match headers.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                problems.push(unreadable("headers.log", &e));
+                break;
+            }
+        };
+        header_line += 1;
         let header = match BlockHeader::from_canonical_unchecked(line) {
             Ok(h) => h,
             Err(e) => {
                 problems.push(Problem::BadHeader {
                     place: p(),
-                    line: line_no,
+                    line: header_line,
                     message: e.to_string(),
                 });
                 break;
             }
         };
+        let line_no = header_line;
         match header.computed_hash() {
             Ok(actual) if actual != header.hash => problems.push(Problem::HeaderHashMismatch {
                 place: p(),
@@ -340,18 +417,30 @@ pub fn check_logs(
         let mut event_leaves = Vec::new();
         let mut seqs = Vec::new();
         for _ in 0..header.event_count {
-            let Some((ev_line, bytes)) = events.next() else {
-                break;
+            let start = events.offset();
+            let bytes = match events.next_line() {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(e) => {
+                    problems.push(unreadable("events.log", &e));
+                    break;
+                }
             };
+            event_line += 1;
             check.events_checked += 1;
-            if let Some((hash, seq)) = check_event(
+            let at = EventAt {
                 place,
+                line: event_line,
+                offset: start,
+            };
+            if let Some((hash, seq)) = check_event(
+                &at,
                 chain,
-                ev_line,
                 bytes,
                 &mut next_seq,
                 &mut check.tips,
                 &mut tree,
+                events_at,
                 &mut problems,
             ) {
                 event_leaves.push(leaf_hash(hash.digest().as_bytes()));
@@ -390,12 +479,22 @@ pub fn check_logs(
                 actual: state_root,
             });
         }
-        check.header_ends.push(header_lines.offset());
+        check.header_ends.push(headers.offset());
         check.event_ends.push(events.offset());
         check.headers.push(header.clone());
         prev_header = Some(header);
     }
-    let unsealed = events.count() as u64;
+    let mut unsealed = 0u64;
+    loop {
+        match events.next_line() {
+            Ok(Some(_)) => unsealed += 1,
+            Ok(None) => break,
+            Err(e) => {
+                problems.push(unreadable("events.log", &e));
+                break;
+            }
+        }
+    }
     if unsealed > 0 {
         problems.push(Problem::UnsealedEvents {
             place: p(),
@@ -406,17 +505,26 @@ pub fn check_logs(
     check
 }
 
+/// Where the event being checked is.
+struct EventAt<'a> {
+    place: &'a str,
+    line: u64,
+    offset: u64,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_event(
-    place: &str,
+    at: &EventAt<'_>,
     chain: &ChainName,
-    line_no: u64,
     bytes: &[u8],
     next_seq: &mut u64,
     tips: &mut HashMap<ElementId, ElementTip>,
     tree: &mut StateTree,
+    events_at: &mut impl LineAt,
     problems: &mut Vec<Problem>,
 ) -> Option<(EventHash, u64)> {
+    let place = at.place;
+    let line_no = at.line;
     let p = || place.to_owned();
     let bad = |message: String| Problem::BadEvent {
         place: place.to_owned(),
@@ -430,11 +538,6 @@ fn check_event(
             return None;
         }
     };
-    match jcs::canonical(&value) {
-        Ok(c) if c == bytes => {}
-        Ok(_) => problems.push(bad("not in canonical form".into())),
-        Err(e) => problems.push(bad(e.to_string())),
-    }
     let event = match Event::from_value_unchecked(value) {
         Ok(e) => e,
         Err(e) => {
@@ -442,16 +545,22 @@ fn check_event(
             return None;
         }
     };
-    match event.computed_hash() {
-        Ok(actual) if actual != event.hash => problems.push(Problem::EventHashMismatch {
-            place: p(),
-            line: line_no,
-            chain_seq: event.chain_seq,
-            element: event.element.to_string(),
-            expected: event.hash,
-            actual,
-        }),
-        Ok(_) => {}
+    match event.recompute() {
+        Ok((actual, canonical)) => {
+            if canonical != bytes {
+                problems.push(bad("not in canonical form".into()));
+            }
+            if actual != event.hash {
+                problems.push(Problem::EventHashMismatch {
+                    place: p(),
+                    line: line_no,
+                    chain_seq: event.chain_seq,
+                    element: event.element.to_string(),
+                    expected: event.hash,
+                    actual,
+                });
+            }
+        }
         Err(e) => problems.push(bad(e.to_string())),
     }
     if &event.chain != chain {
@@ -472,8 +581,10 @@ fn check_event(
     }
     *next_seq = event.chain_seq + 1;
     let element = event.element.to_string();
-    let tip = tips.get(&event.element);
-    let (expected_seq, expected_prev) = tip.map_or((1, None), |t| (t.seq + 1, Some(t.last)));
+    let tip = tips.remove(&event.element);
+    let (expected_seq, expected_prev) = tip
+        .as_ref()
+        .map_or((1, None), |t| (t.seq + 1, Some(t.last)));
     if event.element_seq != expected_seq {
         problems.push(Problem::ElementSeqWrong {
             place: p(),
@@ -492,20 +603,53 @@ fn check_event(
             actual: event.prev,
         });
     }
-    let current = tip.and_then(|t| t.state.as_ref());
-    let next_state = match event.op.apply_to(current) {
-        Ok(s) => s,
-        Err(e) => {
-            problems.push(Problem::InvalidOperation {
-                place: p(),
-                chain_seq: event.chain_seq,
-                element: element.clone(),
-                message: e.to_string(),
-            });
-            None
+    let invalid = |message: String| Problem::InvalidOperation {
+        place: place.to_owned(),
+        chain_seq: event.chain_seq,
+        element: element.clone(),
+        message,
+    };
+    let previous = tip.map_or(ReplayedState::Absent, |t| t.state);
+    // How a large result would be rebuilt: a `set` needs nothing before it;
+    // a `patch` needs the state it patched.
+    let mut rebuild = SpilledState {
+        base: None,
+        events: Vec::new(),
+    };
+    let current = match (event.op.action, previous) {
+        (_, ReplayedState::Absent) => Ok(None),
+        (Action::Set, _) => Ok(None),
+        (_, ReplayedState::Held(state)) => {
+            if event.op.action == Action::Patch {
+                rebuild.base = jcs::canonical_object(&state).ok();
+            }
+            Ok(Some(state))
+        }
+        // Deleting needs only to know the element exists.
+        (Action::Delete, ReplayedState::Spilled(_)) => Ok(Some(State::new())),
+        (Action::Patch, ReplayedState::Spilled(spilled)) => {
+            let state = replay_spilled(events_at, &spilled);
+            rebuild = spilled;
+            state.map(Some)
         }
     };
-    let replayed = next_state.as_ref().and_then(|s| state_hash(s).ok());
+    let next_state = match current {
+        Err(message) => {
+            problems.push(invalid(message));
+            None
+        }
+        Ok(current) => match event.op.apply_owned(current) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(invalid(e.to_string()));
+                None
+            }
+        },
+    };
+    let canonical = next_state
+        .as_ref()
+        .and_then(|s| jcs::canonical_object(s).ok());
+    let replayed = canonical.as_ref().map(|c| StateHash(Digest::of(c)));
     if replayed != event.state_hash {
         problems.push(Problem::StateReplayMismatch {
             place: p(),
@@ -515,6 +659,14 @@ fn check_event(
             actual: replayed,
         });
     }
+    let state = match (next_state, canonical) {
+        (Some(s), Some(c)) if c.len() <= HELD_STATE_MAX => ReplayedState::Held(s),
+        (Some(_), Some(_)) => {
+            rebuild.events.push(at.offset);
+            ReplayedState::Spilled(rebuild)
+        }
+        _ => ReplayedState::Absent,
+    };
     // Continue from what the event records, so one fault is reported once.
     tree.stage(event.element.clone(), event.state_hash);
     tips.insert(
@@ -522,50 +674,78 @@ fn check_event(
         ElementTip {
             seq: event.element_seq,
             last: event.hash,
-            state: next_state,
+            state,
             state_hash: event.state_hash,
         },
     );
     Some((event.hash, event.chain_seq))
 }
 
-/// Newline-terminated lines with 1-based numbers and byte offsets. A last
-/// line without its newline is still a line (a torn write shows up as a
-/// malformed line, never silently).
-struct Lines<'a> {
+/// Rebuilds a spilled state from its base and by reading its events again
+/// (all checked before).
+fn replay_spilled(events_at: &mut impl LineAt, spilled: &SpilledState) -> Result<State, String> {
+    let mut state: Option<State> = match &spilled.base {
+        None => None,
+        Some(bytes) => match serde_json::from_slice(bytes) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => return Err("its held state does not parse".to_owned()),
+        },
+    };
+    for &offset in &spilled.events {
+        let line = events_at
+            .line_at(offset)
+            .map_err(|e| format!("reading events.log again at byte {offset}: {e}"))?;
+        let event = serde_json::from_slice::<Value>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Event::from_value_unchecked(v).map_err(|e| e.to_string()))
+            .map_err(|e| format!("events.log changed while it was read, at byte {offset}: {e}"))?;
+        state = event.op.apply_owned(state).map_err(|e| e.to_string())?;
+    }
+    state.ok_or_else(|| "its state was deleted".to_owned())
+}
+
+/// A log held in memory, read line by line.
+#[derive(Debug)]
+pub struct SliceLines<'a> {
     bytes: &'a [u8],
     offset: usize,
-    line: u64,
 }
 
-impl<'a> Lines<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Lines {
-            bytes,
-            offset: 0,
-            line: 0,
-        }
-    }
-
-    fn offset(&self) -> usize {
-        self.offset
+impl<'a> SliceLines<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        SliceLines { bytes, offset: 0 }
     }
 }
 
-impl<'a> Iterator for Lines<'a> {
-    type Item = (u64, &'a [u8]);
-    fn next(&mut self) -> Option<Self::Item> {
+impl LineSource for SliceLines<'_> {
+    type Error = std::convert::Infallible;
+    fn next_line(&mut self) -> Result<Option<&[u8]>, Self::Error> {
         let rest = &self.bytes[self.offset..];
         if rest.is_empty() {
-            return None;
+            return Ok(None);
         }
         let (line, used) = match rest.iter().position(|&b| b == b'\n') {
             Some(i) => (&rest[..i], i + 1),
             None => (rest, rest.len()),
         };
         self.offset += used;
-        self.line += 1;
-        Some((self.line, line))
+        Ok(Some(line))
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset as u64
+    }
+}
+
+impl LineAt for SliceLines<'_> {
+    type Error = String;
+    fn line_at(&mut self, offset: u64) -> Result<Vec<u8>, String> {
+        let rest = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.bytes.get(o..))
+            .ok_or_else(|| format!("offset {offset} is past the end"))?;
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        Ok(rest[..end].to_vec())
     }
 }
 
@@ -577,4 +757,210 @@ pub fn state_root_of(entries: impl IntoIterator<Item = (ElementId, StateHash)>) 
 /// Hash of raw state-file bytes (the state's canonical JSON).
 pub fn state_file_hash(bytes: &[u8]) -> StateHash {
     StateHash(Digest::of(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventDraft, HeaderDraft, Operation, Timestamp};
+    use serde_json::json;
+
+    /// Builds logs the way the producer writes them.
+    struct LogBuilder {
+        chain: ChainName,
+        states: HashMap<ElementId, State>,
+        tips: HashMap<ElementId, (u64, EventHash)>,
+        tree: StateTree,
+        seq: u64,
+        prev: Option<BlockHeader>,
+        headers: Vec<u8>,
+        events: Vec<u8>,
+    }
+
+    impl LogBuilder {
+        fn new() -> Self {
+            let chain = ChainName::parse("unit").unwrap();
+            let genesis = HeaderDraft::genesis(chain.clone(), Timestamp::from_micros(1))
+                .seal()
+                .unwrap();
+            let mut headers = genesis.to_canonical().unwrap();
+            headers.push(b'\n');
+            LogBuilder {
+                chain,
+                states: HashMap::new(),
+                tips: HashMap::new(),
+                tree: StateTree::default(),
+                seq: 0,
+                prev: Some(genesis),
+                headers,
+                events: Vec::new(),
+            }
+        }
+
+        /// Seals `ops` as one block; `lie` records a wrong state hash for
+        /// the op at that index.
+        fn block(&mut self, ops: &[(&str, Action, serde_json::Value)], lie: Option<usize>) {
+            let mut leaves = Vec::new();
+            let first = self.seq + 1;
+            for (i, (element, action, state)) in ops.iter().enumerate() {
+                let element = ElementId::parse(element).unwrap();
+                let op = Operation {
+                    element: element.clone(),
+                    action: *action,
+                    state: state.as_object().cloned(),
+                    reason: None,
+                    actor: None,
+                };
+                let next = op.apply_to(self.states.get(&element)).unwrap();
+                let mut hash = next.as_ref().map(|s| crate::state_hash(s).unwrap());
+                if lie == Some(i) {
+                    hash = Some(StateHash(Digest::of(b"not the state")));
+                }
+                match next {
+                    Some(s) => self.states.insert(element.clone(), s),
+                    None => self.states.remove(&element),
+                };
+                self.seq += 1;
+                let (element_seq, prev) = self
+                    .tips
+                    .get(&element)
+                    .map_or((1, None), |&(s, h)| (s + 1, Some(h)));
+                let (event, line) = EventDraft {
+                    chain: self.chain.clone(),
+                    element_seq,
+                    prev,
+                    chain_seq: self.seq,
+                    op,
+                    state_hash: hash,
+                    time: Timestamp::from_micros(10 + self.seq as i64),
+                }
+                .seal_with_line()
+                .unwrap();
+                self.tips.insert(element.clone(), (element_seq, event.hash));
+                self.tree.stage(element, hash);
+                leaves.push(leaf_hash(event.hash.digest().as_bytes()));
+                self.events.extend_from_slice(&line);
+                self.events.push(b'\n');
+            }
+            let prev = self.prev.take().unwrap();
+            let header = HeaderDraft {
+                chain: self.chain.clone(),
+                height: prev.height + 1,
+                prev: Some(prev.hash),
+                time: Timestamp::from_micros(10 + self.seq as i64),
+                state_root: self.tree.commit(),
+                events_root: EventsRoot(MerkleLevels::from_leaves(leaves).root()),
+                event_count: ops.len() as u64,
+                first_seq: (!ops.is_empty()).then_some(first),
+                last_seq: (!ops.is_empty()).then_some(self.seq),
+            }
+            .seal()
+            .unwrap();
+            self.headers
+                .extend_from_slice(&header.to_canonical().unwrap());
+            self.headers.push(b'\n');
+            self.prev = Some(header);
+        }
+
+        fn check(&self) -> LogCheck {
+            check_logs("unit", &self.chain, &self.headers, &self.events)
+        }
+    }
+
+    fn big(n: usize) -> serde_json::Value {
+        json!({"blob": "x".repeat(HELD_STATE_MAX + n), "rev": n})
+    }
+
+    #[test]
+    fn states_too_large_to_hold_are_replayed_from_their_events() {
+        let mut b = LogBuilder::new();
+        b.block(
+            &[
+                ("file:/big", Action::Set, big(1)),
+                ("file:/small", Action::Set, json!({"a": 1})),
+            ],
+            None,
+        );
+        b.block(
+            &[
+                ("file:/big", Action::Patch, json!({"rev": 2, "extra": "y"})),
+                ("file:/big", Action::Patch, json!({"extra": null})),
+            ],
+            None,
+        );
+        b.block(&[("file:/small", Action::Patch, big(3))], None);
+        let check = b.check();
+        assert_eq!(check.problems, vec![]);
+        assert_eq!(check.headers.len(), 4);
+        let element = |e: &str| ElementId::parse(e).unwrap();
+        match &check.tips[&element("file:/big")].state {
+            ReplayedState::Spilled(s) => assert_eq!((s.base.is_none(), s.events.len()), (true, 3)),
+            other => panic!("expected a spilled state, got {other:?}"),
+        }
+        assert!(matches!(
+            check.tips[&element("file:/small")].state,
+            ReplayedState::Spilled(ref s) if s.base.is_some() && s.events.len() == 1
+        ));
+        // Patching the spilled state rebuilds it from its base.
+        b.block(&[("file:/small", Action::Patch, json!({"b": 2}))], None);
+        assert_eq!(b.check().problems, vec![]);
+
+        // A set starts a new history; a delete ends it; a small result is held.
+        b.block(
+            &[
+                ("file:/big", Action::Set, big(4)),
+                ("file:/small", Action::Patch, json!({"blob": null})),
+            ],
+            None,
+        );
+        let check = b.check();
+        assert_eq!(check.problems, vec![]);
+        assert!(matches!(
+            check.tips[&element("file:/big")].state,
+            ReplayedState::Spilled(ref s) if s.base.is_none() && s.events.len() == 1
+        ));
+        assert!(matches!(
+            check.tips[&element("file:/small")].state,
+            ReplayedState::Held(_)
+        ));
+        b.block(&[("file:/big", Action::Delete, json!(null))], None);
+        assert_eq!(b.check().problems, vec![]);
+    }
+
+    #[test]
+    fn a_patch_of_a_spilled_state_is_checked_against_the_replay() {
+        let mut b = LogBuilder::new();
+        b.block(&[("file:/big", Action::Set, big(1))], None);
+        b.block(&[("file:/big", Action::Patch, json!({"rev": 9}))], Some(0));
+        let problems = b.check().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(matches!(
+            &problems[0],
+            Problem::StateReplayMismatch { chain_seq: 2, element, .. } if element == "file:/big"
+        ));
+    }
+
+    #[test]
+    fn lines_read_from_slices_and_again_by_offset_agree() {
+        let mut lines = SliceLines::new(b"ab\n\ncd");
+        let mut seen = Vec::new();
+        loop {
+            let start = lines.offset();
+            let Some(line) = lines.next_line().unwrap() else {
+                break;
+            };
+            seen.push((start, line.to_vec(), lines.offset()));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (0, b"ab".to_vec(), 3),
+                (3, b"".to_vec(), 4),
+                (4, b"cd".to_vec(), 6)
+            ]
+        );
+        let mut again = SliceLines::new(b"ab\n\ncd");
+        assert_eq!(again.line_at(4).unwrap(), b"cd");
+        assert!(again.line_at(7).is_err());
+    }
 }

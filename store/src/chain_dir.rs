@@ -34,11 +34,6 @@ impl ChainDir {
         std::fs::read(&p).at(&p)
     }
 
-    pub fn events_bytes(&self) -> Result<Vec<u8>, StoreError> {
-        let p = self.path.join(EVENTS_LOG);
-        std::fs::read(&p).at(&p)
-    }
-
     /// Calls `each` with each of the last `count` lines of `events.log` (a
     /// block's events, when `count` is its header's event count), in order.
     /// The start is found by scanning backwards, so the cost does not grow
@@ -133,9 +128,9 @@ impl ChainDir {
             .collect()
     }
 
-    /// Events whose element is `element` (or all, with `None`), each checked.
+    /// Events whose element is `element` (or all, with `None`), each
+    /// checked; the log is read one line at a time.
     pub fn events(&self, element: Option<&ElementId>) -> Result<Vec<Event>, StoreError> {
-        let bytes = self.events_bytes()?;
         let place = self.path.join(EVENTS_LOG);
         // Cheap pre-filter: the canonical line holds `"element":"<id>"`.
         let needle = element.map(|e| {
@@ -144,22 +139,22 @@ impl ChainDir {
             n
         });
         let mut out = Vec::new();
-        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
+        let mut line_no = 0u64;
+        self.for_event_lines(|line| {
+            line_no += 1;
             if let Some(n) = &needle {
                 if !line.windows(n.len()).any(|w| w == n.as_slice()) {
-                    continue;
+                    return Ok(true);
                 }
             }
             let event = Event::from_canonical(line).map_err(|e| {
-                StoreError::schema(format!("{} line {}", place.display(), i + 1), e)
+                StoreError::schema(format!("{} line {line_no}", place.display()), e)
             })?;
             if element.is_none_or(|e| &event.element == e) {
                 out.push(event);
             }
-        }
+            Ok::<bool, StoreError>(true)
+        })?;
         Ok(out)
     }
 
@@ -195,19 +190,25 @@ impl ChainDir {
         if !root.exists() {
             return scan;
         }
-        let mut stack = vec![root];
-        while let Some(dir) = stack.pop() {
+        // (absolute, relative to the copy) directory paths still to read.
+        let mut stack = vec![(root, PathBuf::from(STATES_DIR))];
+        let mut bytes = Vec::new();
+        while let Some((dir, rel_dir)) = stack.pop() {
             let unreadable = |e: std::io::Error| Problem::Unreadable {
                 place: place.into(),
                 message: format!("{}: {e}", dir.display()),
             };
-            let entries = match std::fs::read_dir(&dir) {
+            // Files are opened relative to their directory: no path walk each.
+            let entries = match std::fs::read_dir(&dir)
+                .and_then(|entries| Ok((entries, std::fs::File::open(&dir)?)))
+            {
                 Ok(e) => e,
                 Err(e) => {
                     scan.problems.push(unreadable(e));
                     continue;
                 }
             };
+            let (entries, dir_fd) = entries;
             for entry in entries {
                 let entry = match entry {
                     Ok(e) => e,
@@ -216,22 +217,21 @@ impl ChainDir {
                         continue;
                     }
                 };
-                let path = entry.path();
-                let rel = path.strip_prefix(&self.path).unwrap_or(&path).to_owned();
+                let rel = rel_dir.join(entry.file_name());
                 let bad = |message: &str| Problem::BadStateFile {
                     place: place.into(),
                     path: rel.display().to_string(),
                     message: message.into(),
                 };
                 match entry.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(path),
+                    Ok(t) if t.is_dir() => stack.push((entry.path(), rel)),
                     Ok(t) if t.is_file() => match element_of(&rel) {
-                        Some(element) => match std::fs::read(&path) {
-                            Ok(bytes) => {
-                                scan.bytes += bytes.len() as u64;
+                        Some(element) => match read_in(&dir_fd, &entry.file_name(), &mut bytes) {
+                            Ok(len) => {
+                                scan.bytes += len as u64;
                                 scan.states.push((
                                     element,
-                                    fschain_schema::verify::state_file_hash(&bytes),
+                                    fschain_schema::verify::state_file_hash(&bytes[..len]),
                                 ));
                             }
                             Err(e) => scan.problems.push(bad(&format!("cannot read: {e}"))),
@@ -255,6 +255,33 @@ pub struct StateScan {
     pub states: Vec<(ElementId, StateHash)>,
     pub bytes: u64,
     pub problems: Vec<Problem>,
+}
+
+/// Reads the file `name` in the directory open as `dir` into the start of
+/// `buf`, growing it as needed; returns its length. Four system calls a
+/// file (no stat, no seek), which is most of what hashing a small state
+/// file costs.
+fn read_in(
+    dir: &std::fs::File,
+    name: &std::ffi::OsStr,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    use rustix::fs::{openat, Mode, OFlags};
+    use std::io::Read as _;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let mut file = std::fs::File::from(openat(dir, name, flags, Mode::empty())?);
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize((buf.len() * 2).max(64 * 1024), 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => return Ok(len),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Calls `each` with up to `count` non-empty lines read from `file`

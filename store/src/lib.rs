@@ -11,6 +11,7 @@ mod chain;
 mod chain_dir;
 mod error;
 pub mod layout;
+mod log_file;
 pub mod send_stream;
 pub mod state_path;
 pub mod verify;

@@ -1,18 +1,26 @@
 //! `fschain verify`: re-derive everything from the snapshots.
 //!
 //! The newest snapshot's logs are checked in full by the pure
-//! [`check_logs`]; every other snapshot must hold a byte-exact prefix of
-//! them (and is checked in full on its own when it does not, to name the
-//! fault), must be read-only, and its state files must hash to its block's
-//! state root. The layer must match the head block.
+//! [`check_log_lines`], read one line at a time. Every other snapshot must
+//! hold a byte-exact prefix of them, compared a piece at a time (and is
+//! checked in full on its own when it does not, to name the fault); it must
+//! be read-only, and its state files must hash to its block's state root.
+//! The layer must match the head block.
+//!
+//! Memory stays bounded by one log line and one state file whatever the
+//! chain holds. The work runs on every core: the head's log check and each
+//! copy's state scan are independent jobs, and so are the comparisons.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use fschain_schema::verify::{check_logs, state_root_of, ElementTip, LogCheck, Problem};
-use fschain_schema::{ElementId, StateHash};
+use fschain_schema::verify::{check_log_lines, state_root_of, ElementTip, LogCheck, Problem};
+use fschain_schema::{BlockHeader, ChainName, ElementId, StateHash, StateRoot};
 use serde::Serialize;
 
-use crate::layout::{ChainMeta, RootLayout, CHAIN_FILE};
+use crate::layout::{ChainMeta, RootLayout, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
+use crate::log_file::{is_prefix_of, same_bytes, LogLineAt, LogLines};
 use crate::{btrfs, ChainDir, StoreError};
 
 /// Everything `verify` checked and found.
@@ -32,6 +40,54 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }
+
+    fn new(chain: &ChainName, head: Option<u64>) -> Self {
+        VerifyReport {
+            chain: chain.to_string(),
+            head,
+            blocks: 0,
+            events: 0,
+            snapshots: 0,
+            bytes: 0,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// One copy of the chain: a block's snapshot or the layer.
+#[derive(Debug)]
+struct Copy {
+    dir: ChainDir,
+    place: String,
+    /// The block whose state it must hold.
+    height: u64,
+    /// A block snapshot (must be read-only), not the layer.
+    snapshot: bool,
+}
+
+/// What scanning one copy's files found, before its block's header is known.
+#[derive(Debug)]
+struct CopyScan {
+    root: StateRoot,
+    bytes: u64,
+    problems: Vec<Problem>,
+}
+
+/// One job's outcome: a copy's logs checked in full, or its files scanned.
+enum Checked {
+    Logs(Result<LogCheck, Box<Problem>>),
+    Scan(CopyScan),
+}
+
+/// What comparing one copy's logs with the head's found.
+#[derive(Debug, Default)]
+struct LogCompare {
+    bytes: u64,
+    problems: Vec<Problem>,
+    /// The copy's own logs, checked in full because they differ.
+    own: Option<LogCheck>,
+    /// The logs could not be read: the copy's states are not checked.
+    unreadable: bool,
 }
 
 /// Verifies the root at `layout`. Fails only when it cannot run at all (not
@@ -39,15 +95,7 @@ impl VerifyReport {
 pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     let meta = layout.read_marker()?;
     let chain = meta.chain.clone();
-    let mut report = VerifyReport {
-        chain: chain.to_string(),
-        head: None,
-        blocks: 0,
-        events: 0,
-        snapshots: 0,
-        bytes: 0,
-        problems: Vec::new(),
-    };
+    let mut report = VerifyReport::new(&chain, None);
     let heights = layout.snapshot_heights()?;
     let Some(&head) = heights.last() else {
         report.problems.push(Problem::BadSnapshot {
@@ -70,20 +118,50 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         }
     }
 
-    // The reference copy: the newest snapshot, checked in full.
-    let head_dir = ChainDir::new(layout.snapshot(head));
-    let (head_headers, head_events) = match (head_dir.headers_bytes(), head_dir.events_bytes()) {
-        (Ok(h), Ok(e)) => (h, e),
-        (Err(e), _) | (_, Err(e)) => {
-            report.problems.push(Problem::Unreadable {
-                place: place(head),
-                message: e.to_string(),
-            });
+    // The head first (the reference copy), the older snapshots, the layer.
+    let snapshot = |h: u64| Copy {
+        dir: ChainDir::new(layout.snapshot(h)),
+        place: place(h),
+        height: h,
+        snapshot: true,
+    };
+    let mut copies = vec![snapshot(head)];
+    copies.extend(heights.iter().filter(|&&h| h < head).map(|&h| snapshot(h)));
+    let layer = layout.layer();
+    if layer.exists() {
+        copies.push(Copy {
+            dir: ChainDir::new(layer),
+            place: "layer".into(),
+            height: head,
+            snapshot: false,
+        });
+    }
+    let head_dir = &copies[0].dir;
+
+    // 1. The head's logs in full, and every copy's files, side by side.
+    let jobs: Vec<Option<&Copy>> = std::iter::once(None)
+        .chain(copies.iter().map(Some))
+        .collect();
+    let mut done = parallel_map(&jobs, |job| match job {
+        None => Checked::Logs(check_copy_logs(&copies[0].place, &chain, head_dir)),
+        Some(copy) => Checked::Scan(scan_copy(copy, &meta)),
+    })
+    .into_iter();
+    let logs = match done.next() {
+        Some(Checked::Logs(Ok(logs))) => logs,
+        Some(Checked::Logs(Err(problem))) => {
+            report.problems.push(*problem);
             return Ok(report);
         }
+        _ => unreachable!("the first job checks the head's logs"),
     };
-    report.bytes += (head_headers.len() + head_events.len()) as u64;
-    let logs = check_logs(&place(head), &chain, &head_headers, &head_events);
+    let scans: Vec<CopyScan> = done
+        .filter_map(|c| match c {
+            Checked::Scan(scan) => Some(scan),
+            Checked::Logs(_) => None,
+        })
+        .collect();
+    report.bytes += log_bytes(&logs);
     report.blocks = logs.headers.len() as u64;
     report.events = logs.events_checked;
     report.problems.extend(logs.problems.iter().cloned());
@@ -98,89 +176,25 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
             ),
         });
     }
-    check_copy(
-        &mut report,
-        &head_dir,
-        &place(head),
-        head,
-        &meta,
-        &logs,
-        Some(&logs.tips),
-        true,
-    );
 
-    // Every older snapshot.
-    for &h in heights.iter().filter(|&&h| h < head) {
-        let dir = ChainDir::new(layout.snapshot(h));
-        let p = place(h);
-        let mut own_logs = None;
-        let matches_prefix = |bytes: &[u8], full: &[u8], end: Option<&usize>| {
-            end.is_some_and(|&e| bytes == &full[..e.min(full.len())])
+    // 2. Every other copy's logs against the head's.
+    let compares = parallel_map(&copies[1..], |copy| {
+        compare_logs(copy, head_dir, head, &logs, &chain)
+    });
+    let compares = std::iter::once(LogCompare::default()).chain(compares);
+
+    for ((copy, scan), compare) in copies.iter().zip(scans).zip(compares) {
+        report.bytes += compare.bytes;
+        report.problems.extend(compare.problems);
+        if compare.unreadable {
+            continue;
+        }
+        let tips = if copy.height == head {
+            Some(&logs.tips)
+        } else {
+            compare.own.as_ref().map(|own| &own.tips)
         };
-        match (dir.headers_bytes(), dir.events_bytes()) {
-            (Ok(hb), Ok(eb)) => {
-                report.bytes += (hb.len() + eb.len()) as u64;
-                let same = matches_prefix(&hb, &head_headers, logs.header_ends.get(h as usize))
-                    && matches_prefix(&eb, &head_events, logs.event_ends.get(h as usize));
-                if !same {
-                    // Check this copy on its own so the report names the fault.
-                    let own = check_logs(&p, &chain, &hb, &eb);
-                    if own.problems.is_empty() {
-                        report.problems.push(Problem::Diverges {
-                            place: p.clone(),
-                            file: "headers.log/events.log".into(),
-                            message: "are valid on their own but differ from the newer snapshots"
-                                .into(),
-                        });
-                    }
-                    report.problems.extend(own.problems.iter().cloned());
-                    own_logs = Some(own);
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                report.problems.push(Problem::Unreadable {
-                    place: p.clone(),
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        }
-        let own_tips = own_logs.as_ref().map(|l| &l.tips);
-        check_copy(&mut report, &dir, &p, h, &meta, &logs, own_tips, true);
-    }
-
-    // The layer, when this root has one (a producer's), equals the head.
-    let layer = layout.layer();
-    if layer.exists() {
-        let dir = ChainDir::new(&layer);
-        match (dir.headers_bytes(), dir.events_bytes()) {
-            (Ok(hb), Ok(eb)) => {
-                report.bytes += (hb.len() + eb.len()) as u64;
-                if hb != head_headers || eb != head_events {
-                    let own = check_logs("layer", &chain, &hb, &eb);
-                    report.problems.extend(own.problems.iter().cloned());
-                    report.problems.push(Problem::Diverges {
-                        place: "layer".into(),
-                        file: "headers.log/events.log".into(),
-                        message: format!("differ from block {head}'s snapshot"),
-                    });
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => report.problems.push(Problem::Unreadable {
-                place: "layer".into(),
-                message: e.to_string(),
-            }),
-        }
-        check_copy(
-            &mut report,
-            &dir,
-            "layer",
-            head,
-            &meta,
-            &logs,
-            Some(&logs.tips),
-            false,
-        );
+        report_copy(&mut report, copy, scan, &meta, &logs.headers, tips);
     }
     Ok(report)
 }
@@ -189,100 +203,259 @@ fn place(height: u64) -> String {
     format!("block {height} snapshot")
 }
 
-/// Checks one copy's CHAIN file, read-only flag and state files against the
-/// header of block `height`. `tips`, when known for exactly this height,
-/// lets a mismatch name the element at fault.
-#[allow(clippy::too_many_arguments)]
-fn check_copy(
-    report: &mut VerifyReport,
-    dir: &ChainDir,
+fn log_bytes(logs: &LogCheck) -> u64 {
+    logs.header_ends.last().copied().unwrap_or(0) + logs.event_ends.last().copied().unwrap_or(0)
+}
+
+/// Runs `f` on every item on all cores; the results keep the items' order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if workers <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Checks the logs of the copy at `dir` in full, one line in memory at a
+/// time. A log that cannot be opened is the one problem returned.
+fn check_copy_logs(
     place: &str,
-    height: u64,
-    meta: &ChainMeta,
+    chain: &ChainName,
+    dir: &ChainDir,
+) -> Result<LogCheck, Box<Problem>> {
+    let unreadable = |e: std::io::Error, file: &str| {
+        Box::new(Problem::Unreadable {
+            place: place.into(),
+            message: format!("{}: {e}", dir.path().join(file).display()),
+        })
+    };
+    let headers_path = dir.path().join(HEADERS_LOG);
+    let events_path = dir.path().join(EVENTS_LOG);
+    let mut headers = LogLines::open(&headers_path).map_err(|e| unreadable(e, HEADERS_LOG))?;
+    let mut events = LogLines::open(&events_path).map_err(|e| unreadable(e, EVENTS_LOG))?;
+    let mut events_at = LogLineAt::open(&events_path).map_err(|e| unreadable(e, EVENTS_LOG))?;
+    Ok(check_log_lines(
+        place,
+        chain,
+        &mut headers,
+        &mut events,
+        &mut events_at,
+    ))
+}
+
+/// Whether the logs of `older` are exactly the first `header_end` and
+/// `event_end` bytes of the logs of `newer`.
+fn extends(
+    older: &ChainDir,
+    newer: &ChainDir,
+    header_end: u64,
+    event_end: u64,
+) -> std::io::Result<bool> {
+    let file = |dir: &ChainDir, name: &str| dir.path().join(name);
+    Ok(is_prefix_of(
+        &file(older, HEADERS_LOG),
+        &file(newer, HEADERS_LOG),
+        header_end,
+    )? && is_prefix_of(
+        &file(older, EVENTS_LOG),
+        &file(newer, EVENTS_LOG),
+        event_end,
+    )?)
+}
+
+/// Compares the logs of `copy` with the head's: an older snapshot must hold
+/// their prefix up to its block, the layer all of them. When they differ,
+/// the copy's own logs are checked in full, so the report names the fault.
+fn compare_logs(
+    copy: &Copy,
+    head_dir: &ChainDir,
+    head: u64,
     logs: &LogCheck,
-    tips: Option<&HashMap<ElementId, ElementTip>>,
-    must_be_readonly: bool,
-) {
-    report.snapshots += 1;
-    match dir.meta() {
+    chain: &ChainName,
+) -> LogCompare {
+    let mut out = LogCompare::default();
+    let same = if copy.snapshot {
+        let h = copy.height as usize;
+        match logs.header_ends.get(h).zip(logs.event_ends.get(h)) {
+            Some((&end_h, &end_e)) => {
+                extends(&copy.dir, head_dir, end_h, end_e).inspect(|_| out.bytes = end_h + end_e)
+            }
+            None => Ok(false),
+        }
+    } else {
+        let file = |dir: &ChainDir, name: &str| dir.path().join(name);
+        same_bytes(&file(&copy.dir, HEADERS_LOG), &file(head_dir, HEADERS_LOG))
+            .and_then(|same| {
+                Ok(same && same_bytes(&file(&copy.dir, EVENTS_LOG), &file(head_dir, EVENTS_LOG))?)
+            })
+            .inspect(|&same| {
+                if same {
+                    out.bytes = log_bytes(logs);
+                }
+            })
+    };
+    match same {
+        Ok(true) => {}
+        Ok(false) => match check_copy_logs(&copy.place, chain, &copy.dir) {
+            Ok(own) => {
+                if !copy.snapshot {
+                    out.problems.extend(own.problems);
+                    out.problems.push(Problem::Diverges {
+                        place: copy.place.clone(),
+                        file: "headers.log/events.log".into(),
+                        message: format!("differ from block {head}'s snapshot"),
+                    });
+                    return out;
+                }
+                if own.problems.is_empty() {
+                    out.problems.push(Problem::Diverges {
+                        place: copy.place.clone(),
+                        file: "headers.log/events.log".into(),
+                        message: "are valid on their own but differ from the newer snapshots"
+                            .into(),
+                    });
+                }
+                out.problems.extend(own.problems.iter().cloned());
+                out.own = Some(own);
+            }
+            Err(problem) => {
+                out.problems.push(*problem);
+                out.unreadable = copy.snapshot;
+            }
+        },
+        Err(e) => {
+            out.problems.push(Problem::Unreadable {
+                place: copy.place.clone(),
+                message: e.to_string(),
+            });
+            out.unreadable = copy.snapshot;
+        }
+    }
+    out
+}
+
+/// Checks one copy's CHAIN file and read-only flag, and hashes its state
+/// files into a state root.
+fn scan_copy(copy: &Copy, meta: &ChainMeta) -> CopyScan {
+    let place = copy.place.as_str();
+    let mut problems = Vec::new();
+    match copy.dir.meta() {
         Ok(m) if &m == meta => {}
-        Ok(m) => report.problems.push(Problem::Diverges {
+        Ok(m) => problems.push(Problem::Diverges {
             place: place.into(),
             file: CHAIN_FILE.into(),
             message: format!("names chain {}, the root names {}", m.chain, meta.chain),
         }),
-        Err(e) => report.problems.push(Problem::Unreadable {
+        Err(e) => problems.push(Problem::Unreadable {
             place: place.into(),
             message: e.to_string(),
         }),
     }
-    if must_be_readonly {
-        match btrfs::is_readonly(dir.path()) {
+    if copy.snapshot {
+        match btrfs::is_readonly(copy.dir.path()) {
             Ok(true) => {}
-            Ok(false) => report.problems.push(Problem::BadSnapshot {
+            Ok(false) => problems.push(Problem::BadSnapshot {
                 place: place.into(),
-                height,
+                height: copy.height,
                 message: "is writable; every block snapshot must be read-only".into(),
             }),
-            Err(e) => report.problems.push(Problem::BadSnapshot {
+            Err(e) => problems.push(Problem::BadSnapshot {
                 place: place.into(),
-                height,
+                height: copy.height,
                 message: e.to_string(),
             }),
         }
     }
-    let scan = dir.state_hashes(place);
+    let scan = copy.dir.state_hashes(place);
+    problems.extend(scan.problems);
+    CopyScan {
+        root: state_root_of(scan.states),
+        bytes: scan.bytes,
+        problems,
+    }
+}
+
+/// Adds what the scan of `copy` found, and checks its state root against
+/// its block's header. `tips`, when known for exactly that block, let a
+/// mismatch name the element at fault.
+fn report_copy(
+    report: &mut VerifyReport,
+    copy: &Copy,
+    scan: CopyScan,
+    meta: &ChainMeta,
+    headers: &[BlockHeader],
+    tips: Option<&HashMap<ElementId, ElementTip>>,
+) {
+    report.snapshots += 1;
     report.bytes += scan.bytes;
     report.problems.extend(scan.problems);
-    let Some(header) = logs.headers.get(height as usize) else {
+    let Some(header) = headers.get(copy.height as usize) else {
         return;
     };
-    let root = state_root_of(scan.states.iter().cloned());
-    if root == header.state_root {
+    if scan.root == header.state_root {
         return;
     }
+    let place = copy.place.as_str();
     report.problems.push(Problem::StateRootMismatch {
         place: place.into(),
-        height,
+        height: copy.height,
         expected: header.state_root,
-        actual: root,
+        actual: scan.root,
     });
-    // Name the elements at fault: replay this copy's own logs when the
-    // states expected at this height are not known yet.
+    // Name the elements at fault: scan again (a rare path, so the states
+    // are not held for every copy), and replay this copy's own logs when
+    // the states expected at this height are not known yet.
     let own;
     let tips = match tips {
         Some(t) => t,
-        None => match (dir.headers_bytes(), dir.events_bytes()) {
-            (Ok(hb), Ok(eb)) => {
-                own = check_logs(place, &meta.chain, &hb, &eb);
+        None => match check_copy_logs(place, &meta.chain, &copy.dir) {
+            Ok(logs) => {
+                own = logs;
                 &own.tips
             }
-            _ => return,
+            Err(_) => return,
         },
     };
-    {
-        let found: HashMap<&ElementId, &StateHash> =
-            scan.states.iter().map(|(e, s)| (e, s)).collect();
-        for (element, tip) in tips {
-            let actual = found.get(element).map(|s| **s);
-            if actual != tip.state_hash {
-                report.problems.push(Problem::StateFileMismatch {
-                    place: place.into(),
-                    element: element.to_string(),
-                    expected: tip.state_hash,
-                    actual,
-                });
-            }
+    let states = copy.dir.state_hashes(place).states;
+    let found: HashMap<&ElementId, &StateHash> = states.iter().map(|(e, s)| (e, s)).collect();
+    for (element, tip) in tips {
+        let actual = found.get(element).map(|s| **s);
+        if actual != tip.state_hash {
+            report.problems.push(Problem::StateFileMismatch {
+                place: place.into(),
+                element: element.to_string(),
+                expected: tip.state_hash,
+                actual,
+            });
         }
-        for (element, state) in &scan.states {
-            if !tips.contains_key(element) {
-                report.problems.push(Problem::StateFileMismatch {
-                    place: place.into(),
-                    element: element.to_string(),
-                    expected: None,
-                    actual: Some(*state),
-                });
-            }
+    }
+    for (element, state) in &states {
+        if !tips.contains_key(element) {
+            report.problems.push(Problem::StateFileMismatch {
+                place: place.into(),
+                element: element.to_string(),
+                expected: None,
+                actual: Some(*state),
+            });
         }
     }
 }
@@ -296,31 +469,36 @@ fn check_copy(
 pub fn verify_received(
     layout: &RootLayout,
     dir: &ChainDir,
-    expected: &fschain_schema::BlockHeader,
+    expected: &BlockHeader,
 ) -> Result<Vec<Problem>, StoreError> {
     let height = expected.height;
-    let p = format!("received block {height}");
     let meta = ChainMeta::new(expected.chain.clone());
-    let mut report = VerifyReport {
-        chain: meta.chain.to_string(),
-        head: Some(height),
-        blocks: 0,
-        events: 0,
-        snapshots: 0,
-        bytes: 0,
-        problems: Vec::new(),
+    let mut report = VerifyReport::new(&meta.chain, Some(height));
+    let copy = Copy {
+        dir: dir.clone(),
+        place: format!("received block {height}"),
+        height,
+        snapshot: true,
     };
-    let (hb, eb) = match (dir.headers_bytes(), dir.events_bytes()) {
-        (Ok(h), Ok(e)) => (h, e),
-        (Err(e), _) | (_, Err(e)) => {
-            report.problems.push(Problem::Unreadable {
-                place: p,
-                message: e.to_string(),
-            });
+    let p = copy.place.clone();
+    // Its logs in full, and its files, side by side.
+    let mut done = parallel_map(&[false, true], |&scan| {
+        if scan {
+            Checked::Scan(scan_copy(&copy, &meta))
+        } else {
+            Checked::Logs(check_copy_logs(&p, &meta.chain, dir))
+        }
+    });
+    let (Some(Checked::Scan(scan)), Some(Checked::Logs(logs))) = (done.pop(), done.pop()) else {
+        unreachable!("two jobs, in order");
+    };
+    let logs = match logs {
+        Ok(logs) => logs,
+        Err(problem) => {
+            report.problems.push(*problem);
             return Ok(report.problems);
         }
     };
-    let logs = check_logs(&p, &meta.chain, &hb, &eb);
     report.problems.extend(logs.problems.iter().cloned());
     match logs.headers.get(height as usize) {
         Some(h) if h == expected && logs.headers.len() as u64 == height + 1 => {}
@@ -341,15 +519,12 @@ pub fn verify_received(
         .max();
     if let Some(prev) = previous {
         let prev_dir = ChainDir::new(layout.snapshot(prev));
-        let same = match (prev_dir.headers_bytes(), prev_dir.events_bytes()) {
-            (Ok(ph), Ok(pe)) => {
-                let end_h = logs.header_ends.get(prev as usize);
-                let end_e = logs.event_ends.get(prev as usize);
-                end_h.is_some_and(|&e| hb.get(..e) == Some(&ph[..]))
-                    && end_e.is_some_and(|&e| eb.get(..e) == Some(&pe[..]))
-            }
-            _ => false,
-        };
+        let ends = logs
+            .header_ends
+            .get(prev as usize)
+            .zip(logs.event_ends.get(prev as usize));
+        let same = ends
+            .is_some_and(|(&end_h, &end_e)| extends(&prev_dir, dir, end_h, end_e).unwrap_or(false));
         if !same {
             report.problems.push(Problem::Diverges {
                 place: p.clone(),
@@ -358,15 +533,13 @@ pub fn verify_received(
             });
         }
     }
-    check_copy(
+    report_copy(
         &mut report,
-        dir,
-        &p,
-        height,
+        &copy,
+        scan,
         &meta,
-        &logs,
+        &logs.headers,
         Some(&logs.tips),
-        true,
     );
     Ok(report.problems)
 }

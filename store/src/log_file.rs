@@ -1,0 +1,149 @@
+//! A chain's logs read from disk for the pure verifier: one line in memory
+//! at a time, and byte-range comparisons in fixed-size pieces, so checking
+//! a chain costs the same memory whatever its size.
+
+use std::fs::File;
+use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
+use std::path::Path;
+
+use fschain_schema::verify::{LineAt, LineSource};
+
+/// How much of a file is read at a time.
+const PIECE: usize = 1 << 20;
+
+/// A log file read line by line from the start.
+pub struct LogLines {
+    reader: BufReader<File>,
+    line: Vec<u8>,
+    offset: u64,
+}
+
+impl LogLines {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(LogLines {
+            reader: BufReader::with_capacity(PIECE, File::open(path)?),
+            line: Vec::new(),
+            offset: 0,
+        })
+    }
+}
+
+impl LineSource for LogLines {
+    type Error = io::Error;
+
+    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        self.line.clear();
+        let n = self.reader.read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.offset += n as u64;
+        if self.line.last() == Some(&b'\n') {
+            self.line.pop();
+        }
+        Ok(Some(&self.line))
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// A log file whose lines are read again by offset.
+pub struct LogLineAt {
+    file: File,
+}
+
+impl LogLineAt {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(LogLineAt {
+            file: File::open(path)?,
+        })
+    }
+}
+
+impl LineAt for LogLineAt {
+    type Error = io::Error;
+
+    fn line_at(&mut self, offset: u64) -> io::Result<Vec<u8>> {
+        self.file.seek(SeekFrom::Start(offset))?;
+        let mut line = Vec::new();
+        BufReader::new(&mut self.file).read_until(b'\n', &mut line)?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        Ok(line)
+    }
+}
+
+/// Whether the file at `short` holds exactly the first `len` bytes of the
+/// file at `long`, compared a piece at a time.
+pub fn is_prefix_of(short: &Path, long: &Path, len: u64) -> io::Result<bool> {
+    let mut a = File::open(short)?;
+    if a.metadata()?.len() != len {
+        return Ok(false);
+    }
+    let mut b = File::open(long)?;
+    if b.metadata()?.len() < len {
+        return Ok(false);
+    }
+    let mut left = len;
+    let mut pa = vec![0u8; PIECE];
+    let mut pb = vec![0u8; PIECE];
+    while left > 0 {
+        let n = left.min(PIECE as u64) as usize;
+        a.read_exact(&mut pa[..n])?;
+        b.read_exact(&mut pb[..n])?;
+        if pa[..n] != pb[..n] {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
+}
+
+/// Whether two files hold the same bytes.
+pub fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
+    let len = std::fs::metadata(a)?.len();
+    Ok(std::fs::metadata(b)?.len() == len && is_prefix_of(a, b, len)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_offsets_match_the_bytes() {
+        let dir = std::env::temp_dir().join(format!("fschain-log-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("log");
+        std::fs::write(&p, b"one\ntwo\n\nlast-without-newline").unwrap();
+        let mut lines = LogLines::open(&p).unwrap();
+        let mut seen = Vec::new();
+        while let Some(l) = lines.next_line().unwrap() {
+            seen.push((String::from_utf8(l.to_vec()).unwrap(), lines.offset()));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("one".to_owned(), 4),
+                ("two".to_owned(), 8),
+                (String::new(), 9),
+                ("last-without-newline".to_owned(), 29)
+            ]
+        );
+        let mut at = LogLineAt::open(&p).unwrap();
+        assert_eq!(at.line_at(4).unwrap(), b"two");
+        assert_eq!(at.line_at(9).unwrap(), b"last-without-newline");
+
+        let q = dir.join("prefix");
+        std::fs::write(&q, b"one\ntwo\n").unwrap();
+        assert!(is_prefix_of(&q, &p, 8).unwrap());
+        assert!(!is_prefix_of(&q, &p, 4).unwrap());
+        std::fs::write(&q, b"one\ntwO\n").unwrap();
+        assert!(!is_prefix_of(&q, &p, 8).unwrap());
+        assert!(!same_bytes(&q, &p).unwrap());
+        assert!(same_bytes(&p, &p).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
