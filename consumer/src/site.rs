@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use fschain_schema::{BlockHeader, ChainName, Digest, StreamHash};
 use fschain_store::layout::{write_atomic, ChainMeta, ReplicaMeta, RootLayout};
-use fschain_store::{btrfs, verify_received, ChainDir, IoContext, StoreError};
+use fschain_store::{btrfs, verify_received, ChainDir, IoContext, StoreError, VerifiedLogs};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
@@ -126,6 +126,7 @@ impl Site {
             layout,
             chain: chain.clone(),
             site: self.clone(),
+            verified: None,
         };
         site_chain.recover()?;
         Ok(site_chain)
@@ -153,6 +154,10 @@ pub struct SiteChain {
     layout: RootLayout,
     chain: ChainName,
     site: Site,
+    /// The replayed logs of the newest block verified here, so the next
+    /// block is checked from where it ended (rebuilt from the snapshot by
+    /// a full check after a restart).
+    verified: Option<VerifiedLogs>,
 }
 
 impl SiteChain {
@@ -243,7 +248,7 @@ impl SiteChain {
     }
 
     /// Applies a complete stream: verify, receive, verify, rename.
-    pub fn apply(&self, ready: &ReadyBlock) -> Result<(), ConsumerError> {
+    pub fn apply(&mut self, ready: &ReadyBlock) -> Result<(), ConsumerError> {
         let paths = self.chunk_paths(ready);
         // 1. The whole stream against the signed hash, before anything else.
         let mut hasher = Sha256::new();
@@ -285,7 +290,12 @@ impl SiteChain {
             });
         }
         // 3. Verify the received snapshot against the signed header.
-        let problems = verify_received(&self.layout, &ChainDir::new(&staging), &ready.header)?;
+        let problems = verify_received(
+            &self.layout,
+            &ChainDir::new(&staging),
+            &ready.header,
+            &mut self.verified,
+        )?;
         if !problems.is_empty() {
             self.remove_staging(&staging);
             return Err(ConsumerError::Unverified {

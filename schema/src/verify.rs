@@ -259,7 +259,8 @@ pub struct ElementTip {
 pub enum ReplayedState {
     /// Deleted, or never replayed successfully.
     Absent,
-    Held(State),
+    /// Held as its canonical JSON (compact; parsed when a `patch` needs it).
+    Held(Vec<u8>),
     /// Too large to hold: read again and replayed when a `patch` needs it.
     Spilled(SpilledState),
 }
@@ -275,7 +276,7 @@ pub struct SpilledState {
 }
 
 /// The result of checking a chain's logs.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LogCheck {
     pub headers: Vec<BlockHeader>,
     /// Byte offset in headers.log just past each header's line.
@@ -334,175 +335,244 @@ pub fn check_log_lines<H: LineSource, E: LineSource, A: LineAt>(
     events: &mut E,
     events_at: &mut A,
 ) -> LogCheck {
-    let mut check = LogCheck::default();
-    let mut problems = Vec::new();
-    let p = || place.to_owned();
-    let unreadable = |file: &str, e: &dyn fmt::Display| Problem::Unreadable {
-        place: place.to_owned(),
-        message: format!("{file}: {e}"),
-    };
-    let mut tree = StateTree::default();
-    let mut next_seq = 1u64;
-    let mut prev_header: Option<BlockHeader> = None;
-    let mut header_line = 0u64;
-    let mut event_line = 0u64;
-    loop {
-        let line = match headers.next_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                problems.push(unreadable("headers.log", &e));
-                break;
-            }
+    let mut checker = LogChecker::new(place, chain);
+    checker.feed_blocks(headers, events, events_at);
+    checker.check_end(events);
+    checker.into_report()
+}
+
+/// The log verifier as a state machine. Fed a copy's logs from the start it
+/// checks them in full; fed later what a newer copy appended to those same
+/// logs (line sources that start where the last block ended, with the same
+/// byte offsets), it checks only that, from the states it has replayed. A
+/// site keeps one per chain, so verifying a received block costs what the
+/// block adds, not the whole history.
+#[derive(Clone, Debug)]
+pub struct LogChecker {
+    place: String,
+    chain: ChainName,
+    tree: StateTree,
+    next_seq: u64,
+    prev_header: Option<BlockHeader>,
+    header_line: u64,
+    event_line: u64,
+    check: LogCheck,
+}
+
+impl LogChecker {
+    pub fn new(place: &str, chain: &ChainName) -> Self {
+        LogChecker {
+            place: place.to_owned(),
+            chain: chain.clone(),
+            tree: StateTree::default(),
+            next_seq: 1,
+            prev_header: None,
+            header_line: 0,
+            event_line: 0,
+            check: LogCheck::default(),
+        }
+    }
+
+    /// Names the copy in the problems found from now on.
+    pub fn set_place(&mut self, place: &str) {
+        place.clone_into(&mut self.place);
+    }
+
+    /// What has been checked and found so far.
+    pub fn report(&self) -> &LogCheck {
+        &self.check
+    }
+
+    pub fn into_report(self) -> LogCheck {
+        self.check
+    }
+
+    /// Checks every header line left in `headers` and, for each, its events
+    /// from `events`, which is left just past the last block's events.
+    pub fn feed_blocks<H: LineSource, E: LineSource, A: LineAt>(
+        &mut self,
+        headers: &mut H,
+        events: &mut E,
+        events_at: &mut A,
+    ) {
+        let place = self.place.as_str();
+        let chain = &self.chain;
+        let check = &mut self.check;
+        let problems = &mut check.problems;
+        let p = || place.to_owned();
+        let unreadable = |file: &str, e: &dyn fmt::Display| Problem::Unreadable {
+            place: place.to_owned(),
+            message: format!("{file}: {e}"),
         };
-        header_line += 1;
-        let header = match BlockHeader::from_canonical_unchecked(line) {
-            Ok(h) => h,
-            Err(e) => {
-                problems.push(Problem::BadHeader {
-                    place: p(),
-                    line: header_line,
-                    message: e.to_string(),
-                });
-                break;
-            }
-        };
-        let line_no = header_line;
-        match header.computed_hash() {
-            Ok(actual) if actual != header.hash => problems.push(Problem::HeaderHashMismatch {
-                place: p(),
-                height: header.height,
-                expected: header.hash,
-                actual,
-            }),
-            Ok(_) => {}
-            Err(e) => problems.push(Problem::BadHeader {
-                place: p(),
-                line: line_no,
-                message: e.to_string(),
-            }),
-        }
-        if &header.chain != chain {
-            problems.push(Problem::WrongChain {
-                place: p(),
-                line: line_no,
-                expected: chain.to_string(),
-                actual: header.chain.to_string(),
-            });
-        }
-        let expected_height = prev_header.as_ref().map_or(0, |h| h.height + 1);
-        if header.height != expected_height {
-            problems.push(Problem::HeightGap {
-                place: p(),
-                expected: expected_height,
-                actual: header.height,
-            });
-        }
-        let expected_prev = prev_header.as_ref().map(|h| h.hash);
-        if header.prev != expected_prev {
-            problems.push(Problem::HeaderLinkBroken {
-                place: p(),
-                height: header.height,
-                expected: expected_prev,
-                actual: header.prev,
-            });
-        }
-        if prev_header.as_ref().is_some_and(|h| h.time > header.time) {
-            problems.push(Problem::TimeWentBack {
-                place: p(),
-                height: header.height,
-            });
-        }
-        // The block's events.
-        let mut event_leaves = Vec::new();
-        let mut seqs = Vec::new();
-        for _ in 0..header.event_count {
-            let start = events.offset();
-            let bytes = match events.next_line() {
-                Ok(Some(bytes)) => bytes,
+        let tree = &mut self.tree;
+        let next_seq = &mut self.next_seq;
+        let prev_header = &mut self.prev_header;
+        let header_line = &mut self.header_line;
+        let event_line = &mut self.event_line;
+        loop {
+            let line = match headers.next_line() {
+                Ok(Some(line)) => line,
                 Ok(None) => break,
                 Err(e) => {
-                    problems.push(unreadable("events.log", &e));
+                    problems.push(unreadable("headers.log", &e));
                     break;
                 }
             };
-            event_line += 1;
-            check.events_checked += 1;
-            let at = EventAt {
-                place,
-                line: event_line,
-                offset: start,
+            *header_line += 1;
+            let header = match BlockHeader::from_canonical_unchecked(line) {
+                Ok(h) => h,
+                Err(e) => {
+                    problems.push(Problem::BadHeader {
+                        place: p(),
+                        line: *header_line,
+                        message: e.to_string(),
+                    });
+                    break;
+                }
             };
-            if let Some((hash, seq)) = check_event(
-                &at,
-                chain,
-                bytes,
-                &mut next_seq,
-                &mut check.tips,
-                &mut tree,
-                events_at,
-                &mut problems,
-            ) {
-                event_leaves.push(leaf_hash(hash.digest().as_bytes()));
-                seqs.push(seq);
+            let line_no = *header_line;
+            match header.computed_hash() {
+                Ok(actual) if actual != header.hash => problems.push(Problem::HeaderHashMismatch {
+                    place: p(),
+                    height: header.height,
+                    expected: header.hash,
+                    actual,
+                }),
+                Ok(_) => {}
+                Err(e) => problems.push(Problem::BadHeader {
+                    place: p(),
+                    line: line_no,
+                    message: e.to_string(),
+                }),
+            }
+            if &header.chain != chain {
+                problems.push(Problem::WrongChain {
+                    place: p(),
+                    line: line_no,
+                    expected: chain.to_string(),
+                    actual: header.chain.to_string(),
+                });
+            }
+            let expected_height = prev_header.as_ref().map_or(0, |h| h.height + 1);
+            if header.height != expected_height {
+                problems.push(Problem::HeightGap {
+                    place: p(),
+                    expected: expected_height,
+                    actual: header.height,
+                });
+            }
+            let expected_prev = prev_header.as_ref().map(|h| h.hash);
+            if header.prev != expected_prev {
+                problems.push(Problem::HeaderLinkBroken {
+                    place: p(),
+                    height: header.height,
+                    expected: expected_prev,
+                    actual: header.prev,
+                });
+            }
+            if prev_header.as_ref().is_some_and(|h| h.time > header.time) {
+                problems.push(Problem::TimeWentBack {
+                    place: p(),
+                    height: header.height,
+                });
+            }
+            // The block's events.
+            let mut event_leaves = Vec::new();
+            let mut seqs = Vec::new();
+            for _ in 0..header.event_count {
+                let start = events.offset();
+                let bytes = match events.next_line() {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => break,
+                    Err(e) => {
+                        problems.push(unreadable("events.log", &e));
+                        break;
+                    }
+                };
+                *event_line += 1;
+                check.events_checked += 1;
+                let at = EventAt {
+                    place,
+                    line: *event_line,
+                    offset: start,
+                };
+                if let Some((hash, seq)) = check_event(
+                    &at,
+                    chain,
+                    bytes,
+                    next_seq,
+                    &mut check.tips,
+                    tree,
+                    events_at,
+                    problems,
+                ) {
+                    event_leaves.push(leaf_hash(hash.digest().as_bytes()));
+                    seqs.push(seq);
+                }
+            }
+            if event_leaves.len() as u64 != header.event_count {
+                problems.push(Problem::EventCountMismatch {
+                    place: p(),
+                    height: header.height,
+                    expected: header.event_count,
+                    actual: event_leaves.len() as u64,
+                });
+            }
+            if header.first_seq != seqs.first().copied() || header.last_seq != seqs.last().copied()
+            {
+                problems.push(Problem::SeqRangeMismatch {
+                    place: p(),
+                    height: header.height,
+                });
+            }
+            let events_root = EventsRoot(MerkleLevels::from_leaves(event_leaves).root());
+            if events_root != header.events_root {
+                problems.push(Problem::EventsRootMismatch {
+                    place: p(),
+                    height: header.height,
+                    expected: header.events_root,
+                    actual: events_root,
+                });
+            }
+            let state_root = tree.commit();
+            if state_root != header.state_root {
+                problems.push(Problem::StateRootMismatch {
+                    place: p(),
+                    height: header.height,
+                    expected: header.state_root,
+                    actual: state_root,
+                });
+            }
+            check.header_ends.push(headers.offset());
+            check.event_ends.push(events.offset());
+            check.headers.push(header.clone());
+            *prev_header = Some(header);
+        }
+    }
+
+    /// Checks that `events` holds nothing after the last block's events.
+    pub fn check_end<E: LineSource>(&mut self, events: &mut E) {
+        let mut unsealed = 0u64;
+        loop {
+            match events.next_line() {
+                Ok(Some(_)) => unsealed += 1,
+                Ok(None) => break,
+                Err(e) => {
+                    self.check.problems.push(Problem::Unreadable {
+                        place: self.place.clone(),
+                        message: format!("events.log: {e}"),
+                    });
+                    break;
+                }
             }
         }
-        if event_leaves.len() as u64 != header.event_count {
-            problems.push(Problem::EventCountMismatch {
-                place: p(),
-                height: header.height,
-                expected: header.event_count,
-                actual: event_leaves.len() as u64,
+        if unsealed > 0 {
+            self.check.problems.push(Problem::UnsealedEvents {
+                place: self.place.clone(),
+                count: unsealed,
             });
-        }
-        if header.first_seq != seqs.first().copied() || header.last_seq != seqs.last().copied() {
-            problems.push(Problem::SeqRangeMismatch {
-                place: p(),
-                height: header.height,
-            });
-        }
-        let events_root = EventsRoot(MerkleLevels::from_leaves(event_leaves).root());
-        if events_root != header.events_root {
-            problems.push(Problem::EventsRootMismatch {
-                place: p(),
-                height: header.height,
-                expected: header.events_root,
-                actual: events_root,
-            });
-        }
-        let state_root = tree.commit();
-        if state_root != header.state_root {
-            problems.push(Problem::StateRootMismatch {
-                place: p(),
-                height: header.height,
-                expected: header.state_root,
-                actual: state_root,
-            });
-        }
-        check.header_ends.push(headers.offset());
-        check.event_ends.push(events.offset());
-        check.headers.push(header.clone());
-        prev_header = Some(header);
-    }
-    let mut unsealed = 0u64;
-    loop {
-        match events.next_line() {
-            Ok(Some(_)) => unsealed += 1,
-            Ok(None) => break,
-            Err(e) => {
-                problems.push(unreadable("events.log", &e));
-                break;
-            }
         }
     }
-    if unsealed > 0 {
-        problems.push(Problem::UnsealedEvents {
-            place: p(),
-            count: unsealed,
-        });
-    }
-    check.problems = problems;
-    check
 }
 
 /// Where the event being checked is.
@@ -619,14 +689,13 @@ fn check_event(
     let current = match (event.op.action, previous) {
         (_, ReplayedState::Absent) => Ok(None),
         (Action::Set, _) => Ok(None),
-        (_, ReplayedState::Held(state)) => {
-            if event.op.action == Action::Patch {
-                rebuild.base = jcs::canonical_object(&state).ok();
-            }
-            Ok(Some(state))
-        }
         // Deleting needs only to know the element exists.
-        (Action::Delete, ReplayedState::Spilled(_)) => Ok(Some(State::new())),
+        (Action::Delete, _) => Ok(Some(State::new())),
+        (Action::Patch, ReplayedState::Held(bytes)) => {
+            let state = parse_state(&bytes);
+            rebuild.base = Some(bytes);
+            state.map(Some)
+        }
         (Action::Patch, ReplayedState::Spilled(spilled)) => {
             let state = replay_spilled(events_at, &spilled);
             rebuild = spilled;
@@ -660,7 +729,7 @@ fn check_event(
         });
     }
     let state = match (next_state, canonical) {
-        (Some(s), Some(c)) if c.len() <= HELD_STATE_MAX => ReplayedState::Held(s),
+        (Some(_), Some(c)) if c.len() <= HELD_STATE_MAX => ReplayedState::Held(c),
         (Some(_), Some(_)) => {
             rebuild.events.push(at.offset);
             ReplayedState::Spilled(rebuild)
@@ -684,12 +753,9 @@ fn check_event(
 /// Rebuilds a spilled state from its base and by reading its events again
 /// (all checked before).
 fn replay_spilled(events_at: &mut impl LineAt, spilled: &SpilledState) -> Result<State, String> {
-    let mut state: Option<State> = match &spilled.base {
+    let mut state = match &spilled.base {
         None => None,
-        Some(bytes) => match serde_json::from_slice(bytes) {
-            Ok(Value::Object(map)) => Some(map),
-            _ => return Err("its held state does not parse".to_owned()),
-        },
+        Some(bytes) => Some(parse_state(bytes)?),
     };
     for &offset in &spilled.events {
         let line = events_at
@@ -704,6 +770,14 @@ fn replay_spilled(events_at: &mut impl LineAt, spilled: &SpilledState) -> Result
     state.ok_or_else(|| "its state was deleted".to_owned())
 }
 
+/// A state the checker held as canonical JSON.
+fn parse_state(bytes: &[u8]) -> Result<State, String> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err("its replayed state does not parse".to_owned()),
+    }
+}
+
 /// A log held in memory, read line by line.
 #[derive(Debug)]
 pub struct SliceLines<'a> {
@@ -714,6 +788,12 @@ pub struct SliceLines<'a> {
 impl<'a> SliceLines<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
         SliceLines { bytes, offset: 0 }
+    }
+
+    /// Lines from byte `offset` on (offsets still count from the start).
+    pub fn from_offset(bytes: &'a [u8], offset: u64) -> Self {
+        let offset = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+        SliceLines { bytes, offset }
     }
 }
 
@@ -937,6 +1017,59 @@ mod tests {
         assert!(matches!(
             &problems[0],
             Problem::StateReplayMismatch { chain_seq: 2, element, .. } if element == "file:/big"
+        ));
+    }
+
+    #[test]
+    fn a_checker_resumed_on_appended_logs_agrees_with_a_full_check() {
+        let mut b = LogBuilder::new();
+        b.block(&[("iface:eth0", Action::Set, json!({"mtu": 1500}))], None);
+        b.block(&[("file:/big", Action::Set, big(1))], None);
+        let (h2, e2) = (b.headers.len() as u64, b.events.len() as u64);
+        let mut checker = LogChecker::new("site", &b.chain);
+        let (hs, es) = (b.headers.clone(), b.events.clone());
+        checker.feed_blocks(
+            &mut SliceLines::new(&hs),
+            &mut SliceLines::new(&es),
+            &mut SliceLines::new(&es),
+        );
+        assert_eq!(checker.report().headers.len(), 3);
+        b.block(
+            &[
+                ("iface:eth0", Action::Patch, json!({"up": true})),
+                ("file:/big", Action::Patch, json!({"rev": 2})),
+            ],
+            None,
+        );
+        let resume = |checker: &mut LogChecker, b: &LogBuilder| {
+            let mut events = SliceLines::from_offset(&b.events, e2);
+            checker.feed_blocks(
+                &mut SliceLines::from_offset(&b.headers, h2),
+                &mut events,
+                &mut SliceLines::new(&b.events),
+            );
+            checker.check_end(&mut events);
+        };
+        let mut resumed = checker.clone();
+        resume(&mut resumed, &b);
+        let full = b.check();
+        let resumed = resumed.into_report();
+        assert_eq!(resumed.problems, vec![]);
+        assert_eq!(resumed.headers, full.headers);
+        assert_eq!(resumed.event_ends, full.event_ends);
+        assert_eq!(resumed.header_ends, full.header_ends);
+        assert_eq!(resumed.events_checked, 4);
+
+        // What a resumed check reads is checked like the rest.
+        let mut bad = LogBuilder::new();
+        bad.block(&[("iface:eth0", Action::Set, json!({"mtu": 1500}))], None);
+        bad.block(&[("file:/big", Action::Set, big(1))], None);
+        bad.block(&[("file:/big", Action::Patch, json!({"rev": 2}))], Some(0));
+        let mut resumed = checker.clone();
+        resume(&mut resumed, &bad);
+        assert!(matches!(
+            resumed.report().problems.as_slice(),
+            [Problem::StateReplayMismatch { chain_seq: 3, .. }]
         ));
     }
 

@@ -20,4 +20,4 @@ pub use chain::{Chain, StateDiff};
 pub use chain_dir::{ChainDir, StateScan};
 pub use error::{IoContext, StoreError};
 pub use layout::{ChainMeta, RootLayout};
-pub use verify::{verify_received, verify_root, VerifyReport};
+pub use verify::{verify_received, verify_root, VerifiedLogs, VerifyReport};

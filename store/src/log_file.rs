@@ -19,11 +19,14 @@ pub struct LogLines {
 }
 
 impl LogLines {
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// Lines from byte `offset` on (offsets still count from the start).
+    pub fn open_at(path: &Path, offset: u64) -> io::Result<Self> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
         Ok(LogLines {
-            reader: BufReader::with_capacity(PIECE, File::open(path)?),
+            reader: BufReader::with_capacity(PIECE, file),
             line: Vec::new(),
-            offset: 0,
+            offset,
         })
     }
 }
@@ -118,7 +121,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("log");
         std::fs::write(&p, b"one\ntwo\n\nlast-without-newline").unwrap();
-        let mut lines = LogLines::open(&p).unwrap();
+        let mut lines = LogLines::open_at(&p, 0).unwrap();
         let mut seen = Vec::new();
         while let Some(l) = lines.next_line().unwrap() {
             seen.push((String::from_utf8(l.to_vec()).unwrap(), lines.offset()));
@@ -132,6 +135,9 @@ mod tests {
                 ("last-without-newline".to_owned(), 29)
             ]
         );
+        let mut from = LogLines::open_at(&p, 8).unwrap();
+        assert_eq!(from.next_line().unwrap(), Some(&b""[..]));
+        assert_eq!(from.offset(), 9);
         let mut at = LogLineAt::open(&p).unwrap();
         assert_eq!(at.line_at(4).unwrap(), b"two");
         assert_eq!(at.line_at(9).unwrap(), b"last-without-newline");

@@ -1,7 +1,7 @@
 //! `fschain verify`: re-derive everything from the snapshots.
 //!
 //! The newest snapshot's logs are checked in full by the pure
-//! [`check_log_lines`], read one line at a time. Every other snapshot must
+//! [`LogChecker`], read one line at a time. Every other snapshot must
 //! hold a byte-exact prefix of them, compared a piece at a time (and is
 //! checked in full on its own when it does not, to name the fault); it must
 //! be read-only, and its state files must hash to its block's state root.
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use fschain_schema::verify::{check_log_lines, state_root_of, ElementTip, LogCheck, Problem};
+use fschain_schema::verify::{state_root_of, ElementTip, LogCheck, LogChecker, Problem};
 use fschain_schema::{BlockHeader, ChainName, ElementId, StateHash, StateRoot};
 use serde::Serialize;
 
@@ -242,6 +242,29 @@ fn check_copy_logs(
     chain: &ChainName,
     dir: &ChainDir,
 ) -> Result<LogCheck, Box<Problem>> {
+    copy_log_checker(place, chain, dir).map(LogChecker::into_report)
+}
+
+/// [`check_copy_logs`], keeping the checker to resume on a newer copy.
+fn copy_log_checker(
+    place: &str,
+    chain: &ChainName,
+    dir: &ChainDir,
+) -> Result<LogChecker, Box<Problem>> {
+    let mut checker = LogChecker::new(place, chain);
+    let (mut headers, mut events, mut events_at) = open_logs(place, dir, 0, 0)?;
+    checker.feed_blocks(&mut headers, &mut events, &mut events_at);
+    checker.check_end(&mut events);
+    Ok(checker)
+}
+
+/// The logs of the copy at `dir`, read from the given byte offsets.
+fn open_logs(
+    place: &str,
+    dir: &ChainDir,
+    header_from: u64,
+    event_from: u64,
+) -> Result<(LogLines, LogLines, LogLineAt), Box<Problem>> {
     let unreadable = |e: std::io::Error, file: &str| {
         Box::new(Problem::Unreadable {
             place: place.into(),
@@ -250,15 +273,10 @@ fn check_copy_logs(
     };
     let headers_path = dir.path().join(HEADERS_LOG);
     let events_path = dir.path().join(EVENTS_LOG);
-    let mut headers = LogLines::open(&headers_path).map_err(|e| unreadable(e, HEADERS_LOG))?;
-    let mut events = LogLines::open(&events_path).map_err(|e| unreadable(e, EVENTS_LOG))?;
-    let mut events_at = LogLineAt::open(&events_path).map_err(|e| unreadable(e, EVENTS_LOG))?;
-    Ok(check_log_lines(
-        place,
-        chain,
-        &mut headers,
-        &mut events,
-        &mut events_at,
+    Ok((
+        LogLines::open_at(&headers_path, header_from).map_err(|e| unreadable(e, HEADERS_LOG))?,
+        LogLines::open_at(&events_path, event_from).map_err(|e| unreadable(e, EVENTS_LOG))?,
+        LogLineAt::open(&events_path).map_err(|e| unreadable(e, EVENTS_LOG))?,
     ))
 }
 
@@ -460,16 +478,37 @@ fn report_copy(
     }
 }
 
+/// The replayed logs of the newest block a site verified, kept between
+/// blocks so that the next block's logs are checked from where that one
+/// ended (its log prefix compared byte for byte, only what it appends
+/// replayed), not from genesis.
+#[derive(Debug)]
+pub struct VerifiedLogs {
+    height: u64,
+    checker: LogChecker,
+}
+
+impl VerifiedLogs {
+    /// The block whose logs these are.
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+}
+
 /// Verifies a snapshot a site has just received (at `dir`, still under its
 /// staging name) as block `height` of the chain at `layout`, against the
 /// header the producer signed: the same checks `verify` makes of a
-/// snapshot. Its logs are checked in full; they must extend the logs of the
-/// site's previous block byte for byte; its state files must hash to the
-/// header's state root; it must be read-only. Returns the problems found.
+/// snapshot. Its logs must extend the logs of the site's previous block
+/// byte for byte, and are checked in full, or, when `verified` holds the
+/// replayed logs of that previous block, from where they ended; its state
+/// files must hash to the header's state root; it must be read-only.
+/// Returns the problems found. On success `verified` holds this block's
+/// replayed logs; otherwise it is emptied.
 pub fn verify_received(
     layout: &RootLayout,
     dir: &ChainDir,
     expected: &BlockHeader,
+    verified: &mut Option<VerifiedLogs>,
 ) -> Result<Vec<Problem>, StoreError> {
     let height = expected.height;
     let meta = ChainMeta::new(expected.chain.clone());
@@ -481,24 +520,32 @@ pub fn verify_received(
         snapshot: true,
     };
     let p = copy.place.clone();
-    // Its logs in full, and its files, side by side.
-    let mut done = parallel_map(&[false, true], |&scan| {
-        if scan {
-            Checked::Scan(scan_copy(&copy, &meta))
-        } else {
-            Checked::Logs(check_copy_logs(&p, &meta.chain, dir))
-        }
-    });
-    let (Some(Checked::Scan(scan)), Some(Checked::Logs(logs))) = (done.pop(), done.pop()) else {
-        unreachable!("two jobs, in order");
-    };
-    let logs = match logs {
-        Ok(logs) => logs,
+    let previous = layout
+        .snapshot_heights()?
+        .into_iter()
+        .filter(|&h| h < height)
+        .max()
+        .map(|h| (h, ChainDir::new(layout.snapshot(h))));
+    let resume = verified
+        .take()
+        .filter(|v| previous.as_ref().is_some_and(|(h, _)| *h == v.height));
+    let resumed = resume.is_some();
+    // Its logs, and its files, side by side.
+    let (outcome, scan) = side_by_side(
+        || match resume {
+            Some(v) => resume_logs(v.checker, &p, previous.as_ref().map(|(_, d)| d), dir),
+            None => copy_log_checker(&p, &meta.chain, dir),
+        },
+        || scan_copy(&copy, &meta),
+    );
+    let checker = match outcome {
+        Ok(checker) => checker,
         Err(problem) => {
             report.problems.push(*problem);
             return Ok(report.problems);
         }
     };
+    let logs = checker.report();
     report.problems.extend(logs.problems.iter().cloned());
     match logs.headers.get(height as usize) {
         Some(h) if h == expected && logs.headers.len() as u64 == height + 1 => {}
@@ -511,26 +558,17 @@ pub fn verify_received(
             ),
         }),
     }
-    // The previous block the site holds must be a prefix of this one.
-    let previous = layout
-        .snapshot_heights()?
-        .into_iter()
-        .filter(|&h| h < height)
-        .max();
-    if let Some(prev) = previous {
-        let prev_dir = ChainDir::new(layout.snapshot(prev));
+    // The previous block the site holds must be a prefix of this one (a
+    // resumed check compared them before reading on).
+    if let (Some((prev, prev_dir)), false) = (&previous, resumed) {
         let ends = logs
             .header_ends
-            .get(prev as usize)
-            .zip(logs.event_ends.get(prev as usize));
+            .get(*prev as usize)
+            .zip(logs.event_ends.get(*prev as usize));
         let same = ends
-            .is_some_and(|(&end_h, &end_e)| extends(&prev_dir, dir, end_h, end_e).unwrap_or(false));
+            .is_some_and(|(&end_h, &end_e)| extends(prev_dir, dir, end_h, end_e).unwrap_or(false));
         if !same {
-            report.problems.push(Problem::Diverges {
-                place: p.clone(),
-                file: "headers.log/events.log".into(),
-                message: format!("do not extend the logs of block {prev}, which this site holds"),
-            });
+            report.problems.push(diverges_from(&p, *prev));
         }
     }
     report_copy(
@@ -541,5 +579,52 @@ pub fn verify_received(
         &logs.headers,
         Some(&logs.tips),
     );
+    if report.problems.is_empty() {
+        *verified = Some(VerifiedLogs { height, checker });
+    }
     Ok(report.problems)
+}
+
+fn diverges_from(place: &str, prev: u64) -> Problem {
+    Problem::Diverges {
+        place: place.into(),
+        file: "headers.log/events.log".into(),
+        message: format!("do not extend the logs of block {prev}, which this site holds"),
+    }
+}
+
+/// Checks the logs of the received copy at `dir` from where `checker` (the
+/// previous block's, at `prev_dir`) ended: the previous logs must be their
+/// byte prefix, and only what follows is replayed.
+fn resume_logs(
+    mut checker: LogChecker,
+    place: &str,
+    prev_dir: Option<&ChainDir>,
+    dir: &ChainDir,
+) -> Result<LogChecker, Box<Problem>> {
+    let done = checker.report();
+    let prev = done.headers.len().saturating_sub(1) as u64;
+    let end_h = done.header_ends.last().copied().unwrap_or(0);
+    let end_e = done.event_ends.last().copied().unwrap_or(0);
+    let same = prev_dir.is_some_and(|d| extends(d, dir, end_h, end_e).unwrap_or(false));
+    if !same {
+        return Err(Box::new(diverges_from(place, prev)));
+    }
+    let (mut headers, mut events, mut events_at) = open_logs(place, dir, end_h, end_e)?;
+    checker.set_place(place);
+    checker.feed_blocks(&mut headers, &mut events, &mut events_at);
+    checker.check_end(&mut events);
+    Ok(checker)
+}
+
+/// Runs `a` on another thread while `b` runs on this one.
+fn side_by_side<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|s| {
+        let other = s.spawn(a);
+        let here = b();
+        match other.join() {
+            Ok(there) => (there, here),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
