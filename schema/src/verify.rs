@@ -400,24 +400,12 @@ impl LogChecker {
         let check = &mut self.check;
         let problems = &mut check.problems;
         let p = || place.to_owned();
-        let unreadable = |file: &str, e: &dyn fmt::Display| Problem::Unreadable {
-            place: place.to_owned(),
-            message: format!("{file}: {e}"),
-        };
         let tree = &mut self.tree;
         let next_seq = &mut self.next_seq;
         let prev_header = &mut self.prev_header;
         let header_line = &mut self.header_line;
         let event_line = &mut self.event_line;
-        loop {
-            let line = match headers.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) => {
-                    problems.push(unreadable("headers.log", &e));
-                    break;
-                }
-            };
+        while let Some(line) = next_line(headers, place, "headers.log", problems) {
             *header_line += 1;
             let header = match BlockHeader::from_canonical_unchecked(line) {
                 Ok(h) => h,
@@ -481,13 +469,8 @@ impl LogChecker {
             let mut seqs = Vec::new();
             for _ in 0..header.event_count {
                 let start = events.offset();
-                let bytes = match events.next_line() {
-                    Ok(Some(bytes)) => bytes,
-                    Ok(None) => break,
-                    Err(e) => {
-                        problems.push(unreadable("events.log", &e));
-                        break;
-                    }
+                let Some(bytes) = next_line(events, place, "events.log", problems) else {
+                    break;
                 };
                 *event_line += 1;
                 check.events_checked += 1;
@@ -553,24 +536,34 @@ impl LogChecker {
     /// Checks that `events` holds nothing after the last block's events.
     pub fn check_end<E: LineSource>(&mut self, events: &mut E) {
         let mut unsealed = 0u64;
-        loop {
-            match events.next_line() {
-                Ok(Some(_)) => unsealed += 1,
-                Ok(None) => break,
-                Err(e) => {
-                    self.check.problems.push(Problem::Unreadable {
-                        place: self.place.clone(),
-                        message: format!("events.log: {e}"),
-                    });
-                    break;
-                }
-            }
+        while next_line(events, &self.place, "events.log", &mut self.check.problems).is_some() {
+            unsealed += 1;
         }
         if unsealed > 0 {
             self.check.problems.push(Problem::UnsealedEvents {
                 place: self.place.clone(),
                 count: unsealed,
             });
+        }
+    }
+}
+
+/// The next line of `source`, or `None` at its end or when it cannot be
+/// read (noted as a problem of `file`).
+fn next_line<'s, S: LineSource>(
+    source: &'s mut S,
+    place: &str,
+    file: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<&'s [u8]> {
+    match source.next_line() {
+        Ok(line) => line,
+        Err(e) => {
+            problems.push(Problem::Unreadable {
+                place: place.to_owned(),
+                message: format!("{file}: {e}"),
+            });
+            None
         }
     }
 }

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use fschain_schema::verify::Problem;
+use fschain_schema::verify::{LineSource as _, Problem};
 use fschain_schema::{jcs, BlockHeader, ElementId, Event, State, StateHash};
 use serde_json::Value;
 
 use crate::layout::{ChainMeta, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
+use crate::log_file::LogLines;
 use crate::state_path::{element_of, state_path, STATES_DIR};
 use crate::{IoContext, StoreError};
 
@@ -72,8 +73,11 @@ impl ChainDir {
                 }
             }
         }
-        file.seek(SeekFrom::Start(start)).at(&p)?;
-        let n = read_lines(file, &p, count, &mut each)?;
+        let lines = LogLines::open_at(&p, start).at(&p)?;
+        let n = read_lines(lines, &p, count, &mut |line: &[u8]| {
+            each(line)?;
+            Ok::<bool, E>(true)
+        })?;
         if n < count {
             return Err(StoreError::Corrupt {
                 path: p,
@@ -91,14 +95,8 @@ impl ChainDir {
         mut each: impl FnMut(&[u8]) -> Result<bool, E>,
     ) -> Result<(), E> {
         let p = self.path.join(EVENTS_LOG);
-        let file = std::fs::File::open(&p).at(&p)?;
-        let mut go_on = true;
-        read_lines(file, &p, u64::MAX, &mut |line: &[u8]| {
-            if go_on {
-                go_on = each(line)?;
-            }
-            Ok::<(), E>(())
-        })?;
+        let lines = LogLines::open_at(&p, 0).at(&p)?;
+        read_lines(lines, &p, u64::MAX, &mut each)?;
         Ok(())
     }
 
@@ -284,29 +282,24 @@ fn read_in(
     }
 }
 
-/// Calls `each` with up to `count` non-empty lines read from `file`
-/// (without their newline); returns how many it read.
+/// Calls `each` with up to `count` non-empty lines of `lines` (without
+/// their newline), until it returns `false`; returns how many it was given.
 fn read_lines<E: From<StoreError>>(
-    file: std::fs::File,
+    mut lines: LogLines,
     path: &Path,
     count: u64,
-    each: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    each: &mut impl FnMut(&[u8]) -> Result<bool, E>,
 ) -> Result<u64, E> {
-    use std::io::BufRead as _;
-    let mut reader = std::io::BufReader::new(file);
-    let mut line = Vec::new();
     let mut n = 0;
     while n < count {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).at(path)? == 0 {
+        let Some(line) = lines.next_line().at(path)? else {
             break;
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
+        };
         if !line.is_empty() {
-            each(&line)?;
             n += 1;
+            if !each(line)? {
+                break;
+            }
         }
     }
     Ok(n)
