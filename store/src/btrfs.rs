@@ -109,6 +109,13 @@ pub fn delete_subvolume(path: &Path) -> Result<(), StoreError> {
     check(rc, "delete subvolume", path)
 }
 
+/// Writes everything cached for the file system holding `path` to disk
+/// (`syncfs`), so that its trees hold what its files read back.
+pub fn sync_filesystem(path: &Path) -> Result<(), StoreError> {
+    let dir = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| StoreError::io(path, e.into()))
+}
+
 /// Whether the subvolume at `path` is read-only.
 pub fn is_readonly(path: &Path) -> Result<bool, StoreError> {
     let (_, flags) = subvolume_flags(path)?;

@@ -6,6 +6,7 @@ use fschain_schema::verify::{LineSource as _, Problem};
 use fschain_schema::{jcs, BlockHeader, ElementId, Event, State, StateHash};
 use serde_json::Value;
 
+use crate::btrfs_tree::{EntryKind, FileData};
 use crate::layout::{ChainMeta, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
 use crate::log_file::LogLines;
 use crate::state_path::{element_of, state_path, STATES_DIR};
@@ -245,6 +246,70 @@ impl ChainDir {
         }
         scan
     }
+
+    /// [`state_hashes`](Self::state_hashes), with the small files' bytes
+    /// taken from the subvolume's btrfs tree a few thousand at a time (see
+    /// [`crate::btrfs_tree`]). The copy must be a subvolume whose data is
+    /// on disk (flush first: [`crate::btrfs::sync_filesystem`]). Falls back
+    /// to reading every file when the tree cannot be searched.
+    pub fn state_hashes_from_tree(&self, place: &str) -> StateScan {
+        let swept = std::fs::File::open(&self.path).and_then(|dir| {
+            crate::btrfs_tree::sweep(&dir, fschain_schema::verify::state_file_hash)
+        });
+        let entries = match swept {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(place, error = %e, "btrfs tree search unavailable; reading files");
+                return self.state_hashes(place);
+            }
+        };
+        let mut scan = StateScan::default();
+        let mut bytes = Vec::new();
+        for entry in entries {
+            if entry.path.components().next().map(|c| c.as_os_str()) != Some(STATES_DIR.as_ref()) {
+                continue;
+            }
+            let bad = |message: &str| Problem::BadStateFile {
+                place: place.into(),
+                path: entry.path.display().to_string(),
+                message: message.into(),
+            };
+            let (size, data) = match entry.kind {
+                EntryKind::Dir => continue,
+                EntryKind::File { size, data } => (size, data),
+                EntryKind::Other => {
+                    scan.problems.push(bad("is not a regular file"));
+                    continue;
+                }
+                EntryKind::Subvolume => {
+                    scan.problems
+                        .push(bad("is a nested subvolume, not a regular file"));
+                    continue;
+                }
+            };
+            let Some(element) = element_of(&entry.path) else {
+                scan.problems
+                    .push(bad("is not the state file of any element"));
+                continue;
+            };
+            let hash = match data {
+                FileData::Summary(hash) => hash,
+                FileData::OnDisk => {
+                    let path = self.path.join(&entry.path);
+                    match std::fs::File::open(&path).and_then(|f| read_all(f, &mut bytes)) {
+                        Ok(len) => fschain_schema::verify::state_file_hash(&bytes[..len]),
+                        Err(e) => {
+                            scan.problems.push(bad(&format!("cannot read: {e}")));
+                            continue;
+                        }
+                    }
+                }
+            };
+            scan.bytes += size;
+            scan.states.push((element, hash));
+        }
+        scan
+    }
 }
 
 /// What [`ChainDir::state_hashes`] found.
@@ -265,9 +330,17 @@ fn read_in(
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     use rustix::fs::{openat, Mode, OFlags};
-    use std::io::Read as _;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let mut file = std::fs::File::from(openat(dir, name, flags, Mode::empty())?);
+    read_all(
+        std::fs::File::from(openat(dir, name, flags, Mode::empty())?),
+        buf,
+    )
+}
+
+/// Reads `file` into the start of `buf`, growing it as needed; returns the
+/// length read.
+fn read_all(mut file: std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::io::Read as _;
     let mut len = 0;
     loop {
         if len == buf.len() {

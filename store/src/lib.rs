@@ -7,6 +7,7 @@
 //! exactly like the producer's.
 
 pub mod btrfs;
+pub mod btrfs_tree;
 mod chain;
 mod chain_dir;
 mod error;

@@ -137,6 +137,15 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         });
     }
     let head_dir = &copies[0].dir;
+    // State files are read from the btrfs trees, which hold what was
+    // written only once it is flushed; without that, read them one by one.
+    let from_tree = match btrfs::sync_filesystem(layout.root()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "syncfs failed; reading state files one by one");
+            false
+        }
+    };
 
     // 1. The head's logs in full, and every copy's files, side by side.
     let jobs: Vec<Option<&Copy>> = std::iter::once(None)
@@ -144,7 +153,7 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         .collect();
     let mut done = parallel_map(&jobs, |job| match job {
         None => Checked::Logs(check_copy_logs(&copies[0].place, &chain, head_dir)),
-        Some(copy) => Checked::Scan(scan_copy(copy, &meta)),
+        Some(copy) => Checked::Scan(scan_copy(copy, &meta, from_tree)),
     })
     .into_iter();
     let logs = match done.next() {
@@ -373,7 +382,7 @@ fn compare_logs(
 
 /// Checks one copy's CHAIN file and read-only flag, and hashes its state
 /// files into a state root.
-fn scan_copy(copy: &Copy, meta: &ChainMeta) -> CopyScan {
+fn scan_copy(copy: &Copy, meta: &ChainMeta, from_tree: bool) -> CopyScan {
     let place = copy.place.as_str();
     let mut problems = Vec::new();
     match copy.dir.meta() {
@@ -403,7 +412,11 @@ fn scan_copy(copy: &Copy, meta: &ChainMeta) -> CopyScan {
             }),
         }
     }
-    let scan = copy.dir.state_hashes(place);
+    let scan = if from_tree {
+        copy.dir.state_hashes_from_tree(place)
+    } else {
+        copy.dir.state_hashes(place)
+    };
     problems.extend(scan.problems);
     CopyScan {
         root: state_root_of(scan.states),
@@ -536,7 +549,7 @@ pub fn verify_received(
             Some(v) => resume_logs(v.checker, &p, previous.as_ref().map(|(_, d)| d), dir),
             None => copy_log_checker(&p, &meta.chain, dir),
         },
-        || scan_copy(&copy, &meta),
+        || scan_copy(&copy, &meta, false),
     );
     let checker = match outcome {
         Ok(checker) => checker,
