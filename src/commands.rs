@@ -243,8 +243,13 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 }));
             } else if report.is_clean() {
                 println!(
-                    "ok: chain {} verified: {} blocks, {} events, {} snapshots, {} bytes checked",
-                    report.chain, report.blocks, report.events, report.snapshots, report.bytes
+                    "ok: chain {} verified: {} blocks, {} events, {} snapshots, {} bytes checked ({} of them shared on disk with bytes read)",
+                    report.chain,
+                    report.blocks,
+                    report.events,
+                    report.snapshots,
+                    report.bytes,
+                    report.shared
                 );
             } else {
                 for p in &report.problems {

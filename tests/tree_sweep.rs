@@ -99,3 +99,41 @@ fn state_hashes_from_the_tree_match_reading_every_file() {
         assert!(files.problems.is_empty() && tree.problems.is_empty());
     }
 }
+
+#[test]
+fn an_appended_copy_shares_its_prefix_until_either_is_written() {
+    use fschain_store::extents::{extents, unshared_ranges};
+    use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
+    let Some(s) = scratch("extents") else { return };
+    let (layer, snap) = (s.dir.join("layer"), s.dir.join("snap"));
+    btrfs::create_subvolume(&layer).unwrap();
+    let line: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(layer.join("log"), &line).unwrap();
+    btrfs::snapshot(&layer, &snap, false).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(layer.join("log"))
+        .unwrap();
+    log.write_all(&line[..300_000]).unwrap();
+    let len = line.len() as u64;
+    let unshared = |len: u64| {
+        let a = std::fs::File::open(snap.join("log")).unwrap();
+        let b = std::fs::File::open(layer.join("log")).unwrap();
+        unshared_ranges(&extents(&a, len).unwrap(), &extents(&b, len).unwrap(), len)
+    };
+    // Only the last, partly filled block was written again.
+    let read: u64 = unshared(len).iter().map(|r| r.end - r.start).sum();
+    assert!(read <= 4096, "{:?} of the prefix to read", unshared(len));
+    // One byte changed in place in the older copy: its block is read.
+    let older = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("log"))
+        .unwrap();
+    older.write_all_at(b"Z", 123_456).unwrap();
+    let now = unshared(len);
+    assert!(
+        now.iter().any(|r| r.contains(&123_456)),
+        "the changed byte is not read: {now:?}"
+    );
+}

@@ -824,7 +824,18 @@ impl LineAt for SliceLines<'_> {
 
 /// The root of a set of `(element, state hash)` pairs read from state files.
 pub fn state_root_of(entries: impl IntoIterator<Item = (ElementId, StateHash)>) -> StateRoot {
-    StateTree::from_entries(entries).root()
+    // StateTree::from_entries(entries).root(), without the map and the
+    // tree's kept levels: sort, keep each element's last pair, hash.
+    let mut entries: Vec<(ElementId, StateHash)> = entries.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut leaves: Vec<crate::Digest> = Vec::with_capacity(entries.len());
+    for (i, (element, state)) in entries.iter().enumerate() {
+        if entries.get(i + 1).is_some_and(|next| next.0 == *element) {
+            continue;
+        }
+        leaves.push(crate::state_tree::state_leaf_hash(element, state));
+    }
+    StateRoot(crate::merkle::root_of(&leaves))
 }
 
 /// Hash of raw state-file bytes (the state's canonical JSON).

@@ -11,6 +11,7 @@ pub mod btrfs_tree;
 mod chain;
 mod chain_dir;
 mod error;
+pub mod extents;
 pub mod layout;
 mod log_file;
 pub mod send_stream;

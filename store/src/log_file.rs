@@ -3,10 +3,12 @@
 //! a chain costs the same memory whatever its size.
 
 use std::fs::File;
-use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
+use std::io::{self, BufRead as _, BufReader, Seek as _, SeekFrom};
 use std::path::Path;
 
 use fschain_schema::verify::{LineAt, LineSource};
+
+use crate::extents::{extents, unshared_ranges};
 
 /// How much of a file is read at a time.
 const PIECE: usize = 1 << 20;
@@ -80,35 +82,50 @@ impl LineAt for LogLineAt {
 }
 
 /// Whether the file at `short` holds exactly the first `len` bytes of the
-/// file at `long`, compared a piece at a time.
-pub fn is_prefix_of(short: &Path, long: &Path, len: u64) -> io::Result<bool> {
-    let mut a = File::open(short)?;
+/// file at `long`, and if so how many of them were known to be the same
+/// without reading them: btrfs stores them once for both files (see
+/// [`crate::extents`]). The rest is compared a piece at a time.
+pub fn prefix_check(short: &Path, long: &Path, len: u64) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let a = File::open(short)?;
     if a.metadata()?.len() != len {
-        return Ok(false);
+        return Ok(None);
     }
-    let mut b = File::open(long)?;
+    let b = File::open(long)?;
     if b.metadata()?.len() < len {
-        return Ok(false);
+        return Ok(None);
     }
-    let mut left = len;
+    let to_read = match (extents(&a, len), extents(&b, len)) {
+        (Ok(ea), Ok(eb)) => unshared_ranges(&ea, &eb, len),
+        _ => std::iter::once(0..len).collect(),
+    };
     let mut pa = vec![0u8; PIECE];
     let mut pb = vec![0u8; PIECE];
-    while left > 0 {
-        let n = left.min(PIECE as u64) as usize;
-        a.read_exact(&mut pa[..n])?;
-        b.read_exact(&mut pb[..n])?;
-        if pa[..n] != pb[..n] {
-            return Ok(false);
+    let mut read = 0;
+    for range in to_read {
+        let mut at = range.start;
+        while at < range.end {
+            let n = (range.end - at).min(PIECE as u64) as usize;
+            a.read_exact_at(&mut pa[..n], at)?;
+            b.read_exact_at(&mut pb[..n], at)?;
+            if pa[..n] != pb[..n] {
+                return Ok(None);
+            }
+            at += n as u64;
+            read += n as u64;
         }
-        left -= n as u64;
     }
-    Ok(true)
+    Ok(Some(len - read))
 }
 
-/// Whether two files hold the same bytes.
-pub fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
+/// Whether two files hold the same bytes, with [`prefix_check`]'s count of
+/// bytes not read.
+pub fn same_bytes_check(a: &Path, b: &Path) -> io::Result<Option<u64>> {
     let len = std::fs::metadata(a)?.len();
-    Ok(std::fs::metadata(b)?.len() == len && is_prefix_of(a, b, len)?)
+    if std::fs::metadata(b)?.len() != len {
+        return Ok(None);
+    }
+    prefix_check(a, b, len)
 }
 
 #[cfg(test)]
@@ -144,12 +161,12 @@ mod tests {
 
         let q = dir.join("prefix");
         std::fs::write(&q, b"one\ntwo\n").unwrap();
-        assert!(is_prefix_of(&q, &p, 8).unwrap());
-        assert!(!is_prefix_of(&q, &p, 4).unwrap());
+        assert!(prefix_check(&q, &p, 8).unwrap().is_some());
+        assert!(prefix_check(&q, &p, 4).unwrap().is_none());
         std::fs::write(&q, b"one\ntwO\n").unwrap();
-        assert!(!is_prefix_of(&q, &p, 8).unwrap());
-        assert!(!same_bytes(&q, &p).unwrap());
-        assert!(same_bytes(&p, &p).unwrap());
+        assert!(prefix_check(&q, &p, 8).unwrap().is_none());
+        assert!(same_bytes_check(&q, &p).unwrap().is_none());
+        assert!(same_bytes_check(&p, &p).unwrap().is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -48,6 +48,13 @@ pub fn element_of(relative: &Path) -> Option<ElementId> {
         .map(|c| c.as_os_str().to_str())
         .collect::<Option<_>>()?;
     let (last, dirs) = rest.split_last()?;
+    // Most names encode to themselves: one short component of bytes the
+    // encoding leaves bare, not starting with a dot. Such a path is that
+    // element's canonical one without building it again.
+    let bare = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if dirs.is_empty() && last.len() <= PIECE && !last.starts_with('.') && last.bytes().all(bare) {
+        return ElementId::parse(&format!("{kind}:{last}")).ok();
+    }
     let mut encoded = String::new();
     for dir in dirs {
         encoded.push_str(dir.strip_suffix('+')?);
@@ -153,6 +160,24 @@ mod tests {
             }
             prop_assert!(path.starts_with("states/file"));
             prop_assert_eq!(element_of(&path), Some(element));
+        }
+    }
+
+    proptest! {
+        /// Only an element's one canonical path names it.
+        #[test]
+        fn a_path_names_an_element_only_if_it_is_its_path(
+            kind in "[a-z][a-z0-9-]{0,3}|Iface|-x",
+            parts in proptest::collection::vec("[a-zA-Z0-9_.%+-]{0,6}|%2[Ee]|\\.", 1..3),
+        ) {
+            let mut path = std::path::PathBuf::from(STATES_DIR);
+            path.push(&kind);
+            for part in &parts {
+                path.push(part);
+            }
+            if let Some(element) = element_of(&path) {
+                prop_assert_eq!(state_path(&element), path);
+            }
         }
     }
 

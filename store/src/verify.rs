@@ -20,7 +20,7 @@ use fschain_schema::{BlockHeader, ChainName, ElementId, StateHash, StateRoot};
 use serde::Serialize;
 
 use crate::layout::{ChainMeta, RootLayout, CHAIN_FILE, EVENTS_LOG, HEADERS_LOG};
-use crate::log_file::{is_prefix_of, same_bytes, LogLineAt, LogLines};
+use crate::log_file::{prefix_check, same_bytes_check, LogLineAt, LogLines};
 use crate::{btrfs, ChainDir, StoreError};
 
 /// Everything `verify` checked and found.
@@ -31,8 +31,12 @@ pub struct VerifyReport {
     pub blocks: u64,
     pub events: u64,
     pub snapshots: u64,
-    /// Bytes read and checked (hashed or compared).
+    /// Bytes checked: hashed, compared, or known to be the very disk bytes
+    /// of ones that were.
     pub bytes: u64,
+    /// Of `bytes`, those known without reading them: log bytes that btrfs
+    /// stores once for a snapshot and the copy it was compared with.
+    pub shared: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -49,6 +53,7 @@ impl VerifyReport {
             events: 0,
             snapshots: 0,
             bytes: 0,
+            shared: 0,
             problems: Vec::new(),
         }
     }
@@ -83,6 +88,7 @@ enum Checked {
 #[derive(Debug, Default)]
 struct LogCompare {
     bytes: u64,
+    shared: u64,
     problems: Vec<Problem>,
     /// The copy's own logs, checked in full because they differ.
     own: Option<LogCheck>,
@@ -151,11 +157,26 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     let jobs: Vec<Option<&Copy>> = std::iter::once(None)
         .chain(copies.iter().map(Some))
         .collect();
-    let mut done = parallel_map(&jobs, |job| match job {
-        None => Checked::Logs(check_copy_logs(&copies[0].place, &chain, head_dir)),
-        Some(copy) => Checked::Scan(scan_copy(copy, &meta, from_tree)),
+    let started = std::time::Instant::now();
+    let mut done = parallel_map(&jobs, |job| {
+        let t = std::time::Instant::now();
+        let done = match job {
+            None => Checked::Logs(check_copy_logs(&copies[0].place, &chain, head_dir)),
+            Some(copy) => Checked::Scan(scan_copy(copy, &meta, from_tree)),
+        };
+        let job = job.map_or("the head's logs", |c| c.place.as_str());
+        tracing::debug!(
+            job,
+            took_ms = t.elapsed().as_millis() as u64,
+            "verify job done"
+        );
+        done
     })
     .into_iter();
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "head's logs checked, every copy's states hashed"
+    );
     let logs = match done.next() {
         Some(Checked::Logs(Ok(logs))) => logs,
         Some(Checked::Logs(Err(problem))) => {
@@ -187,13 +208,19 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     }
 
     // 2. Every other copy's logs against the head's.
+    let started = std::time::Instant::now();
     let compares = parallel_map(&copies[1..], |copy| {
         compare_logs(copy, head_dir, head, &logs, &chain)
     });
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "every copy's logs compared with the head's"
+    );
     let compares = std::iter::once(LogCompare::default()).chain(compares);
 
     for ((copy, scan), compare) in copies.iter().zip(scans).zip(compares) {
         report.bytes += compare.bytes;
+        report.shared += compare.shared;
         report.problems.extend(compare.problems);
         if compare.unreadable {
             continue;
@@ -290,23 +317,29 @@ fn open_logs(
 }
 
 /// Whether the logs of `older` are exactly the first `header_end` and
-/// `event_end` bytes of the logs of `newer`.
+/// `event_end` bytes of the logs of `newer`; if so, how many of those bytes
+/// were known the same without reading them.
 fn extends(
     older: &ChainDir,
     newer: &ChainDir,
     header_end: u64,
     event_end: u64,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Option<u64>> {
     let file = |dir: &ChainDir, name: &str| dir.path().join(name);
-    Ok(is_prefix_of(
+    let Some(headers) = prefix_check(
         &file(older, HEADERS_LOG),
         &file(newer, HEADERS_LOG),
         header_end,
-    )? && is_prefix_of(
+    )?
+    else {
+        return Ok(None);
+    };
+    Ok(prefix_check(
         &file(older, EVENTS_LOG),
         &file(newer, EVENTS_LOG),
         event_end,
-    )?)
+    )?
+    .map(|events| headers + events))
 }
 
 /// Compares the logs of `copy` with the head's: an older snapshot must hold
@@ -326,23 +359,30 @@ fn compare_logs(
             Some((&end_h, &end_e)) => {
                 extends(&copy.dir, head_dir, end_h, end_e).inspect(|_| out.bytes = end_h + end_e)
             }
-            None => Ok(false),
+            None => Ok(None),
         }
     } else {
         let file = |dir: &ChainDir, name: &str| dir.path().join(name);
-        same_bytes(&file(&copy.dir, HEADERS_LOG), &file(head_dir, HEADERS_LOG))
-            .and_then(|same| {
-                Ok(same && same_bytes(&file(&copy.dir, EVENTS_LOG), &file(head_dir, EVENTS_LOG))?)
-            })
-            .inspect(|&same| {
-                if same {
-                    out.bytes = log_bytes(logs);
-                }
-            })
+        let both = || -> std::io::Result<Option<u64>> {
+            let Some(h) =
+                same_bytes_check(&file(&copy.dir, HEADERS_LOG), &file(head_dir, HEADERS_LOG))?
+            else {
+                return Ok(None);
+            };
+            Ok(
+                same_bytes_check(&file(&copy.dir, EVENTS_LOG), &file(head_dir, EVENTS_LOG))?
+                    .map(|e| h + e),
+            )
+        };
+        both().inspect(|same| {
+            if same.is_some() {
+                out.bytes = log_bytes(logs);
+            }
+        })
     };
     match same {
-        Ok(true) => {}
-        Ok(false) => match check_copy_logs(&copy.place, chain, &copy.dir) {
+        Ok(Some(shared)) => out.shared = shared,
+        Ok(None) => match check_copy_logs(&copy.place, chain, &copy.dir) {
             Ok(own) => {
                 if !copy.snapshot {
                     out.problems.extend(own.problems);
@@ -578,8 +618,9 @@ pub fn verify_received(
             .header_ends
             .get(*prev as usize)
             .zip(logs.event_ends.get(*prev as usize));
-        let same = ends
-            .is_some_and(|(&end_h, &end_e)| extends(prev_dir, dir, end_h, end_e).unwrap_or(false));
+        let same = ends.is_some_and(|(&end_h, &end_e)| {
+            matches!(extends(prev_dir, dir, end_h, end_e), Ok(Some(_)))
+        });
         if !same {
             report.problems.push(diverges_from(&p, *prev));
         }
@@ -619,7 +660,7 @@ fn resume_logs(
     let prev = done.headers.len().saturating_sub(1) as u64;
     let end_h = done.header_ends.last().copied().unwrap_or(0);
     let end_e = done.event_ends.last().copied().unwrap_or(0);
-    let same = prev_dir.is_some_and(|d| extends(d, dir, end_h, end_e).unwrap_or(false));
+    let same = prev_dir.is_some_and(|d| matches!(extends(d, dir, end_h, end_e), Ok(Some(_))));
     if !same {
         return Err(Box::new(diverges_from(place, prev)));
     }
