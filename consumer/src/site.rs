@@ -19,7 +19,7 @@ use fschain_store::layout::{write_atomic, ChainMeta, ReplicaMeta, RootLayout};
 use fschain_store::{btrfs, verify_received, ChainDir, IoContext, StoreError, VerifiedLogs};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::assembler::{ReadyBlock, StreamKey};
 use crate::ConsumerError;
@@ -250,6 +250,7 @@ impl SiteChain {
     /// Applies a complete stream: verify, receive, verify, rename.
     pub fn apply(&mut self, ready: &ReadyBlock) -> Result<(), ConsumerError> {
         let paths = self.chunk_paths(ready);
+        let started = std::time::Instant::now();
         // 1. The whole stream against the signed hash, before anything else.
         let mut hasher = Sha256::new();
         let mut total = 0u64;
@@ -274,6 +275,7 @@ impl SiteChain {
                 },
             ));
         }
+        let hashed = started.elapsed();
         // 2. Receive under the staging name.
         let height = ready.header.height;
         let staging = self.layout.incoming(height);
@@ -289,6 +291,7 @@ impl SiteChain {
                 source: Box::new(e),
             });
         }
+        let received = started.elapsed();
         // 3. Verify the received snapshot against the signed header.
         let problems = verify_received(
             &self.layout,
@@ -320,6 +323,14 @@ impl SiteChain {
         std::fs::rename(&staging, &dest).at(&dest)?;
         let blocks = self.layout.blocks_dir();
         File::open(&blocks).and_then(|d| d.sync_all()).at(&blocks)?;
+        let total = started.elapsed();
+        debug!(
+            height,
+            hash_ms = hashed.as_millis() as u64,
+            receive_ms = (received - hashed).as_millis() as u64,
+            verify_ms = (total - received).as_millis() as u64,
+            "received and verified"
+        );
         info!(chain = %self.chain, height, hash = %ready.header.hash, "block verified and in place");
         Ok(())
     }

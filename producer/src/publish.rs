@@ -194,7 +194,9 @@ pub fn publish_pending(
     let topics = publisher.topics().clone();
     for height in from..=head {
         let parent = policy.parent_of(height);
+        let started = std::time::Instant::now();
         let block = prepare_block(layout, height, parent, &layout.outbox(), policy, key)?;
+        let prepared = started.elapsed();
         let mut failed = None;
         let events = ChainDir::new(layout.snapshot(height)).for_last_event_lines(
             block.header.event_count,
@@ -226,6 +228,8 @@ pub fn publish_pending(
             height,
             bytes = block.manifest.stream.bytes,
             chunks = block.manifest.stream.chunks,
+            prepare_ms = prepared.as_millis() as u64,
+            produce_ms = (started.elapsed() - prepared).as_millis() as u64,
             "published"
         );
         summary.blocks += 1;
