@@ -253,6 +253,9 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         "--trust",
         &big_key.display().to_string(),
         "--until-idle",
+        // Replication alone: the event index is built on its own thread
+        // and timed by `fschain bench --index-only`.
+        "--no-index",
     ])?;
     // `publish` reports the stream bytes it put on the topic.
     let on_topic: u64 = published
@@ -261,6 +264,9 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no byte count in publish's report: {published}"))?;
     let (raw_prod, raw_cons) = raw_bulk(brokers, &format!("{raw_prefix}.blocks"), on_topic)?;
+    let big_layout = RootLayout::new(&big_root);
+    let big_head = *big_layout.snapshot_heights()?.last().unwrap_or(&0);
+    let raw_btrfs = send_receive(&big_layout.snapshot(big_head), &work.join("raw-receive"))?;
     let fs = t_pub + t_con;
     let raw = raw_prod + raw_cons;
     println!(
@@ -278,7 +284,7 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         raw.as_secs_f64()
     );
     println!(
-        "    publish {:.2} s (send, zstd, hash, produce) vs raw produce {:.2} s; consume {:.2} s (spool, hash, receive, verify) vs raw consume {:.2} s",
+        "    publish {:.2} s (send, zstd, hash, produce) vs raw produce {:.2} s; consume {:.2} s (spool, hash, receive, verify; no indexing) vs raw consume {:.2} s",
         t_pub.as_secs_f64(),
         raw_prod.as_secs_f64(),
         t_con.as_secs_f64(),
@@ -287,6 +293,14 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     println!(
         "  ratio raw/fschain           {:>10.2}x   (target >= 0.7)",
         ratio(raw, fs)
+    );
+    println!(
+        "  btrfs send | btrfs receive  {:>10.2} s  (the same block, full, no Kafka: the floor a site's receive adds)",
+        raw_btrfs.as_secs_f64()
+    );
+    println!(
+        "  ratio (raw + send|receive)/fschain {:>3.2}x",
+        ratio(raw + raw_btrfs, fs)
     );
     println!("peak resident memory, full checkpoint of {} MB", s.large_mb);
     println!(
@@ -334,6 +348,31 @@ fn terminate(child: &mut Child) {
 }
 
 /// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.
+/// Times `btrfs send SNAPSHOT | btrfs receive DIR`, the stock tools piped.
+fn send_receive(snapshot: &Path, dir: &Path) -> Result<Duration> {
+    std::fs::create_dir_all(dir)?;
+    let t = Instant::now();
+    let mut send = Command::new("btrfs")
+        .args(["send", "-q"])
+        .arg(snapshot)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running btrfs send")?;
+    let stdout = send.stdout.take().context("btrfs send's output")?;
+    let received = Command::new("btrfs")
+        .args(["receive", "-q"])
+        .arg(dir)
+        .stdin(stdout)
+        .status()
+        .context("running btrfs receive")?;
+    let sent = send.wait()?;
+    let took = t.elapsed();
+    if !sent.success() || !received.success() {
+        bail!("btrfs send | btrfs receive failed (send {sent}, receive {received})");
+    }
+    Ok(took)
+}
+
 fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<()> {
     let mut rng = Rng(12345);
     for i in 0..mb {
@@ -404,6 +443,9 @@ fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-g"))
+        // It reads by assignment and needs no offsets kept: no commits to
+        // a group it never joined.
+        .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.message.max.bytes", "4194304")
         .set("fetch.wait.max.ms", "20")
