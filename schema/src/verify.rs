@@ -835,7 +835,7 @@ pub fn state_root_of(entries: impl IntoIterator<Item = (ElementId, StateHash)>) 
         }
         leaves.push(crate::state_tree::state_leaf_hash(element, state));
     }
-    StateRoot(crate::merkle::root_of(&leaves))
+    StateRoot(crate::merkle::MerkleLevels::from_leaves(leaves).root())
 }
 
 /// Hash of raw state-file bytes (the state's canonical JSON).

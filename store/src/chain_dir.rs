@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fschain_schema::verify::{LineSource as _, Problem};
+use fschain_schema::verify::{state_file_hash, LineSource as _, Problem};
 use fschain_schema::{jcs, BlockHeader, ElementId, Event, State, StateHash};
 use serde_json::Value;
 
@@ -217,30 +217,14 @@ impl ChainDir {
                     }
                 };
                 let rel = rel_dir.join(entry.file_name());
-                let bad = |message: &str| Problem::BadStateFile {
-                    place: place.into(),
-                    path: rel.display().to_string(),
-                    message: message.into(),
-                };
                 match entry.file_type() {
                     Ok(t) if t.is_dir() => stack.push((entry.path(), rel)),
-                    Ok(t) if t.is_file() => match element_of(&rel) {
-                        Some(element) => match read_in(&dir_fd, &entry.file_name(), &mut bytes) {
-                            Ok(len) => {
-                                scan.bytes += len as u64;
-                                scan.states.push((
-                                    element,
-                                    fschain_schema::verify::state_file_hash(&bytes[..len]),
-                                ));
-                            }
-                            Err(e) => scan.problems.push(bad(&format!("cannot read: {e}"))),
-                        },
-                        None => scan
-                            .problems
-                            .push(bad("is not the state file of any element")),
-                    },
-                    Ok(_) => scan.problems.push(bad("is not a regular file")),
-                    Err(e) => scan.problems.push(bad(&format!("cannot stat: {e}"))),
+                    Ok(t) if t.is_file() => scan.file(place, &rel, || {
+                        read_in(&dir_fd, &entry.file_name(), &mut bytes)
+                            .map(|len| (len as u64, state_file_hash(&bytes[..len])))
+                    }),
+                    Ok(_) => scan.bad(place, &rel, "is not a regular file"),
+                    Err(e) => scan.bad(place, &rel, &format!("cannot stat: {e}")),
                 }
             }
         }
@@ -253,9 +237,8 @@ impl ChainDir {
     /// on disk (flush first: [`crate::btrfs::sync_filesystem`]). Falls back
     /// to reading every file when the tree cannot be searched.
     pub fn state_hashes_from_tree(&self, place: &str) -> StateScan {
-        let swept = std::fs::File::open(&self.path).and_then(|dir| {
-            crate::btrfs_tree::sweep(&dir, fschain_schema::verify::state_file_hash)
-        });
+        let swept = std::fs::File::open(&self.path)
+            .and_then(|dir| crate::btrfs_tree::sweep(&dir, state_file_hash));
         let entries = match swept {
             Ok(entries) => entries,
             Err(e) => {
@@ -269,44 +252,26 @@ impl ChainDir {
             if entry.path.components().next().map(|c| c.as_os_str()) != Some(STATES_DIR.as_ref()) {
                 continue;
             }
-            let bad = |message: &str| Problem::BadStateFile {
-                place: place.into(),
-                path: entry.path.display().to_string(),
-                message: message.into(),
-            };
-            let (size, data) = match entry.kind {
-                EntryKind::Dir => continue,
-                EntryKind::File { size, data } => (size, data),
-                EntryKind::Other => {
-                    scan.problems.push(bad("is not a regular file"));
-                    continue;
-                }
+            let rel = entry.path.as_path();
+            match entry.kind {
+                EntryKind::Dir => {}
+                EntryKind::File {
+                    size,
+                    data: FileData::Summary(hash),
+                } => scan.file(place, rel, || Ok((size, hash))),
+                EntryKind::File {
+                    data: FileData::OnDisk,
+                    ..
+                } => scan.file(place, rel, || {
+                    std::fs::File::open(self.path.join(rel))
+                        .and_then(|f| read_all(f, &mut bytes))
+                        .map(|len| (len as u64, state_file_hash(&bytes[..len])))
+                }),
+                EntryKind::Other => scan.bad(place, rel, "is not a regular file"),
                 EntryKind::Subvolume => {
-                    scan.problems
-                        .push(bad("is a nested subvolume, not a regular file"));
-                    continue;
+                    scan.bad(place, rel, "is a nested subvolume, not a regular file")
                 }
-            };
-            let Some(element) = element_of(&entry.path) else {
-                scan.problems
-                    .push(bad("is not the state file of any element"));
-                continue;
-            };
-            let hash = match data {
-                FileData::Summary(hash) => hash,
-                FileData::OnDisk => {
-                    let path = self.path.join(&entry.path);
-                    match std::fs::File::open(&path).and_then(|f| read_all(f, &mut bytes)) {
-                        Ok(len) => fschain_schema::verify::state_file_hash(&bytes[..len]),
-                        Err(e) => {
-                            scan.problems.push(bad(&format!("cannot read: {e}")));
-                            continue;
-                        }
-                    }
-                }
-            };
-            scan.bytes += size;
-            scan.states.push((element, hash));
+            }
         }
         scan
     }
@@ -318,6 +283,37 @@ pub struct StateScan {
     pub states: Vec<(ElementId, StateHash)>,
     pub bytes: u64,
     pub problems: Vec<Problem>,
+}
+
+impl StateScan {
+    /// Takes in the regular file at `rel` (relative to the copy): its
+    /// element's state, with the length and hash `read` gives, or what is
+    /// wrong with it. A file no element owns is not read.
+    fn file(
+        &mut self,
+        place: &str,
+        rel: &Path,
+        read: impl FnOnce() -> std::io::Result<(u64, StateHash)>,
+    ) {
+        let Some(element) = element_of(rel) else {
+            return self.bad(place, rel, "is not the state file of any element");
+        };
+        match read() {
+            Ok((len, hash)) => {
+                self.bytes += len;
+                self.states.push((element, hash));
+            }
+            Err(e) => self.bad(place, rel, &format!("cannot read: {e}")),
+        }
+    }
+
+    fn bad(&mut self, place: &str, rel: &Path, message: &str) {
+        self.problems.push(Problem::BadStateFile {
+            place: place.into(),
+            path: rel.display().to_string(),
+            message: message.into(),
+        });
+    }
 }
 
 /// Reads the file `name` in the directory open as `dir` into the start of
