@@ -23,6 +23,11 @@ impl ElementId {
     pub const MAX_NAME_LEN: usize = 1024;
 
     pub fn parse(text: &str) -> Result<Self, SchemaError> {
+        Self::parse_owned(text.to_owned())
+    }
+
+    /// [`Self::parse`], keeping the `String` it is given.
+    pub fn parse_owned(text: String) -> Result<Self, SchemaError> {
         let bad = |why: &'static str| SchemaError::BadElementId {
             id: text.chars().take(120).collect(),
             why,
@@ -41,10 +46,7 @@ impl ElementId {
         if name.chars().any(char::is_control) {
             return Err(bad("name contains a NUL or control character"));
         }
-        Ok(ElementId {
-            text: text.to_owned(),
-            colon,
-        })
+        Ok(ElementId { text, colon })
     }
 
     pub fn as_str(&self) -> &str {

@@ -3,7 +3,8 @@
 use serde_json::{Map, Value};
 
 use crate::{
-    jcs, ChainName, Digest, ElementId, EventHash, Operation, SchemaError, StateHash, Timestamp,
+    jcs, Action, ChainName, Digest, ElementId, EventHash, Operation, SchemaError, StateHash,
+    Timestamp,
 };
 
 /// The event format this code writes and reads.
@@ -199,6 +200,148 @@ impl Event {
             time,
             hash: stored,
         })
+    }
+}
+
+/// An event read straight from its canonical line, without building a
+/// JSON tree: the fast path of checking a log.
+///
+/// [`EventLine::read`] accepts a line only when it is in canonical form, is
+/// a well-formed event, and its `hash` is the hash of the rest: exactly the
+/// lines for which [`Event::from_canonical`] succeeds. Anything else gives
+/// `None`, and the caller parses the line the slow way to say what is wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventLine<'a> {
+    pub chain: ChainName,
+    pub element: ElementId,
+    pub element_seq: u64,
+    pub prev: Option<EventHash>,
+    pub chain_seq: u64,
+    pub action: Action,
+    /// The operation's state (the new state or the merge patch) as the
+    /// canonical JSON it is in the line.
+    pub state: Option<&'a [u8]>,
+    pub state_hash: Option<StateHash>,
+    pub time: Timestamp,
+    pub hash: EventHash,
+}
+
+impl<'a> EventLine<'a> {
+    /// The member names of an event, in their canonical order.
+    const MEMBERS: [&'static [u8]; 10] = [
+        b"chain",
+        b"chain_seq",
+        b"element",
+        b"element_seq",
+        b"hash",
+        b"op",
+        b"prev",
+        b"state_hash",
+        b"time",
+        b"v",
+    ];
+
+    /// Reads one canonical event line; `None` for anything that is not
+    /// one, or whose hash does not match.
+    pub fn read(line: &'a [u8]) -> Option<Self> {
+        std::str::from_utf8(line).ok()?;
+        let members = jcs::members(line)?;
+        if members.len() != Self::MEMBERS.len()
+            || members
+                .iter()
+                .zip(Self::MEMBERS)
+                .any(|((key, _), name)| *key != name)
+        {
+            return None;
+        }
+        let value = |i: usize| members[i].1;
+        if short_integer(value(9))? != EVENT_VERSION {
+            return None;
+        }
+        let (action, state) = read_op(value(5))?;
+        let hash = EventHash(hex_string(value(4))?);
+        // The line is `before,"hash":"…",after` and the hashed body is
+        // `before,after` (see [`Encoded`]).
+        let hash_at = value(4).as_ptr() as usize - line.as_ptr() as usize;
+        let before = &line[..hash_at - b",\"hash\":".len()];
+        let after = &line[hash_at + value(4).len() + 1..];
+        if EventHash(Digest::of_parts(&[before, b",", after])) != hash {
+            return None;
+        }
+        Some(EventLine {
+            chain: ChainName::parse(&plain_string(value(0))?).ok()?,
+            chain_seq: short_integer(value(1))?,
+            element: ElementId::parse(&plain_string(value(2))?).ok()?,
+            element_seq: short_integer(value(3))?,
+            action,
+            state,
+            prev: nullable_hex(value(6))?.map(EventHash),
+            state_hash: nullable_hex(value(7))?.map(StateHash),
+            time: Timestamp::parse_canonical(&plain_string(value(8))?).ok()?,
+            hash,
+        })
+    }
+}
+
+/// The `op` member of a canonical event line: `action`, then `actor`,
+/// `reason` and `state` when present (never `null`), with the shape
+/// [`Operation::from_value`] requires.
+fn read_op(op: &[u8]) -> Option<(Action, Option<&[u8]>)> {
+    let members = jcs::members(op)?;
+    let (first, rest) = members.split_first()?;
+    if first.0 != b"action" {
+        return None;
+    }
+    let action = Action::parse(&plain_string(first.1)?).ok()?;
+    let mut state = None;
+    for &(key, value) in rest {
+        match key {
+            b"actor" | b"reason" => {
+                plain_string(value)?;
+            }
+            b"state" if value.first() == Some(&b'{') => state = Some(value),
+            _ => return None,
+        }
+    }
+    match (action, state) {
+        (Action::Set | Action::Patch, Some(_)) | (Action::Delete, None) => Some((action, state)),
+        _ => None,
+    }
+}
+
+/// The text of a canonical JSON string.
+fn plain_string(value: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(value).ok().map(Into::into)
+    } else {
+        std::str::from_utf8(inner).ok().map(Into::into)
+    }
+}
+
+/// A canonical integer of at most 15 digits (so below 2^53, which JCS
+/// writes exactly); longer ones are left to the slow path.
+fn short_integer(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// A digest as fschain writes it: 64 lower-case hex digits in quotes.
+fn hex_string(value: &[u8]) -> Option<Digest> {
+    let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.len() != 64 || !inner.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    Digest::from_hex(std::str::from_utf8(inner).ok()?).ok()
+}
+
+fn nullable_hex(value: &[u8]) -> Option<Option<Digest>> {
+    if value == b"null" {
+        Some(None)
+    } else {
+        hex_string(value).map(Some)
     }
 }
 

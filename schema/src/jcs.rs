@@ -154,6 +154,194 @@ fn write_double(out: &mut Vec<u8>, f: f64) -> Result<(), SchemaError> {
     Ok(())
 }
 
+/// How deep [`is_canonical`] follows nested values before it gives up:
+/// below serde_json's own limit (128), so it never accepts what a parse
+/// would refuse.
+const MAX_DEPTH: u32 = 64;
+
+/// Whether `bytes` is exactly the canonical form of the JSON value it
+/// holds: what [`canonical`] would write for it. Reads the bytes without
+/// building a value.
+///
+/// Any doubt answers `false`, so a caller that falls back to parsing and
+/// re-encoding on `false` gets the same verdict either way.
+pub fn is_canonical(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok() && value_end(bytes, 0, 0) == Some(bytes.len())
+}
+
+/// The members of a canonical JSON object, as `(key, value)` spans of
+/// `bytes`: each key without its quotes, each value exactly as written.
+/// `None` when `bytes` is not one canonical object (with no bytes after
+/// it); the caller must have checked that `bytes` is UTF-8.
+pub(crate) fn members(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut found = Vec::with_capacity(12);
+    let end = object_end(bytes, 0, 0, &mut |key, value| found.push((key, value)))?;
+    (end == bytes.len()).then_some(found)
+}
+
+/// Where the canonical value that starts at `at` ends.
+fn value_end(bytes: &[u8], at: usize, depth: u32) -> Option<usize> {
+    match *bytes.get(at)? {
+        b'{' => object_end(bytes, at, depth, &mut |_, _| {}),
+        b'[' => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            let mut at = at + 1;
+            if *bytes.get(at)? == b']' {
+                return Some(at + 1);
+            }
+            loop {
+                at = value_end(bytes, at, depth + 1)?;
+                match *bytes.get(at)? {
+                    b',' => at += 1,
+                    b']' => return Some(at + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b'"' => string_end(bytes, at),
+        b't' => literal_end(bytes, at, b"true"),
+        b'f' => literal_end(bytes, at, b"false"),
+        b'n' => literal_end(bytes, at, b"null"),
+        b'-' | b'0'..=b'9' => number_end(bytes, at),
+        _ => None,
+    }
+}
+
+fn object_end<'a>(
+    bytes: &'a [u8],
+    at: usize,
+    depth: u32,
+    member: &mut dyn FnMut(&'a [u8], &'a [u8]),
+) -> Option<usize> {
+    if depth >= MAX_DEPTH || *bytes.get(at)? != b'{' {
+        return None;
+    }
+    let mut at = at + 1;
+    if *bytes.get(at)? == b'}' {
+        return Some(at + 1);
+    }
+    let mut previous: Option<&[u8]> = None;
+    loop {
+        if *bytes.get(at)? != b'"' {
+            return None;
+        }
+        let key_end = string_end(bytes, at)?;
+        let key = &bytes[at + 1..key_end - 1];
+        if let Some(previous) = previous {
+            if !key_sorts_after(key, previous)? {
+                return None;
+            }
+        }
+        previous = Some(key);
+        if *bytes.get(key_end)? != b':' {
+            return None;
+        }
+        let end = value_end(bytes, key_end + 1, depth + 1)?;
+        member(key, &bytes[key_end + 1..end]);
+        at = end;
+        match *bytes.get(at)? {
+            b',' => at += 1,
+            b'}' => return Some(at + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether the key `later` sorts strictly after `earlier` in UTF-16 code
+/// units, as JCS orders members (equal keys are a duplicate member).
+fn key_sorts_after(later: &[u8], earlier: &[u8]) -> Option<bool> {
+    let plain = |k: &[u8]| !k.iter().any(|&b| b == b'\\' || b >= 0xf0);
+    if plain(later) && plain(earlier) {
+        // Without escapes or characters above U+FFFF, UTF-8 byte order is
+        // UTF-16 order.
+        return Some(later > earlier);
+    }
+    let decode = |k: &[u8]| {
+        let mut quoted = Vec::with_capacity(k.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(k);
+        quoted.push(b'"');
+        serde_json::from_slice::<String>(&quoted).ok()
+    };
+    let (later, earlier) = (decode(later)?, decode(earlier)?);
+    Some(later.encode_utf16().cmp(earlier.encode_utf16()) == std::cmp::Ordering::Greater)
+}
+
+/// Where the canonical string that starts at `at` (its opening quote)
+/// ends: only `"`, `\` and control characters escaped, each the way
+/// [`write_string`] escapes it.
+fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        match *bytes.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => {
+                i += match *bytes.get(i + 1)? {
+                    b'"' | b'\\' | b'b' | b't' | b'n' | b'f' | b'r' => 2,
+                    b'u' => {
+                        let hex = bytes.get(i + 2..i + 6)?;
+                        let low = |b: u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
+                        if &hex[..2] != b"00" || !matches!(hex[2], b'0' | b'1') || !low(hex[3]) {
+                            return None;
+                        }
+                        // These have their own short escapes.
+                        if matches!(&hex[2..], b"08" | b"09" | b"0a" | b"0c" | b"0d") {
+                            return None;
+                        }
+                        6
+                    }
+                    _ => return None,
+                }
+            }
+            0x00..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+fn literal_end(bytes: &[u8], at: usize, literal: &[u8]) -> Option<usize> {
+    let end = at + literal.len();
+    (bytes.get(at..end)? == literal).then_some(end)
+}
+
+/// Where the canonical number that starts at `at` ends. A short integer
+/// is canonical when JSON's grammar allows it and it is not `-0`; any
+/// other number is parsed and written again to compare.
+fn number_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        let start = i;
+        while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    let mut i = at + usize::from(bytes[at] == b'-');
+    let int_start = i;
+    i = digits(i)?;
+    if bytes[int_start] == b'0' && i - int_start > 1 {
+        return None;
+    }
+    let integer_end = i;
+    if bytes.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    let text = &bytes[at..i];
+    if i == integer_end && integer_end - int_start <= 15 && text != b"-0" {
+        return Some(i);
+    }
+    let value: Value = serde_json::from_slice(text).ok()?;
+    (canonical(&value).ok()? == text).then_some(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub use digest::{
 };
 pub use element::{is_valid_kind, ChainName, ElementId};
 pub use error::SchemaError;
-pub use event::{state_hash, Event, EventDraft, EVENT_VERSION};
+pub use event::{state_hash, Event, EventDraft, EventLine, EVENT_VERSION};
 pub use merkle::InclusionProof;
 pub use op::{merge_patch, Action, Operation, State};
 pub use reference::BlockRef;

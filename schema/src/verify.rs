@@ -4,6 +4,7 @@
 //! [`Report`]: everything it could check, and every problem it found, each
 //! naming the block, element or event at fault.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -12,8 +13,8 @@ use serde_json::Value;
 
 use crate::merkle::{leaf_hash, MerkleLevels};
 use crate::{
-    jcs, Action, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event, EventHash,
-    EventsRoot, State, StateHash, StateRoot, StateTree,
+    jcs, merge_patch, Action, BlockHash, BlockHeader, ChainName, Digest, ElementId, Event,
+    EventHash, EventLine, EventsRoot, State, StateHash, StateRoot, StateTree,
 };
 
 /// One thing verification found wrong.
@@ -575,6 +576,96 @@ struct EventAt<'a> {
     offset: u64,
 }
 
+/// What the checker takes from one event line, read the fast way
+/// ([`EventLine`]) or, when that refuses the line, by parsing it.
+struct ReadEvent<'a> {
+    chain: ChainName,
+    element: ElementId,
+    element_seq: u64,
+    prev: Option<EventHash>,
+    chain_seq: u64,
+    action: Action,
+    /// The operation's state as canonical JSON (`None` for `delete`).
+    state: Option<Cow<'a, [u8]>>,
+    state_hash: Option<StateHash>,
+    hash: EventHash,
+}
+
+impl<'a> ReadEvent<'a> {
+    /// Reads a line, pushing what is wrong with its form or its hash;
+    /// `None` when it cannot be read as an event at all.
+    fn read(
+        bytes: &'a [u8],
+        bad: impl Fn(String) -> Problem,
+        problems: &mut Vec<Problem>,
+        place: &str,
+        line: u64,
+    ) -> Option<Self> {
+        if let Some(fast) = EventLine::read(bytes) {
+            return Some(ReadEvent {
+                chain: fast.chain,
+                element: fast.element,
+                element_seq: fast.element_seq,
+                prev: fast.prev,
+                chain_seq: fast.chain_seq,
+                action: fast.action,
+                state: fast.state.map(Cow::Borrowed),
+                state_hash: fast.state_hash,
+                hash: fast.hash,
+            });
+        }
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(bad(format!("not JSON: {e}")));
+                return None;
+            }
+        };
+        let event = match Event::from_value_unchecked(value) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(bad(e.to_string()));
+                return None;
+            }
+        };
+        match event.recompute() {
+            Ok((actual, canonical)) => {
+                if canonical != bytes {
+                    problems.push(bad("not in canonical form".into()));
+                }
+                if actual != event.hash {
+                    problems.push(Problem::EventHashMismatch {
+                        place: place.to_owned(),
+                        line,
+                        chain_seq: event.chain_seq,
+                        element: event.element.to_string(),
+                        expected: event.hash,
+                        actual,
+                    });
+                }
+            }
+            Err(e) => problems.push(bad(e.to_string())),
+        }
+        Some(ReadEvent {
+            // A state that cannot be encoded was reported just above.
+            state: event
+                .op
+                .state
+                .as_ref()
+                .and_then(|s| jcs::canonical_object(s).ok())
+                .map(Cow::Owned),
+            chain: event.chain,
+            element: event.element,
+            element_seq: event.element_seq,
+            prev: event.prev,
+            chain_seq: event.chain_seq,
+            action: event.op.action,
+            state_hash: event.state_hash,
+            hash: event.hash,
+        })
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_event(
     at: &EventAt<'_>,
@@ -594,38 +685,7 @@ fn check_event(
         line: line_no,
         message,
     };
-    let value: Value = match serde_json::from_slice(bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(bad(format!("not JSON: {e}")));
-            return None;
-        }
-    };
-    let event = match Event::from_value_unchecked(value) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(bad(e.to_string()));
-            return None;
-        }
-    };
-    match event.recompute() {
-        Ok((actual, canonical)) => {
-            if canonical != bytes {
-                problems.push(bad("not in canonical form".into()));
-            }
-            if actual != event.hash {
-                problems.push(Problem::EventHashMismatch {
-                    place: p(),
-                    line: line_no,
-                    chain_seq: event.chain_seq,
-                    element: event.element.to_string(),
-                    expected: event.hash,
-                    actual,
-                });
-            }
-        }
-        Err(e) => problems.push(bad(e.to_string())),
-    }
+    let event = ReadEvent::read(bytes, bad, problems, place, line_no)?;
     if &event.chain != chain {
         problems.push(Problem::WrongChain {
             place: p(),
@@ -643,7 +703,7 @@ fn check_event(
         });
     }
     *next_seq = event.chain_seq + 1;
-    let element = event.element.to_string();
+    let element = || event.element.to_string();
     let tip = tips.remove(&event.element);
     let (expected_seq, expected_prev) = tip
         .as_ref()
@@ -652,7 +712,7 @@ fn check_event(
         problems.push(Problem::ElementSeqWrong {
             place: p(),
             chain_seq: event.chain_seq,
-            element: element.clone(),
+            element: element(),
             expected: expected_seq,
             actual: event.element_seq,
         });
@@ -661,17 +721,11 @@ fn check_event(
         problems.push(Problem::ElementLinkBroken {
             place: p(),
             chain_seq: event.chain_seq,
-            element: element.clone(),
+            element: element(),
             expected: expected_prev,
             actual: event.prev,
         });
     }
-    let invalid = |message: String| Problem::InvalidOperation {
-        place: place.to_owned(),
-        chain_seq: event.chain_seq,
-        element: element.clone(),
-        message,
-    };
     let previous = tip.map_or(ReplayedState::Absent, |t| t.state);
     // How a large result would be rebuilt: a `set` needs nothing before it;
     // a `patch` needs the state it patched.
@@ -679,60 +733,59 @@ fn check_event(
         base: None,
         events: Vec::new(),
     };
-    let current = match (event.op.action, previous) {
-        (_, ReplayedState::Absent) => Ok(None),
-        (Action::Set, _) => Ok(None),
-        // Deleting needs only to know the element exists.
-        (Action::Delete, _) => Ok(Some(State::new())),
-        (Action::Patch, ReplayedState::Held(bytes)) => {
-            let state = parse_state(&bytes);
-            rebuild.base = Some(bytes);
-            state.map(Some)
+    let patch = event.state.as_deref();
+    let next: Result<Option<Cow<'_, [u8]>>, String> = match (event.action, previous) {
+        (Action::Patch | Action::Delete, ReplayedState::Absent) => {
+            Err(crate::SchemaError::NoSuchElement {
+                element: element(),
+                action: event.action,
+            }
+            .to_string())
+        }
+        (Action::Set, _) => Ok(event.state.clone()),
+        (Action::Delete, _) => Ok(None),
+        (Action::Patch, ReplayedState::Held(held)) => {
+            let next = parse_state(&held).and_then(|state| patched(state, patch));
+            rebuild.base = Some(held);
+            next.map(|n| Some(Cow::Owned(n)))
         }
         (Action::Patch, ReplayedState::Spilled(spilled)) => {
-            let state = replay_spilled(events_at, &spilled);
+            let next = replay_spilled(events_at, &spilled).and_then(|state| patched(state, patch));
             rebuild = spilled;
-            state.map(Some)
+            next.map(|n| Some(Cow::Owned(n)))
         }
     };
-    let next_state = match current {
-        Err(message) => {
-            problems.push(invalid(message));
-            None
-        }
-        Ok(current) => match event.op.apply_owned(current) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(invalid(e.to_string()));
-                None
-            }
-        },
-    };
-    let canonical = next_state
-        .as_ref()
-        .and_then(|s| jcs::canonical_object(s).ok());
-    let replayed = canonical.as_ref().map(|c| StateHash(Digest::of(c)));
+    let next = next.unwrap_or_else(|message| {
+        problems.push(Problem::InvalidOperation {
+            place: place.to_owned(),
+            chain_seq: event.chain_seq,
+            element: element(),
+            message,
+        });
+        None
+    });
+    let replayed = next.as_deref().map(|c| StateHash(Digest::of(c)));
     if replayed != event.state_hash {
         problems.push(Problem::StateReplayMismatch {
             place: p(),
             chain_seq: event.chain_seq,
-            element,
+            element: element(),
             expected: event.state_hash,
             actual: replayed,
         });
     }
-    let state = match (next_state, canonical) {
-        (Some(_), Some(c)) if c.len() <= HELD_STATE_MAX => ReplayedState::Held(c),
-        (Some(_), Some(_)) => {
+    let state = match next {
+        Some(c) if c.len() <= HELD_STATE_MAX => ReplayedState::Held(c.into_owned()),
+        Some(_) => {
             rebuild.events.push(at.offset);
             ReplayedState::Spilled(rebuild)
         }
-        _ => ReplayedState::Absent,
+        None => ReplayedState::Absent,
     };
     // Continue from what the event records, so one fault is reported once.
     tree.stage(event.element.clone(), event.state_hash);
     tips.insert(
-        event.element.clone(),
+        event.element,
         ElementTip {
             seq: event.element_seq,
             last: event.hash,
@@ -741,6 +794,16 @@ fn check_event(
         },
     );
     Some((event.hash, event.chain_seq))
+}
+
+/// The canonical JSON of `state` after the merge patch `patch` (canonical
+/// JSON of an object).
+fn patched(state: State, patch: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let mut state = Value::Object(state);
+    if let Some(patch) = patch {
+        merge_patch(&mut state, &Value::Object(parse_state(patch)?));
+    }
+    jcs::canonical(&state).map_err(|e| e.to_string())
 }
 
 /// Rebuilds a spilled state from its base and by reading its events again
@@ -826,10 +889,16 @@ impl LineAt for SliceLines<'_> {
 pub fn state_root_of(entries: impl IntoIterator<Item = (ElementId, StateHash)>) -> StateRoot {
     // StateTree::from_entries(entries).root(), without the map and the
     // tree's kept levels: sort, keep each element's last pair, hash.
-    let mut entries: Vec<(ElementId, StateHash)> = entries.into_iter().collect();
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // The position breaks ties, so the unstable (quicker) sort keeps the
+    // order of one element's pairs.
+    let mut entries: Vec<(ElementId, StateHash, usize)> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (element, state))| (element, state, i))
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
     let mut leaves: Vec<crate::Digest> = Vec::with_capacity(entries.len());
-    for (i, (element, state)) in entries.iter().enumerate() {
+    for (i, (element, state, _)) in entries.iter().enumerate() {
         if entries.get(i + 1).is_some_and(|next| next.0 == *element) {
             continue;
         }

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use fschain_schema::{
-    jcs, Action, BlockHash, ChainName, Digest, ElementId, Event, EventDraft, EventHash, EventsRoot,
-    HeaderDraft, Operation, State, StateHash, StateRoot, Timestamp,
+    jcs, Action, BlockHash, ChainName, Digest, ElementId, Event, EventDraft, EventHash, EventLine,
+    EventsRoot, HeaderDraft, Operation, State, StateHash, StateRoot, Timestamp,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -177,4 +177,157 @@ proptest! {
             changed
         );
     }
+}
+
+/// One small edit of a byte string: insert, replace or delete a byte.
+#[derive(Clone, Debug)]
+struct Edit {
+    at: usize,
+    kind: u8,
+    byte: u8,
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    const BYTES: &[u8] = b" \"\\01-.eE+{}[],:nulAa\x01\x7f\xc3";
+    (any::<usize>(), 0u8..3, 0..BYTES.len()).prop_map(|(at, kind, i)| Edit {
+        at,
+        kind,
+        byte: BYTES[i],
+    })
+}
+
+fn edited(bytes: &[u8], edit: &Edit) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let at = edit.at % (out.len() + 1);
+    match edit.kind {
+        0 => out.insert(at, edit.byte),
+        1 if at < out.len() => out[at] = edit.byte,
+        _ if at < out.len() => {
+            out.remove(at);
+        }
+        _ => {}
+    }
+    out
+}
+
+/// What `is_canonical` must agree with: parse, write canonically, compare.
+fn reencodes_to_itself(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| jcs::canonical(&v).ok())
+        .is_some_and(|c| c == bytes)
+}
+
+/// Puts the hash of a line's body (everything but its `hash` member) into
+/// its `hash` member, so an edited line fails for its form or fields, not
+/// only for its hash.
+fn rehashed(line: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b",\"hash\":\"";
+    let Some(at) = line.windows(KEY.len()).position(|w| w == KEY) else {
+        return line.to_vec();
+    };
+    let hex_at = at + KEY.len();
+    if line.len() < hex_at + 66 {
+        return line.to_vec();
+    }
+    let body = [&line[..at], b",", &line[hex_at + 66..]].concat();
+    let mut out = line.to_vec();
+    out[hex_at..hex_at + 64].copy_from_slice(Digest::of(&body).to_hex().as_bytes());
+    out
+}
+
+proptest! {
+    #[test]
+    fn canonical_check_agrees_with_parsing_and_reencoding(v in json_value(), edits in proptest::collection::vec(edit(), 0..3)) {
+        let mut bytes = jcs::canonical(&v).unwrap();
+        prop_assert!(jcs::is_canonical(&bytes));
+        for e in &edits {
+            bytes = edited(&bytes, e);
+        }
+        prop_assert_eq!(jcs::is_canonical(&bytes), reencodes_to_itself(&bytes), "{}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn fast_event_reader_agrees_with_the_parser(d in draft(), edits in proptest::collection::vec(edit(), 0..3)) {
+        let (event, mut line) = d.seal_with_line().unwrap();
+        let fast = EventLine::read(&line).unwrap();
+        prop_assert_eq!(fast.hash, event.hash);
+        prop_assert_eq!(fast.element, event.element);
+        let state = event.op.state.as_ref().map(|s| jcs::canonical_object(s).unwrap());
+        prop_assert_eq!(fast.state, state.as_deref());
+        for e in &edits {
+            line = rehashed(&edited(&line, e));
+        }
+        let slow = Event::from_canonical(&line);
+        match EventLine::read(&line) {
+            Some(fast) => {
+                let slow = slow.unwrap();
+                prop_assert_eq!(
+                    (&fast.chain, &fast.element, fast.element_seq, fast.prev, fast.chain_seq),
+                    (&slow.chain, &slow.element, slow.element_seq, slow.prev, slow.chain_seq)
+                );
+                prop_assert_eq!((fast.action, fast.state_hash, fast.time, fast.hash), (slow.op.action, slow.state_hash, slow.time, slow.hash));
+                prop_assert_eq!(fast.state.map(<[u8]>::to_vec), slow.op.state.as_ref().map(|s| jcs::canonical_object(s).unwrap()));
+            }
+            None => prop_assert!(slow.is_err(), "slow path accepted {}", String::from_utf8_lossy(&line)),
+        }
+    }
+}
+
+#[test]
+fn fast_event_reader_refuses_what_is_not_canonical() {
+    let d = EventDraft {
+        chain: ChainName::parse("host-1").unwrap(),
+        element_seq: 2,
+        prev: Some(EventHash(Digest::of(b"p"))),
+        chain_seq: 7,
+        op: Operation::from_json(
+            r#"{"element":"iface:eth0","action":"patch","state":{"mtu":9000},"actor":"ops"}"#,
+        )
+        .unwrap(),
+        state_hash: Some(StateHash(Digest::of(b"s"))),
+        time: Timestamp::from_micros(1_700_000_000_000_000),
+    };
+    let (_, line) = d.seal_with_line().unwrap();
+    let text = String::from_utf8(line.clone()).unwrap();
+    assert!(EventLine::read(&line).is_some());
+    let hex = |d: Digest| d.to_hex();
+    let cases = [
+        text.replace("\"mtu\":9000", "\"mtu\":9000.0"),
+        text.replace("\"mtu\":9000", "\"mtu\": 9000"),
+        text.replace("\"actor\":\"ops\"", "\"actor\":\"ops\",\"reason\":null"),
+        text.replace(
+            "\"action\":\"patch\",",
+            "\"action\":\"patch\",\"element\":\"iface:eth0\",",
+        ),
+        text.replace("\"chain_seq\":7", "\"chain_seq\":07"),
+        text.replace(
+            &hex(Digest::of(b"p")),
+            &hex(Digest::of(b"p")).to_uppercase(),
+        ),
+        text.replace(&format!("\"prev\":\"{}\",", hex(Digest::of(b"p"))), ""),
+        text.replace("\"v\":1", "\"v\":2"),
+        text.replace(
+            "\"action\":\"patch\",\"actor\":\"ops\"",
+            "\"actor\":\"ops\",\"action\":\"patch\"",
+        ),
+        text.replace("\"state\":{\"mtu\":9000}", "\"state\":[]"),
+    ];
+    for case in cases {
+        assert_ne!(case, text);
+        let case = rehashed(case.as_bytes());
+        assert!(
+            EventLine::read(&case).is_none(),
+            "{}",
+            String::from_utf8_lossy(&case)
+        );
+        assert!(
+            Event::from_canonical(&case).is_err(),
+            "{}",
+            String::from_utf8_lossy(&case)
+        );
+    }
+    // A changed byte that keeps the form is caught by the hash alone.
+    let case = text.replace("9000", "9001");
+    assert!(EventLine::read(case.as_bytes()).is_none());
 }

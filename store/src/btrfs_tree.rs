@@ -104,16 +104,30 @@ pub struct Entry<T> {
 
 /// One inode as its items arrive (in key order: inode item, references,
 /// directory entries, extents).
-#[derive(Debug, Default)]
-struct InodeItems {
+#[derive(Debug)]
+struct InodeItems<T> {
     ino: u64,
     mode: u32,
     size: u64,
     names: Vec<(u64, Vec<u8>)>,
-    /// The one inline extent at offset 0, when that is all the file holds.
-    inline: Option<Vec<u8>>,
+    /// A regular file's one inline extent at offset 0, when that is all
+    /// it holds: its length and what `summarize` made of it.
+    inline: Option<(u64, T)>,
     /// Any extent that rules the tree's copy out.
     other_extents: bool,
+}
+
+impl<T> InodeItems<T> {
+    fn new(ino: u64) -> Self {
+        InodeItems {
+            ino,
+            mode: 0,
+            size: 0,
+            names: Vec::new(),
+            inline: None,
+            other_extents: false,
+        }
+    }
 }
 
 /// Every name in the subvolume open as `dir` (its root directory), with
@@ -127,8 +141,9 @@ pub fn sweep<T: Clone>(
     let mut dirs: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
     let mut leaves: Vec<(u64, Vec<u8>, EntryKind<T>)> = Vec::new();
     let mut nested: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut current = InodeItems::default();
-    let mut finish = |inode: InodeItems| {
+    let empty = summarize(&[]);
+    let mut current = InodeItems::new(0);
+    let mut finish = |inode: InodeItems<T>| {
         let kind = match inode.mode & libc::S_IFMT {
             libc::S_IFDIR => {
                 if inode.ino != ROOT_DIR {
@@ -139,11 +154,11 @@ pub fn sweep<T: Clone>(
                 return;
             }
             libc::S_IFREG => {
-                let data = match (&inode.inline, inode.other_extents) {
-                    (Some(bytes), false) if bytes.len() as u64 == inode.size => {
-                        FileData::Summary(summarize(bytes))
+                let data = match (inode.inline, inode.other_extents) {
+                    (Some((len, summary)), false) if len == inode.size => {
+                        FileData::Summary(summary)
                     }
-                    (None, false) if inode.size == 0 => FileData::Summary(summarize(&[])),
+                    (None, false) if inode.size == 0 => FileData::Summary(empty.clone()),
                     _ => FileData::OnDisk,
                 };
                 EntryKind::File {
@@ -214,8 +229,10 @@ pub fn sweep<T: Clone>(
             at += ItemHeader::LEN + item.len;
             last = (item.objectid, item.kind, item.offset);
             if item.objectid != current.ino {
-                finish(std::mem::take(&mut current));
-                current.ino = item.objectid;
+                finish(std::mem::replace(
+                    &mut current,
+                    InodeItems::new(item.objectid),
+                ));
             }
             match item.kind {
                 INODE_ITEM => {
@@ -233,8 +250,10 @@ pub fn sweep<T: Clone>(
                 }
                 EXTENT_DATA => {
                     let plain = body.get(16..21) == Some(&[0, 0, 0, 0, FILE_EXTENT_INLINE][..]);
-                    if plain && item.offset == 0 && current.inline.is_none() {
-                        current.inline = Some(body[21..].to_vec());
+                    let regular = current.mode & libc::S_IFMT == libc::S_IFREG;
+                    if plain && regular && item.offset == 0 && current.inline.is_none() {
+                        let data = &body[21..];
+                        current.inline = Some((data.len() as u64, summarize(data)));
                     } else {
                         current.other_extents = true;
                     }
@@ -247,7 +266,7 @@ pub fn sweep<T: Clone>(
             None => break,
         };
     }
-    finish(std::mem::take(&mut current));
+    finish(current);
     leaves.extend(
         nested
             .into_iter()

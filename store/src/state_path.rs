@@ -36,6 +36,9 @@ pub fn state_path(element: &ElementId) -> PathBuf {
 /// The element whose state file is at `relative` (a path under `states/`,
 /// as [`state_path`] makes them), or `None` if no element's file is there.
 pub fn element_of(relative: &Path) -> Option<ElementId> {
+    if let Some(element) = bare_element_of(relative) {
+        return Some(element);
+    }
     let mut components = relative.components();
     if components.next()?.as_os_str() != STATES_DIR {
         return None;
@@ -48,13 +51,6 @@ pub fn element_of(relative: &Path) -> Option<ElementId> {
         .map(|c| c.as_os_str().to_str())
         .collect::<Option<_>>()?;
     let (last, dirs) = rest.split_last()?;
-    // Most names encode to themselves: one short component of bytes the
-    // encoding leaves bare, not starting with a dot. Such a path is that
-    // element's canonical one without building it again.
-    let bare = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
-    if dirs.is_empty() && last.len() <= PIECE && !last.starts_with('.') && last.bytes().all(bare) {
-        return ElementId::parse(&format!("{kind}:{last}")).ok();
-    }
     let mut encoded = String::new();
     for dir in dirs {
         encoded.push_str(dir.strip_suffix('+')?);
@@ -64,6 +60,34 @@ pub fn element_of(relative: &Path) -> Option<ElementId> {
     let element = ElementId::parse(&format!("{kind}:{name}")).ok()?;
     // Only the one canonical path per element counts.
     (state_path(&element) == relative).then_some(element)
+}
+
+/// [`element_of`] for the usual path, `states/<kind>/<name>` with a name
+/// that encodes to itself: one short component of bytes the encoding leaves
+/// bare, not starting with a dot. Such a path is that element's canonical
+/// one, and it is read without splitting it into components.
+fn bare_element_of(relative: &Path) -> Option<ElementId> {
+    use std::os::unix::ffi::OsStrExt;
+    let rest = relative
+        .as_os_str()
+        .as_bytes()
+        .strip_prefix(STATES_DIR.as_bytes())?
+        .strip_prefix(b"/")?;
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let (kind, name) = (&rest[..slash], &rest[slash + 1..]);
+    let bare = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if name.is_empty() || name.len() > PIECE || name[0] == b'.' || !name.iter().all(bare) {
+        return None;
+    }
+    let kind = std::str::from_utf8(kind)
+        .ok()
+        .filter(|k| is_valid_kind(k))?;
+    let mut text = String::with_capacity(kind.len() + 1 + name.len());
+    text.push_str(kind);
+    text.push(':');
+    // All ASCII, checked just above.
+    text.push_str(std::str::from_utf8(name).ok()?);
+    ElementId::parse_owned(text).ok()
 }
 
 fn encode(name: &str) -> String {
