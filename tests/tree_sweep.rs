@@ -43,6 +43,14 @@ fn sweep_lists_every_name_and_the_bytes_of_small_files() {
     std::os::unix::fs::symlink("d/small", sub.join("link")).unwrap();
     btrfs::create_subvolume(&sub.join("nested")).unwrap();
     std::fs::write(sub.join("nested/hidden"), b"other tree").unwrap();
+    btrfs::create_subvolume(&sub.join("d/e/inner")).unwrap();
+    // A directory whose entries fill several search buffers, and files
+    // made after it, so its inode sits among theirs.
+    std::fs::create_dir(sub.join("many")).unwrap();
+    let many: Vec<String> = (0..1500).map(|i| format!("many/file-{i:04}")).collect();
+    for name in &many {
+        std::fs::write(sub.join(name), name.as_bytes()).unwrap();
+    }
     // A file rewritten shorter: the tree must hold the new bytes only.
     std::fs::write(sub.join("d/shrunk"), vec![b'z'; 1500]).unwrap();
     btrfs::sync_filesystem(&sub).unwrap();
@@ -69,9 +77,15 @@ fn sweep_lists_every_name_and_the_bytes_of_small_files() {
         ("d/shrunk", file(b"short")),
         ("link", EntryKind::Other),
         ("nested", EntryKind::Subvolume),
+        ("d/e/inner", EntryKind::Subvolume),
+        ("many", EntryKind::Dir),
     ]
     .into_iter()
     .map(|(p, k)| (PathBuf::from(p), k))
+    .chain(
+        many.iter()
+            .map(|name| (PathBuf::from(name), file(name.as_bytes()))),
+    )
     .collect();
     assert_eq!(found, expected);
 }

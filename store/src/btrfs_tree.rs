@@ -9,6 +9,12 @@
 //! `BTRFS_IOC_TREE_SEARCH_V2` call returns thousands of files' names,
 //! inodes and contents at once.
 //!
+//! Names come from each inode's own references (`INODE_REF`,
+//! `INODE_EXTREF`), so the sweep skips directory entries (two items per
+//! name, two fifths of a state directory's items) and finds nested
+//! subvolumes, which have no inode in this tree, from the root tree's
+//! `ROOT_REF` items.
+//!
 //! The sweep reads the subvolume's current tree: data still in the page
 //! cache is not in it yet, so callers flush first (`syncfs`). Only
 //! uncompressed, unencrypted inline data whose length is the inode's size is
@@ -28,17 +34,22 @@ use std::path::PathBuf;
 
 /// `_IOWR(0x94, 17, struct btrfs_ioctl_search_args_v2)`.
 const IOC_TREE_SEARCH_V2: libc::c_ulong = 0xc070_9411;
+/// `_IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args)`.
+const IOC_INO_LOOKUP: libc::c_ulong = 0xd000_9412;
 /// The subvolume's root directory; smaller object ids are not inodes.
 const ROOT_DIR: u64 = 256;
 const INODE_ITEM: u32 = 1;
 const INODE_REF: u32 = 12;
 const INODE_EXTREF: u32 = 13;
+const DIR_ITEM: u32 = 84;
 const DIR_INDEX: u32 = 96;
 const EXTENT_DATA: u32 = 108;
-const ROOT_ITEM: u8 = 132;
+const ROOT_REF: u32 = 156;
+const ROOT_TREE: u64 = 1;
 const FILE_EXTENT_INLINE: u8 = 0;
-/// Result buffer per call: a few thousand small files.
-const BUF_BYTES: usize = 1 << 20;
+/// Result buffer per call: a few hundred small files. Small enough that
+/// the directory entries copied before the sweep skips them cost little.
+const BUF_BYTES: usize = 64 << 10;
 /// Deeper than any path a chain holds; a longer parent chain is a loop.
 const MAX_DEPTH: usize = 4096;
 
@@ -140,7 +151,6 @@ pub fn sweep<T: Clone>(
 ) -> std::io::Result<Vec<Entry<T>>> {
     let mut dirs: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
     let mut leaves: Vec<(u64, Vec<u8>, EntryKind<T>)> = Vec::new();
-    let mut nested: Vec<(u64, Vec<u8>)> = Vec::new();
     let empty = summarize(&[]);
     let mut current = InodeItems::new(0);
     let mut finish = |inode: InodeItems<T>| {
@@ -174,60 +184,14 @@ pub fn sweep<T: Clone>(
         }
     };
 
-    let mut words = vec![0u64; (std::mem::size_of::<SearchHead>() + BUF_BYTES) / 8];
-    let mut from = (ROOT_DIR, 0u32, 0u64);
-    loop {
-        let head = SearchHead {
-            key: SearchKey {
-                tree_id: 0,
-                min_objectid: from.0,
-                max_objectid: u64::MAX,
-                min_type: from.1,
-                max_type: u32::from(u8::MAX),
-                min_offset: from.2,
-                max_offset: u64::MAX,
-                min_transid: 0,
-                max_transid: u64::MAX,
-                nr_items: u32::MAX,
-                ..SearchKey::default()
-            },
-            buf_size: BUF_BYTES as u64,
-        };
-        // SAFETY: `words` is 8-aligned and longer than `SearchHead` plus the
-        // `BUF_BYTES` the kernel is told it may write after it.
-        let rc = unsafe {
-            std::ptr::write(words.as_mut_ptr().cast::<SearchHead>(), head);
-            libc::ioctl(dir.as_raw_fd(), IOC_TREE_SEARCH_V2, words.as_mut_ptr())
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: as above; the kernel wrote back the key's item count.
-        let found = unsafe { std::ptr::read(words.as_ptr().cast::<SearchHead>()) }
-            .key
-            .nr_items;
-        if found == 0 {
-            break;
-        }
-        // SAFETY: `words` owns these bytes for as long as `bytes` lives.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                words
-                    .as_ptr()
-                    .cast::<u8>()
-                    .add(std::mem::size_of::<SearchHead>()),
-                BUF_BYTES,
-            )
-        };
-        let mut at = 0usize;
-        let mut last = from;
-        for _ in 0..found {
-            let item = ItemHeader::parse(bytes, at).ok_or_else(malformed)?;
-            let body = bytes
-                .get(at + ItemHeader::LEN..at + ItemHeader::LEN + item.len)
-                .ok_or_else(malformed)?;
-            at += ItemHeader::LEN + item.len;
-            last = (item.objectid, item.kind, item.offset);
+    let mut words = search_buffer();
+    search(
+        dir,
+        0,
+        (ROOT_DIR, 0, 0),
+        (u64::MAX, u32::from(u8::MAX), u64::MAX),
+        &mut words,
+        |item, body| {
             if item.objectid != current.ino {
                 finish(std::mem::replace(
                     &mut current,
@@ -243,11 +207,11 @@ pub fn sweep<T: Clone>(
                     parse_refs(body, Some(item.offset), &mut current.names).ok_or_else(malformed)?
                 }
                 INODE_EXTREF => parse_refs(body, None, &mut current.names).ok_or_else(malformed)?,
-                DIR_INDEX => {
-                    if let Some(name) = nested_subvolume(body) {
-                        nested.push((item.objectid, name));
-                    }
-                }
+                // A directory's entries: as many as it has names below it,
+                // and not needed (every name is read from its inode's
+                // references, nested subvolumes from the root tree), so
+                // the search goes on past them.
+                DIR_ITEM | DIR_INDEX => return Ok(Some((item.objectid, DIR_INDEX + 1, 0))),
                 EXTENT_DATA => {
                     let plain = body.get(16..21) == Some(&[0, 0, 0, 0, FILE_EXTENT_INLINE][..]);
                     let regular = current.mode & libc::S_IFMT == libc::S_IFREG;
@@ -260,15 +224,12 @@ pub fn sweep<T: Clone>(
                 }
                 _ => {}
             }
-        }
-        from = match next_key(last) {
-            Some(k) => k,
-            None => break,
-        };
-    }
+            Ok(None)
+        },
+    )?;
     finish(current);
     leaves.extend(
-        nested
+        nested_subvolumes(dir, &mut words)?
             .into_iter()
             .map(|(dir, name)| (dir, name, EntryKind::Subvolume)),
     );
@@ -363,15 +324,143 @@ fn parse_refs(body: &[u8], parent: Option<u64>, out: &mut Vec<(u64, Vec<u8>)>) -
     Some(())
 }
 
-/// The name of a `DIR_INDEX` entry that points at another subvolume.
-fn nested_subvolume(body: &[u8]) -> Option<Vec<u8>> {
-    // location key (objectid u64, type u8, offset u64), transid u64,
-    // data_len u16, name_len u16, type u8, name.
-    if *body.get(8)? != ROOT_ITEM {
-        return None;
+/// A zeroed buffer for [`search`]: its head, then [`BUF_BYTES`] of results.
+fn search_buffer() -> Vec<u64> {
+    vec![0u64; (std::mem::size_of::<SearchHead>() + BUF_BYTES) / 8]
+}
+
+/// Runs `BTRFS_IOC_TREE_SEARCH_V2` over the keys from `min` to `max` (in
+/// the tree's (objectid, type, offset) order) of tree `tree_id` (0: the
+/// subvolume open as `dir`), calling `each` with every item's header and
+/// body. When `each` returns a key, the search goes on from that key
+/// instead of the next one, skipping what is between.
+fn search(
+    dir: &File,
+    tree_id: u64,
+    min: (u64, u32, u64),
+    max: (u64, u32, u64),
+    words: &mut [u64],
+    mut each: impl FnMut(&ItemHeader, &[u8]) -> std::io::Result<Option<(u64, u32, u64)>>,
+) -> std::io::Result<()> {
+    let mut from = min;
+    loop {
+        let head = SearchHead {
+            key: SearchKey {
+                tree_id,
+                min_objectid: from.0,
+                min_type: from.1,
+                min_offset: from.2,
+                max_objectid: max.0,
+                max_type: max.1,
+                max_offset: max.2,
+                min_transid: 0,
+                max_transid: u64::MAX,
+                nr_items: u32::MAX,
+                ..SearchKey::default()
+            },
+            buf_size: BUF_BYTES as u64,
+        };
+        if std::mem::size_of_val(words) < std::mem::size_of::<SearchHead>() + BUF_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "tree search buffer too small",
+            ));
+        }
+        // SAFETY: `words` is 8-aligned and (checked just above) longer than
+        // `SearchHead` plus the `BUF_BYTES` the kernel is told it may write
+        // after it.
+        let rc = unsafe {
+            std::ptr::write(words.as_mut_ptr().cast::<SearchHead>(), head);
+            libc::ioctl(dir.as_raw_fd(), IOC_TREE_SEARCH_V2, words.as_mut_ptr())
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above; the kernel wrote back the key's item count.
+        let found = unsafe { std::ptr::read(words.as_ptr().cast::<SearchHead>()) }
+            .key
+            .nr_items;
+        if found == 0 {
+            return Ok(());
+        }
+        // SAFETY: `words` owns these bytes for as long as `bytes` lives.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                words
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(std::mem::size_of::<SearchHead>()),
+                BUF_BYTES,
+            )
+        };
+        let mut at = 0usize;
+        let mut next = None;
+        for _ in 0..found {
+            let item = ItemHeader::parse(bytes, at).ok_or_else(malformed)?;
+            let body = bytes
+                .get(at + ItemHeader::LEN..at + ItemHeader::LEN + item.len)
+                .ok_or_else(malformed)?;
+            at += ItemHeader::LEN + item.len;
+            next = next_key((item.objectid, item.kind, item.offset));
+            if let Some(skip_to) = each(&item, body)? {
+                next = Some(skip_to);
+                break;
+            }
+        }
+        match next {
+            Some(key) if key <= max => from = key,
+            _ => return Ok(()),
+        }
     }
-    let len = usize::from(le_u16(body, 27)?);
-    body.get(30..30 + len).map(<[u8]>::to_vec)
+}
+
+/// The subvolumes inside the subvolume open as `dir`: the directory each
+/// is in and its name, from the `ROOT_REF` items of the root tree.
+fn nested_subvolumes(dir: &File, words: &mut [u64]) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let id = subvolume_id(dir)?;
+    let mut nested = Vec::new();
+    search(
+        dir,
+        ROOT_TREE,
+        (id, ROOT_REF, 0),
+        (id, ROOT_REF, u64::MAX),
+        words,
+        |item, body| {
+            // struct btrfs_root_ref: dirid, sequence, name_len, name.
+            if item.kind == ROOT_REF {
+                let dir = le_u64(body, 0).ok_or_else(malformed)?;
+                let len = usize::from(le_u16(body, 16).ok_or_else(malformed)?);
+                let name = body.get(18..18 + len).ok_or_else(malformed)?;
+                nested.push((dir, name.to_vec()));
+            }
+            Ok(None)
+        },
+    )?;
+    Ok(nested)
+}
+
+/// `struct btrfs_ioctl_ino_lookup_args`.
+#[repr(C)]
+struct InoLookup {
+    tree_id: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+
+/// The id of the subvolume open as `dir` (its root directory).
+fn subvolume_id(dir: &File) -> std::io::Result<u64> {
+    let mut args = InoLookup {
+        tree_id: 0,
+        objectid: ROOT_DIR,
+        name: [0; 4080],
+    };
+    // SAFETY: `args` is the struct this ioctl reads and writes, and lives
+    // across the call.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_INO_LOOKUP, &mut args) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(args.tree_id)
 }
 
 /// The path of directory `ino`, relative to the subvolume's root.
