@@ -15,12 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fschain_producer::publish::wait_acknowledged;
 use fschain_producer::ChainWriter;
 use fschain_schema::{Action, Operation};
 use fschain_store::RootLayout;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
@@ -198,7 +199,7 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         producer
             .send(BaseRecord::to(&ops_topic).key("lat").payload(&body))
             .map_err(|(e, _)| e)?;
-        producer.flush(Duration::from_secs(60))?;
+        wait_acknowledged(&producer, Duration::from_secs(60))?;
         let want = i as u64 + 1;
         let deadline = if i == 0 { 120 } else { 10 };
         while !held(want) {
@@ -456,7 +457,7 @@ fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)
     producer
         .send(BaseRecord::to(topic).key("k").payload("start").partition(0))
         .map_err(|(e, _)| e)?;
-    producer.flush(Duration::from_secs(10))?;
+    wait_acknowledged(&producer, Duration::from_secs(10))?;
     consumer.assign(&tpl)?;
     loop {
         match consumer.poll(Duration::from_secs(10)) {
@@ -478,7 +479,7 @@ fn raw_round_trips(brokers: &str, topic: &str, n: usize) -> Result<Vec<Duration>
         producer
             .send(BaseRecord::to(topic).key("k").payload(&body).partition(0))
             .map_err(|(e, _)| e)?;
-        producer.flush(Duration::from_secs(10))?;
+        wait_acknowledged(&producer, Duration::from_secs(10))?;
         loop {
             match consumer.poll(Duration::from_secs(10)) {
                 Some(Ok(m)) if m.payload() == Some(body.as_bytes()) => break,
@@ -509,9 +510,7 @@ fn raw_bulk(brokers: &str, topic: &str, bytes: u64) -> Result<(Duration, Duratio
             }
         }
     }
-    producer
-        .flush(Duration::from_secs(600))
-        .context("raw produce")?;
+    wait_acknowledged(&producer, Duration::from_secs(600)).context("raw produce")?;
     let produced = t.elapsed();
     let t = Instant::now();
     let mut got = 0;

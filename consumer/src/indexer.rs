@@ -5,11 +5,14 @@
 //! nothing is lost when the thread is behind, stopped or killed: the next
 //! catch-up (or `fschain search`, or `reindex`) starts from there.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use fschain_index::{Embedders, EventIndex, IndexError, VectorStore};
 use fschain_store::{Chain, RootLayout, StoreError};
@@ -92,6 +95,17 @@ impl Drop for SiteIndexer {
     }
 }
 
+/// How long an index stays open with no new block before it is closed,
+/// and the longest it stays open while blocks keep coming. Opening a
+/// qdrant-edge shard costs about 100 ms of CPU, too much to pay per block;
+/// closing it releases the index's lock, which `fschain search` on the
+/// site waits for.
+const KEEP_IDLE: Duration = Duration::from_millis(500);
+const KEEP_AT_MOST: Duration = Duration::from_secs(5);
+
+/// The indexes the thread holds open, by chain root, with when each opened.
+type OpenIndexes<'e> = HashMap<PathBuf, (EventIndex<'e>, Instant)>;
+
 fn follow(
     embedders: &Embedders,
     store: &VectorStore,
@@ -99,7 +113,23 @@ fn follow(
     indexed: &AtomicU64,
     stop: &AtomicBool,
 ) {
-    while let Ok(first) = moved.recv() {
+    let mut open = OpenIndexes::new();
+    loop {
+        let first = if open.is_empty() {
+            match moved.recv() {
+                Ok(layout) => layout,
+                Err(_) => return,
+            }
+        } else {
+            match moved.recv_timeout(KEEP_IDLE) {
+                Ok(layout) => layout,
+                Err(RecvTimeoutError::Timeout) => {
+                    open.clear();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        };
         // Many blocks may have landed while the last catch-up ran: one
         // catch-up per chain takes them all.
         let mut pending = BTreeMap::from([(first.root().to_owned(), first)]);
@@ -108,7 +138,7 @@ fn follow(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            match catch_up(embedders, store, layout, stop) {
+            match catch_up(embedders, store, layout, stop, &mut open) {
                 Ok(events) => {
                     indexed.fetch_add(events, Ordering::Relaxed);
                 }
@@ -117,16 +147,30 @@ fn follow(
                 }
             }
         }
+        open.retain(|_, (_, since)| since.elapsed() < KEEP_AT_MOST);
     }
 }
 
-fn catch_up(
-    embedders: &Embedders,
+fn catch_up<'e>(
+    embedders: &'e Embedders,
     store: &VectorStore,
     layout: &RootLayout,
     stop: &AtomicBool,
+    open: &mut OpenIndexes<'e>,
 ) -> Result<u64, IndexError> {
     let chain = Chain::open(layout.root())?;
-    let mut index = EventIndex::open(layout, chain.meta().chain.as_str(), embedders, store, true)?;
-    Ok(index.catch_up(&chain, stop, |_, _| {})?.events)
+    let index = match open.entry(layout.root().to_owned()) {
+        Entry::Occupied(held) => &mut held.into_mut().0,
+        Entry::Vacant(slot) => {
+            let index =
+                EventIndex::open(layout, chain.meta().chain.as_str(), embedders, store, true)?;
+            &mut slot.insert((index, Instant::now())).0
+        }
+    };
+    let caught_up = index.catch_up(&chain, stop, |_, _| {});
+    if caught_up.is_err() {
+        // Opened again next time, from what its files say.
+        open.remove(layout.root());
+    }
+    Ok(caught_up?.events)
 }
