@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fschain_schema::wire::{event_key, SigningKey, Topics};
-use fschain_schema::Event;
+use fschain_schema::{Event, EventLine};
 use fschain_store::layout::RootLayout;
 use fschain_store::{ChainDir, StoreError};
 use rdkafka::config::ClientConfig;
@@ -221,26 +221,23 @@ pub fn publish_pending(
     for height in from..=head {
         let parent = policy.parent_of(height);
         let started = std::time::Instant::now();
-        let block = prepare_block(layout, height, parent, &layout.outbox(), policy, key)?;
+        // The events go out while the block's stream is sent, compressed
+        // and hashed on another thread: neither needs the other, and a
+        // large change carries its states in both.
+        let (block, events) = std::thread::scope(|scope| {
+            let preparing = scope
+                .spawn(|| prepare_block(layout, height, parent, &layout.outbox(), policy, key));
+            let events = publish_events(layout, height, &chain, publisher, &topics);
+            let block = preparing.join().unwrap_or_else(|_| {
+                Err(ProducerError::Command {
+                    what: format!("preparing block {height}"),
+                    message: "the preparing thread panicked".into(),
+                })
+            });
+            (block, events)
+        });
+        let (block, events) = (block?, events?);
         let prepared = started.elapsed();
-        let mut failed = None;
-        let events = ChainDir::new(layout.snapshot(height)).for_last_event_lines(
-            block.header.event_count,
-            |line| {
-                if failed.is_none() {
-                    let sent = Event::from_canonical(line)
-                        .map_err(ProducerError::from)
-                        .and_then(|e| {
-                            publisher.send(&topics.events, &event_key(&chain, &e.element), line)
-                        });
-                    failed = sent.err();
-                }
-                Ok::<(), fschain_store::StoreError>(())
-            },
-        )?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
         for chunk in block.chunks()? {
             let chunk = chunk?;
@@ -254,7 +251,7 @@ pub fn publish_pending(
             height,
             bytes = block.manifest.stream.bytes,
             chunks = block.manifest.stream.chunks,
-            prepare_ms = prepared.as_millis() as u64,
+            prepare_and_events_ms = prepared.as_millis() as u64,
             produce_ms = (started.elapsed() - prepared).as_millis() as u64,
             "published"
         );
@@ -267,6 +264,46 @@ pub fn publish_pending(
         info!(chain = %chain, blocks = summary.blocks, head, "published");
     }
     Ok(summary)
+}
+
+/// Queues the events of block `height` on the events topic; returns how
+/// many. The block's events are the last lines of its snapshot's log.
+fn publish_events(
+    layout: &RootLayout,
+    height: u64,
+    chain: &fschain_schema::ChainName,
+    publisher: &Publisher,
+    topics: &Topics,
+) -> Result<u64, ProducerError> {
+    let dir = ChainDir::new(layout.snapshot(height));
+    let header = dir
+        .headers()?
+        .into_iter()
+        .nth(height as usize)
+        .ok_or_else(|| StoreError::Corrupt {
+            path: layout.snapshot(height),
+            why: format!("does not hold the header of block {height}"),
+        })?;
+    let mut failed = None;
+    let events = dir.for_last_event_lines(header.event_count, |line| {
+        if failed.is_none() {
+            // The quick reader takes every line fschain writes; the full
+            // parse names what is wrong with any other.
+            let element = match EventLine::read(line) {
+                Some(event) => Ok(event.element),
+                None => Event::from_canonical(line).map(|e| e.element),
+            };
+            let sent = element.map_err(ProducerError::from).and_then(|element| {
+                publisher.send(&topics.events, &event_key(chain, &element), line)
+            });
+            failed = sent.err();
+        }
+        Ok::<(), fschain_store::StoreError>(())
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(events),
+    }
 }
 
 /// Publishes operations (JSON Lines) to `<prefix>.ops`, keyed by `chain`,
