@@ -25,7 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
-use crate::bench::{cleanup, element, ms, new_root, pct, populate, ratio, Rng};
+use crate::bench::{cleanup, element, ms, new_root, pct, populate, ratio, settle, Rng};
 
 struct Scale {
     latency_ops: usize,
@@ -156,6 +156,7 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     // 1. Latency: operation published -> block verified at a site.
     let producer_root = work.join("producer");
     drop(new_root(&producer_root, "lat")?);
+    settle(work)?;
     let key_file = work.join("producer.pub");
     let key = fschain_producer::load_signing_key(&RootLayout::new(&producer_root))?;
     std::fs::write(&key_file, format!("{}\n", key.public()))?;
