@@ -9,7 +9,7 @@ use fschain_schema::wire::SigningKey;
 use fschain_store::layout::RootLayout;
 use fschain_store::{btrfs, IoContext, StoreError};
 
-use crate::outbox::{prepare_block, StreamPolicy};
+use crate::outbox::{prepare_block, snapshot_header, StreamPolicy};
 use crate::ProducerError;
 
 /// What an export wrote.
@@ -41,7 +41,8 @@ pub fn export_frames(
             } else {
                 Some(height - 1)
             };
-            let block = prepare_block(layout, height, parent, &spool, policy, key)?;
+            let header = snapshot_header(layout, height)?;
+            let block = prepare_block(layout, header, parent, &spool, policy, key)?;
             let frame = block.manifest.to_frame()?;
             out.write_all(&frame).map_err(output_error)?;
             summary.bytes += frame.len() as u64;

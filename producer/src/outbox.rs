@@ -133,30 +133,36 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Prepares block `height` of the root for publishing (or finds it
-/// prepared by an earlier run that did not finish publishing).
-///
-/// The stream is incremental against `parent` (full when `None`) and is
-/// spooled in `dir`.
-pub fn prepare_block(
-    layout: &RootLayout,
-    height: u64,
-    parent: Option<u64>,
-    dir: &std::path::Path,
-    policy: &StreamPolicy,
-    key: &SigningKey,
-) -> Result<OutgoingBlock, ProducerError> {
-    std::fs::create_dir_all(dir).at(dir)?;
-    let stream_path = dir.join(format!("{height:010}.zst"));
-    let manifest_path = dir.join(format!("{height:010}.manifest"));
-    let header = ChainDir::new(layout.snapshot(height))
+/// The header of block `height`, from that block's own snapshot.
+pub fn snapshot_header(layout: &RootLayout, height: u64) -> Result<BlockHeader, ProducerError> {
+    Ok(ChainDir::new(layout.snapshot(height))
         .headers()?
         .into_iter()
         .nth(height as usize)
         .ok_or_else(|| StoreError::Corrupt {
             path: layout.snapshot(height),
             why: format!("does not hold the header of block {height}"),
-        })?;
+        })?)
+}
+
+/// Prepares the block `header` seals (read by [`snapshot_header`]) for
+/// publishing, or finds it prepared by an earlier run that did not finish
+/// publishing.
+///
+/// The stream is incremental against `parent` (full when `None`) and is
+/// spooled in `dir`.
+pub fn prepare_block(
+    layout: &RootLayout,
+    header: BlockHeader,
+    parent: Option<u64>,
+    dir: &std::path::Path,
+    policy: &StreamPolicy,
+    key: &SigningKey,
+) -> Result<OutgoingBlock, ProducerError> {
+    let height = header.height;
+    std::fs::create_dir_all(dir).at(dir)?;
+    let stream_path = dir.join(format!("{height:010}.zst"));
+    let manifest_path = dir.join(format!("{height:010}.manifest"));
     if let (Ok(bytes), true) = (std::fs::read(&manifest_path), stream_path.exists()) {
         if let Ok(manifest) = serde_json::from_slice::<BlockManifest>(&bytes) {
             if manifest.parent == parent

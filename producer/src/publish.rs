@@ -22,7 +22,7 @@ use rdkafka::ClientContext;
 use tracing::{debug, info};
 
 use crate::outbox::{
-    keep_manifest, prepare_block, published_height, record_published, StreamPolicy,
+    keep_manifest, prepare_block, published_height, record_published, snapshot_header, StreamPolicy,
 };
 use crate::ProducerError;
 
@@ -225,17 +225,19 @@ pub fn publish_pending(
         // and hashed on another thread: neither needs the other, and a
         // large change carries its states in both.
         let (block, events) = std::thread::scope(|scope| {
+            let header = snapshot_header(layout, height)?;
+            let event_count = header.event_count;
             let preparing = scope
-                .spawn(|| prepare_block(layout, height, parent, &layout.outbox(), policy, key));
-            let events = publish_events(layout, height, &chain, publisher, &topics);
+                .spawn(|| prepare_block(layout, header, parent, &layout.outbox(), policy, key));
+            let events = publish_events(layout, height, event_count, &chain, publisher, &topics);
             let block = preparing.join().unwrap_or_else(|_| {
                 Err(ProducerError::Command {
                     what: format!("preparing block {height}"),
                     message: "the preparing thread panicked".into(),
                 })
             });
-            (block, events)
-        });
+            Ok::<_, ProducerError>((block, events))
+        })?;
         let (block, events) = (block?, events?);
         let prepared = started.elapsed();
         publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
@@ -266,26 +268,18 @@ pub fn publish_pending(
     Ok(summary)
 }
 
-/// Queues the events of block `height` on the events topic; returns how
-/// many. The block's events are the last lines of its snapshot's log.
+/// Queues the `count` events of block `height` on the events topic;
+/// returns how many. They are the last lines of its snapshot's log.
 fn publish_events(
     layout: &RootLayout,
     height: u64,
+    count: u64,
     chain: &fschain_schema::ChainName,
     publisher: &Publisher,
     topics: &Topics,
 ) -> Result<u64, ProducerError> {
-    let dir = ChainDir::new(layout.snapshot(height));
-    let header = dir
-        .headers()?
-        .into_iter()
-        .nth(height as usize)
-        .ok_or_else(|| StoreError::Corrupt {
-            path: layout.snapshot(height),
-            why: format!("does not hold the header of block {height}"),
-        })?;
     let mut failed = None;
-    let events = dir.for_last_event_lines(header.event_count, |line| {
+    let events = ChainDir::new(layout.snapshot(height)).for_last_event_lines(count, |line| {
         if failed.is_none() {
             // The quick reader takes every line fschain writes; the full
             // parse names what is wrong with any other.
