@@ -264,8 +264,29 @@ fn hash_prefix_refs() {
         .json();
         assert_eq!(at["height"], 7);
     }
-    let err = fschain(&["show", "--root", &root, "iface:eth0", "--at", &hash[..7]])
+    // Seven hex digits are too few for a hash prefix. A prefix that is all
+    // decimal digits is a height instead, so take a block whose first seven
+    // digits hold a letter.
+    let blocks = log["blocks"].as_array().unwrap();
+    let short = blocks
+        .iter()
+        .map(|b| b["hash"].as_str().unwrap()[..7].to_owned())
+        .find(|p| p.bytes().any(|b| b.is_ascii_alphabetic()))
+        .expect("some block hash has a letter in its first seven digits");
+    let err = fschain(&["show", "--root", &root, "iface:eth0", "--at", &short])
         .code_is(2)
         .stderr();
     assert!(err.contains("bad REF"), "7 hex digits are too few: {err}");
+    let at = fschain(&[
+        "show",
+        "--root",
+        &root,
+        "iface:eth0",
+        "--at",
+        "0000007",
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(at["height"], 7, "a short run of digits is a height");
 }
