@@ -78,7 +78,7 @@ pub fn export_raw(
         }
         .into());
     }
-    let bytes = btrfs::send(&to_path, parent.as_deref(), |r| io::copy(r, out))?;
+    let bytes = btrfs::send(&to_path, parent.as_deref(), |r| btrfs::pump(r, out))?;
     out.flush().at(layout.root())?;
     Ok(bytes)
 }

@@ -67,7 +67,7 @@ impl OutgoingBlock {
     /// Copies the compressed stream to `out` (for `export`).
     pub fn copy_stream(&self, out: &mut dyn Write) -> Result<u64, ProducerError> {
         let mut file = File::open(&self.stream).at(&self.stream)?;
-        Ok(io::copy(&mut file, out).at(&self.stream)?)
+        Ok(btrfs::pump(&mut file, out).at(&self.stream)?)
     }
 
     /// Drops the spool once the block is published.
@@ -187,7 +187,7 @@ pub fn prepare_block(
     let parent_path = parent.map(|p| layout.snapshot(p));
     let hashing = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
         let mut encoder = zstd::stream::Encoder::new(hashing, policy.zstd_level)?;
-        io::copy(r, &mut encoder)?;
+        btrfs::pump(r, &mut encoder)?;
         let mut hashing = encoder.finish()?;
         hashing.flush()?;
         Ok(hashing)
