@@ -218,50 +218,60 @@ pub fn publish_pending(
         ..PublishSummary::default()
     };
     let topics = publisher.topics().clone();
-    for height in from..=head {
-        let parent = policy.parent_of(height);
-        let started = std::time::Instant::now();
-        // The events go out while the block's stream is sent, compressed
-        // and hashed on another thread: neither needs the other, and a
-        // large change carries its states in both.
-        let (block, events) = std::thread::scope(|scope| {
-            let header = snapshot_header(layout, height)?;
-            let event_count = header.event_count;
-            let preparing = scope
-                .spawn(|| prepare_block(layout, header, parent, &layout.outbox(), policy, key));
-            let events = publish_events(layout, height, event_count, &chain, publisher, &topics);
-            let block = preparing.join().unwrap_or_else(|_| {
-                Err(ProducerError::Command {
-                    what: format!("preparing block {height}"),
-                    message: "the preparing thread panicked".into(),
-                })
-            });
-            Ok::<_, ProducerError>((block, events))
-        })?;
-        let (block, events) = (block?, events?);
-        let prepared = started.elapsed();
-        publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
-        for chunk in block.chunks()? {
-            let chunk = chunk?;
-            publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
-            summary.chunks += 1;
+    // A preparing thread runs one block ahead: it sends, compresses and
+    // hashes block h+1's stream while this thread publishes block h's events
+    // and chunks and waits for the broker's acknowledgements (at the start
+    // of a run, that includes the idempotent producer's first id, which
+    // librdkafka asks for on a 500 ms timer).
+    std::thread::scope(|scope| {
+        let (ready, prepared) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for height in from..=head {
+                let block = snapshot_header(layout, height).and_then(|header| {
+                    let parent = policy.parent_of(height);
+                    prepare_block(layout, header, parent, &layout.outbox(), policy, key)
+                });
+                let failed = block.is_err();
+                if ready.send(block).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for height in from..=head {
+            let started = std::time::Instant::now();
+            // The events go out while the stream is being prepared: neither
+            // needs the other, and a large change carries its states in both.
+            let event_count = snapshot_header(layout, height)?.event_count;
+            let events = publish_events(layout, height, event_count, &chain, publisher, &topics)?;
+            let block = prepared.recv().map_err(|_| ProducerError::Command {
+                what: format!("preparing block {height}"),
+                message: "the preparing thread stopped".into(),
+            })??;
+            let waited = started.elapsed();
+            publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
+            for chunk in block.chunks()? {
+                let chunk = chunk?;
+                publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
+                summary.chunks += 1;
+            }
+            publisher.flush(Duration::from_secs(60))?;
+            keep_manifest(layout, &block.manifest)?;
+            record_published(layout, height)?;
+            debug!(
+                height,
+                bytes = block.manifest.stream.bytes,
+                chunks = block.manifest.stream.chunks,
+                events_and_prepare_ms = waited.as_millis() as u64,
+                produce_ms = (started.elapsed() - waited).as_millis() as u64,
+                "published"
+            );
+            summary.blocks += 1;
+            summary.events += events;
+            summary.bytes += block.manifest.stream.bytes;
+            block.remove()?;
         }
-        publisher.flush(Duration::from_secs(60))?;
-        keep_manifest(layout, &block.manifest)?;
-        record_published(layout, height)?;
-        debug!(
-            height,
-            bytes = block.manifest.stream.bytes,
-            chunks = block.manifest.stream.chunks,
-            prepare_and_events_ms = prepared.as_millis() as u64,
-            produce_ms = (started.elapsed() - prepared).as_millis() as u64,
-            "published"
-        );
-        summary.blocks += 1;
-        summary.events += events;
-        summary.bytes += block.manifest.stream.bytes;
-        block.remove()?;
-    }
+        Ok::<(), ProducerError>(())
+    })?;
     if summary.blocks > 0 {
         info!(chain = %chain, blocks = summary.blocks, head, "published");
     }

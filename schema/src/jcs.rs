@@ -275,6 +275,7 @@ fn key_sorts_after(later: &[u8], earlier: &[u8]) -> Option<bool> {
 fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
+        i = plain_run_end(bytes, i);
         match *bytes.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => {
@@ -299,6 +300,30 @@ fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
             _ => i += 1,
         }
     }
+}
+
+/// Skips, eight bytes at a time, the bytes from `i` that a canonical string
+/// holds as they are: anything but `"`, `\` and control characters. Stops
+/// at or before the first byte that needs a closer look.
+fn plain_run_end(bytes: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Sets a byte's high bit when that byte is zero (it may also set the
+    // bits of bytes above a zero byte; those are looked at one by one).
+    let zero_in = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_le_bytes(eight);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        if control | zero_in(x ^ (ONES * u64::from(b'"'))) | zero_in(x ^ (ONES * u64::from(b'\\')))
+            != 0
+        {
+            break;
+        }
+        i += 8;
+    }
+    i
 }
 
 fn literal_end(bytes: &[u8], at: usize, literal: &[u8]) -> Option<usize> {
@@ -414,6 +439,26 @@ mod tests {
             jcs(json!("a\"b\\c\u{8}\u{c}\n\r\t\u{1}\u{7f}é\u{2028}")),
             "\"a\\\"b\\\\c\\b\\f\\n\\r\\t\\u0001\u{7f}é\u{2028}\""
         );
+    }
+
+    #[test]
+    fn the_word_at_a_time_string_scan_sees_every_special_byte() {
+        // Each byte that ends or escapes a string, or is refused in one, at
+        // every position of the eight-byte words the scan reads.
+        for special in [
+            "\"", "\\", "\\n", "\\u0001", "\\u000a", "\n", "\u{1f}", "\u{7f}", "é",
+        ] {
+            for at in 0..20 {
+                let mut text = "x".repeat(20);
+                text.insert_str(at, special);
+                let line = format!("{{\"k\":\"{text}\"}}");
+                let expected = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| canonical(&v).ok())
+                    .is_some_and(|c| c == line.as_bytes());
+                assert_eq!(is_canonical(line.as_bytes()), expected, "{line:?}");
+            }
+        }
     }
 
     #[test]
