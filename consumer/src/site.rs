@@ -10,6 +10,7 @@
 //! any point leaves at most an `.incoming-*` subvolume, which the next start
 //! deletes; the Kafka offset is committed only after the rename.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -127,6 +128,7 @@ impl Site {
             chain: chain.clone(),
             site: self.clone(),
             verified: None,
+            hashing: HashMap::new(),
         };
         site_chain.recover()?;
         Ok(site_chain)
@@ -158,6 +160,46 @@ pub struct SiteChain {
     /// block is checked from where it ended (rebuilt from the snapshot by
     /// a full check after a restart).
     verified: Option<VerifiedLogs>,
+    /// Each spooled stream's hash so far, over its chunks in order, taken
+    /// as they are spooled so that applying it does not read it twice.
+    hashing: HashMap<StreamKey, StreamHashing>,
+}
+
+/// The hash of a stream's first `next` chunks.
+#[derive(Debug, Default)]
+struct StreamHashing {
+    next: u32,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl StreamHashing {
+    /// Hashes the chunks spooled in `dir` from `next` on, up to the first
+    /// one that has not come yet.
+    fn catch_up(&mut self, dir: &Path) -> Result<(), ConsumerError> {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let p = dir.join(format!("{:08}", self.next));
+            let mut f = match File::open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(StoreError::io(&p, e).into()),
+            };
+            loop {
+                let n = f.read(&mut buf).at(&p)?;
+                if n == 0 {
+                    break;
+                }
+                self.take(&buf[..n]);
+            }
+            self.next += 1;
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
 }
 
 impl SiteChain {
@@ -218,7 +260,7 @@ impl SiteChain {
 
     /// Keeps one chunk's bytes on disk until its stream is complete.
     pub fn spool_chunk(
-        &self,
+        &mut self,
         key: &StreamKey,
         index: u32,
         data: &[u8],
@@ -227,11 +269,24 @@ impl SiteChain {
         std::fs::create_dir_all(&dir).at(&dir)?;
         let path = dir.join(format!("{index:08}"));
         std::fs::write(&path, data).at(&path)?;
+        let hashing = self.hashing.entry(*key).or_default();
+        if index < hashing.next {
+            // Its stream was started again (chunks that disagreed with the
+            // signed manifest were set aside): hash it again from disk.
+            *hashing = StreamHashing::default();
+        }
+        if index == hashing.next {
+            hashing.take(data);
+            hashing.next += 1;
+            // Chunks that came early are on disk: take them now too.
+            hashing.catch_up(&dir)?;
+        }
         Ok(())
     }
 
     /// Forgets a stream's spooled chunks.
-    pub fn drop_spool(&self, key: &StreamKey) {
+    pub fn drop_spool(&mut self, key: &StreamKey) {
+        self.hashing.remove(key);
         let dir = self.stream_dir(key);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -251,22 +306,15 @@ impl SiteChain {
     pub fn apply(&mut self, ready: &ReadyBlock) -> Result<(), ConsumerError> {
         let paths = self.chunk_paths(ready);
         let started = std::time::Instant::now();
-        // 1. The whole stream against the signed hash, before anything else.
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        let mut buf = vec![0u8; 1 << 16];
-        for p in &paths {
-            let mut f = File::open(p).at(p)?;
-            loop {
-                let n = f.read(&mut buf).at(p)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                total += n as u64;
-            }
+        // 1. The whole stream against the signed hash, before anything else
+        // (mostly hashed already, as its chunks were spooled).
+        let mut hashing = self.hashing.remove(&ready.key).unwrap_or_default();
+        hashing.catch_up(&self.stream_dir(&ready.key))?;
+        if let Some(missing) = paths.get(hashing.next as usize) {
+            return Err(StoreError::io(missing, io::ErrorKind::NotFound.into()).into());
         }
-        let actual = StreamHash(Digest::from_bytes(hasher.finalize().into()));
+        let total = hashing.bytes;
+        let actual = StreamHash(Digest::from_bytes(hashing.hasher.finalize().into()));
         if actual != ready.manifest.stream.sha256 || total != ready.manifest.stream.bytes {
             return Err(ConsumerError::Schema(
                 fschain_schema::SchemaError::StreamHashMismatch {
