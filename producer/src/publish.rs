@@ -220,9 +220,11 @@ pub fn publish_pending(
     let topics = publisher.topics().clone();
     // A preparing thread runs one block ahead: it sends, compresses and
     // hashes block h+1's stream while this thread publishes block h's events
-    // and chunks and waits for the broker's acknowledgements (at the start
-    // of a run, that includes the idempotent producer's first id, which
-    // librdkafka asks for on a 500 ms timer).
+    // and chunks. Acknowledgements are awaited only when the next stream is
+    // not ready yet or enough is in flight, so a run that catches up on many
+    // blocks waits for the broker once per batch rather than once a block,
+    // and the idempotent producer's first id (librdkafka asks for it on a
+    // 500 ms timer) is awaited while the next block is being made.
     std::thread::scope(|scope| {
         let (ready, prepared) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || {
@@ -237,45 +239,95 @@ pub fn publish_pending(
                 }
             }
         });
+        let mut in_flight = InFlight::default();
         for height in from..=head {
-            let started = std::time::Instant::now();
             // The events go out while the stream is being prepared: neither
             // needs the other, and a large change carries its states in both.
             let event_count = snapshot_header(layout, height)?.event_count;
-            let events = publish_events(layout, height, event_count, &chain, publisher, &topics)?;
-            let block = prepared.recv().map_err(|_| ProducerError::Command {
-                what: format!("preparing block {height}"),
-                message: "the preparing thread stopped".into(),
-            })??;
-            let waited = started.elapsed();
+            summary.events +=
+                publish_events(layout, height, event_count, &chain, publisher, &topics)?;
+            let block = match prepared.try_recv() {
+                Ok(block) => block,
+                Err(_) => {
+                    in_flight.settle(layout, publisher, &mut summary)?;
+                    prepared.recv().map_err(|_| ProducerError::Command {
+                        what: format!("preparing block {height}"),
+                        message: "the preparing thread stopped".into(),
+                    })?
+                }
+            }?;
             publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
             for chunk in block.chunks()? {
                 let chunk = chunk?;
                 publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
                 summary.chunks += 1;
             }
-            publisher.flush(Duration::from_secs(60))?;
-            keep_manifest(layout, &block.manifest)?;
-            record_published(layout, height)?;
-            debug!(
-                height,
-                bytes = block.manifest.stream.bytes,
-                chunks = block.manifest.stream.chunks,
-                events_and_prepare_ms = waited.as_millis() as u64,
-                produce_ms = (started.elapsed() - waited).as_millis() as u64,
-                "published"
-            );
-            summary.blocks += 1;
-            summary.events += events;
-            summary.bytes += block.manifest.stream.bytes;
-            block.remove()?;
+            in_flight.bytes += block.manifest.stream.bytes;
+            in_flight.blocks.push(block);
+            if in_flight.blocks.len() >= MAX_BLOCKS_IN_FLIGHT
+                || in_flight.bytes >= MAX_BYTES_IN_FLIGHT
+            {
+                in_flight.settle(layout, publisher, &mut summary)?;
+            }
         }
-        Ok::<(), ProducerError>(())
+        in_flight.settle(layout, publisher, &mut summary)
     })?;
     if summary.blocks > 0 {
         info!(chain = %chain, blocks = summary.blocks, head, "published");
     }
     Ok(summary)
+}
+
+/// At most this many blocks are sent before their acknowledgements are
+/// awaited and recorded...
+const MAX_BLOCKS_IN_FLIGHT: usize = 16;
+/// ...and at most this many stream bytes (their spools stay on disk until
+/// then).
+const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
+
+/// Blocks sent whose acknowledgements have not been awaited yet.
+#[derive(Default)]
+struct InFlight {
+    blocks: Vec<crate::outbox::OutgoingBlock>,
+    bytes: u64,
+}
+
+impl InFlight {
+    /// Waits until the broker has acknowledged every message sent, then
+    /// records the blocks as published, in height order.
+    fn settle(
+        &mut self,
+        layout: &RootLayout,
+        publisher: &Publisher,
+        summary: &mut PublishSummary,
+    ) -> Result<(), ProducerError> {
+        if self.blocks.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        publisher.flush(Duration::from_secs(60))?;
+        let heights = (self.blocks[0].header.height, self.blocks.len());
+        for block in &self.blocks {
+            keep_manifest(layout, &block.manifest)?;
+        }
+        if let Some(last) = self.blocks.last() {
+            record_published(layout, last.header.height)?;
+        }
+        for block in self.blocks.drain(..) {
+            summary.blocks += 1;
+            summary.bytes += block.manifest.stream.bytes;
+            block.remove()?;
+        }
+        debug!(
+            from = heights.0,
+            blocks = heights.1,
+            bytes = self.bytes,
+            ack_wait_ms = started.elapsed().as_millis() as u64,
+            "published"
+        );
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// Queues the `count` events of block `height` on the events topic;
