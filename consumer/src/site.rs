@@ -174,6 +174,23 @@ struct StreamHashing {
 }
 
 impl StreamHashing {
+    /// Takes chunk `index`, just spooled in `dir` with bytes `data`.
+    fn spooled(&mut self, dir: &Path, index: u32, data: &[u8]) -> Result<(), ConsumerError> {
+        if index < self.next {
+            // Its stream was started again (chunks that disagreed with the
+            // signed manifest were set aside, and their places are being
+            // spooled anew): hash it again from disk.
+            *self = StreamHashing::default();
+        }
+        if index == self.next {
+            self.take(data);
+            self.next += 1;
+            // Chunks that came early are on disk: take them now too.
+            self.catch_up(dir)?;
+        }
+        Ok(())
+    }
+
     /// Hashes the chunks spooled in `dir` from `next` on, up to the first
     /// one that has not come yet.
     fn catch_up(&mut self, dir: &Path) -> Result<(), ConsumerError> {
@@ -269,19 +286,10 @@ impl SiteChain {
         std::fs::create_dir_all(&dir).at(&dir)?;
         let path = dir.join(format!("{index:08}"));
         std::fs::write(&path, data).at(&path)?;
-        let hashing = self.hashing.entry(*key).or_default();
-        if index < hashing.next {
-            // Its stream was started again (chunks that disagreed with the
-            // signed manifest were set aside): hash it again from disk.
-            *hashing = StreamHashing::default();
-        }
-        if index == hashing.next {
-            hashing.take(data);
-            hashing.next += 1;
-            // Chunks that came early are on disk: take them now too.
-            hashing.catch_up(&dir)?;
-        }
-        Ok(())
+        self.hashing
+            .entry(*key)
+            .or_default()
+            .spooled(&dir, index, data)
     }
 
     /// Forgets a stream's spooled chunks.
@@ -432,5 +440,85 @@ impl Read for ChunkFiles {
                 None => return Ok(0),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "fschain-spool-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn spool(hashing: &mut StreamHashing, dir: &Path, index: u32, data: &[u8]) {
+        std::fs::write(dir.join(format!("{index:08}")), data).unwrap();
+        hashing.spooled(dir, index, data).unwrap();
+    }
+
+    fn finish(mut hashing: StreamHashing, dir: &Path) -> (u32, u64, [u8; 32]) {
+        hashing.catch_up(dir).unwrap();
+        (
+            hashing.next,
+            hashing.bytes,
+            hashing.hasher.finalize().into(),
+        )
+    }
+
+    proptest! {
+        /// Whatever order the chunks are spooled in, and whatever stale
+        /// chunks of a set-aside stream were spooled and hashed first, the
+        /// hash taken is that of the final chunks in order.
+        #[test]
+        fn hash_as_spooled_is_the_stream_hash(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..12),
+            order in any::<prop::sample::Index>(),
+            stale in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            seed in any::<u64>(),
+        ) {
+            let dir = scratch("prop");
+            let n = chunks.len();
+            let mut hashing = StreamHashing::default();
+            for (i, fill) in &stale {
+                let i = i.index(n) as u32;
+                spool(&mut hashing, &dir, i, &[*fill; 5]);
+            }
+            // A shuffle of the indexes, from the seed.
+            let mut indexes: Vec<usize> = (0..n).collect();
+            let mut x = seed | 1;
+            for i in (1..n).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                indexes.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            indexes.rotate_left(order.index(n));
+            for &i in &indexes {
+                spool(&mut hashing, &dir, i as u32, &chunks[i]);
+            }
+            let (next, bytes, hash) = finish(hashing, &dir);
+            let whole: Vec<u8> = chunks.concat();
+            prop_assert_eq!(next as usize, n);
+            prop_assert_eq!(bytes, whole.len() as u64);
+            prop_assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(&whole)));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_missing_chunk_stops_the_hash_before_it() {
+        let dir = scratch("gap");
+        let mut hashing = StreamHashing::default();
+        spool(&mut hashing, &dir, 0, b"zero");
+        spool(&mut hashing, &dir, 2, b"two");
+        let (next, bytes, _) = finish(hashing, &dir);
+        assert_eq!((next, bytes), (1, 4));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
