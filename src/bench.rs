@@ -142,7 +142,10 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         btrfs::snapshot(&layer, &dest, true)?;
         ioctl.push(t.elapsed());
     }
-    let ours = one_op_blocks(&mut writer, s.elements, s.iterations, false)?;
+    let mut rng = Rng(7 + s.elements as u64);
+    let ours = (0..s.iterations)
+        .map(|i| one_op_block(&mut writer, s.elements, i, false, &mut rng))
+        .collect::<Result<Vec<_>>>()?;
     let (cli_p50, ioctl_p50, ours_p50) = (
         pct(&mut cli, 50),
         pct(&mut ioctl, 50),
@@ -176,12 +179,26 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         "\none-operation block with {} vs {} live elements (p50)",
         s.small, s.large
     );
-    let mut lines = Vec::new();
+    // Both layers are made first and the file system settles (the large
+    // one leaves seconds of writeback behind); then the two are timed in
+    // turn, one block each, so background work falls on both alike.
+    let mut layers = Vec::new();
     for (name, n) in [("small", s.small), ("large", s.large)] {
         let mut w = new_root(&work.join(name), name)?;
         populate(&mut w, n, 10_000)?;
-        let mut update = one_op_blocks(&mut w, n, s.iterations, false)?;
-        let mut create = one_op_blocks(&mut w, n, s.iterations, true)?;
+        layers.push((n, w, Rng(7 + n as u64), Vec::new(), Vec::new()));
+    }
+    settle(work)?;
+    for create in [false, true] {
+        for i in 0..s.iterations {
+            for (n, w, rng, update, created) in &mut layers {
+                let took = one_op_block(w, *n, i, create, rng)?;
+                if create { created } else { update }.push(took);
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for (n, w, _, mut update, mut create) in layers {
         lines.push((n, pct(&mut update, 50), pct(&mut create, 50)));
         w.close()?;
     }
@@ -350,33 +367,31 @@ pub(crate) fn populate(writer: &mut ChainWriter, n: usize, block: usize) -> Resu
     Ok(())
 }
 
-fn one_op_blocks(
+/// Applies and seals one operation on a layer of `n` elements: an update of
+/// a random element, or the creation of element `i` past the others.
+fn one_op_block(
     writer: &mut ChainWriter,
     n: usize,
-    iterations: usize,
+    i: usize,
     create: bool,
-) -> Result<Vec<Duration>> {
-    let mut rng = Rng(7 + n as u64 + u64::from(create));
-    let mut times = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        let op = if create {
-            let id = n + 1_000_000 + i;
-            Operation {
-                element: element(id),
-                action: Action::Set,
-                state: Some(state(id)),
-                reason: None,
-                actor: None,
-            }
-        } else {
-            patch(rng.below(n), i)
-        };
-        let t = Instant::now();
-        writer.apply(op)?;
-        writer.seal()?;
-        times.push(t.elapsed());
-    }
-    Ok(times)
+    rng: &mut Rng,
+) -> Result<Duration> {
+    let op = if create {
+        let id = n + 1_000_000 + i;
+        Operation {
+            element: element(id),
+            action: Action::Set,
+            state: Some(state(id)),
+            reason: None,
+            actor: None,
+        }
+    } else {
+        patch(rng.below(n), i)
+    };
+    let t = Instant::now();
+    writer.apply(op)?;
+    writer.seal()?;
+    Ok(t.elapsed())
 }
 
 /// Every file `verify` reads, concatenated, for the openssl baseline.

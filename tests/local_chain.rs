@@ -250,19 +250,22 @@ fn hash_prefix_refs() {
     let root = root_with_sample(&s, 40, 4);
     let log = fschain(&["log", "--root", &root, "--json"]).ok().json();
     let hash = log["blocks"][7]["hash"].as_str().unwrap().to_owned();
-    for len in [8, 12, 64] {
-        let at = fschain(&[
+    let height_at = |reference: &str| {
+        fschain(&[
             "show",
             "--root",
             &root,
             "iface:eth0",
             "--at",
-            &hash[..len],
+            reference,
             "--json",
         ])
         .ok()
-        .json();
-        assert_eq!(at["height"], 7);
+        .json()["height"]
+            .clone()
+    };
+    for len in [8, 12, 64] {
+        assert_eq!(height_at(&hash[..len]), 7);
     }
     // Seven hex digits are too few for a hash prefix. A prefix that is all
     // decimal digits is a height instead, so take a block whose first seven
@@ -277,16 +280,5 @@ fn hash_prefix_refs() {
         .code_is(2)
         .stderr();
     assert!(err.contains("bad REF"), "7 hex digits are too few: {err}");
-    let at = fschain(&[
-        "show",
-        "--root",
-        &root,
-        "iface:eth0",
-        "--at",
-        "0000007",
-        "--json",
-    ])
-    .ok()
-    .json();
-    assert_eq!(at["height"], 7, "a short run of digits is a height");
+    assert_eq!(height_at("0000007"), 7, "a short run of digits is a height");
 }
