@@ -194,7 +194,8 @@ impl StreamHashing {
     /// Hashes the chunks spooled in `dir` from `next` on, up to the first
     /// one that has not come yet.
     fn catch_up(&mut self, dir: &Path) -> Result<(), ConsumerError> {
-        let mut buf = vec![0u8; 1 << 16];
+        // Most calls find no chunk waiting: the buffer is made on the first.
+        let mut buf = Vec::new();
         loop {
             let p = dir.join(format!("{:08}", self.next));
             let mut f = match File::open(&p) {
@@ -202,6 +203,7 @@ impl StreamHashing {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(StoreError::io(&p, e).into()),
             };
+            buf.resize(1 << 16, 0);
             loop {
                 let n = f.read(&mut buf).at(&p)?;
                 if n == 0 {

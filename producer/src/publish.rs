@@ -22,7 +22,7 @@ use rdkafka::ClientContext;
 use tracing::{debug, info};
 
 use crate::outbox::{
-    keep_manifest, prepare_block, published_height, record_published, snapshot_header, StreamPolicy,
+    keep_manifest, prepare_block, published_height, record_published, StreamPolicy,
 };
 use crate::ProducerError;
 
@@ -218,6 +218,16 @@ pub fn publish_pending(
         ..PublishSummary::default()
     };
     let topics = publisher.topics().clone();
+    // Every block's header, read once: the head's snapshot holds them all.
+    let headers = ChainDir::new(layout.snapshot(head)).headers()?;
+    if headers.len() as u64 <= head {
+        return Err(StoreError::Corrupt {
+            path: layout.snapshot(head),
+            why: format!("does not hold the header of block {head}"),
+        }
+        .into());
+    }
+    let headers = &headers;
     // A preparing thread runs one block ahead: it sends, compresses and
     // hashes block h+1's stream while this thread publishes block h's events
     // and chunks. Acknowledgements are awaited only when the next stream is
@@ -229,10 +239,9 @@ pub fn publish_pending(
         let (ready, prepared) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || {
             for height in from..=head {
-                let block = snapshot_header(layout, height).and_then(|header| {
-                    let parent = policy.parent_of(height);
-                    prepare_block(layout, header, parent, &layout.outbox(), policy, key)
-                });
+                let header = headers[height as usize].clone();
+                let parent = policy.parent_of(height);
+                let block = prepare_block(layout, header, parent, &layout.outbox(), policy, key);
                 let failed = block.is_err();
                 if ready.send(block).is_err() || failed {
                     return;
@@ -243,7 +252,7 @@ pub fn publish_pending(
         for height in from..=head {
             // The events go out while the stream is being prepared: neither
             // needs the other, and a large change carries its states in both.
-            let event_count = snapshot_header(layout, height)?.event_count;
+            let event_count = headers[height as usize].event_count;
             summary.events +=
                 publish_events(layout, height, event_count, &chain, publisher, &topics)?;
             let block = match prepared.try_recv() {
