@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # A loop-mounted btrfs filesystem for tests, demos and benchmarks.
 #
-#   scripts/btrfs-loop.sh up   [MOUNTPOINT] [SIZE]   # default /mnt/fschain-test, 8G (sparse)
+#   scripts/btrfs-loop.sh up   [MOUNTPOINT] [SIZE]   # default /mnt/fschain-test, 8G
 #   scripts/btrfs-loop.sh down [MOUNTPOINT]
+#
+# The image is allocated in full up front (fallocate) and mounted without
+# discard, so it never grows afterwards: a sparse image on a host disk that
+# fills up makes the loop device fail writes, and btrfs then aborts its
+# transaction with EIO and turns read-only in the middle of a test. Here a
+# host without room fails at once, with a message that says so.
 #
 # Needs root (loop devices, mount) and btrfs-progs. Prints the mountpoint.
 set -euo pipefail
@@ -24,9 +30,13 @@ case "$cmd" in
     [ "$(id -u)" = 0 ] || { echo "btrfs-loop.sh: needs root (loop devices and mount)" >&2; exit 1; }
     mkdir -p "$(dirname "$img")" "$mnt"
     rm -f "$img"
-    truncate -s "$size" "$img"
+    if ! fallocate -l "$size" "$img"; then
+      rm -f "$img"
+      echo "btrfs-loop.sh: no room for a $size image at $img ($(df -h --output=avail "$(dirname "$img")" | tail -1 | tr -d ' ') free there); free some disk, or set FSCHAIN_TEST_IMAGE to a path on a larger disk" >&2
+      exit 1
+    fi
     mkfs.btrfs -q -f "$img" >&2
-    mount -o loop "$img" "$mnt"
+    mount -o loop,nodiscard "$img" "$mnt"
     echo "$mnt"
     ;;
   down)

@@ -282,3 +282,62 @@ fn hash_prefix_refs() {
     assert!(err.contains("bad REF"), "7 hex digits are too few: {err}");
     assert_eq!(height_at("0000007"), 7, "a short run of digits is a height");
 }
+
+/// Unmounts a loop filesystem a test mounted, whatever way the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn init_makes_its_own_loop_filesystem_allocated_in_full() {
+    let Some(s) = scratch("image") else { return };
+    let image = s.dir.join("chain.img");
+    let mnt = s.dir.join("mnt");
+    let (image_arg, mnt_arg) = (image.to_str().unwrap(), mnt.to_str().unwrap());
+
+    // More than the test filesystem holds: refused up front, no file left.
+    let err = fschain(&[
+        "init", "--root", mnt_arg, "--image", image_arg, "--size", "1T",
+    ])
+    .code_is(2)
+    .stderr();
+    assert!(
+        err.contains("cannot allocate") && err.contains("chain.img"),
+        "{err}"
+    );
+    assert!(!image.exists());
+
+    fschain(&[
+        "init", "--root", mnt_arg, "--image", image_arg, "--size", "300M",
+    ])
+    .ok();
+    let _unmount = Unmount(mnt.clone());
+    // Every byte is allocated now, so the image cannot outgrow its host later.
+    let meta = std::fs::metadata(&image).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= 300 << 20,
+        "{meta:?}"
+    );
+    fschain(&["set", "--root", mnt_arg, "iface:eth0", "mtu=9000"]).ok();
+    fschain(&["verify", "--root", mnt_arg]).ok();
+
+    // An existing image is never overwritten.
+    let again = s.dir.join("again");
+    let err = fschain(&[
+        "init",
+        "--root",
+        again.to_str().unwrap(),
+        "--image",
+        image_arg,
+        "--size",
+        "300M",
+    ])
+    .code_is(2)
+    .stderr();
+    assert!(err.contains("chain.img"), "{err}");
+    fschain(&["verify", "--root", mnt_arg]).ok();
+}

@@ -8,17 +8,17 @@ use fschain_store::StoreError;
 pub enum ConsumerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error("bad site name {name:?}: use letters, digits, . _ -")]
     BadSiteName { name: String },
     #[error("{} belongs to site {site}", root.display())]
     OtherSite { root: PathBuf, site: String },
-    #[error("{chain} block {height}: btrfs receive failed: {source}")]
+    #[error("{chain} block {height}: btrfs receive failed: {error}")]
     Receive {
         chain: String,
         height: u64,
-        source: Box<StoreError>,
+        error: Box<StoreError>,
     },
     #[error("{chain} block {height}: the received snapshot does not verify: {}", problems.join("; "))]
     Unverified {

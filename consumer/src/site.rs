@@ -346,7 +346,7 @@ impl SiteChain {
             return Err(ConsumerError::Receive {
                 chain: self.chain.to_string(),
                 height,
-                source: Box::new(e),
+                error: Box::new(e),
             });
         }
         let received = started.elapsed();

@@ -8,7 +8,7 @@ use fschain_store::StoreError;
 pub enum IndexError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error("the index at {} was built with embedders [{}] but this command uses [{}]; run `fschain reindex --root {}`", path.display(), built.join(", "), configured.join(", "), root.display())]
     EmbedderMismatch {

@@ -6,10 +6,10 @@ use fschain_store::StoreError;
 pub enum ProducerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Schema(#[from] SchemaError),
-    #[error("line {line}: {source}")]
-    BadLine { line: u64, source: SchemaError },
+    #[error("line {line}: {error}")]
+    BadLine { line: u64, error: SchemaError },
     #[error("a previous seal failed part-way; reopen the root to recover it")]
     Poisoned,
     #[error("{what} failed: {message}")]

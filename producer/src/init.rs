@@ -72,23 +72,15 @@ pub fn init_root(
     Ok(genesis)
 }
 
-/// Creates a sparse image file of `size` bytes, formats it as btrfs and
-/// loop-mounts it at `mountpoint` (needs root).
+/// Creates an image file of `size` bytes, allocated in full (see
+/// [`btrfs::create_image`]), formats it as btrfs and loop-mounts it at
+/// `mountpoint` without discard, so that it never grows (needs root).
 pub fn make_loop_filesystem(
     image: &Path,
     size: u64,
     mountpoint: &Path,
 ) -> Result<(), ProducerError> {
-    if image.exists() {
-        return Err(StoreError::io(
-            image,
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "image file exists"),
-        )
-        .into());
-    }
-    let file = std::fs::File::create(image).at(image)?;
-    file.set_len(size).at(image)?;
-    drop(file);
+    btrfs::create_image(image, size)?;
     run(
         Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(image),
         "mkfs.btrfs",
@@ -97,7 +89,7 @@ pub fn make_loop_filesystem(
     run(
         Command::new("mount")
             .arg("-o")
-            .arg("loop")
+            .arg("loop,nodiscard")
             .arg(image)
             .arg(mountpoint),
         "mount -o loop",

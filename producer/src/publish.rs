@@ -399,7 +399,7 @@ pub fn submit_operations(
             continue;
         }
         fschain_schema::Operation::from_json(line)
-            .map_err(|source| ProducerError::BadLine { line: n, source })?;
+            .map_err(|error| ProducerError::BadLine { line: n, error })?;
         lines.push(line.to_owned());
     }
     let topic = publisher.topics().ops.clone();

@@ -93,7 +93,7 @@ impl StateIndex {
         }
         out.into_inner().map_err(|e| StoreError::Io {
             path: tmp.clone(),
-            source: e.into_error(),
+            error: e.into_error(),
         })?;
         std::fs::rename(&tmp, path).at(path)
     }

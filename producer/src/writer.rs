@@ -396,7 +396,7 @@ fn write_state_files(writes: &[(std::path::PathBuf, Option<&[u8]>)]) -> Result<(
                 None => match std::fs::remove_file(path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
                         path: path.clone(),
-                        source: e,
+                        error: e,
                     }),
                     _ => Ok(()),
                 },

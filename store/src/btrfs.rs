@@ -46,6 +46,31 @@ struct VolArgsV2 {
 const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 
+/// Creates the image file of a loop-mounted filesystem, `size` bytes
+/// allocated in full: a sparse image on a host disk that fills up makes the
+/// loop device fail writes, and btrfs then aborts with EIO and turns
+/// read-only, so a host without room is refused here instead. Never
+/// overwrites an existing file.
+pub fn create_image(image: &Path, size: u64) -> Result<(), StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(image)
+        .map_err(|e| StoreError::io(image, e))?;
+    if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        drop(file);
+        let _ = std::fs::remove_file(image);
+        return Err(StoreError::io(
+            image,
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot allocate {size} bytes for the image: {e}"),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` (which must exist) lies on a btrfs filesystem.
 pub fn is_btrfs(path: &Path) -> Result<bool, StoreError> {
     let c = cstring(path)?;
@@ -200,7 +225,7 @@ fn check(rc: libc::c_int, op: &'static str, path: &Path) -> Result<(), StoreErro
         Err(StoreError::Btrfs {
             op,
             path: path.to_owned(),
-            source: io::Error::last_os_error(),
+            error: io::Error::last_os_error(),
         })
     }
 }

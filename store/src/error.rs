@@ -6,13 +6,13 @@ use fschain_schema::SchemaError;
 /// What can go wrong reading or writing a chain on disk.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("btrfs {op} failed for {}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("btrfs {op} failed for {}: {error}", path.display())]
     Btrfs {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{} is not on btrfs; fschain keeps each block as a btrfs snapshot. Mount a btrfs filesystem there, or run `fschain init --root DIR --image FILE --size 2G` as root to create and loop-mount one", path.display())]
     NotBtrfs { path: PathBuf },
@@ -22,8 +22,8 @@ pub enum StoreError {
     AlreadyARoot { path: PathBuf, chain: String },
     #[error("{} is in use by another fschain command", path.display())]
     Locked { path: PathBuf },
-    #[error("{}: {source}", place)]
-    Schema { place: String, source: SchemaError },
+    #[error("{}: {error}", place)]
+    Schema { place: String, error: SchemaError },
     #[error("{}: {why}", path.display())]
     Corrupt { path: PathBuf, why: String },
     #[error("no state file for {element} at block {height}")]
@@ -35,17 +35,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn io(path: &Path, source: io::Error) -> Self {
+    pub fn io(path: &Path, error: io::Error) -> Self {
         StoreError::Io {
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 
-    pub fn schema(place: impl Into<String>, source: SchemaError) -> Self {
+    pub fn schema(place: impl Into<String>, error: SchemaError) -> Self {
         StoreError::Schema {
             place: place.into(),
-            source,
+            error,
         }
     }
 
@@ -55,14 +55,14 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Locked { .. } => true,
-            StoreError::Io { source, .. } | StoreError::Btrfs { source, .. } => {
+            StoreError::Io { error, .. } | StoreError::Btrfs { error, .. } => {
                 matches!(
-                    source.kind(),
+                    error.kind(),
                     io::ErrorKind::Interrupted
                         | io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                 ) || matches!(
-                    source.raw_os_error(),
+                    error.raw_os_error(),
                     Some(libc::EAGAIN | libc::EBUSY | libc::ENOSPC | libc::ENOMEM)
                 )
             }
@@ -79,5 +79,23 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: &Path) -> Result<T, StoreError> {
         self.map_err(|e| StoreError::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary prints an error with its whole chain of causes; a cause
+    /// that the message already names must not be printed a second time.
+    #[test]
+    fn the_cause_is_named_once() {
+        let err = StoreError::io(Path::new("/x/y"), io::Error::from_raw_os_error(libc::EIO));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/x/y: ") && text.contains("os error 5"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
     }
 }
