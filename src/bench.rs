@@ -36,6 +36,20 @@ pub fn run(dir: &Path, quick: bool, brokers: Option<&str>, parts: Parts) -> Resu
             dir.display()
         );
     }
+    // What the largest sections keep on disk at once: the large change's
+    // layer, its spooled stream, the site's spool and received copy, and
+    // the raw send | receive copy (200 MB of state quick, 2 GB in full).
+    let needed: u64 = if quick { 3 << 30 } else { 16 << 30 };
+    let free = btrfs::available_bytes(dir)?;
+    if free < needed {
+        bail!(
+            "{} has {:.1} GiB free; the benchmark needs about {} GiB{}",
+            dir.display(),
+            free as f64 / f64::from(1 << 30),
+            needed >> 30,
+            if quick { "" } else { " (--quick needs 3)" }
+        );
+    }
     if parts.local {
         run_local(dir, quick)?;
     }

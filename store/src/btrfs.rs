@@ -46,6 +46,13 @@ struct VolArgsV2 {
 const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 
+/// Bytes an unprivileged writer can still put on the filesystem holding
+/// `path` (`statvfs`'s available blocks).
+pub fn available_bytes(path: &Path) -> Result<u64, StoreError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| StoreError::io(path, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Creates the image file of a loop-mounted filesystem, `size` bytes
 /// allocated in full: a sparse image on a host disk that fills up makes the
 /// loop device fail writes, and btrfs then aborts with EIO and turns
