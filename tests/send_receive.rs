@@ -71,3 +71,54 @@ fn full_and_incremental_streams_land_under_the_staging_name() {
     // Garbage is refused before btrfs receive runs.
     assert!(btrfs::receive(&dst, "x", &mut &b"definitely not a stream, no"[..]).is_err());
 }
+
+/// A producer that stopped mid-publish finds its spooled stream in the
+/// outbox. The spool is not synced, so a power loss can leave it cut short
+/// or garbled: it is republished only if its bytes still hash to the signed
+/// manifest, and made again otherwise.
+#[test]
+fn a_spooled_stream_is_reused_only_while_it_matches_its_manifest() {
+    use fschain_producer::outbox::{prepare_block, snapshot_header, StreamPolicy};
+    use fschain_schema::{Digest, StreamHash};
+    use fschain_store::layout::RootLayout;
+
+    let Some(s) = common::scratch("outbox-reuse") else {
+        return;
+    };
+    let root = common::root_with_sample(&s, 300, 100);
+    let layout = RootLayout::new(&root);
+    let key = fschain_producer::load_signing_key(&layout).unwrap();
+    let outbox = s.dir.join("outbox");
+    let policy = StreamPolicy::default();
+    let prepare = || {
+        let header = snapshot_header(&layout, 2).unwrap();
+        prepare_block(&layout, header, Some(1), &outbox, &policy, &key).unwrap()
+    };
+    let spooled = |block: &fschain_producer::outbox::OutgoingBlock| {
+        let mut bytes = Vec::new();
+        block.copy_stream(&mut bytes).unwrap();
+        bytes
+    };
+    let first = prepare();
+    let bytes = spooled(&first);
+    assert_eq!(StreamHash(Digest::of(&bytes)), first.manifest.stream.sha256);
+    let stream_file = outbox.join("0000000002.zst");
+
+    // Intact: the very same manifest and bytes again.
+    let again = prepare();
+    assert_eq!(again.manifest, first.manifest);
+    assert_eq!(spooled(&again), bytes);
+
+    // Garbled, then cut short: made again, and what is spooled is what the
+    // manifest signs.
+    let mut garbled = bytes.clone();
+    garbled[bytes.len() / 2] ^= 1;
+    for broken in [garbled, bytes[..bytes.len() / 2].to_vec()] {
+        std::fs::write(&stream_file, &broken).unwrap();
+        let remade = prepare();
+        let now = spooled(&remade);
+        assert_ne!(now, broken);
+        assert_eq!(StreamHash(Digest::of(&now)), remade.manifest.stream.sha256);
+        assert_eq!(now.len() as u64, remade.manifest.stream.bytes);
+    }
+}
