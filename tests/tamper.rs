@@ -243,3 +243,69 @@ fn removed_inserted_and_reordered_events_are_caught() {
     }
     assert_eq!(verify_json(&root).0, 0);
 }
+
+/// A site checks what it receives with `verify`'s checks: a block whose
+/// snapshot was changed on the producer after it was sealed (so its signed
+/// header no longer matches its files) is refused at import, and the site
+/// keeps the blocks it had, with no staging left behind.
+#[test]
+fn a_site_refuses_a_signed_block_whose_files_do_not_match_its_header() {
+    let Some(s) = scratch("received") else { return };
+    let root = root_with_sample(&s, 40, 10);
+    let key = s.dir.join("key.pub");
+    let public = fschain(&["key", "show", "--root", &root]).ok().stdout();
+    std::fs::write(&key, public).unwrap();
+    let site = s.dir.join("site").display().to_string();
+    let import = |stream: &[u8]| {
+        common::fschain_with_input(
+            &[
+                "import",
+                "--site",
+                "s",
+                "--root",
+                &site,
+                "--trust",
+                key.to_str().unwrap(),
+                "-",
+            ],
+            Some(stream),
+        )
+    };
+    let first = fschain(&["export", "--root", &root, "--to", "3"]).ok();
+    import(&first.output.stdout).ok();
+
+    // A state file of block 4, changed after the block was sealed.
+    let block = s.root().join("blocks/0000000004");
+    let mut states = Vec::new();
+    files_under(&block.join("states"), &mut states);
+    states.sort();
+    let victim = states[states.len() / 2].clone();
+    tamper(&block, || {
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        std::fs::write(&victim, bytes).unwrap();
+    });
+    let second = fschain(&["export", "--root", &root, "--from", "3", "--to", "4"]).ok();
+    let refused = import(&second.output.stdout);
+    let err = refused.stderr();
+    assert_ne!(refused.code(), 0, "{err}");
+    assert!(err.contains("does not verify"), "{err}");
+    assert!(
+        err.contains("state root") && err.contains("state of "),
+        "{err}"
+    );
+    assert!(err.contains("block 4"), "{err}");
+
+    let copy = Path::new(&site).join("host1");
+    let mut held: Vec<String> = std::fs::read_dir(copy.join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        ["0000000000", "0000000001", "0000000002", "0000000003"]
+    );
+    fschain(&["verify", "--root", copy.to_str().unwrap()]).ok();
+}

@@ -350,32 +350,22 @@ impl SiteChain {
             });
         }
         let received = started.elapsed();
-        // 3. Verify the received snapshot against the signed header, while
-        // another thread writes it out (`syncfs`): `btrfs receive` writes
-        // through the page cache, and the transaction its last ioctl
-        // commits does not carry that data, so after a power loss a block
-        // already in place could come back with empty files, read-only and
-        // with its received UUID, and be taken as held. It must be on disk
-        // before it is renamed into place and its offset committed.
+        // 3. Verify the received snapshot against the signed header.
+        let problems = verify_received(
+            &self.layout,
+            &ChainDir::new(&staging),
+            &ready.header,
+            &mut self.verified,
+        )?;
+        // Written out before it is renamed into place and its offset
+        // committed: `btrfs receive` writes through the page cache, and the
+        // transaction its last ioctl commits does not carry that data, so
+        // after a power loss a block in place could come back with empty
+        // files, read-only and with its received UUID, and be taken as
+        // held. (The verification synced already, to read the btrfs tree;
+        // this one finds little or nothing left to write.)
         let blocks = self.layout.blocks_dir();
-        let (problems, synced) = std::thread::scope(|scope| {
-            let sync = scope.spawn(|| btrfs::sync_filesystem(&blocks));
-            let problems = verify_received(
-                &self.layout,
-                &ChainDir::new(&staging),
-                &ready.header,
-                &mut self.verified,
-            );
-            let synced = sync.join().unwrap_or_else(|_| {
-                Err(StoreError::io(
-                    &blocks,
-                    io::Error::other("syncfs thread panicked"),
-                ))
-            });
-            (problems, synced)
-        });
-        let problems = problems?;
-        synced?;
+        btrfs::sync_filesystem(&blocks)?;
         if !problems.is_empty() {
             self.remove_staging(&staging);
             return Err(ConsumerError::Unverified {
