@@ -357,6 +357,14 @@ impl SiteChain {
             &ready.header,
             &mut self.verified,
         )?;
+        if !problems.is_empty() {
+            self.remove_staging(&staging);
+            return Err(ConsumerError::Unverified {
+                chain: self.chain.to_string(),
+                height,
+                problems: problems.iter().map(ToString::to_string).collect(),
+            });
+        }
         // Written out before it is renamed into place and its offset
         // committed: `btrfs receive` writes through the page cache, and the
         // transaction its last ioctl commits does not carry that data, so
@@ -366,14 +374,6 @@ impl SiteChain {
         // this one finds little or nothing left to write.)
         let blocks = self.layout.blocks_dir();
         btrfs::sync_filesystem(&blocks)?;
-        if !problems.is_empty() {
-            self.remove_staging(&staging);
-            return Err(ConsumerError::Unverified {
-                chain: self.chain.to_string(),
-                height,
-                problems: problems.iter().map(ToString::to_string).collect(),
-            });
-        }
         // 4. Keep the signed manifest (search proofs show it), then into
         // place. The first block a copy holds is its base.
         let manifests = self.layout.manifests_dir();

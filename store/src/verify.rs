@@ -143,15 +143,7 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         });
     }
     let head_dir = &copies[0].dir;
-    // State files are read from the btrfs trees, which hold what was
-    // written only once it is flushed; without that, read them one by one.
-    let from_tree = match btrfs::sync_filesystem(layout.root()) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "syncfs failed; reading state files one by one");
-            false
-        }
-    };
+    let from_tree = flushed_for_tree_reads(layout.root());
 
     // 1. The head's logs in full, and every copy's files, side by side.
     let jobs: Vec<Option<&Copy>> = std::iter::once(None)
@@ -556,8 +548,8 @@ impl VerifiedLogs {
 /// replayed logs of that previous block, from where they ended; its state
 /// files must hash to the header's state root; it must be read-only.
 /// Flushes the filesystem (`syncfs`) to read the state files from the
-/// btrfs tree. Returns the problems found. On success `verified` holds this block's
-/// replayed logs; otherwise it is emptied.
+/// btrfs tree. Returns the problems found. On success `verified` holds this
+/// block's replayed logs; otherwise it is emptied.
 pub fn verify_received(
     layout: &RootLayout,
     dir: &ChainDir,
@@ -590,21 +582,11 @@ pub fn verify_received(
             Some(v) => resume_logs(v.checker, &p, previous.as_ref().map(|(_, d)| d), dir),
             None => copy_log_checker(&p, &meta.chain, dir),
         },
-        // State files from the btrfs tree, as `verify` reads them, once
-        // `syncfs` has put what `btrfs receive` wrote into the trees: one
-        // tree search instead of opening every state file, which took
-        // seconds a block at 100,000 elements. The sync is also what makes
-        // the block durable. Without it, the files are read one by one.
-        || {
-            let from_tree = match btrfs::sync_filesystem(dir.path()) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::debug!(error = %e, "syncfs failed; reading state files one by one");
-                    false
-                }
-            };
-            scan_copy(&copy, &meta, from_tree)
-        },
+        // State files from the btrfs tree, as `verify` reads them: one tree
+        // search instead of opening every state file, which took seconds a
+        // block at 100,000 elements. The sync is also what makes the block
+        // durable.
+        || scan_copy(&copy, &meta, flushed_for_tree_reads(dir.path())),
     );
     let checker = match outcome {
         Ok(checker) => checker,
@@ -687,6 +669,19 @@ fn resume_logs(
 }
 
 /// Runs `a` on another thread while `b` runs on this one.
+/// Flushes the filesystem holding `path` so that its btrfs trees hold what
+/// was written, and says whether state files can be read from them; when
+/// the flush fails they are read one by one.
+fn flushed_for_tree_reads(path: &std::path::Path) -> bool {
+    match btrfs::sync_filesystem(path) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "syncfs failed; reading state files one by one");
+            false
+        }
+    }
+}
+
 fn side_by_side<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
     std::thread::scope(|s| {
         let other = s.spawn(a);
