@@ -261,6 +261,54 @@ fn spawn(args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// A chunk whose bytes match its own hash but are not the producer's (a
+/// forged chunk at a genuine chunk's place, ahead of it on the topic) is
+/// refused on arrival, before anything of it reaches `btrfs receive`: the
+/// genuine chunk after it is fed instead, and the site ends equal to the
+/// producer. Were the forged bytes fed, the genuine chunk would be a
+/// duplicate and the block could never be received.
+#[test]
+fn a_chunk_not_under_the_signed_chunk_tree_never_reaches_receive() {
+    use fschain_schema::wire::{decode_frame, Frame};
+    use fschain_schema::{ChunkHash, Digest};
+    let Some(t) = Setup::new("forged") else {
+        return;
+    };
+    t.apply(&sample_ops(40), 40);
+    let export = t.export_small_chunks();
+    let frames = split_frames(&std::fs::read(&export).unwrap());
+    let key = b"host1".to_vec();
+    let mut messages = Vec::new();
+    let mut forged = 0;
+    for f in &frames {
+        if let Ok(Frame::Chunk(chunk)) = decode_frame(f) {
+            if chunk.meta.index == 1 {
+                let mut fake = chunk.clone();
+                for b in &mut fake.data {
+                    *b = b.wrapping_add(1);
+                }
+                fake.meta.sha256 = ChunkHash(Digest::of(&fake.data));
+                fake.check().unwrap();
+                messages.push((key.clone(), fake.to_frame().unwrap()));
+                forged += 1;
+            }
+        }
+        messages.push((key.clone(), f.clone()));
+    }
+    assert!(forged > 0, "no block of more than one chunk to forge in");
+    produce_raw(&t.brokers, &format!("{}.blocks", t.prefix), &messages);
+    let run = t.consume("east").ok();
+    assert_eq!(
+        run.stderr()
+            .matches("not part of its signed stream")
+            .count(),
+        forged,
+        "{}",
+        run.stderr()
+    );
+    t.assert_same_as_producer("east");
+}
+
 #[test]
 fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes() {
     let Some(t) = Setup::new("crash") else { return };
@@ -283,15 +331,14 @@ fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes
         &t.pubkey,
         export.to_str().unwrap(),
     ]);
-    let spool = Path::new(&copy).join("meta/spool");
+    // Chunks go to `btrfs receive` as they come: mid-way is a staging
+    // subvolume being received.
     common::wait_for(
         "the last block to be mid-way",
         Duration::from_secs(60),
         || {
             Path::new(&copy).join("blocks/0000000003").exists()
-                && std::fs::read_dir(&spool)
-                    .map(|d| d.count() > 0)
-                    .unwrap_or(false)
+                && !staging_entries(&copy).is_empty()
         },
     );
     import.kill().unwrap();
@@ -344,11 +391,7 @@ fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes
     common::wait_for(
         "the new block to be mid-way",
         Duration::from_secs(120),
-        || {
-            std::fs::read_dir(&spool)
-                .map(|d| d.count() > 0)
-                .unwrap_or(false)
-        },
+        || !staging_entries(&copy).is_empty(),
     );
     site.kill().unwrap();
     site.wait().unwrap();

@@ -1,11 +1,20 @@
 //! Chunk reassembly as a plain state machine: no IO, no clock.
 //!
-//! The caller feeds it the frames it reads for one chain (already decoded,
-//! chunk bytes already checked against their own hash, manifests already
-//! verified against the trusted keys) and does what it answers: spool a
-//! chunk's bytes, drop a frame, or apply a block that is now complete. The
-//! assembler tolerates duplicates, retries and any order; a stream is only
-//! ever handed out once its manifest and every one of its chunks are in.
+//! The caller feeds it the frames it reads for one chain (already decoded;
+//! chunks already checked against their own hash and, when their manifest
+//! is known, authenticated under its signed chunk tree; manifests already
+//! verified against the trusted keys) and does what it answers.
+//!
+//! One stream at a time is *open*: the next block's, once its manifest is
+//! in. Its chunks are fed to `btrfs receive` as they come, in order
+//! ([`Verdict::Pipe`]); any other chunk is spooled ([`Verdict::Spool`]) and
+//! handed out when its turn comes ([`ChunkAssembler::take_spooled`]). A
+//! stream is complete when every chunk of it went in; the caller then
+//! checks the received block and reports it [`applied`] or [`discard`]s it.
+//! The assembler tolerates duplicates, retries and any order.
+//!
+//! [`applied`]: ChunkAssembler::applied
+//! [`discard`]: ChunkAssembler::discard
 
 use std::collections::BTreeMap;
 
@@ -24,8 +33,11 @@ pub struct StreamKey {
 /// What the caller must do with a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Keep this chunk's bytes (spool them under `key` and the index).
+    /// Keep this chunk's frame (spool it under `key` and the index).
     Spool { key: StreamKey, index: u32 },
+    /// Chunk `index` of the open stream, next in line: feed it to the
+    /// receive now.
+    Pipe { key: StreamKey, index: u32 },
     /// Nothing to keep: a duplicate, or a block the site already holds.
     Drop { why: DropReason },
     /// Frame contradicts what is known of its stream; log it, keep nothing.
@@ -56,14 +68,20 @@ impl Pending {
     }
 }
 
-/// A stream ready to apply: every chunk is spooled and the manifest is
-/// verified. Its chunks still have to be hashed together against
-/// `manifest.stream.sha256` before anything reaches `btrfs receive`.
+/// A stream whose manifest is verified: the one to open, or the open one
+/// once all of it went in.
 #[derive(Debug, Clone)]
 pub struct ReadyBlock {
     pub key: StreamKey,
     pub manifest: BlockManifest,
     pub header: BlockHeader,
+}
+
+/// The stream being received, and the index of its next chunk.
+#[derive(Debug, Clone, Copy)]
+struct OpenStream {
+    key: StreamKey,
+    next: u32,
 }
 
 /// Reassembles the blocks of one chain.
@@ -74,6 +92,10 @@ pub struct ChunkAssembler {
     /// Heights below this are ignored (a replay that starts at a checkpoint).
     floor: u64,
     pending: BTreeMap<StreamKey, Pending>,
+    open: Option<OpenStream>,
+    /// Open streams given up (another stream of their height took their
+    /// place) that the caller has not been told of yet.
+    aborted: Vec<StreamKey>,
     /// Offset after the last frame seen.
     next_offset: i64,
 }
@@ -82,9 +104,7 @@ impl ChunkAssembler {
     pub fn new(held: Option<u64>) -> Self {
         ChunkAssembler {
             held,
-            floor: 0,
-            pending: BTreeMap::new(),
-            next_offset: 0,
+            ..ChunkAssembler::default()
         }
     }
 
@@ -161,10 +181,22 @@ impl ChunkAssembler {
         }
         p.first_offset = p.first_offset.min(offset);
         p.manifest = Some((manifest, header));
+        // A new stream of the height being received: on a partition, in
+        // order, that is a producer that died mid-stream and made the block
+        // again, so the open one will never be finished. Its piped chunks
+        // are gone with it.
+        if let Some(open) = self.open {
+            if open.key.height == key.height && open.key != key {
+                self.pending.remove(&open.key);
+                self.open = None;
+                self.aborted.push(open.key);
+            }
+        }
         Verdict::Noted
     }
 
-    /// A chunk whose bytes match its own hash.
+    /// A chunk whose bytes match its own hash (and its manifest's chunk
+    /// tree, when the manifest is known).
     pub fn chunk(&mut self, meta: &ChunkMeta, offset: i64) -> Verdict {
         self.note_offset(offset);
         if self.is_held(meta.height) {
@@ -199,44 +231,115 @@ impl ChunkAssembler {
         *slot = true;
         p.have_count += 1;
         p.first_offset = p.first_offset.min(offset);
-        Verdict::Spool {
-            key,
-            index: meta.index,
+        match &mut self.open {
+            Some(open) if open.key == key && open.next == meta.index => {
+                open.next += 1;
+                Verdict::Pipe {
+                    key,
+                    index: meta.index,
+                }
+            }
+            _ => Verdict::Spool {
+                key,
+                index: meta.index,
+            },
         }
     }
 
-    /// The block to apply next, if one is complete: the one right after the
-    /// held height, incremental against it or a full stream; with nothing
-    /// held, the first complete full stream.
-    pub fn next_ready(&self) -> Option<ReadyBlock> {
-        self.pending.iter().find_map(|(key, p)| {
-            let fits = match self.held {
-                Some(h) => key.height == h + 1 && (p.parent.is_none() || p.parent == Some(h)),
-                None => p.parent.is_none(),
-            };
-            (fits && p.complete()).then(|| {
-                let (manifest, header) = p.manifest.clone()?;
-                Some(ReadyBlock {
-                    key: *key,
-                    manifest,
-                    header,
-                })
-            })?
+    /// The manifest of a stream, once it is in.
+    pub fn manifest_of(&self, key: &StreamKey) -> Option<&BlockManifest> {
+        self.pending
+            .get(key)
+            .and_then(|p| p.manifest.as_ref().map(|(m, _)| m))
+    }
+
+    /// The stream to open next, when none is open: one of the height right
+    /// after the held one, incremental against it or a full stream (with
+    /// nothing held, the first full stream), whose manifest is in. A
+    /// complete one is preferred.
+    pub fn next_to_open(&self) -> Option<ReadyBlock> {
+        if self.open.is_some() {
+            return None;
+        }
+        let fits = |key: &StreamKey, p: &Pending| {
+            p.manifest.is_some()
+                && match self.held {
+                    Some(h) => key.height == h + 1 && (p.parent.is_none() || p.parent == Some(h)),
+                    None => p.parent.is_none() && key.height >= self.floor,
+                }
+        };
+        let candidates = || self.pending.iter().filter(|(k, p)| fits(k, p));
+        let (key, p) = candidates()
+            .find(|(_, p)| p.complete())
+            .or_else(|| candidates().next())?;
+        let (manifest, header) = p.manifest.clone()?;
+        Some(ReadyBlock {
+            key: *key,
+            manifest,
+            header,
         })
+    }
+
+    /// The caller started receiving `key` (from [`Self::next_to_open`]).
+    pub fn opened(&mut self, key: StreamKey) {
+        self.open = Some(OpenStream { key, next: 0 });
+    }
+
+    /// The stream being received.
+    pub fn open_stream(&self) -> Option<StreamKey> {
+        self.open.map(|o| o.key)
+    }
+
+    /// The open stream's next chunk, when it was spooled: the caller feeds
+    /// it to the receive now.
+    pub fn take_spooled(&mut self) -> Option<(StreamKey, u32)> {
+        let open = self.open.as_mut()?;
+        let p = self.pending.get(&open.key)?;
+        let index = open.next;
+        if index < p.count && p.have[index as usize] {
+            open.next += 1;
+            Some((open.key, index))
+        } else {
+            None
+        }
+    }
+
+    /// The open stream, once every chunk of it went in.
+    pub fn open_complete(&self) -> Option<ReadyBlock> {
+        let open = self.open?;
+        let p = self.pending.get(&open.key)?;
+        let (manifest, header) = p.manifest.clone()?;
+        (open.next == p.count).then_some(ReadyBlock {
+            key: open.key,
+            manifest,
+            header,
+        })
+    }
+
+    /// Open streams given up since the last call: the caller stops their
+    /// receives and drops what they spooled.
+    pub fn take_aborted(&mut self) -> Vec<StreamKey> {
+        std::mem::take(&mut self.aborted)
     }
 
     /// The caller applied `height` (it is now in the site's chain). Returns
     /// the streams whose spooled chunks can be deleted.
     pub fn applied(&mut self, height: u64) -> Vec<StreamKey> {
         self.held = Some(self.held.map_or(height, |h| h.max(height)));
+        if self.open.is_some_and(|o| self.is_held(o.key.height)) {
+            self.open = None;
+        }
         self.forget_held()
     }
 
-    /// The caller found the stream under `key` bad (its chunks do not hash
-    /// to the manifest's stream hash, or receive failed): forget it, so a
-    /// republished copy can take its place.
+    /// The caller found the stream under `key` bad (a chunk that does not
+    /// authenticate, receive failed, the received block does not verify):
+    /// forget it, so a republished copy can take its place.
     pub fn discard(&mut self, key: &StreamKey) {
         self.pending.remove(key);
+        if self.open.is_some_and(|o| o.key == *key) {
+            self.open = None;
+        }
     }
 
     fn forget_held(&mut self) -> Vec<StreamKey> {
@@ -289,7 +392,7 @@ impl ChunkAssembler {
 mod tests {
     use super::*;
     use fschain_schema::wire::{Chunk, SigningKey, StreamInfo};
-    use fschain_schema::{Digest, HeaderDraft, Timestamp};
+    use fschain_schema::{HeaderDraft, Timestamp};
     use proptest::prelude::*;
 
     fn block(
@@ -308,19 +411,13 @@ mod tests {
             .map(|i| vec![salt, i as u8, height as u8])
             .collect();
         let whole: Vec<u8> = data.concat();
-        let stream = StreamInfo {
-            sha256: StreamHash(Digest::of(&whole)),
-            bytes: whole.len() as u64,
-            chunks,
-            chunk_size: 3,
-            compression: "zstd".into(),
-        };
+        let (stream, tree) = StreamInfo::of_bytes(&whole, 3);
         let m =
             BlockManifest::sign(&header, parent, stream, &SigningKey::from_seed([1; 32])).unwrap();
         let chunks = data
             .into_iter()
             .enumerate()
-            .map(|(i, d)| Chunk::new(&m, i as u32, d))
+            .map(|(i, d)| Chunk::new(&m, &tree, i as u32, d))
             .collect();
         (m, chunks)
     }
@@ -331,12 +428,62 @@ mod tests {
         Chunk(Chunk),
     }
 
-    /// Feeds `msgs` in order, applying blocks as they become ready, and
-    /// returns the heights applied and the chunks spooled per stream.
+    /// A site in miniature: what it spooled, what each receive was fed.
+    #[derive(Default)]
+    struct Harness {
+        spooled: BTreeMap<StreamKey, Vec<u32>>,
+        fed: BTreeMap<StreamKey, Vec<u32>>,
+        applied: Vec<u64>,
+    }
+
+    impl Harness {
+        fn feed(&mut self, a: &ChunkAssembler, key: StreamKey, index: u32) {
+            assert_eq!(a.open_stream(), Some(key), "fed a stream that is not open");
+            let fed = self.fed.entry(key).or_default();
+            assert_eq!(fed.len() as u32, index, "fed out of order");
+            fed.push(index);
+        }
+
+        /// Opens, feeds from the spool and applies what the assembler says.
+        fn drive(&mut self, a: &mut ChunkAssembler) {
+            loop {
+                for key in a.take_aborted() {
+                    self.fed.remove(&key);
+                }
+                if a.open_stream().is_none() {
+                    let Some(ready) = a.next_to_open() else {
+                        return;
+                    };
+                    a.opened(ready.key);
+                    self.fed.insert(ready.key, Vec::new());
+                }
+                while let Some((key, index)) = a.take_spooled() {
+                    assert!(
+                        self.spooled.get(&key).is_some_and(|l| l.contains(&index)),
+                        "handed out a chunk never spooled"
+                    );
+                    self.feed(a, key, index);
+                }
+                let Some(ready) = a.open_complete() else {
+                    return;
+                };
+                let fed = self.fed.remove(&ready.key).unwrap_or_default();
+                assert_eq!(
+                    fed,
+                    (0..ready.manifest.stream.chunks).collect::<Vec<_>>(),
+                    "applied a stream not fed whole and in order"
+                );
+                self.applied.push(ready.key.height);
+                a.applied(ready.key.height);
+            }
+        }
+    }
+
+    /// Feeds `msgs` in order, opening, feeding and applying blocks as the
+    /// assembler says, and returns the heights applied.
     fn run(held: Option<u64>, msgs: &[Msg]) -> (Vec<u64>, ChunkAssembler) {
         let mut a = ChunkAssembler::new(held);
-        let mut applied = Vec::new();
-        let mut spooled: BTreeMap<StreamKey, Vec<u32>> = BTreeMap::new();
+        let mut h = Harness::default();
         for (offset, msg) in msgs.iter().enumerate() {
             let verdict = match msg {
                 Msg::Manifest(m) => {
@@ -345,22 +492,18 @@ mod tests {
                 }
                 Msg::Chunk(c) => a.chunk(&c.meta, offset as i64),
             };
-            if let Verdict::Spool { key, index } = verdict {
-                let list = spooled.entry(key).or_default();
-                assert!(!list.contains(&index), "chunk spooled twice");
-                list.push(index);
+            match verdict {
+                Verdict::Spool { key, index } => {
+                    let list = h.spooled.entry(key).or_default();
+                    assert!(!list.contains(&index), "chunk spooled twice");
+                    list.push(index);
+                }
+                Verdict::Pipe { key, index } => h.feed(&a, key, index),
+                _ => {}
             }
-            while let Some(ready) = a.next_ready() {
-                let got = spooled.get(&ready.key).map_or(0, |l| l.len());
-                assert_eq!(
-                    got as u32, ready.manifest.stream.chunks,
-                    "handed out incomplete"
-                );
-                applied.push(ready.key.height);
-                a.applied(ready.key.height);
-            }
+            h.drive(&mut a);
         }
-        (applied, a)
+        (h.applied, a)
     }
 
     fn messages(blocks: &[(BlockManifest, Vec<Chunk>)]) -> Vec<Msg> {
@@ -441,16 +584,88 @@ mod tests {
         let (good, good_chunks) = block(5, Some(4), 1, 2);
         let hb = bad.block_header().unwrap();
         a.manifest(bad, hb, 2);
-        a.chunk(&bad_chunks[0].meta, 3);
-        let ready = a.next_ready().unwrap();
+        let ready = a.next_to_open().unwrap();
+        a.opened(ready.key);
+        assert!(matches!(
+            a.chunk(&bad_chunks[0].meta, 3),
+            Verdict::Pipe { index: 0, .. }
+        ));
+        // The received block did not verify.
+        assert_eq!(a.open_complete().unwrap().key, ready.key);
         a.discard(&ready.key);
-        assert!(a.next_ready().is_none());
+        assert!(a.next_to_open().is_none());
+        assert!(a.open_stream().is_none());
         let hg = good.block_header().unwrap();
         a.manifest(good.clone(), hg, 4);
-        a.chunk(&good_chunks[0].meta, 5);
-        let ready = a.next_ready().unwrap();
+        let ready = a.next_to_open().unwrap();
         assert_eq!(ready.key.stream, good.stream.sha256);
+        a.opened(ready.key);
+        assert!(matches!(
+            a.chunk(&good_chunks[0].meta, 5),
+            Verdict::Pipe { index: 0, .. }
+        ));
+        assert!(a.open_complete().is_some());
         a.applied(5);
+        assert_eq!(a.commit_offset(), 6);
+        assert!(a.open_stream().is_none());
+    }
+
+    #[test]
+    fn a_new_stream_of_the_height_being_received_replaces_it() {
+        // A producer died after chunk 0 of 3 and made the block again.
+        let (first, first_chunks) = block(0, None, 3, 1);
+        let (again, again_chunks) = block(0, None, 2, 2);
+        let mut msgs = vec![
+            Msg::Manifest(first),
+            Msg::Chunk(first_chunks[0].clone()),
+            Msg::Manifest(again),
+        ];
+        msgs.extend(again_chunks.into_iter().map(Msg::Chunk));
+        let (applied, mut a) = run(None, &msgs);
+        assert_eq!(applied, vec![0]);
+        assert!(a.take_aborted().is_empty(), "the harness was told");
+        assert_eq!(a.pending_len(), 0);
+    }
+
+    #[test]
+    fn chunks_of_the_open_stream_are_fed_as_they_come_and_early_ones_later() {
+        let (m, chunks) = block(0, None, 4, 0);
+        let mut a = ChunkAssembler::new(None);
+        let h = m.block_header().unwrap();
+        // Chunk 2 comes before the manifest: spooled.
+        assert!(matches!(
+            a.chunk(&chunks[2].meta, 0),
+            Verdict::Spool { index: 2, .. }
+        ));
+        a.manifest(m, h, 1);
+        let ready = a.next_to_open().unwrap();
+        a.opened(ready.key);
+        assert_eq!(a.take_spooled(), None);
+        assert!(matches!(
+            a.chunk(&chunks[0].meta, 2),
+            Verdict::Pipe { index: 0, .. }
+        ));
+        assert_eq!(a.take_spooled(), None);
+        assert!(matches!(
+            a.chunk(&chunks[1].meta, 3),
+            Verdict::Pipe { index: 1, .. }
+        ));
+        assert_eq!(a.take_spooled(), Some((ready.key, 2)));
+        assert!(a.open_complete().is_none());
+        assert!(matches!(
+            a.chunk(&chunks[1].meta, 4),
+            Verdict::Drop {
+                why: DropReason::Duplicate
+            }
+        ));
+        assert!(matches!(
+            a.chunk(&chunks[3].meta, 5),
+            Verdict::Pipe { index: 3, .. }
+        ));
+        assert_eq!(a.open_complete().unwrap().key, ready.key);
+        // Nothing may be committed past the stream until it is applied.
+        assert_eq!(a.commit_offset(), 0);
+        a.applied(0);
         assert_eq!(a.commit_offset(), 6);
     }
 

@@ -1,8 +1,9 @@
 //! From frames to blocks: the part of a site that Kafka consumption and
 //! `fschain import` share. Each frame is decoded and checked (manifest
 //! signature, chunk hash); bad frames are logged with where they came from
-//! and skipped; each chain's [`ChunkAssembler`] says what to spool and when
-//! a block is complete; complete blocks are applied to the site's copy.
+//! and skipped; each chain's [`ChunkAssembler`] says which stream to open,
+//! which chunk to feed to its receive now and which to spool for later;
+//! a stream fed whole is checked and applied to the site's copy.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use fschain_schema::wire::{decode_frame, Frame, PublicKey};
 use fschain_schema::ChainName;
 use tracing::{debug, warn};
 
-use crate::assembler::{ChunkAssembler, Verdict};
+use crate::assembler::{ChunkAssembler, StreamKey, Verdict};
 use crate::indexer::SiteIndexer;
 use crate::site::{Site, SiteChain};
 use crate::ConsumerError;
@@ -155,20 +156,31 @@ impl Ingest {
                     return Ok(Some(chain));
                 }
             },
-            Frame::Chunk(c) => match c.check() {
-                Ok(()) => {
-                    let v = assembler.chunk(&c.meta, origin.offset);
-                    if let Verdict::Spool { key, index } = &v {
-                        site_chain.spool_chunk(key, *index, &c.data)?;
-                    }
-                    v
-                }
-                Err(e) => {
+            Frame::Chunk(c) => {
+                let key = StreamKey {
+                    height: c.meta.height,
+                    stream: c.meta.stream_sha256,
+                };
+                // Against the signed chunk tree as soon as its manifest is
+                // in; a chunk that came first is checked again when its
+                // turn comes.
+                let checked = match assembler.manifest_of(&key) {
+                    Some(manifest) => c.authenticate(manifest),
+                    None => c.check(),
+                };
+                if let Err(e) = checked {
                     self.stats.rejected += 1;
                     warn!(at = %origin, chain = %chain, height = c.meta.height, index = c.meta.index, error = %e, "rejecting a chunk");
                     return Ok(Some(chain));
                 }
-            },
+                let v = assembler.chunk(&c.meta, origin.offset);
+                match &v {
+                    Verdict::Spool { key, index } => site_chain.spool_chunk(key, *index, bytes)?,
+                    Verdict::Pipe { key, .. } => site_chain.feed(key, c.data)?,
+                    _ => {}
+                }
+                v
+            }
         };
         match verdict {
             Verdict::Drop { why } => {
@@ -179,20 +191,45 @@ impl Ingest {
                 self.stats.rejected += 1;
                 warn!(at = %origin, chain = %chain, why, "rejecting a chunk");
             }
-            Verdict::Spool { .. } | Verdict::Noted => {}
+            Verdict::Spool { .. } | Verdict::Pipe { .. } | Verdict::Noted => {}
         }
         self.drive(&chain)?;
         Ok(Some(chain))
     }
 
-    /// Applies every block of `chain` that is complete and next in line.
+    /// Does what `chain`'s assembler says: gives up streams replaced by
+    /// newer ones, opens the next stream's receive, feeds it the chunks
+    /// that were spooled, and applies every stream fed whole.
     fn drive(&mut self, chain: &ChainName) -> Result<(), ConsumerError> {
         let (site_chain, assembler) =
             chain_state(&self.site, &self.floors, &mut self.chains, chain)?;
         let mut applied = 0;
         let mut rejected = 0;
-        while let Some(ready) = assembler.next_ready() {
-            match site_chain.apply(&ready) {
+        loop {
+            for key in assembler.take_aborted() {
+                warn!(chain = %chain, height = key.height, "a new stream of the block being received replaces it");
+                site_chain.abort();
+                site_chain.drop_spool(&key);
+            }
+            if assembler.open_stream().is_none() {
+                let Some(ready) = assembler.next_to_open() else {
+                    break;
+                };
+                site_chain.open(&ready)?;
+                assembler.opened(ready.key);
+            }
+            if let Err((key, e)) = feed_spooled(site_chain, assembler)? {
+                warn!(chain = %chain, height = key.height, error = %e, "dropping a stream with a spooled chunk that is not its own; waiting for a good copy");
+                site_chain.abort();
+                assembler.discard(&key);
+                site_chain.drop_spool(&key);
+                rejected += 1;
+                continue;
+            }
+            let Some(ready) = assembler.open_complete() else {
+                break;
+            };
+            match site_chain.finish(&ready) {
                 Ok(()) => {
                     for key in assembler.applied(ready.key.height) {
                         site_chain.drop_spool(&key);
@@ -267,4 +304,29 @@ fn chain_state<'a>(
             Ok(v.insert((site_chain, assembler)))
         }
     }
+}
+
+/// Feeds the open stream the chunks that were spooled before their turn,
+/// each authenticated against the signed manifest first. The inner error
+/// names a stream whose spooled chunk is not its own.
+fn feed_spooled(
+    site_chain: &mut SiteChain,
+    assembler: &mut ChunkAssembler,
+) -> Result<Result<(), (StreamKey, ConsumerError)>, ConsumerError> {
+    while let Some((key, index)) = assembler.take_spooled() {
+        let chunk = site_chain.spooled_chunk(&key, index)?;
+        let authentic = match assembler.manifest_of(&key) {
+            Some(manifest) => chunk.authenticate(manifest).map_err(ConsumerError::Schema),
+            None => Err(ConsumerError::Schema(
+                fschain_schema::SchemaError::Malformed {
+                    why: format!("the open stream of block {} has no manifest", key.height),
+                },
+            )),
+        };
+        match authentic {
+            Ok(()) => site_chain.feed(&key, chunk.data)?,
+            Err(e) => return Ok(Err((key, e))),
+        }
+    }
+    Ok(Ok(()))
 }

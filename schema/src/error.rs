@@ -76,6 +76,13 @@ pub enum SchemaError {
         expected: crate::digest::StreamHash,
         actual: crate::digest::StreamHash,
     },
+    #[error("chunk {index} of {chain} block {height} is not part of its signed stream: {why}")]
+    ChunkNotInStream {
+        chain: String,
+        height: u64,
+        index: u32,
+        why: String,
+    },
     #[error("not an fschain frame: {why}")]
     BadFrame { why: String },
 }

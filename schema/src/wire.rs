@@ -4,25 +4,32 @@
 //!
 //! A block travels as one manifest frame followed by `count` chunk frames.
 //! The manifest is signed (ed25519) and names the block header, the SHA-256
-//! of the whole compressed stream, its length and its chunk count, so a site
-//! can check every byte before anything reaches `btrfs receive`.
-//! `docs/replication.md` gives the byte layout.
+//! of the whole compressed stream, its length, its chunk count and the
+//! RFC 6962 root over its chunks' hashes ([`ChunkTreeRoot`]). Every chunk
+//! carries its inclusion proof under that root, so a site checks each chunk
+//! against the signed manifest the moment it arrives and can feed it to
+//! `btrfs receive` at once: nothing unsigned ever reaches it, and no stream
+//! has to be held whole first. `docs/replication.md` gives the byte layout.
 
 use std::fmt;
 
 use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
-use crate::digest::{hex_decode, hex_encode, ChunkHash, StreamHash};
+use crate::digest::{hex_decode, hex_encode, ChunkHash, ChunkTreeRoot, StreamHash};
+use crate::merkle::{leaf_hash, InclusionProof, MerkleLevels};
 use crate::{jcs, BlockHeader, ChainName, Digest, SchemaError};
 
 /// First bytes of every frame.
 pub const FRAME_MAGIC: &[u8; 4] = b"FSC1";
 /// Domain separation: a manifest signature can never be mistaken for a
 /// signature over anything else.
-pub const SIGNATURE_CONTEXT: &[u8] = b"fschain block manifest v1\n";
-pub const MANIFEST_VERSION: u64 = 1;
+pub const SIGNATURE_CONTEXT: &[u8] = b"fschain block manifest v2\n";
+/// Format 2 added the chunk tree (`stream.chunks_root`, each chunk's
+/// `proof`); a format 1 manifest is refused by name.
+pub const MANIFEST_VERSION: u64 = 2;
 /// Default chunk size: 512 KiB, well under Kafka's 1 MiB default message limit.
 pub const DEFAULT_CHUNK_SIZE: u32 = 512 * 1024;
 /// A frame's metadata is small; anything larger is not ours.
@@ -134,8 +141,131 @@ pub struct StreamInfo {
     pub bytes: u64,
     pub chunks: u32,
     pub chunk_size: u32,
-    /// Always `"zstd"` in format 1.
+    /// Always `"zstd"` in format 2.
     pub compression: String,
+    /// RFC 6962 root over the chunks, each leaf the 32 bytes of a chunk's
+    /// SHA-256, in stream order.
+    pub chunks_root: ChunkTreeRoot,
+}
+
+impl StreamInfo {
+    /// Describes a stream held in memory, cut into `chunk_size` pieces, with
+    /// the tree its chunks' proofs come from (tests, golden vectors; the
+    /// producer hashes a spooled stream as it is written).
+    pub fn of_bytes(stream: &[u8], chunk_size: u32) -> (StreamInfo, ChunkTree) {
+        let mut hasher = StreamHasher::new(chunk_size);
+        hasher.update(stream);
+        hasher.finish()
+    }
+
+    /// How many bytes chunk `index` holds: `chunk_size`, but for the last.
+    pub fn chunk_len(&self, index: u32) -> u64 {
+        let start = u64::from(index) * u64::from(self.chunk_size);
+        self.bytes
+            .saturating_sub(start)
+            .min(u64::from(self.chunk_size))
+    }
+}
+
+/// Hashes a stream as it is written, the whole of it and each
+/// `chunk_size` piece, for its [`StreamInfo`] and [`ChunkTree`]. An empty
+/// stream is one empty chunk.
+#[derive(Debug)]
+pub struct StreamHasher {
+    chunk_size: u64,
+    whole: Sha256,
+    chunk: Sha256,
+    in_chunk: u64,
+    bytes: u64,
+    chunks: Vec<ChunkHash>,
+}
+
+impl StreamHasher {
+    pub fn new(chunk_size: u32) -> Self {
+        StreamHasher {
+            chunk_size: u64::from(chunk_size.max(1)),
+            whole: Sha256::new(),
+            chunk: Sha256::new(),
+            in_chunk: 0,
+            bytes: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.whole.update(data);
+        self.bytes += data.len() as u64;
+        while !data.is_empty() {
+            let room = (self.chunk_size - self.in_chunk) as usize;
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.chunk.update(now);
+            self.in_chunk += now.len() as u64;
+            if self.in_chunk == self.chunk_size {
+                let done = std::mem::take(&mut self.chunk);
+                self.chunks
+                    .push(ChunkHash(Digest::from_bytes(done.finalize().into())));
+                self.in_chunk = 0;
+            }
+            data = rest;
+        }
+    }
+
+    pub fn finish(mut self) -> (StreamInfo, ChunkTree) {
+        if self.in_chunk > 0 || self.chunks.is_empty() {
+            let last = std::mem::take(&mut self.chunk);
+            self.chunks
+                .push(ChunkHash(Digest::from_bytes(last.finalize().into())));
+        }
+        let tree = ChunkTree::from_hashes(&self.chunks);
+        let info = StreamInfo {
+            sha256: StreamHash(Digest::from_bytes(self.whole.finalize().into())),
+            bytes: self.bytes,
+            chunks: self.chunks.len() as u32,
+            chunk_size: self.chunk_size as u32,
+            compression: "zstd".into(),
+            chunks_root: tree.root(),
+        };
+        (info, tree)
+    }
+}
+
+/// The leaf of a chunk in its stream's chunk tree: SHA-256(0x00 ‖ the
+/// chunk's 32-byte SHA-256).
+pub fn chunk_leaf(hash: &ChunkHash) -> Digest {
+    leaf_hash(hash.0.as_bytes())
+}
+
+/// The RFC 6962 tree over a stream's chunk hashes: its root goes in the
+/// signed manifest, its audit paths in the chunks.
+#[derive(Clone, Debug)]
+pub struct ChunkTree(MerkleLevels);
+
+impl ChunkTree {
+    pub fn from_hashes(hashes: &[ChunkHash]) -> Self {
+        ChunkTree(MerkleLevels::from_leaves(
+            hashes.iter().map(chunk_leaf).collect(),
+        ))
+    }
+
+    pub fn root(&self) -> ChunkTreeRoot {
+        ChunkTreeRoot(self.0.root())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The audit path of chunk `index` (empty for a one-chunk stream).
+    pub fn proof(&self, index: u32) -> Vec<Digest> {
+        self.0
+            .proof(index as usize)
+            .map(|p| p.path)
+            .unwrap_or_default()
+    }
 }
 
 /// What a producer signs for each block it publishes.
@@ -272,6 +402,9 @@ pub struct ChunkMeta {
     pub count: u32,
     pub sha256: ChunkHash,
     pub stream_sha256: StreamHash,
+    /// The RFC 6962 audit path of this chunk under the manifest's
+    /// `stream.chunks_root`, bottom up.
+    pub proof: Vec<Digest>,
 }
 
 /// One chunk: its metadata and its bytes.
@@ -282,8 +415,8 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Builds chunk `index` of a stream.
-    pub fn new(manifest: &BlockManifest, index: u32, data: Vec<u8>) -> Self {
+    /// Builds chunk `index` of a stream, with its audit path in `tree`.
+    pub fn new(manifest: &BlockManifest, tree: &ChunkTree, index: u32, data: Vec<u8>) -> Self {
         Chunk {
             meta: ChunkMeta {
                 chain: manifest.chain.clone(),
@@ -293,9 +426,54 @@ impl Chunk {
                 count: manifest.stream.chunks,
                 sha256: ChunkHash(Digest::of(&data)),
                 stream_sha256: manifest.stream.sha256,
+                proof: tree.proof(index),
             },
             data,
         }
+    }
+
+    /// Checks that this chunk is chunk `index` of the stream `manifest`
+    /// (already verified) signs: its bytes hash to its `sha256`, that hash
+    /// sits at `index` under the signed chunk tree root, and its length and
+    /// stream agree with the manifest. A chunk that passes may go to
+    /// `btrfs receive` before the rest of its stream has arrived.
+    pub fn authenticate(&self, manifest: &BlockManifest) -> Result<(), SchemaError> {
+        self.check()?;
+        let m = &self.meta;
+        let refuse = |why: String| SchemaError::ChunkNotInStream {
+            chain: m.chain.to_string(),
+            height: m.height,
+            index: m.index,
+            why,
+        };
+        if m.chain != manifest.chain
+            || m.height != manifest.height
+            || m.parent != manifest.parent
+            || m.stream_sha256 != manifest.stream.sha256
+            || m.count != manifest.stream.chunks
+        {
+            return Err(refuse(
+                "its chain, height, parent, stream or count is not its manifest's".into(),
+            ));
+        }
+        let expected_len = manifest.stream.chunk_len(m.index);
+        if self.data.len() as u64 != expected_len {
+            return Err(refuse(format!(
+                "it holds {} bytes, the manifest says {expected_len}",
+                self.data.len()
+            )));
+        }
+        InclusionProof {
+            leaf_index: u64::from(m.index),
+            tree_size: u64::from(m.count),
+            path: m.proof.clone(),
+        }
+        .verify(&chunk_leaf(&m.sha256), manifest.stream.chunks_root.digest())
+        .map_err(|e| {
+            refuse(format!(
+                "its proof does not lead to the signed chunk tree root: {e}"
+            ))
+        })
     }
 
     /// Checks the bytes against the chunk's own hash and its index.
@@ -399,7 +577,22 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, SchemaError> {
             if payload_len != 0 {
                 return Err(bad("a manifest frame carries no payload".into()));
             }
-            let m: BlockManifest = serde_json::from_slice(meta).map_err(|e| json("manifest", e))?;
+            let m: BlockManifest = serde_json::from_slice(meta).map_err(|e| {
+                // A manifest of another format version is named as such,
+                // not as whatever member it lacks.
+                match serde_json::from_slice::<Value>(meta)
+                    .ok()
+                    .and_then(|v| v.get("version")?.as_u64())
+                {
+                    Some(version) if version != MANIFEST_VERSION => {
+                        SchemaError::UnsupportedVersion {
+                            what: "manifest",
+                            version,
+                        }
+                    }
+                    _ => json("manifest", e),
+                }
+            })?;
             Ok(Frame::Manifest(m))
         }
         2 => {
@@ -454,13 +647,11 @@ mod tests {
     }
 
     fn stream(bytes: u64) -> StreamInfo {
-        StreamInfo {
-            sha256: StreamHash(Digest::of(b"stream")),
-            bytes,
-            chunks: bytes.div_ceil(100).max(1) as u32,
-            chunk_size: 100,
-            compression: "zstd".into(),
-        }
+        stream_of(&vec![5u8; bytes as usize]).0
+    }
+
+    fn stream_of(bytes: &[u8]) -> (StreamInfo, ChunkTree) {
+        StreamInfo::of_bytes(bytes, 100)
     }
 
     fn key(n: u8) -> SigningKey {
@@ -504,8 +695,9 @@ mod tests {
 
     #[test]
     fn chunk_frames_round_trip_and_catch_changed_bytes() {
-        let m = BlockManifest::sign(&header(), None, stream(250), &key(1)).unwrap();
-        let chunk = Chunk::new(&m, 2, vec![7; 50]);
+        let (info, tree) = stream_of(&[7; 250]);
+        let m = BlockManifest::sign(&header(), None, info, &key(1)).unwrap();
+        let chunk = Chunk::new(&m, &tree, 2, vec![7; 50]);
         let frame = chunk.to_frame().unwrap();
         let Frame::Chunk(back) = decode_frame(&frame).unwrap() else {
             panic!("not a chunk")
@@ -527,5 +719,122 @@ mod tests {
         let mut out_of_range = chunk.clone();
         out_of_range.meta.index = 3;
         assert!(out_of_range.check().is_err());
+    }
+
+    fn chunks_of(bytes: &[u8], parent: Option<u64>) -> (BlockManifest, Vec<Chunk>) {
+        let (info, tree) = stream_of(bytes);
+        let m = BlockManifest::sign(&header(), parent, info, &key(1)).unwrap();
+        let chunks = bytes
+            .chunks(100)
+            .enumerate()
+            .map(|(i, c)| Chunk::new(&m, &tree, i as u32, c.to_vec()))
+            .collect();
+        (m, chunks)
+    }
+
+    #[test]
+    fn every_chunk_authenticates_against_its_signed_manifest_alone() {
+        let bytes: Vec<u8> = (0..1234u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (m, chunks) = chunks_of(&bytes, Some(2));
+        assert_eq!(chunks.len(), 13);
+        for c in &chunks {
+            c.authenticate(&m).unwrap();
+            // Through a frame and back, too.
+            let Frame::Chunk(back) = decode_frame(&c.to_frame().unwrap()).unwrap() else {
+                panic!("not a chunk")
+            };
+            back.authenticate(&m).unwrap();
+        }
+        let one = chunks_of(b"short", None);
+        assert!(one.1[0].meta.proof.is_empty());
+        one.1[0].authenticate(&one.0).unwrap();
+    }
+
+    #[test]
+    fn a_chunk_of_another_stream_or_place_is_refused() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
+        let (m, chunks) = chunks_of(&bytes, Some(2));
+        let not_in = |c: &Chunk, m: &BlockManifest| {
+            matches!(c.authenticate(m), Err(SchemaError::ChunkNotInStream { .. }))
+        };
+        // Moved to another index, with a hash and a proof of its own.
+        let mut moved = chunks[3].clone();
+        moved.meta.index = 4;
+        assert!(not_in(&moved, &m));
+        // Another chunk's bytes with their own correct hash, under this
+        // chunk's proof.
+        let mut swapped = chunks[3].clone();
+        swapped.data = chunks[4].data.clone();
+        swapped.meta.sha256 = chunks[4].meta.sha256;
+        assert!(not_in(&swapped, &m));
+        // A proof cut short, or one hash of it changed.
+        let mut short = chunks[3].clone();
+        short.meta.proof.pop();
+        assert!(not_in(&short, &m));
+        let mut bent = chunks[3].clone();
+        bent.meta.proof[0] = Digest::of(b"other");
+        assert!(not_in(&bent, &m));
+        // A whole chunk of another stream, under this stream's manifest.
+        let mut other_bytes = bytes.clone();
+        other_bytes[950] ^= 1;
+        let (_, other) = chunks_of(&other_bytes, Some(2));
+        let mut foreign = other[9].clone();
+        foreign.meta.stream_sha256 = m.stream.sha256;
+        assert!(not_in(&foreign, &m));
+        // Its bytes changed: caught by its own hash first.
+        let mut flipped = chunks[0].clone();
+        flipped.data[0] ^= 1;
+        assert!(matches!(
+            flipped.authenticate(&m),
+            Err(SchemaError::ChunkHashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_manifest_of_another_format_is_named_as_such() {
+        let m = BlockManifest::sign(&header(), None, stream(10), &key(1)).unwrap();
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["version"] = 1.into();
+        v["stream"].as_object_mut().unwrap().remove("chunks_root");
+        let frame = encode_frame(FrameKind::Manifest, &jcs::canonical(&v).unwrap(), &[]);
+        assert!(matches!(
+            decode_frame(&frame),
+            Err(SchemaError::UnsupportedVersion {
+                what: "manifest",
+                version: 1
+            })
+        ));
+    }
+
+    proptest::proptest! {
+        /// However a stream is written in pieces, its description is that
+        /// of the whole, and every chunk it cuts authenticates.
+        #[test]
+        fn hashing_in_pieces_is_hashing_the_whole(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+            cuts in proptest::collection::vec(0usize..700, 0..8),
+            chunk_size in 1u32..130,
+        ) {
+            let mut hasher = StreamHasher::new(chunk_size);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                hasher.update(&bytes[at..c]);
+                at = c;
+            }
+            let (info, tree) = hasher.finish();
+            proptest::prop_assert_eq!(info.sha256, StreamHash(Digest::of(&bytes)));
+            proptest::prop_assert_eq!(info.bytes, bytes.len() as u64);
+            let expected = bytes.len().div_ceil(chunk_size as usize).max(1);
+            proptest::prop_assert_eq!(info.chunks as usize, expected);
+            proptest::prop_assert_eq!(tree.len(), expected);
+            let m = BlockManifest::sign(&header(), None, info, &key(1)).unwrap();
+            let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(chunk_size as usize).collect() };
+            for (i, piece) in pieces.into_iter().enumerate() {
+                let chunk = Chunk::new(&m, &tree, i as u32, piece.to_vec());
+                proptest::prop_assert!(chunk.authenticate(&m).is_ok());
+            }
+        }
     }
 }

@@ -182,25 +182,24 @@ fn print_vectors() {
 #[test]
 fn replication_frames_are_pinned() {
     use fschain_schema::wire::{BlockManifest, Chunk, SigningKey, StreamInfo};
-    use fschain_schema::{Digest, HeaderDraft, StreamHash, Timestamp};
+    use fschain_schema::{Digest, HeaderDraft, Timestamp};
     let header = HeaderDraft::genesis(
         ChainName::parse("host1").unwrap(),
         Timestamp::parse_rfc3339("2026-11-21T10:00:00Z").unwrap(),
     )
     .seal()
     .unwrap();
+    // Ten bytes cut into 4-byte chunks: three chunks, so chunk 1's proof
+    // has two steps (its left neighbour, then the lone third chunk).
     let data = b"zstd bytes".to_vec();
-    let stream = StreamInfo {
-        sha256: StreamHash(Digest::of(&data)),
-        bytes: data.len() as u64,
-        chunks: 1,
-        chunk_size: 524288,
-        compression: "zstd".into(),
-    };
+    let (stream, tree) = StreamInfo::of_bytes(&data, 4);
+    assert_eq!(stream.chunks, 3);
     let key = SigningKey::from_seed([7; 32]);
     let manifest = BlockManifest::sign(&header, None, stream, &key).unwrap();
     let frame = manifest.to_frame().unwrap();
-    let chunk = Chunk::new(&manifest, 0, data).to_frame().unwrap();
+    let chunk1 = Chunk::new(&manifest, &tree, 1, data[4..8].to_vec());
+    chunk1.authenticate(&manifest).unwrap();
+    let chunk = chunk1.to_frame().unwrap();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -210,6 +209,7 @@ fn replication_frames_are_pinned() {
     let vectors = [
         ("public key", key.public().to_hex()),
         ("manifest signature", manifest.signature.clone()),
+        ("chunks root", manifest.stream.chunks_root.to_hex()),
         ("manifest frame SHA-256", Digest::of(&frame).to_hex()),
         ("chunk frame", hex(&chunk)),
     ];
@@ -217,6 +217,10 @@ fn replication_frames_are_pinned() {
         println!("{name}: {value}");
     }
     println!("manifest frame: {}", hex(&frame));
+    println!(
+        "manifest metadata: {}",
+        String::from_utf8_lossy(&frame[9..frame.len() - 4])
+    );
     for (name, value) in &vectors {
         assert!(
             doc.contains(value.as_str()),
