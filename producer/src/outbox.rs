@@ -189,7 +189,9 @@ pub fn prepare_block(
     };
     let parent_path = parent.map(|p| layout.snapshot(p));
     let hashing = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
-        let mut hashing = compress_in_segments(r, hashing, policy.zstd_level)?;
+        let mut encoder = zstd::stream::Encoder::new(hashing, policy.zstd_level)?;
+        btrfs::pump(r, &mut encoder)?;
+        let mut hashing = encoder.finish()?;
         hashing.flush()?;
         Ok(hashing)
     })?;
@@ -218,96 +220,6 @@ pub fn prepare_block(
         stream: stream_path,
         manifest_path,
     })
-}
-
-/// How much of a send stream one zstd frame holds.
-const SEGMENT_BYTES: usize = 4 << 20;
-
-/// Compresses `input` into `out` as zstd frames of [`SEGMENT_BYTES`] of
-/// input each, on as many threads as there are cores (at most four), and
-/// returns `out`. Concatenated zstd frames are one valid zstd stream (RFC
-/// 8878 section 3.1), so a site's decoder reads them as one; at level 1 a
-/// frame's window is far smaller than a segment, so the cut costs next to
-/// nothing in size. zstd at level 1 takes about 270 MB/s of this machine's
-/// CPU on a large change's states: on one core it was the producer's
-/// slowest step. A stream shorter than one segment is one frame, made here.
-fn compress_in_segments<W: Write + Send>(
-    input: &mut dyn Read,
-    mut out: W,
-    level: i32,
-) -> io::Result<W> {
-    let first = read_segment(input)?;
-    if first.len() < SEGMENT_BYTES {
-        out.write_all(&zstd::bulk::compress(&first, level)?)?;
-        return Ok(out);
-    }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
-    // At most `workers` segments wait for a worker and as many for the
-    // writer: memory stays a few segments whatever the stream's size.
-    let (jobs, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(workers);
-    let queue = std::sync::Mutex::new(queue);
-    let (done, results) = std::sync::mpsc::sync_channel::<(u64, io::Result<Vec<u8>>)>(workers);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let done = done.clone();
-            let queue = &queue;
-            scope.spawn(move || loop {
-                let job = match queue.lock() {
-                    Ok(q) => q.recv(),
-                    Err(_) => return,
-                };
-                let Ok((seq, data)) = job else { return };
-                if done
-                    .send((seq, zstd::bulk::compress(&data, level)))
-                    .is_err()
-                {
-                    return;
-                }
-            });
-        }
-        drop(done);
-        let writer = scope.spawn(move || -> io::Result<W> {
-            let mut waiting = std::collections::BTreeMap::new();
-            let mut next = 0u64;
-            for (seq, frame) in results {
-                waiting.insert(seq, frame?);
-                while let Some(frame) = waiting.remove(&next) {
-                    out.write_all(&frame)?;
-                    next += 1;
-                }
-            }
-            Ok(out)
-        });
-        let mut segment = first;
-        let mut seq = 0u64;
-        let fed = loop {
-            let last = segment.len() < SEGMENT_BYTES;
-            if !segment.is_empty() && jobs.send((seq, segment)).is_err() {
-                // The writer stopped on an error; it says which.
-                break Ok(());
-            }
-            seq += 1;
-            if last {
-                break Ok(());
-            }
-            segment = match read_segment(input) {
-                Ok(s) => s,
-                Err(e) => break Err(e),
-            };
-        };
-        drop(jobs);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the compressing writer panicked")));
-        fed.and(written)
-    })
-}
-
-/// Up to [`SEGMENT_BYTES`] of `input`; shorter only at its end.
-fn read_segment(input: &mut dyn Read) -> io::Result<Vec<u8>> {
-    let mut segment = Vec::with_capacity(SEGMENT_BYTES);
-    input.take(SEGMENT_BYTES as u64).read_to_end(&mut segment)?;
-    Ok(segment)
 }
 
 /// The chunk tree of the spooled stream at `path` when it is exactly the
@@ -360,41 +272,4 @@ pub fn record_published(layout: &RootLayout, height: u64) -> Result<(), Producer
         format!("{{\"height\":{height}}}\n").as_bytes(),
     )?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whatever its length, a stream compressed in segments decompresses,
-    /// through the decoder a site uses, to exactly its bytes.
-    #[test]
-    fn segments_decompress_to_the_stream() {
-        let mut x = 7u64;
-        for len in [
-            0,
-            1,
-            SEGMENT_BYTES - 1,
-            SEGMENT_BYTES,
-            SEGMENT_BYTES + 1,
-            3 * SEGMENT_BYTES + 12345,
-        ] {
-            let stream: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    b"0123456789abcdef"[(x % 16) as usize]
-                })
-                .collect();
-            let compressed = compress_in_segments(&mut &stream[..], Vec::new(), 1).unwrap();
-            let mut back = Vec::new();
-            zstd::stream::Decoder::new(&compressed[..])
-                .unwrap()
-                .read_to_end(&mut back)
-                .unwrap();
-            assert_eq!(back.len(), stream.len());
-            assert!(back == stream, "{len} bytes came back changed");
-        }
-    }
 }
