@@ -194,19 +194,26 @@ struct Received {
     bytes: u64,
 }
 
+impl Received {
+    /// A receive that never ran to the end of its input.
+    fn failed(error: StoreError) -> Self {
+        Received {
+            outcome: Err(error),
+            stream: StreamHash(Digest::of(&[])),
+            bytes: 0,
+        }
+    }
+}
+
 impl Receiving {
     /// Ends the input and waits for the receive.
     fn close(&mut self) -> Received {
         self.feed = None;
         match self.worker.take().map(JoinHandle::join) {
             Some(Ok(received)) => received,
-            _ => Received {
-                outcome: Err(StoreError::BadSendStream {
-                    why: "the receiving thread stopped".into(),
-                }),
-                stream: StreamHash(Digest::of(&[])),
-                bytes: 0,
-            },
+            _ => Received::failed(StoreError::BadSendStream {
+                why: "the receiving thread stopped".into(),
+            }),
         }
     }
 }
@@ -384,13 +391,7 @@ impl SiteChain {
             .spawn(move || {
                 let mut decoder = match zstd::stream::Decoder::new(ChannelReader::new(chunks)) {
                     Ok(d) => d,
-                    Err(e) => {
-                        return Received {
-                            outcome: Err(StoreError::io(&dir, e)),
-                            stream: StreamHash(Digest::of(&[])),
-                            bytes: 0,
-                        }
-                    }
+                    Err(e) => return Received::failed(StoreError::io(&dir, e)),
                 };
                 let outcome = btrfs::receive(&dir, &name, &mut decoder);
                 let (stream, bytes) = decoder.finish().into_inner().finish();

@@ -56,12 +56,10 @@ pub struct OutgoingBlock {
 
 impl OutgoingBlock {
     /// The chunks in order, read from the spool one at a time.
-    pub fn chunks(&self) -> Result<ChunkReader, ProducerError> {
+    pub fn chunks(&self) -> Result<ChunkReader<'_>, ProducerError> {
         Ok(ChunkReader {
             file: File::open(&self.stream).at(&self.stream)?,
-            path: self.stream.clone(),
-            manifest: self.manifest.clone(),
-            tree: self.tree.clone(),
+            block: self,
             next: 0,
         })
     }
@@ -87,32 +85,31 @@ impl OutgoingBlock {
 
 /// Iterates over the chunks of a spooled stream.
 #[derive(Debug)]
-pub struct ChunkReader {
+pub struct ChunkReader<'a> {
     file: File,
-    path: PathBuf,
-    manifest: BlockManifest,
-    tree: ChunkTree,
+    block: &'a OutgoingBlock,
     next: u32,
 }
 
-impl Iterator for ChunkReader {
+impl Iterator for ChunkReader<'_> {
     type Item = Result<Chunk, ProducerError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.manifest.stream.chunks {
+        let block = self.block;
+        if self.next >= block.manifest.stream.chunks {
             return None;
         }
-        let size = self.manifest.stream.chunk_size as usize;
+        let size = block.manifest.stream.chunk_size as usize;
         let mut data = Vec::with_capacity(size);
         let read = (&mut self.file)
             .take(size as u64)
             .read_to_end(&mut data)
-            .at(&self.path);
+            .at(&block.stream);
         let index = self.next;
         self.next += 1;
         Some(
             read.map_err(ProducerError::from)
-                .map(|_| Chunk::new(&self.manifest, &self.tree, index, data)),
+                .map(|_| Chunk::new(&block.manifest, &block.tree, index, data)),
         )
     }
 }
