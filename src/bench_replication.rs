@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use fschain_producer::publish::wait_acknowledged;
 use fschain_producer::ChainWriter;
 use fschain_schema::{Action, Operation};
-use fschain_store::RootLayout;
+use fschain_store::{btrfs, RootLayout};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord};
@@ -350,12 +350,14 @@ fn terminate(child: &mut Child) {
 }
 
 /// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.
-/// Times `btrfs send SNAPSHOT | btrfs receive DIR`, the stock tools piped.
+/// Times `btrfs send SNAPSHOT | btrfs receive DIR`, the stock tools piped,
+/// with the send options fschain uses.
 fn send_receive(snapshot: &Path, dir: &Path) -> Result<Duration> {
     std::fs::create_dir_all(dir)?;
     let t = Instant::now();
     let mut send = Command::new("btrfs")
         .args(["send", "-q"])
+        .args(btrfs::send_options())
         .arg(snapshot)
         .stdout(Stdio::piped())
         .spawn()

@@ -341,3 +341,46 @@ fn init_makes_its_own_loop_filesystem_allocated_in_full() {
     assert!(err.contains("chain.img"), "{err}");
     fschain(&["verify", "--root", mnt_arg]).ok();
 }
+
+#[test]
+fn a_blocks_events_are_found_where_the_previous_snapshot_ends() {
+    use fschain_store::{btrfs, for_block_event_lines, ChainDir, RootLayout, StoreError};
+    let Some(s) = scratch("block-events") else {
+        return;
+    };
+    // Blocks of 7, 7, 7 and 4 events, so no block ends where another does.
+    let root = root_with_sample(&s, 25, 7);
+    let layout = RootLayout::new(&root);
+    assert_eq!(
+        btrfs::compression(&layout.layer()).unwrap().as_deref(),
+        Some(btrfs::LAYER_COMPRESSION),
+        "init stores the layer compressed"
+    );
+    let headers = ChainDir::new(layout.snapshot(4)).headers().unwrap();
+    for header in &headers {
+        let h = header.height;
+        let mut found = Vec::new();
+        let n = for_block_event_lines(&layout, h, header.event_count, |line| {
+            found.push(line.to_vec());
+            Ok::<(), StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(n, header.event_count);
+        let scanned = ChainDir::new(layout.snapshot(h))
+            .last_event_lines(header.event_count)
+            .unwrap();
+        assert_eq!(found, scanned, "block {h}");
+    }
+    // A start that is not where a line begins, or lines that do not end the
+    // log, are named rather than read as the block's events.
+    let block3 = ChainDir::new(layout.snapshot(3));
+    let start = ChainDir::new(layout.snapshot(2)).events_log_len().unwrap();
+    let ok = |_: &[u8]| Ok::<(), StoreError>(());
+    let err = block3
+        .for_event_lines_at(start + 1, 7, true, ok)
+        .unwrap_err();
+    assert!(err.to_string().contains("no line that starts"), "{err}");
+    let start = ChainDir::new(layout.snapshot(1)).events_log_len().unwrap();
+    let err = block3.for_event_lines_at(start, 7, true, ok).unwrap_err();
+    assert!(err.to_string().contains("more than 7 events"), "{err}");
+}

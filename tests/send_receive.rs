@@ -122,3 +122,59 @@ fn a_spooled_stream_is_reused_only_while_it_matches_its_manifest() {
         assert_eq!(now.len() as u64, remade.manifest.stream.bytes);
     }
 }
+
+#[test]
+fn a_compressed_layer_travels_compressed_and_lands_compressed() {
+    let Some(s) = common::scratch("send-compressed") else {
+        return;
+    };
+    let src = s.dir.join("src");
+    let dst = s.dir.join("dst");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let layer = src.join("layer");
+    btrfs::create_subvolume(&layer).unwrap();
+    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION).unwrap();
+    // 8 MB of state-like JSON lines: compressible, but not one repeated byte.
+    let data: String = (0..100_000)
+        .map(|i| {
+            format!(
+                "{{\"element\":\"iface:eth{i}\",\"mtu\":{},\"up\":true}}\n",
+                1500 + i % 7
+            )
+        })
+        .collect::<String>()
+        .repeat(2);
+    std::fs::write(layer.join("states"), &data).unwrap();
+    btrfs::snapshot(&layer, &src.join("0000000000"), true).unwrap();
+    let stream = btrfs::send(&src.join("0000000000"), None, |r| {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).map(|_| v)
+    })
+    .unwrap();
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            !btrfs::send_options().is_empty(),
+            "CI's kernel sends compressed extents (send stream version 2)"
+        );
+    }
+    if !btrfs::send_options().is_empty() {
+        // The extents travel as the kernel compressed them.
+        assert!(
+            stream.len() < data.len() / 4,
+            "a {} byte stream for {} bytes of compressible data",
+            stream.len(),
+            data.len()
+        );
+    }
+    btrfs::receive(&dst, "0000000000", &mut &stream[..]).unwrap();
+    let received = dst.join("0000000000");
+    assert_eq!(
+        std::fs::read_to_string(received.join("states")).unwrap(),
+        data
+    );
+    assert_eq!(
+        btrfs::compression(&received).unwrap().as_deref(),
+        Some(btrfs::LAYER_COMPRESSION)
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fschain_schema::{BlockHeader, ElementId, Event, State};
 use fschain_store::layout::{open_lock_file, write_atomic, RootLayout};
-use fschain_store::{Chain, ChainDir, IoContext, StoreError};
+use fschain_store::{for_block_event_lines, Chain, ChainDir, IoContext, StoreError};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -220,9 +220,8 @@ impl<'e> EventIndex<'e> {
                 return Ok(done);
             }
             let header = &chain.headers()[height as usize];
-            let snapshot = ChainDir::new(chain.layout().snapshot(height));
             states.prime(chain, header)?;
-            snapshot.for_last_event_lines(header.event_count, |line| {
+            for_block_event_lines(chain.layout(), height, header.event_count, |line| {
                 let event = Event::from_canonical(line).map_err(|e| {
                     StoreError::schema(format!("block {height} of {}", chain.meta().chain), e)
                 })?;

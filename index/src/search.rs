@@ -4,7 +4,7 @@
 use fschain_schema::merkle::{leaf_hash, MerkleLevels};
 use fschain_schema::wire::BlockManifest;
 use fschain_schema::{ElementId, Event, EventHash, State};
-use fschain_store::{Chain, ChainDir, StoreError};
+use fschain_store::{Chain, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -119,10 +119,9 @@ pub fn event_proof(chain: &Chain, height: u64, hash: &EventHash) -> Result<Event
             path: chain.layout().snapshot(height),
             why: format!("the index names block {height}, which this chain does not hold"),
         })?;
-    let snapshot = ChainDir::new(chain.layout().snapshot(height));
     let mut events = Vec::new();
     let mut found = None;
-    snapshot.for_last_event_lines(header.event_count, |line| {
+    fschain_store::for_block_event_lines(chain.layout(), height, header.event_count, |line| {
         let event = Event::from_canonical(line)?;
         if &event.hash == hash {
             found = Some((events.len(), line.to_vec()));

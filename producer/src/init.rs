@@ -56,6 +56,7 @@ pub fn init_root(
 
     let meta = ChainMeta::new(chain.clone());
     btrfs::create_subvolume(&layer)?;
+    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION)?;
     std::fs::write(layer.join(CHAIN_FILE), meta.to_bytes()).at(&layer)?;
     std::fs::write(layer.join(EVENTS_LOG), b"").at(&layer)?;
     std::fs::create_dir(layer.join(STATES_DIR)).at(&layer)?;

@@ -178,6 +178,7 @@ pub fn prepare_block(
             }
         }
     }
+    let started = std::time::Instant::now();
     let tmp = stream_path.with_extension("zst.tmp");
     let file = File::create(&tmp).at(&tmp)?;
     let hashing = HashingWriter {
@@ -210,6 +211,12 @@ pub fn prepare_block(
             why: e.to_string(),
         })?,
     )?;
+    tracing::debug!(
+        height,
+        bytes = manifest.stream.bytes,
+        prepare_ms = started.elapsed().as_millis() as u64,
+        "stream sent, compressed and hashed"
+    );
     Ok(OutgoingBlock {
         manifest,
         header,

@@ -252,9 +252,11 @@ pub fn publish_pending(
         for height in from..=head {
             // The events go out while the stream is being prepared: neither
             // needs the other, and a large change carries its states in both.
+            let started = std::time::Instant::now();
             let event_count = headers[height as usize].event_count;
             summary.events +=
                 publish_events(layout, height, event_count, &chain, publisher, &topics)?;
+            let events_sent = started.elapsed();
             let block = match prepared.try_recv() {
                 Ok(block) => block,
                 Err(_) => {
@@ -265,12 +267,20 @@ pub fn publish_pending(
                     })?
                 }
             }?;
+            let waited = started.elapsed();
             publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
             for chunk in block.chunks()? {
                 let chunk = chunk?;
                 publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
                 summary.chunks += 1;
             }
+            debug!(
+                height,
+                events_ms = events_sent.as_millis() as u64,
+                stream_wait_ms = (waited - events_sent).as_millis() as u64,
+                chunks_ms = (started.elapsed() - waited).as_millis() as u64,
+                "queued"
+            );
             in_flight.bytes += block.manifest.stream.bytes;
             in_flight.blocks.push(block);
             if in_flight.blocks.len() >= MAX_BLOCKS_IN_FLIGHT
@@ -350,12 +360,12 @@ fn publish_events(
     topics: &Topics,
 ) -> Result<u64, ProducerError> {
     let mut failed = None;
-    let events = ChainDir::new(layout.snapshot(height)).for_last_event_lines(count, |line| {
+    let events = fschain_store::for_block_event_lines(layout, height, count, |line| {
         if failed.is_none() {
-            // The quick reader takes every line fschain writes; the full
-            // parse names what is wrong with any other.
-            let element = match EventLine::read(line) {
-                Some(event) => Ok(event.element),
+            // Its key needs only its element, which leads the line; the
+            // full parse names what is wrong with a line that has none.
+            let element = match EventLine::element_of(line) {
+                Some(element) => Ok(element),
                 None => Event::from_canonical(line).map(|e| e.element),
             };
             let sent = element.map_err(ProducerError::from).and_then(|element| {

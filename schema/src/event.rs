@@ -283,6 +283,22 @@ impl<'a> EventLine<'a> {
     }
 }
 
+impl EventLine<'_> {
+    /// The element of an event line, from its first three members alone
+    /// (`chain`, `chain_seq`, `element`): what keys it on the events topic,
+    /// found without reading the rest of a line that may hold a large
+    /// state. Nothing else is checked; [`EventLine::read`] checks the line.
+    pub fn element_of(line: &[u8]) -> Option<ElementId> {
+        let members = jcs::first_members(line, 3)?;
+        match members.as_slice() {
+            [(k0, _), (k1, _), (k2, element)] if [*k0, *k1, *k2] == Self::MEMBERS[..3] => {
+                ElementId::parse(&plain_string(element)?).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The `op` member of a canonical event line: `action`, then `actor`,
 /// `reason` and `state` when present (never `null`), with the shape
 /// [`Operation::from_value`] requires.

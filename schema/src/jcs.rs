@@ -179,6 +179,35 @@ pub(crate) fn members(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     (end == bytes.len()).then_some(found)
 }
 
+/// The first `n` members (or all, when fewer) of the canonical JSON object
+/// that `bytes` starts with, as [`members`] gives them, read without
+/// looking past them: nothing after them is checked.
+pub(crate) fn first_members(bytes: &[u8], n: usize) -> Option<Vec<(&[u8], &[u8])>> {
+    if *bytes.first()? != b'{' {
+        return None;
+    }
+    let mut at = 1;
+    let mut found = Vec::with_capacity(n);
+    while found.len() < n {
+        if *bytes.get(at)? != b'"' {
+            return None;
+        }
+        let key_end = string_end(bytes, at)?;
+        if *bytes.get(key_end)? != b':' {
+            return None;
+        }
+        let end = value_end(bytes, key_end + 1, 1)?;
+        found.push((&bytes[at + 1..key_end - 1], &bytes[key_end + 1..end]));
+        at = end;
+        match *bytes.get(at)? {
+            b',' => at += 1,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    Some(found)
+}
+
 /// Where the canonical value that starts at `at` ends.
 fn value_end(bytes: &[u8], at: usize, depth: u32) -> Option<usize> {
     match *bytes.get(at)? {

@@ -252,7 +252,17 @@ proptest! {
         let (event, mut line) = d.seal_with_line().unwrap();
         let fast = EventLine::read(&line).unwrap();
         prop_assert_eq!(fast.hash, event.hash);
-        prop_assert_eq!(fast.element, event.element);
+        prop_assert_eq!(&fast.element, &event.element);
+        prop_assert_eq!(EventLine::element_of(&line), Some(event.element.clone()));
+        // The element alone is read from the first members: a cut line
+        // still names it, which is all the events topic's key needs.
+        let cut = line.len() / 2 + 1;
+        let element_end = line.windows(14).position(|w| w == b",\"element_seq\"").unwrap();
+        prop_assert_eq!(
+            EventLine::element_of(&line[..cut.max(element_end + 1)]),
+            Some(event.element.clone())
+        );
+        prop_assert_eq!(EventLine::element_of(&line[..element_end - 1]), None);
         let state = event.op.state.as_ref().map(|s| jcs::canonical_object(s).unwrap());
         prop_assert_eq!(fast.state, state.as_deref());
         for e in &edits {
@@ -291,6 +301,19 @@ fn fast_event_reader_refuses_what_is_not_canonical() {
     let (_, line) = d.seal_with_line().unwrap();
     let text = String::from_utf8(line.clone()).unwrap();
     assert!(EventLine::read(&line).is_some());
+    for not_an_event in [
+        text.replacen("\"chain\"", "\"chains\"", 1),
+        text.replacen("\"element\"", "\"elements\"", 1),
+        text.replacen("\"element\":\"iface:eth0\"", "\"element\":\"iface\"", 1),
+        format!(" {text}"),
+        "{}".to_string(),
+    ] {
+        assert_eq!(
+            EventLine::element_of(not_an_event.as_bytes()),
+            None,
+            "{not_an_event}"
+        );
+    }
     let hex = |d: Digest| d.to_hex();
     let cases = [
         text.replace("\"mtu\":9000", "\"mtu\":9000.0"),

@@ -246,9 +246,57 @@ fn cstring(path: &Path) -> Result<CString, StoreError> {
     })
 }
 
+/// The compression fschain asks of a layer: new files under it are stored
+/// zstd-compressed by the kernel (`btrfs property set DIR compression zstd`),
+/// and snapshots and received copies keep the property.
+pub const LAYER_COMPRESSION: &str = "zstd";
+
+/// Stores new files under `dir` compressed with `algorithm` (the
+/// `btrfs.compression` property, inherited by what is created below it).
+pub fn set_compression(dir: &Path, algorithm: &str) -> Result<(), StoreError> {
+    rustix::fs::setxattr(
+        dir,
+        "btrfs.compression",
+        algorithm.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| StoreError::io(dir, e.into()))
+}
+
+/// The `btrfs.compression` property of `dir`, if it has one.
+pub fn compression(dir: &Path) -> Result<Option<String>, StoreError> {
+    let mut value = [0u8; 64];
+    match rustix::fs::getxattr(dir, "btrfs.compression", &mut value[..]) {
+        Ok(n) => Ok(Some(String::from_utf8_lossy(&value[..n]).into_owned())),
+        Err(rustix::io::Errno::NODATA) => Ok(None),
+        Err(e) => Err(StoreError::io(dir, e.into())),
+    }
+}
+
+/// The options fschain gives `btrfs send`: when the kernel speaks send
+/// stream version 2 (Linux 6.0 and later), compressed extents travel as they
+/// are stored (`--compressed-data`), so a compressed layer is neither
+/// decompressed by the sender nor compressed again by the receiver, which
+/// writes them as they come. A version 2 stream needs btrfs-progs 6.0 or
+/// later on both sides.
+pub fn send_options() -> &'static [&'static str] {
+    static OPTIONS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let version = std::fs::read_to_string("/sys/fs/btrfs/features/send_stream_version")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if version.is_some_and(|v| v >= 2) {
+            &["--proto", "2", "--compressed-data"]
+        } else {
+            &[]
+        }
+    })
+}
+
 /// Runs `btrfs send` of `snapshot` (incremental against `parent` when
-/// given) and hands its output to `consume`, which must read it to the end.
-/// Fails when `btrfs send` fails, with its own message.
+/// given, with [`send_options`]) and hands its output to `consume`, which
+/// must read it to the end. Fails when `btrfs send` fails, with its own
+/// message.
 pub fn send<T>(
     snapshot: &Path,
     parent: Option<&Path>,
@@ -256,7 +304,7 @@ pub fn send<T>(
 ) -> Result<T, StoreError> {
     use std::process::{Command, Stdio};
     let mut cmd = Command::new("btrfs");
-    cmd.arg("send").arg("-q");
+    cmd.arg("send").arg("-q").args(send_options());
     if let Some(p) = parent {
         cmd.arg("-p").arg(p);
     }

@@ -43,7 +43,7 @@ impl ChainDir {
     pub fn for_last_event_lines<E: From<StoreError>>(
         &self,
         count: u64,
-        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+        each: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         use std::io::{Read as _, Seek as _, SeekFrom};
         let p = self.path.join(EVENTS_LOG);
@@ -74,19 +74,58 @@ impl ChainDir {
                 }
             }
         }
-        let lines = LogLines::open_at(&p, start).at(&p)?;
-        let n = read_lines(lines, &p, count, &mut |line: &[u8]| {
+        self.for_event_lines_at(start, count, false, each)
+    }
+
+    /// Calls `each` with the `count` lines of `events.log` that start at
+    /// byte `start`, which must begin a line; with `to_end`, they must also
+    /// end the file.
+    pub fn for_event_lines_at<E: From<StoreError>>(
+        &self,
+        start: u64,
+        count: u64,
+        to_end: bool,
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let p = self.path.join(EVENTS_LOG);
+        let corrupt = |why: String| StoreError::Corrupt {
+            path: p.clone(),
+            why,
+        };
+        if start > 0 {
+            let mut file = std::fs::File::open(&p).at(&p)?;
+            let mut before = [0u8];
+            file.seek(SeekFrom::Start(start - 1)).at(&p)?;
+            file.read_exact(&mut before).map_err(|_| {
+                corrupt(format!(
+                    "is shorter than the {start} bytes before the block's events"
+                ))
+            })?;
+            if before[0] != b'\n' {
+                return Err(corrupt(format!("has no line that starts at byte {start}")).into());
+            }
+        }
+        let mut lines = LogLines::open_at(&p, start).at(&p)?;
+        let n = read_lines(&mut lines, &p, count, &mut |line: &[u8]| {
             each(line)?;
             Ok::<bool, E>(true)
         })?;
         if n < count {
-            return Err(StoreError::Corrupt {
-                path: p,
-                why: format!("holds {n} events, expected at least {count}"),
-            }
-            .into());
+            return Err(corrupt(format!("holds {n} events, expected at least {count}")).into());
+        }
+        if to_end && lines.next_line().at(&p)?.is_some() {
+            return Err(
+                corrupt(format!("holds more than {count} events after byte {start}")).into(),
+            );
         }
         Ok(n)
+    }
+
+    /// The length of `events.log`: where the next block's events start.
+    pub fn events_log_len(&self) -> Result<u64, StoreError> {
+        let p = self.path.join(EVENTS_LOG);
+        Ok(std::fs::metadata(&p).at(&p)?.len())
     }
 
     /// Calls `each` with every line of `events.log` from the first, one
@@ -96,8 +135,8 @@ impl ChainDir {
         mut each: impl FnMut(&[u8]) -> Result<bool, E>,
     ) -> Result<(), E> {
         let p = self.path.join(EVENTS_LOG);
-        let lines = LogLines::open_at(&p, 0).at(&p)?;
-        read_lines(lines, &p, u64::MAX, &mut each)?;
+        let mut lines = LogLines::open_at(&p, 0).at(&p)?;
+        read_lines(&mut lines, &p, u64::MAX, &mut each)?;
         Ok(())
     }
 
@@ -354,7 +393,7 @@ fn read_all(mut file: std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize
 /// Calls `each` with up to `count` non-empty lines of `lines` (without
 /// their newline), until it returns `false`; returns how many it was given.
 fn read_lines<E: From<StoreError>>(
-    mut lines: LogLines,
+    lines: &mut LogLines,
     path: &Path,
     count: u64,
     each: &mut impl FnMut(&[u8]) -> Result<bool, E>,
@@ -372,4 +411,27 @@ fn read_lines<E: From<StoreError>>(
         }
     }
     Ok(n)
+}
+
+/// Calls `each` with the events of block `height` of the chain at `layout`,
+/// in order: the `count` lines its snapshot's log holds after the previous
+/// block's (the log only grows, and every snapshot holds all of it). With
+/// the previous block's snapshot at hand its log's length says where they
+/// start, without reading what comes before; otherwise the log is scanned
+/// backwards from its end.
+pub fn for_block_event_lines<E: From<StoreError>>(
+    layout: &crate::RootLayout,
+    height: u64,
+    count: u64,
+    each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
+    let snapshot = ChainDir::new(layout.snapshot(height));
+    let previous = height.checked_sub(1).map(|p| layout.snapshot(p));
+    match previous.filter(|p| p.exists()) {
+        Some(p) => {
+            let start = ChainDir::new(p).events_log_len()?;
+            snapshot.for_event_lines_at(start, count, true, each)
+        }
+        None => snapshot.for_last_event_lines(count, each),
+    }
 }

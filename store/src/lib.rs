@@ -19,7 +19,7 @@ pub mod state_path;
 pub mod verify;
 
 pub use chain::{Chain, StateDiff};
-pub use chain_dir::{ChainDir, StateScan};
+pub use chain_dir::{for_block_event_lines, ChainDir, StateScan};
 pub use error::{IoContext, StoreError};
 pub use layout::{ChainMeta, RootLayout};
 pub use verify::{verify_received, verify_root, VerifiedLogs, VerifyReport};
