@@ -351,11 +351,25 @@ fn a_blocks_events_are_found_where_the_previous_snapshot_ends() {
     // Blocks of 7, 7, 7 and 4 events, so no block ends where another does.
     let root = root_with_sample(&s, 25, 7);
     let layout = RootLayout::new(&root);
+    let layer = layout.layer();
     assert_eq!(
-        btrfs::compression(&layout.layer()).unwrap().as_deref(),
-        Some(btrfs::LAYER_COMPRESSION),
-        "init stores the layer compressed"
+        btrfs::compression(&layer.join("states"))
+            .unwrap()
+            .as_deref(),
+        Some(btrfs::STATES_COMPRESSION),
+        "init stores the states compressed"
     );
+    for log in ["events.log", "headers.log"] {
+        assert_eq!(btrfs::compression(&layer.join(log)).unwrap(), None, "{log}");
+    }
+    // ...so verify still knows the older copies' logs by their extents.
+    let report = fschain(&["verify", "--root", &root]).ok().stdout();
+    let shared: u64 = report
+        .split_once(" of them shared on disk")
+        .and_then(|(before, _)| before.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no shared byte count in {report}"));
+    assert!(shared > 10_000, "{shared}: {report}");
     let headers = ChainDir::new(layout.snapshot(4)).headers().unwrap();
     for header in &headers {
         let h = header.height;
