@@ -91,6 +91,40 @@ fn sweep_lists_every_name_and_the_bytes_of_small_files() {
 }
 
 #[test]
+fn zstd_compressed_inline_files_are_inflated_from_the_tree() {
+    let Some(s) = scratch("sweep-zstd") else {
+        return;
+    };
+    let sub = s.dir.join("sub");
+    btrfs::create_subvolume(&sub).unwrap();
+    btrfs::set_compression(&sub, btrfs::STATES_COMPRESSION).unwrap();
+    // Too big to sit inline as it is (max_inline is 2048), small enough
+    // compressed: only a compressed inline extent holds it in the tree.
+    let compressible = br#"{"mtu":9000,"up":true}"#.repeat(150);
+    let state: Vec<u8> = (0..1800u32)
+        .map(|i| b"0123456789abcdef"[(i.wrapping_mul(2_654_435_761) >> 28) as usize])
+        .collect();
+    std::fs::write(sub.join("compressible"), &compressible).unwrap();
+    std::fs::write(sub.join("state"), &state).unwrap();
+    std::fs::write(sub.join("big"), compressible.repeat(100)).unwrap();
+    btrfs::sync_filesystem(&sub).unwrap();
+    let Some(found) = swept(&sub) else { return };
+    let file = |bytes: &[u8]| EntryKind::File {
+        size: bytes.len() as u64,
+        data: FileData::Summary(bytes.to_vec()),
+    };
+    assert_eq!(found[Path::new("compressible")], file(&compressible));
+    assert_eq!(found[Path::new("state")], file(&state));
+    assert_eq!(
+        found[Path::new("big")],
+        EntryKind::File {
+            size: compressible.len() as u64 * 100,
+            data: FileData::OnDisk
+        }
+    );
+}
+
+#[test]
 fn state_hashes_from_the_tree_match_reading_every_file() {
     let Some(s) = scratch("sweep-chain") else {
         return;

@@ -17,7 +17,8 @@
 //!
 //! The sweep reads the subvolume's current tree: data still in the page
 //! cache is not in it yet, so callers flush first (`syncfs`). Only
-//! uncompressed, unencrypted inline data whose length is the inode's size is
+//! unencrypted inline data, uncompressed or zstd-compressed (inflated here,
+//! as the kernel would on a read), whose length is the inode's size is
 //! taken from the tree; any other file is [`FileData::OnDisk`], for the
 //! caller to read through the file system as before. The search needs
 //! `CAP_SYS_ADMIN`; without it (or off btrfs) [`sweep`] fails and callers
@@ -44,6 +45,8 @@ const INODE_EXTREF: u32 = 13;
 const DIR_ITEM: u32 = 84;
 const DIR_INDEX: u32 = 96;
 const EXTENT_DATA: u32 = 108;
+const COMPRESS_NONE: u8 = 0;
+const COMPRESS_ZSTD: u8 = 3;
 const ROOT_REF: u32 = 156;
 const ROOT_TREE: u64 = 1;
 const FILE_EXTENT_INLINE: u8 = 0;
@@ -113,6 +116,51 @@ pub struct Entry<T> {
     pub kind: EntryKind<T>,
 }
 
+/// The bytes of a file extent item (`body`) when it is inline and either
+/// plain or zstd-compressed (as `btrfs.compression=zstd` stores a small
+/// file), unencrypted: plain bytes as they are, compressed ones inflated
+/// into `inflated` and required to come to exactly the `ram_bytes` the item
+/// records. `None` for anything else, which the caller reads through the
+/// file system instead.
+fn inline_bytes<'a>(body: &'a [u8], inflated: &'a mut Inflater) -> Option<&'a [u8]> {
+    let ram_bytes = le_u64(body, 8)?;
+    // compression, encryption, other encoding (u16), type.
+    match body.get(16..21)? {
+        [COMPRESS_NONE, 0, 0, 0, FILE_EXTENT_INLINE] => Some(&body[21..]),
+        [COMPRESS_ZSTD, 0, 0, 0, FILE_EXTENT_INLINE] => inflated.zstd(&body[21..], ram_bytes),
+        _ => None,
+    }
+}
+
+/// Inflates inline extents, reusing one zstd context and buffer.
+#[derive(Default)]
+struct Inflater {
+    context: Option<zstd::bulk::Decompressor<'static>>,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    /// An inline extent is smaller than a page; a bigger `ram_bytes` is not
+    /// one btrfs wrote.
+    const MAX_INLINE: u64 = 64 << 10;
+
+    fn zstd(&mut self, compressed: &[u8], ram_bytes: u64) -> Option<&[u8]> {
+        if ram_bytes > Self::MAX_INLINE {
+            return None;
+        }
+        if self.context.is_none() {
+            self.context = zstd::bulk::Decompressor::new().ok();
+        }
+        let context = self.context.as_mut()?;
+        self.out.clear();
+        self.out.reserve(ram_bytes as usize);
+        let n = context
+            .decompress_to_buffer(compressed, &mut self.out)
+            .ok()?;
+        (n as u64 == ram_bytes).then_some(&self.out[..])
+    }
+}
+
 /// One inode as its items arrive (in key order: inode item, references,
 /// directory entries, extents).
 #[derive(Debug)]
@@ -152,6 +200,7 @@ pub fn sweep<T: Clone>(
     let mut dirs: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
     let mut leaves: Vec<(u64, Vec<u8>, EntryKind<T>)> = Vec::new();
     let empty = summarize(&[]);
+    let mut inflated = Inflater::default();
     let mut current = InodeItems::new(0);
     let mut finish = |inode: InodeItems<T>| {
         let kind = match inode.mode & libc::S_IFMT {
@@ -213,13 +262,13 @@ pub fn sweep<T: Clone>(
                 // the search goes on past them.
                 DIR_ITEM | DIR_INDEX => return Ok(Some((item.objectid, DIR_INDEX + 1, 0))),
                 EXTENT_DATA => {
-                    let plain = body.get(16..21) == Some(&[0, 0, 0, 0, FILE_EXTENT_INLINE][..]);
                     let regular = current.mode & libc::S_IFMT == libc::S_IFREG;
-                    if plain && regular && item.offset == 0 && current.inline.is_none() {
-                        let data = &body[21..];
-                        current.inline = Some((data.len() as u64, summarize(data)));
-                    } else {
-                        current.other_extents = true;
+                    let data = (regular && item.offset == 0 && current.inline.is_none())
+                        .then(|| inline_bytes(body, &mut inflated))
+                        .flatten();
+                    match data {
+                        Some(data) => current.inline = Some((data.len() as u64, summarize(data))),
+                        None => current.other_extents = true,
                     }
                 }
                 _ => {}
