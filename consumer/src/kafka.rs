@@ -14,10 +14,10 @@ use std::time::Duration;
 use fschain_schema::wire::{decode_frame, Frame, PublicKey, Topics};
 use fschain_schema::ChainName;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::ingest::{Ingest, Origin};
@@ -43,7 +43,33 @@ fn kafka_error(e: KafkaError) -> ConsumerError {
     }
 }
 
-fn client(source: &KafkaSource, group: &str) -> Result<BaseConsumer, ConsumerError> {
+/// A site's Kafka consumer.
+type SiteConsumer = BaseConsumer<SiteContext>;
+
+/// Logs librdkafka's client errors as the default context does, except the
+/// end of a partition, which `--until-idle` asks for and is no error.
+struct SiteContext;
+
+impl ClientContext for SiteContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for SiteContext {}
+
+/// A consumer for `group`; with `partition_eof`, its poll also reports
+/// reaching the end of a partition (`KafkaError::PartitionEOF`).
+fn client(
+    source: &KafkaSource,
+    group: &str,
+    partition_eof: bool,
+) -> Result<SiteConsumer, ConsumerError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &source.brokers)
@@ -58,14 +84,18 @@ fn client(source: &KafkaSource, group: &str) -> Result<BaseConsumer, ConsumerErr
         .set("fetch.wait.max.ms", "20")
         .set("heartbeat.interval.ms", "1000")
         // Bounds the prefetch queue: memory stays flat whatever the backlog.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        .set(
+            "enable.partition.eof",
+            if partition_eof { "true" } else { "false" },
+        );
     for (k, v) in &source.extra {
         config.set(k, v);
     }
-    config.create().map_err(kafka_error)
+    config.create_with_context(SiteContext).map_err(kafka_error)
 }
 
-fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ConsumerError> {
+fn partitions_of(consumer: &SiteConsumer, topic: &str) -> Result<Vec<i32>, ConsumerError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(kafka_error)?;
@@ -109,7 +139,7 @@ pub fn consume(
     on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
     let group = site_group(ingest.site().name());
-    let consumer = client(source, &group)?;
+    let consumer = client(source, &group, true)?;
     partitions_of(&consumer, &source.topics.blocks)?;
     consumer
         .subscribe(&[&source.topics.blocks])
@@ -151,7 +181,7 @@ pub fn replay(
     let topic = &source.topics.blocks;
     let group = site_group(ingest.site().name());
     // Pass 1: find each chain's latest full stream (only manifests are decoded).
-    let scanner = client(source, &format!("{group}-scan"))?;
+    let scanner = client(source, &format!("{group}-scan"), false)?;
     let partitions = partitions_of(&scanner, topic)?;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
@@ -216,7 +246,7 @@ pub fn replay(
         );
         return Ok(summary(ingest));
     }
-    let consumer = client(source, &group)?;
+    let consumer = client(source, &group, true)?;
     let mut tpl = TopicPartitionList::new();
     for (&p, &o) in &start {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))
@@ -235,7 +265,7 @@ pub fn replay(
 
 fn run(
     ingest: &mut Ingest,
-    consumer: &BaseConsumer,
+    consumer: &SiteConsumer,
     topic: &str,
     options: ConsumeOptions,
     shutdown: &AtomicBool,
@@ -258,10 +288,21 @@ fn run(
                 let applied_before = ingest.stats.applied;
                 let chain = ingest.frame(msg.payload().unwrap_or_default(), msg.key(), &origin)?;
                 progress.read(p, o, chain);
+                progress.at_end.remove(&p);
                 if ingest.stats.applied > applied_before {
                     on_block(ingest);
                 }
                 progress.commit(ingest, consumer, topic, CommitMode::Async);
+            }
+            // Read to the end of partition p: when that holds for every
+            // assigned partition, the site has caught up, known without
+            // asking the broker.
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                progress.at_end.insert(p);
+                if options.until_idle && progress.all_at_end(consumer)? {
+                    tracing::debug!(topic, "every assigned partition read to its end");
+                    return finish_idle(ingest, consumer, topic, &mut progress);
+                }
             }
             Some(Err(e)) => {
                 warn!(topic, error = %e, "consume error; retrying");
@@ -269,22 +310,33 @@ fn run(
             }
             None => {
                 if options.until_idle && caught_up(consumer, topic, &progress.next)? {
-                    progress.commit(ingest, consumer, topic, CommitMode::Sync);
-                    ingest.settle_index();
-                    if let Some((chain, height)) = ingest.gaps().into_iter().next() {
-                        return Err(ConsumerError::Gap {
-                            chain: chain.to_string(),
-                            height,
-                        });
-                    }
-                    for (chain, n) in ingest.incomplete() {
-                        warn!(chain = %chain, streams = n, "caught up with the topic; incomplete streams wait for the rest of their chunks");
-                    }
-                    return Ok(summary(ingest));
+                    return finish_idle(ingest, consumer, topic, &mut progress);
                 }
             }
         }
     }
+}
+
+/// `--until-idle` has caught up: commits, and fails if a chain waits on a
+/// block the topic does not hold.
+fn finish_idle(
+    ingest: &mut Ingest,
+    consumer: &SiteConsumer,
+    topic: &str,
+    progress: &mut Progress,
+) -> Result<ConsumeSummary, ConsumerError> {
+    progress.commit(ingest, consumer, topic, CommitMode::Sync);
+    ingest.settle_index();
+    if let Some((chain, height)) = ingest.gaps().into_iter().next() {
+        return Err(ConsumerError::Gap {
+            chain: chain.to_string(),
+            height,
+        });
+    }
+    for (chain, n) in ingest.incomplete() {
+        warn!(chain = %chain, streams = n, "caught up with the topic; incomplete streams wait for the rest of their chunks");
+    }
+    Ok(summary(ingest))
 }
 
 fn summary(ingest: &Ingest) -> ConsumeSummary {
@@ -303,9 +355,33 @@ struct Progress {
     next: BTreeMap<i32, i64>,
     committed: BTreeMap<i32, i64>,
     chains_in: BTreeMap<i32, BTreeSet<ChainName>>,
+    /// Partitions read to their end since their last message...
+    at_end: BTreeSet<i32>,
+    /// ...while this member held these partitions (a rebalance starts over).
+    assigned: BTreeSet<i32>,
 }
 
 impl Progress {
+    /// Whether every partition assigned to this member has been read to
+    /// its end.
+    fn all_at_end(&mut self, consumer: &SiteConsumer) -> Result<bool, ConsumerError> {
+        let assignment = consumer.assignment().map_err(kafka_error)?;
+        let assigned: BTreeSet<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if assigned != self.assigned {
+            // A partition this member did not hold at the last check may
+            // have been read by another since: its reported end is stale.
+            let before = std::mem::replace(&mut self.assigned, assigned);
+            let first = before.is_empty();
+            self.at_end
+                .retain(|p| self.assigned.contains(p) && (first || before.contains(p)));
+        }
+        Ok(!self.assigned.is_empty() && self.assigned.iter().all(|p| self.at_end.contains(p)))
+    }
+
     fn read(&mut self, partition: i32, offset: i64, chain: Option<ChainName>) {
         if let Some(chain) = chain {
             self.chains_in.entry(partition).or_default().insert(chain);
@@ -315,7 +391,7 @@ impl Progress {
 
     /// Commits, per partition, the oldest offset any of its chains still
     /// needs (when it moved).
-    fn commit(&mut self, ingest: &Ingest, consumer: &BaseConsumer, topic: &str, mode: CommitMode) {
+    fn commit(&mut self, ingest: &Ingest, consumer: &SiteConsumer, topic: &str, mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
         for (&p, &n) in &self.next {
             let low = self
@@ -341,7 +417,7 @@ impl Progress {
 
 /// Whether every assigned partition has been read to its end.
 fn caught_up(
-    consumer: &BaseConsumer,
+    consumer: &SiteConsumer,
     topic: &str,
     next: &BTreeMap<i32, i64>,
 ) -> Result<bool, ConsumerError> {
