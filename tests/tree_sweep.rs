@@ -97,7 +97,7 @@ fn zstd_compressed_inline_files_are_inflated_from_the_tree() {
     };
     let sub = s.dir.join("sub");
     btrfs::create_subvolume(&sub).unwrap();
-    btrfs::set_compression(&sub, btrfs::STATES_COMPRESSION).unwrap();
+    btrfs::set_compression(&sub, btrfs::LAYER_COMPRESSION).unwrap();
     // Too big to sit inline as it is (max_inline is 2048), small enough
     // compressed: only a compressed inline extent holds it in the tree.
     let compressible = br#"{"mtu":9000,"up":true}"#.repeat(150);
@@ -180,6 +180,68 @@ fn an_appended_copy_shares_its_prefix_until_either_is_written() {
         .unwrap();
     older.write_all_at(b"Z", 123_456).unwrap();
     let now = unshared(len);
+    assert!(
+        now.iter().any(|r| r.contains(&123_456)),
+        "the changed byte is not read: {now:?}"
+    );
+}
+
+#[test]
+fn compressed_copies_share_their_prefix_by_their_file_extent_items() {
+    use fschain_store::btrfs_tree::file_extents;
+    use fschain_store::extents::{extents, unshared_ranges};
+    use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
+    let Some(s) = scratch("extents-zstd") else {
+        return;
+    };
+    let (layer, snap) = (s.dir.join("layer"), s.dir.join("snap"));
+    btrfs::create_subvolume(&layer).unwrap();
+    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION).unwrap();
+    let line: Vec<u8> = (0..1_000_000u32)
+        .map(|i| b"{\"element\":\"iface:eth0\",\"mtu\":9000}\n"[(i % 36) as usize])
+        .collect();
+    std::fs::write(layer.join("log"), &line).unwrap();
+    btrfs::snapshot(&layer, &snap, false).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(layer.join("log"))
+        .unwrap();
+    log.write_all(&line[..300_000]).unwrap();
+    let len = line.len() as u64;
+    let open = |p: &Path| std::fs::File::open(p.join("log")).unwrap();
+    let Ok(older) = file_extents(&open(&snap), len) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tree search failed under CI"
+        );
+        return;
+    };
+    assert!(
+        older.iter().any(|e| e.space != 0 && e.plain),
+        "stored compressed: {older:?}"
+    );
+    let unshared = || {
+        let newer = file_extents(&open(&layer), len).unwrap();
+        unshared_ranges(&file_extents(&open(&snap), len).unwrap(), &newer, len)
+    };
+    // Only the last, partly filled block was written again.
+    let read: u64 = unshared().iter().map(|r| r.end - r.start).sum();
+    assert!(read <= 4096, "{:?} of the prefix to read", unshared());
+    // FIEMAP cannot say so: a compressed extent's address is not its bytes'.
+    let fiemap = unshared_ranges(
+        &extents(&open(&snap), len).unwrap(),
+        &extents(&open(&layer), len).unwrap(),
+        len,
+    );
+    assert_eq!(fiemap, vec![0..len]);
+    // One byte changed in place in the older copy: its range is read.
+    let older = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("log"))
+        .unwrap();
+    older.write_all_at(b"Z", 123_456).unwrap();
+    let now = unshared();
     assert!(
         now.iter().any(|r| r.contains(&123_456)),
         "the changed byte is not read: {now:?}"

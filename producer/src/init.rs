@@ -56,13 +56,11 @@ pub fn init_root(
 
     let meta = ChainMeta::new(chain.clone());
     btrfs::create_subvolume(&layer)?;
+    // Before anything is written: what is created below it inherits it.
+    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION)?;
     std::fs::write(layer.join(CHAIN_FILE), meta.to_bytes()).at(&layer)?;
     std::fs::write(layer.join(EVENTS_LOG), b"").at(&layer)?;
     std::fs::create_dir(layer.join(STATES_DIR)).at(&layer)?;
-    // The states are kept compressed; the logs are not: `verify` knows an
-    // older copy's log shares bytes with the newest by their extents' disk
-    // addresses, which name compressed bytes only approximately.
-    btrfs::set_compression(&layer.join(STATES_DIR), btrfs::STATES_COMPRESSION)?;
     let genesis = HeaderDraft::genesis(chain, clock.now()).seal()?;
     let mut line = genesis.to_canonical()?;
     line.push(b'\n');

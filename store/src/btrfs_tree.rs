@@ -45,6 +45,7 @@ const INODE_EXTREF: u32 = 13;
 const DIR_ITEM: u32 = 84;
 const DIR_INDEX: u32 = 96;
 const EXTENT_DATA: u32 = 108;
+const FILE_EXTENT_REG: u8 = 1;
 const COMPRESS_NONE: u8 = 0;
 const COMPRESS_ZSTD: u8 = 3;
 const ROOT_REF: u32 = 156;
@@ -371,6 +372,71 @@ fn parse_refs(body: &[u8], parent: Option<u64>, out: &mut Vec<(u64, Vec<u8>)>) -
         at += fixed + len;
     }
     Some(())
+}
+
+/// The data extents of the first `len` bytes of `file` (a regular file on
+/// btrfs), from its file extent items in its subvolume's tree, in order:
+/// each names its bytes exactly, also where they are compressed (the
+/// extent's `disk_bytenr` and the offset into its inflated bytes; see
+/// [`crate::extents`]). The file's dirty pages are written first, so the
+/// items are of what reads return. Fails, like [`sweep`], without
+/// `CAP_SYS_ADMIN`; callers then map the file with FIEMAP.
+pub fn file_extents(file: &File, len: u64) -> std::io::Result<Vec<crate::extents::Extent>> {
+    use std::os::unix::fs::MetadataExt as _;
+    file.sync_data()?;
+    let ino = file.metadata()?.ino();
+    let mut out = Vec::new();
+    let mut words = search_buffer();
+    search(
+        file,
+        0,
+        (ino, EXTENT_DATA, 0),
+        (ino, EXTENT_DATA, len.saturating_sub(1)),
+        &mut words,
+        |item, body| {
+            if item.objectid == ino && item.kind == EXTENT_DATA {
+                out.push(file_extent(item.offset, body).ok_or_else(malformed)?);
+            }
+            Ok(None)
+        },
+    )?;
+    Ok(out)
+}
+
+/// One file extent item (`body`, at file offset `logical`) as an extent.
+fn file_extent(logical: u64, body: &[u8]) -> Option<crate::extents::Extent> {
+    let kind = *body.get(20)?;
+    if kind == FILE_EXTENT_INLINE {
+        return Some(crate::extents::Extent {
+            logical,
+            physical: 0,
+            length: le_u64(body, 8)?,
+            space: 0,
+            plain: false,
+        });
+    }
+    let (disk_bytenr, offset, length) = (le_u64(body, 21)?, le_u64(body, 37)?, le_u64(body, 45)?);
+    let (compression, encoded) = (*body.get(16)?, body.get(17..20)? != [0, 0, 0]);
+    // A hole (no disk bytes) or preallocated, unwritten space reads as
+    // zeros that no address names.
+    let exact = kind == FILE_EXTENT_REG && disk_bytenr != 0 && !encoded;
+    Some(if compression == COMPRESS_NONE {
+        crate::extents::Extent {
+            logical,
+            physical: disk_bytenr.checked_add(offset)?,
+            length,
+            space: 0,
+            plain: exact,
+        }
+    } else {
+        crate::extents::Extent {
+            logical,
+            physical: offset,
+            length,
+            space: disk_bytenr,
+            plain: exact,
+        }
+    })
 }
 
 /// A zeroed buffer for [`search`]: its head, then [`BUF_BYTES`] of results.

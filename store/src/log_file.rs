@@ -95,7 +95,10 @@ pub fn prefix_check(short: &Path, long: &Path, len: u64) -> io::Result<Option<u6
     if b.metadata()?.len() < len {
         return Ok(None);
     }
-    let to_read = match (extents(&a, len), extents(&b, len)) {
+    // From the tree where it can be searched (exact for compressed
+    // extents too), else from FIEMAP (plain extents only).
+    let map = |f: &File| crate::btrfs_tree::file_extents(f, len).or_else(|_| extents(f, len));
+    let to_read = match (map(&a), map(&b)) {
         (Ok(ea), Ok(eb)) => unshared_ranges(&ea, &eb, len),
         _ => std::iter::once(0..len).collect(),
     };
