@@ -299,8 +299,8 @@ fn bare_block_writes(dir: &Path, s: &Scale) -> Result<f64> {
     let layer = dir.join("layer");
     std::fs::create_dir_all(dir)?;
     btrfs::create_subvolume(&layer)?;
-    // Stored as an fschain layer is.
-    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION)?;
+    // Stored as an fschain layer's states are.
+    btrfs::set_compression(&layer, btrfs::STATES_COMPRESSION)?;
     let blocks = (s.ops / s.block_ops).max(1);
     // Encoded before the clock starts: the floor times file work only.
     let content: Vec<Vec<u8>> = (0..s.elements + blocks)

@@ -134,7 +134,7 @@ fn a_compressed_layer_travels_compressed_and_lands_compressed() {
     std::fs::create_dir_all(&dst).unwrap();
     let layer = src.join("layer");
     btrfs::create_subvolume(&layer).unwrap();
-    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION).unwrap();
+    btrfs::set_compression(&layer, btrfs::STATES_COMPRESSION).unwrap();
     // 8 MB of state-like JSON lines: compressible, but not one repeated byte.
     let data: String = (0..100_000)
         .map(|i| {
@@ -175,6 +175,6 @@ fn a_compressed_layer_travels_compressed_and_lands_compressed() {
     );
     assert_eq!(
         btrfs::compression(&received).unwrap().as_deref(),
-        Some(btrfs::LAYER_COMPRESSION)
+        Some(btrfs::STATES_COMPRESSION)
     );
 }

@@ -97,7 +97,7 @@ fn zstd_compressed_inline_files_are_inflated_from_the_tree() {
     };
     let sub = s.dir.join("sub");
     btrfs::create_subvolume(&sub).unwrap();
-    btrfs::set_compression(&sub, btrfs::LAYER_COMPRESSION).unwrap();
+    btrfs::set_compression(&sub, btrfs::STATES_COMPRESSION).unwrap();
     // Too big to sit inline as it is (max_inline is 2048), small enough
     // compressed: only a compressed inline extent holds it in the tree.
     let compressible = br#"{"mtu":9000,"up":true}"#.repeat(150);
@@ -197,7 +197,7 @@ fn compressed_copies_share_their_prefix_by_their_file_extent_items() {
     };
     let (layer, snap) = (s.dir.join("layer"), s.dir.join("snap"));
     btrfs::create_subvolume(&layer).unwrap();
-    btrfs::set_compression(&layer, btrfs::LAYER_COMPRESSION).unwrap();
+    btrfs::set_compression(&layer, btrfs::STATES_COMPRESSION).unwrap();
     let line: Vec<u8> = (0..1_000_000u32)
         .map(|i| b"{\"element\":\"iface:eth0\",\"mtu\":9000}\n"[(i % 36) as usize])
         .collect();

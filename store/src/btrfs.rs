@@ -246,10 +246,10 @@ fn cstring(path: &Path) -> Result<CString, StoreError> {
     })
 }
 
-/// The compression fschain asks of a layer: new files under it are stored
-/// zstd-compressed by the kernel (`btrfs property set DIR compression
-/// zstd`), and snapshots and received copies keep the property.
-pub const LAYER_COMPRESSION: &str = "zstd";
+/// The compression fschain asks of a layer's `states/`: new files under it
+/// are stored zstd-compressed by the kernel (`btrfs property set DIR
+/// compression zstd`), and snapshots and received copies keep the property.
+pub const STATES_COMPRESSION: &str = "zstd";
 
 /// Stores new files under `dir` compressed with `algorithm` (the
 /// `btrfs.compression` property, inherited by what is created below it).
