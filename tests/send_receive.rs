@@ -6,19 +6,36 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use fschain_store::{btrfs, send_stream};
+
+/// `dir/src` holding an empty subvolume `layer`, and `dir/dst` to receive
+/// into: (src, dst, layer).
+fn sender_and_receiver(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let layer = src.join("layer");
+    btrfs::create_subvolume(&layer).unwrap();
+    (src, dst, layer)
+}
+
+/// The whole `btrfs send` stream of `snapshot` (against `parent`).
+fn sent(snapshot: &Path, parent: Option<&Path>) -> Vec<u8> {
+    btrfs::send(snapshot, parent, |r| {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).map(|_| v)
+    })
+    .unwrap()
+}
 
 #[test]
 fn full_and_incremental_streams_land_under_the_staging_name() {
     let Some(s) = common::scratch("send-receive") else {
         return;
     };
-    let src = s.dir.join("src");
-    let dst = s.dir.join("dst");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&dst).unwrap();
-    let layer = src.join("layer");
-    btrfs::create_subvolume(&layer).unwrap();
+    let (src, dst, layer) = sender_and_receiver(&s.dir);
     std::fs::write(layer.join("a"), b"one").unwrap();
     btrfs::snapshot(&layer, &src.join("0000000000"), true).unwrap();
     std::fs::write(layer.join("a"), b"two").unwrap();
@@ -26,11 +43,7 @@ fn full_and_incremental_streams_land_under_the_staging_name() {
     btrfs::snapshot(&layer, &src.join("0000000001"), true).unwrap();
 
     // Full stream of block 0: the stream names it 0000000000.
-    let full = btrfs::send(&src.join("0000000000"), None, |r| {
-        let mut v = Vec::new();
-        r.read_to_end(&mut v).map(|_| v)
-    })
-    .unwrap();
+    let full = sent(&src.join("0000000000"), None);
     let end = send_stream::first_command_end(&full[..27]).unwrap();
     assert_eq!(
         send_stream::subvolume_name(&full[..end]).unwrap(),
@@ -47,15 +60,7 @@ fn full_and_incremental_streams_land_under_the_staging_name() {
         .is_some());
 
     // Incremental stream of block 1 against 0 finds the renamed parent.
-    let incr = btrfs::send(
-        &src.join("0000000001"),
-        Some(&src.join("0000000000")),
-        |r| {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).map(|_| v)
-        },
-    )
-    .unwrap();
+    let incr = sent(&src.join("0000000001"), Some(&src.join("0000000000")));
     let end = send_stream::first_command_end(&incr[..27]).unwrap();
     assert_eq!(
         send_stream::subvolume_name(&incr[..end]).unwrap(),
@@ -128,12 +133,7 @@ fn a_compressed_layer_travels_compressed_and_lands_compressed() {
     let Some(s) = common::scratch("send-compressed") else {
         return;
     };
-    let src = s.dir.join("src");
-    let dst = s.dir.join("dst");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&dst).unwrap();
-    let layer = src.join("layer");
-    btrfs::create_subvolume(&layer).unwrap();
+    let (src, dst, layer) = sender_and_receiver(&s.dir);
     btrfs::set_compression(&layer, btrfs::STATES_COMPRESSION).unwrap();
     // 8 MB of state-like JSON lines: compressible, but not one repeated byte.
     let data: String = (0..100_000)
@@ -147,11 +147,7 @@ fn a_compressed_layer_travels_compressed_and_lands_compressed() {
         .repeat(2);
     std::fs::write(layer.join("states"), &data).unwrap();
     btrfs::snapshot(&layer, &src.join("0000000000"), true).unwrap();
-    let stream = btrfs::send(&src.join("0000000000"), None, |r| {
-        let mut v = Vec::new();
-        r.read_to_end(&mut v).map(|_| v)
-    })
-    .unwrap();
+    let stream = sent(&src.join("0000000000"), None);
     if std::env::var_os("CI").is_some() {
         assert!(
             !btrfs::send_options().is_empty(),

@@ -148,22 +148,44 @@ fn state_hashes_from_the_tree_match_reading_every_file() {
     }
 }
 
+/// `dir/layer` (stored compressed when `compression` names an algorithm)
+/// with a `log` of `line`, snapshotted writable as `dir/snap`, then 300,000
+/// more bytes of it appended to the layer's copy. Returns (layer, snap).
+fn appended_copy(dir: &Path, compression: Option<&str>, line: &[u8]) -> (PathBuf, PathBuf) {
+    use std::io::Write as _;
+    let (layer, snap) = (dir.join("layer"), dir.join("snap"));
+    btrfs::create_subvolume(&layer).unwrap();
+    if let Some(algorithm) = compression {
+        btrfs::set_compression(&layer, algorithm).unwrap();
+    }
+    std::fs::write(layer.join("log"), line).unwrap();
+    btrfs::snapshot(&layer, &snap, false).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(layer.join("log"))
+        .unwrap()
+        .write_all(&line[..300_000])
+        .unwrap();
+    (layer, snap)
+}
+
+/// Changes one byte in place in `copy`'s log.
+fn change_byte_in_place(copy: &Path, at: u64) {
+    use std::os::unix::fs::FileExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(copy.join("log"))
+        .unwrap()
+        .write_all_at(b"Z", at)
+        .unwrap();
+}
+
 #[test]
 fn an_appended_copy_shares_its_prefix_until_either_is_written() {
     use fschain_store::extents::{extents, unshared_ranges};
-    use std::io::Write as _;
-    use std::os::unix::fs::FileExt as _;
     let Some(s) = scratch("extents") else { return };
-    let (layer, snap) = (s.dir.join("layer"), s.dir.join("snap"));
-    btrfs::create_subvolume(&layer).unwrap();
     let line: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    std::fs::write(layer.join("log"), &line).unwrap();
-    btrfs::snapshot(&layer, &snap, false).unwrap();
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(layer.join("log"))
-        .unwrap();
-    log.write_all(&line[..300_000]).unwrap();
+    let (layer, snap) = appended_copy(&s.dir, None, &line);
     let len = line.len() as u64;
     let unshared = |len: u64| {
         let a = std::fs::File::open(snap.join("log")).unwrap();
@@ -174,11 +196,7 @@ fn an_appended_copy_shares_its_prefix_until_either_is_written() {
     let read: u64 = unshared(len).iter().map(|r| r.end - r.start).sum();
     assert!(read <= 4096, "{:?} of the prefix to read", unshared(len));
     // One byte changed in place in the older copy: its block is read.
-    let older = std::fs::OpenOptions::new()
-        .write(true)
-        .open(snap.join("log"))
-        .unwrap();
-    older.write_all_at(b"Z", 123_456).unwrap();
+    change_byte_in_place(&snap, 123_456);
     let now = unshared(len);
     assert!(
         now.iter().any(|r| r.contains(&123_456)),
@@ -190,24 +208,13 @@ fn an_appended_copy_shares_its_prefix_until_either_is_written() {
 fn compressed_copies_share_their_prefix_by_their_file_extent_items() {
     use fschain_store::btrfs_tree::file_extents;
     use fschain_store::extents::{extents, unshared_ranges};
-    use std::io::Write as _;
-    use std::os::unix::fs::FileExt as _;
     let Some(s) = scratch("extents-zstd") else {
         return;
     };
-    let (layer, snap) = (s.dir.join("layer"), s.dir.join("snap"));
-    btrfs::create_subvolume(&layer).unwrap();
-    btrfs::set_compression(&layer, btrfs::STATES_COMPRESSION).unwrap();
     let line: Vec<u8> = (0..1_000_000u32)
         .map(|i| b"{\"element\":\"iface:eth0\",\"mtu\":9000}\n"[(i % 36) as usize])
         .collect();
-    std::fs::write(layer.join("log"), &line).unwrap();
-    btrfs::snapshot(&layer, &snap, false).unwrap();
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(layer.join("log"))
-        .unwrap();
-    log.write_all(&line[..300_000]).unwrap();
+    let (layer, snap) = appended_copy(&s.dir, Some(btrfs::STATES_COMPRESSION), &line);
     let len = line.len() as u64;
     let open = |p: &Path| std::fs::File::open(p.join("log")).unwrap();
     let Ok(older) = file_extents(&open(&snap), len) else {
@@ -218,7 +225,7 @@ fn compressed_copies_share_their_prefix_by_their_file_extent_items() {
         return;
     };
     assert!(
-        older.iter().any(|e| e.space != 0 && e.plain),
+        older.iter().any(|e| e.space != 0 && e.exact),
         "stored compressed: {older:?}"
     );
     let unshared = || {
@@ -236,11 +243,7 @@ fn compressed_copies_share_their_prefix_by_their_file_extent_items() {
     );
     assert_eq!(fiemap, vec![0..len]);
     // One byte changed in place in the older copy: its range is read.
-    let older = std::fs::OpenOptions::new()
-        .write(true)
-        .open(snap.join("log"))
-        .unwrap();
-    older.write_all_at(b"Z", 123_456).unwrap();
+    change_byte_in_place(&snap, 123_456);
     let now = unshared();
     assert!(
         now.iter().any(|r| r.contains(&123_456)),

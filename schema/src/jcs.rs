@@ -175,7 +175,10 @@ pub fn is_canonical(bytes: &[u8]) -> bool {
 /// it); the caller must have checked that `bytes` is UTF-8.
 pub(crate) fn members(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     let mut found = Vec::with_capacity(12);
-    let end = object_end(bytes, 0, 0, &mut |key, value| found.push((key, value)))?;
+    let end = object_end(bytes, 0, 0, &mut |key, value| {
+        found.push((key, value));
+        true
+    })?;
     (end == bytes.len()).then_some(found)
 }
 
@@ -183,27 +186,12 @@ pub(crate) fn members(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
 /// that `bytes` starts with, as [`members`] gives them, read without
 /// looking past them: nothing after them is checked.
 pub(crate) fn first_members(bytes: &[u8], n: usize) -> Option<Vec<(&[u8], &[u8])>> {
-    if *bytes.first()? != b'{' {
-        return None;
-    }
-    let mut at = 1;
     let mut found = Vec::with_capacity(n);
-    while found.len() < n {
-        if *bytes.get(at)? != b'"' {
-            return None;
-        }
-        let key_end = string_end(bytes, at)?;
-        if *bytes.get(key_end)? != b':' {
-            return None;
-        }
-        let end = value_end(bytes, key_end + 1, 1)?;
-        found.push((&bytes[at + 1..key_end - 1], &bytes[key_end + 1..end]));
-        at = end;
-        match *bytes.get(at)? {
-            b',' => at += 1,
-            b'}' => break,
-            _ => return None,
-        }
+    if n > 0 {
+        object_end(bytes, 0, 0, &mut |key, value| {
+            found.push((key, value));
+            found.len() < n
+        })?;
     }
     Some(found)
 }
@@ -211,7 +199,7 @@ pub(crate) fn first_members(bytes: &[u8], n: usize) -> Option<Vec<(&[u8], &[u8])
 /// Where the canonical value that starts at `at` ends.
 fn value_end(bytes: &[u8], at: usize, depth: u32) -> Option<usize> {
     match *bytes.get(at)? {
-        b'{' => object_end(bytes, at, depth, &mut |_, _| {}),
+        b'{' => object_end(bytes, at, depth, &mut |_, _| true),
         b'[' => {
             if depth >= MAX_DEPTH {
                 return None;
@@ -238,11 +226,15 @@ fn value_end(bytes: &[u8], at: usize, depth: u32) -> Option<usize> {
     }
 }
 
+/// Where the canonical object that starts at `at` ends, calling `member`
+/// with each member's key and value as it goes. When `member` returns
+/// false the walk stops there, unchecked beyond, and gives where that
+/// member's value ends.
 fn object_end<'a>(
     bytes: &'a [u8],
     at: usize,
     depth: u32,
-    member: &mut dyn FnMut(&'a [u8], &'a [u8]),
+    member: &mut dyn FnMut(&'a [u8], &'a [u8]) -> bool,
 ) -> Option<usize> {
     if depth >= MAX_DEPTH || *bytes.get(at)? != b'{' {
         return None;
@@ -268,7 +260,9 @@ fn object_end<'a>(
             return None;
         }
         let end = value_end(bytes, key_end + 1, depth + 1)?;
-        member(key, &bytes[key_end + 1..end]);
+        if !member(key, &bytes[key_end + 1..end]) {
+            return Some(end);
+        }
         at = end;
         match *bytes.get(at)? {
             b',' => at += 1,

@@ -412,7 +412,7 @@ fn file_extent(logical: u64, body: &[u8]) -> Option<crate::extents::Extent> {
             physical: 0,
             length: le_u64(body, 8)?,
             space: 0,
-            plain: false,
+            exact: false,
         });
     }
     let (disk_bytenr, offset, length) = (le_u64(body, 21)?, le_u64(body, 37)?, le_u64(body, 45)?);
@@ -426,7 +426,7 @@ fn file_extent(logical: u64, body: &[u8]) -> Option<crate::extents::Extent> {
             physical: disk_bytenr.checked_add(offset)?,
             length,
             space: 0,
-            plain: exact,
+            exact,
         }
     } else {
         crate::extents::Extent {
@@ -434,7 +434,7 @@ fn file_extent(logical: u64, body: &[u8]) -> Option<crate::extents::Extent> {
             physical: offset,
             length,
             space: disk_bytenr,
-            plain: exact,
+            exact,
         }
     })
 }

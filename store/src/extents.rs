@@ -48,7 +48,7 @@ pub struct Extent {
     /// `space` and `physical` name exactly these bytes (false for inline,
     /// encrypted, unwritten, delayed extents, and compressed ones as FIEMAP
     /// maps them).
-    pub plain: bool,
+    pub exact: bool,
 }
 
 impl Extent {
@@ -130,7 +130,7 @@ pub fn extents(file: &File, len: u64) -> std::io::Result<Vec<Extent>> {
                 physical: e.physical,
                 length: e.length,
                 space: 0,
-                plain: e.flags & NOT_PLAIN == 0,
+                exact: e.flags & NOT_PLAIN == 0,
             });
             last |= e.flags & FIEMAP_EXTENT_LAST != 0;
         }
@@ -157,7 +157,7 @@ pub fn unshared_ranges(a: &[Extent], b: &[Extent], len: u64) -> Vec<Range<u64>> 
         // physical-minus-logical offsets agree.
         let same_map = u128::from(ea.physical) + u128::from(eb.logical)
             == u128::from(eb.physical) + u128::from(ea.logical);
-        if from < to && ea.plain && eb.plain && ea.space == eb.space && same_map {
+        if from < to && ea.exact && eb.exact && ea.space == eb.space && same_map {
             match shared.last_mut() {
                 Some(last) if last.end == from => last.end = to,
                 _ => shared.push(from..to),
@@ -194,7 +194,7 @@ mod tests {
             physical,
             length,
             space: 0,
-            plain: true,
+            exact: true,
         }
     }
 
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn compressed_or_inline_extents_are_always_read() {
         let mut a = [ext(0, 4096, 8192)];
-        a[0].plain = false;
+        a[0].exact = false;
         assert_eq!(unshared_ranges(&a, &a, 8192), vec![0..8192]);
         assert_eq!(unshared_ranges(&[], &[], 10), vec![0..10]);
     }
@@ -244,8 +244,8 @@ mod tests {
             let build = |runs: &[(u64, u64, u64, bool)]| {
                 let mut at = 0;
                 runs.iter()
-                    .map(|&(phys, length, space, plain)| {
-                        let e = Extent { logical: at, physical: phys * 3, length, space, plain };
+                    .map(|&(phys, length, space, exact)| {
+                        let e = Extent { logical: at, physical: phys * 3, length, space, exact };
                         at += length;
                         e
                     })
@@ -254,7 +254,7 @@ mod tests {
             let (ea, eb) = (build(&a), build(&b));
             let address = |map: &[Extent], x: u64| {
                 map.iter()
-                    .find(|e| e.logical <= x && x < e.end() && e.plain)
+                    .find(|e| e.logical <= x && x < e.end() && e.exact)
                     .map(|e| (e.space, e.physical + (x - e.logical)))
             };
             let unshared = unshared_ranges(&ea, &eb, len);
