@@ -274,18 +274,28 @@ pub fn compression(dir: &Path) -> Result<Option<String>, StoreError> {
 }
 
 /// The options fschain gives `btrfs send`: when the kernel speaks send
-/// stream version 2 (Linux 6.0 and later), compressed extents travel as they
-/// are stored (`--compressed-data`), so a compressed layer is neither
-/// decompressed by the sender nor compressed again by the receiver, which
-/// writes them as they come. A version 2 stream needs btrfs-progs 6.0 or
-/// later on both sides.
+/// stream version 2 (Linux 6.0 and later) and the `btrfs` tool knows
+/// `--compressed-data` (btrfs-progs 6.0 and later), compressed extents travel
+/// as they are stored, so a compressed layer is neither decompressed by the
+/// sender nor compressed again by the receiver, which writes them as they
+/// come. A site then needs btrfs-progs 6.0 or later too.
 pub fn send_options() -> &'static [&'static str] {
     static OPTIONS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
     OPTIONS.get_or_init(|| {
         let version = std::fs::read_to_string("/sys/fs/btrfs/features/send_stream_version")
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok());
-        if version.is_some_and(|v| v >= 2) {
+        let tool_knows = || {
+            std::process::Command::new("btrfs")
+                .args(["send", "--help"])
+                .output()
+                .is_ok_and(|o| {
+                    [o.stdout, o.stderr]
+                        .iter()
+                        .any(|t| String::from_utf8_lossy(t).contains("--compressed-data"))
+                })
+        };
+        if version.is_some_and(|v| v >= 2) && tool_knows() {
             &["--proto", "2", "--compressed-data"]
         } else {
             &[]
