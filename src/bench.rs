@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fschain_producer::{init_root, ChainWriter, SystemClock};
 use fschain_schema::{Action, ChainName, ElementId, Operation, State};
+use fschain_store::layout::{EVENTS_LOG, HEADERS_LOG};
+use fschain_store::state_path::state_path;
 use fschain_store::{btrfs, verify_root, RootLayout};
 use serde_json::json;
 
@@ -193,41 +195,73 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         "\none-operation block with {} vs {} live elements (p50)",
         s.small, s.large
     );
-    // Both layers are made first and the file system settles (the large
-    // one leaves seconds of writeback behind); then the two are timed in
-    // turn, one block each, so background work falls on both alike.
+    // The four layers (fschain's and the bare file system's, small and
+    // large) are made first and the file system settles (the large ones
+    // leave seconds of writeback behind); then they are timed in turn, one
+    // block each, so background work falls on all alike. The bare layers
+    // show what btrfs alone does with a larger layer: after a snapshot it
+    // copies the path to each changed leaf, adding a reference for every
+    // child of each shared node it copies, so its cost grows with the layer.
     let mut layers = Vec::new();
     for (name, n) in [("small", s.small), ("large", s.large)] {
         let mut w = new_root(&work.join(name), name)?;
         populate(&mut w, n, 10_000)?;
-        layers.push((n, w, Rng(7 + n as u64), Vec::new(), Vec::new()));
+        layers.push((
+            OneOpLayer::Fschain(Box::new(w), n),
+            Rng(7 + n as u64),
+            Vec::new(),
+            Vec::new(),
+        ));
+    }
+    for (name, n) in [("bare-small", s.small), ("bare-large", s.large)] {
+        let bare = BareLayer::new(&work.join(name), n)?;
+        layers.push((
+            OneOpLayer::Bare(bare),
+            Rng(7 + n as u64),
+            Vec::new(),
+            Vec::new(),
+        ));
     }
     settle(work)?;
     for create in [false, true] {
         for i in 0..s.iterations {
-            for (n, w, rng, update, created) in &mut layers {
-                let took = one_op_block(w, *n, i, create, rng)?;
+            for (layer, rng, update, created) in &mut layers {
+                let took = layer.one_op_block(i, create, rng)?;
                 if create { created } else { update }.push(took);
             }
         }
     }
     let mut lines = Vec::new();
-    for (n, w, _, mut update, mut create) in layers {
-        lines.push((n, pct(&mut update, 50), pct(&mut create, 50)));
-        w.close()?;
+    for (layer, _, mut update, mut create) in layers {
+        lines.push((pct(&mut update, 50), pct(&mut create, 50)));
+        if let OneOpLayer::Fschain(w, _) = layer {
+            w.close()?;
+        }
     }
-    let (small, large) = (lines[0], lines[1]);
+    let (small, large, bare_small, bare_large) = (lines[0], lines[1], lines[2], lines[3]);
     println!(
-        "  update an element        {:>9} vs {:>9}   = {:.2}x (target <= 2x)",
+        "  bare update              {:>9} vs {:>9}   = {:.2}x (baseline: one state file, the logs, a snapshot; no fschain)",
+        ms(bare_small.0),
+        ms(bare_large.0),
+        ratio(bare_large.0, bare_small.0)
+    );
+    println!(
+        "  fschain update           {:>9} vs {:>9}   = {:.2}x (target <= 2x)",
+        ms(small.0),
+        ms(large.0),
+        ratio(large.0, small.0)
+    );
+    println!(
+        "  bare create              {:>9} vs {:>9}   = {:.2}x",
+        ms(bare_small.1),
+        ms(bare_large.1),
+        ratio(bare_large.1, bare_small.1)
+    );
+    println!(
+        "  fschain create           {:>9} vs {:>9}   = {:.2}x (RFC 6962 positions shift: O(n) node hashes)",
         ms(small.1),
         ms(large.1),
         ratio(large.1, small.1)
-    );
-    println!(
-        "  create an element        {:>9} vs {:>9}   = {:.2}x (RFC 6962 positions shift: O(n) node hashes)",
-        ms(small.2),
-        ms(large.2),
-        ratio(large.2, small.2)
     );
 
     // 4. verify vs openssl over the same bytes.
@@ -290,38 +324,147 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
     Ok(())
 }
 
+/// A layer without fschain: the same state files (paths under `states/`,
+/// canonical bytes, the states' compression property) and the two logs,
+/// written and snapshotted directly. Blocks are snapshots in `dir`.
+struct BareLayer {
+    dir: PathBuf,
+    layer: PathBuf,
+    elements: usize,
+    created: usize,
+    blocks: usize,
+}
+
+impl BareLayer {
+    fn new(dir: &Path, elements: usize) -> Result<Self> {
+        let layer = dir.join("layer");
+        std::fs::create_dir_all(dir)?;
+        btrfs::create_subvolume(&layer)?;
+        let states = layer.join(fschain_store::state_path::STATES_DIR);
+        std::fs::create_dir_all(&states)?;
+        btrfs::set_compression(&states, btrfs::STATES_COMPRESSION)?;
+        let mut bare = BareLayer {
+            dir: dir.to_owned(),
+            layer,
+            elements: 0,
+            created: 0,
+            blocks: 0,
+        };
+        for i in 0..elements {
+            bare.write(i, &state_bytes(i))?;
+        }
+        bare.elements = elements;
+        for log in [EVENTS_LOG, HEADERS_LOG] {
+            std::fs::write(bare.layer.join(log), b"")?;
+        }
+        bare.snapshot()?;
+        Ok(bare)
+    }
+
+    /// Writes element `i`'s state file as the writer does: in place, or
+    /// created with its directory.
+    fn write(&self, i: usize, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let path = self.layer.join(state_path(&element(i)));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                open()?
+            }
+            other => other?,
+        };
+        file.write_all_at(bytes, 0)?;
+        Ok(())
+    }
+
+    /// Appends an event line per operation and a header line, and takes a
+    /// read-only snapshot.
+    fn seal(&mut self, operations: usize) -> Result<()> {
+        use std::io::Write;
+        let append = |log: &str, bytes: &[u8]| -> Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.layer.join(log))?;
+            Ok(file.write_all(bytes)?)
+        };
+        append(EVENTS_LOG, &[b'e'; 400].repeat(operations))?;
+        append(HEADERS_LOG, &[b'h'; 420])?;
+        self.snapshot()
+    }
+
+    fn snapshot(&mut self) -> Result<()> {
+        btrfs::snapshot(
+            &self.layer,
+            &self.dir.join(format!("b{}", self.blocks)),
+            true,
+        )?;
+        self.blocks += 1;
+        Ok(())
+    }
+
+    /// One block of one operation: an update of a random element, or a new
+    /// element. Returns how long it took.
+    fn one_op_block(&mut self, create: bool, rng: &mut Rng) -> Result<Duration> {
+        let t = Instant::now();
+        if create {
+            let i = self.elements + 1_000_000 + self.created;
+            self.write(i, &state_bytes(i))?;
+            self.created += 1;
+        } else {
+            let i = rng.below(self.elements);
+            self.write(i, &state_bytes(i + self.blocks))?;
+        }
+        self.seal(1)?;
+        Ok(t.elapsed())
+    }
+}
+
+/// A layer one-operation blocks are timed on: fschain's, or bare.
+enum OneOpLayer {
+    Fschain(Box<ChainWriter>, usize),
+    Bare(BareLayer),
+}
+
+impl OneOpLayer {
+    fn one_op_block(&mut self, i: usize, create: bool, rng: &mut Rng) -> Result<Duration> {
+        match self {
+            OneOpLayer::Fschain(writer, n) => one_op_block(writer, *n, i, create, rng),
+            OneOpLayer::Bare(bare) => bare.one_op_block(create, rng),
+        }
+    }
+}
+
+/// The canonical bytes of [`state`]`(i)`.
+fn state_bytes(i: usize) -> Vec<u8> {
+    fschain_schema::jcs::canonical(&serde_json::Value::Object(state(i))).unwrap_or_default()
+}
+
 /// The file-system work of sealing, without fschain: per block, overwrite
-/// as many small state files as the block has operations (open, write,
-/// close, in one thread, among `elements` files) and take a read-only
-/// snapshot. Returns operations per second.
+/// as many state files as the block has operations (open, write, close, in
+/// one thread, among `elements` files) and take a read-only snapshot.
+/// Returns operations per second.
 fn bare_block_writes(dir: &Path, s: &Scale) -> Result<f64> {
-    use std::os::unix::fs::FileExt;
-    let layer = dir.join("layer");
-    std::fs::create_dir_all(dir)?;
-    btrfs::create_subvolume(&layer)?;
-    // Stored as an fschain layer's states are.
-    btrfs::set_compression(&layer, btrfs::STATES_COMPRESSION)?;
+    let mut bare = BareLayer::new(dir, s.elements)?;
     let blocks = (s.ops / s.block_ops).max(1);
     // Encoded before the clock starts: the floor times file work only.
-    let content: Vec<Vec<u8>> = (0..s.elements + blocks)
-        .map(|i| serde_json::to_vec(&state(i)).unwrap_or_default())
-        .collect();
-    let names: Vec<PathBuf> = (0..s.elements)
-        .map(|i| layer.join(format!("e{i}")))
-        .collect();
-    for (name, bytes) in names.iter().zip(&content) {
-        std::fs::write(name, bytes)?;
-    }
-    btrfs::snapshot(&layer, &dir.join("populated"), true)?;
+    let content: Vec<Vec<u8>> = (0..s.elements + blocks).map(state_bytes).collect();
     let mut rng = Rng(42);
     let started = Instant::now();
     for b in 0..blocks {
         for _ in 0..s.block_ops {
             let i = rng.below(s.elements);
-            let file = std::fs::OpenOptions::new().write(true).open(&names[i])?;
-            file.write_all_at(&content[i + b], 0)?;
+            bare.write(i, &content[i + b])?;
         }
-        btrfs::snapshot(&layer, &dir.join(format!("b{b}")), true)?;
+        bare.seal(s.block_ops)?;
     }
     Ok((blocks * s.block_ops) as f64 / started.elapsed().as_secs_f64())
 }
