@@ -258,7 +258,7 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         ratio(bare_large.1, bare_small.1)
     );
     println!(
-        "  fschain create           {:>9} vs {:>9}   = {:.2}x (RFC 6962 positions shift: O(n) node hashes)",
+        "  fschain create           {:>9} vs {:>9}   = {:.2}x (and the state root rehashes every node right of the new leaf)",
         ms(small.1),
         ms(large.1),
         ratio(large.1, small.1)
