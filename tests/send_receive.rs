@@ -8,7 +8,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use fschain_store::{btrfs, send_stream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use fschain_store::layout::{incoming_name, RootLayout, EVENTS_LOG};
+use fschain_store::{btrfs, send_stream, verify_received, ChainDir, EarlyLogCheck, VerifiedLogs};
 
 /// `dir/src` holding an empty subvolume `layer`, and `dir/dst` to receive
 /// into: (src, dst, layer).
@@ -173,4 +177,112 @@ fn a_compressed_layer_travels_compressed_and_lands_compressed() {
         btrfs::compression(&received).unwrap().as_deref(),
         Some(btrfs::STATES_COMPRESSION)
     );
+}
+
+/// A site checks a received block's logs while `btrfs receive` still writes
+/// its state files, from where its previous block's replay ended; the
+/// replay is handed back when there is nothing to check yet, and a log that
+/// changes after its early check is caught.
+#[test]
+fn a_received_blocks_logs_are_checked_while_its_states_arrive() {
+    let Some(s) = common::scratch("early-logs") else {
+        return;
+    };
+    let root = common::root_with_sample(&s, 30, 10);
+    let producer = RootLayout::new(&root);
+    let headers = ChainDir::new(producer.snapshot(3)).headers().unwrap();
+    let site = RootLayout::new(s.dir.join("site"));
+    std::fs::create_dir_all(site.blocks_dir()).unwrap();
+    let receive = |height: u64, name: &str| {
+        let parent = height.checked_sub(1).map(|p| producer.snapshot(p));
+        let stream = sent(&producer.snapshot(height), parent.as_deref());
+        btrfs::receive(&site.blocks_dir(), name, &mut stream.as_slice()).unwrap();
+    };
+    let name_of = |path: PathBuf| path.file_name().unwrap().to_str().unwrap().to_owned();
+    receive(0, &name_of(site.snapshot(0)));
+    let mut verified = None;
+    let problems = verify_received(
+        &site,
+        &ChainDir::new(site.snapshot(0)),
+        &headers[0],
+        &mut verified,
+        None,
+    )
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // Nothing received yet and the receive over: the replay comes back.
+    let early = EarlyLogCheck::start(
+        site.clone(),
+        ChainDir::new(site.incoming(1)),
+        headers[1].clone(),
+        verified.take().unwrap(),
+        || false,
+    )
+    .unwrap();
+    let replay = early.abandon().expect("the replay is handed back");
+    assert_eq!(replay.height(), 0);
+
+    // Started before the receive: it waits for the logs, checks them, and
+    // the verification takes its outcome.
+    let receiving = Arc::new(AtomicBool::new(true));
+    let still = Arc::clone(&receiving);
+    let early = EarlyLogCheck::start(
+        site.clone(),
+        ChainDir::new(site.incoming(1)),
+        headers[1].clone(),
+        replay,
+        move || still.load(Ordering::SeqCst),
+    )
+    .unwrap();
+    receive(1, &incoming_name(1));
+    receiving.store(false, Ordering::SeqCst);
+    let problems = verify_received(
+        &site,
+        &ChainDir::new(site.incoming(1)),
+        &headers[1],
+        &mut verified,
+        Some(early),
+    )
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(verified.as_ref().map(VerifiedLogs::height), Some(1));
+    std::fs::rename(site.incoming(1), site.snapshot(1)).unwrap();
+
+    // A log that grows after its early check is caught.
+    receive(2, &incoming_name(2));
+    let early = EarlyLogCheck::start(
+        site.clone(),
+        ChainDir::new(site.incoming(2)),
+        headers[2].clone(),
+        verified.take().unwrap(),
+        || false,
+    )
+    .unwrap();
+    common::wait_for(
+        "the early log check",
+        std::time::Duration::from_secs(30),
+        || early.is_finished(),
+    );
+    btrfs::set_readonly(&site.incoming(2), false).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(site.incoming(2).join(EVENTS_LOG))
+        .unwrap();
+    std::io::Write::write_all(&mut log, b"{}\n").unwrap();
+    let problems = verify_received(
+        &site,
+        &ChainDir::new(site.incoming(2)),
+        &headers[2],
+        &mut verified,
+        Some(early),
+    )
+    .unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.to_string().contains("changed after they were checked")),
+        "{problems:?}"
+    );
+    assert!(verified.is_none());
 }

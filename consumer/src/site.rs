@@ -15,14 +15,18 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use fschain_schema::wire::{decode_frame, Chunk, Frame};
 use fschain_schema::{BlockHeader, ChainName, Digest, SchemaError, StreamHash};
 use fschain_store::layout::{write_atomic, ChainMeta, ReplicaMeta, RootLayout};
-use fschain_store::{btrfs, verify_received, ChainDir, IoContext, StoreError, VerifiedLogs};
+use fschain_store::{
+    btrfs, verify_received, ChainDir, EarlyLogCheck, IoContext, StoreError, VerifiedLogs,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
@@ -181,6 +185,9 @@ struct Receiving {
     staging: PathBuf,
     feed: Option<SyncSender<Vec<u8>>>,
     worker: Option<JoinHandle<Received>>,
+    /// The logs' check, under way while the receive writes the states
+    /// (when the site holds the previous block's replayed logs).
+    early: Option<EarlyLogCheck>,
     started: Instant,
 }
 
@@ -224,8 +231,25 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         if self.worker.is_some() {
             let _ = self.close();
+            let _ = self.early.take().map(EarlyLogCheck::abandon);
             remove_staging(&self.staging);
         }
+    }
+}
+
+/// Decompresses the chunks sent down `chunks` into `btrfs receive` of the
+/// subvolume `name` in `dir`.
+fn receive(dir: &Path, name: &str, chunks: Receiver<Vec<u8>>) -> Received {
+    let mut decoder = match zstd::stream::Decoder::new(ChannelReader::new(chunks)) {
+        Ok(d) => d,
+        Err(e) => return Received::failed(StoreError::io(dir, e)),
+    };
+    let outcome = btrfs::receive(dir, name, &mut decoder);
+    let (stream, bytes) = decoder.finish().into_inner().finish();
+    Received {
+        outcome,
+        stream,
+        bytes,
     }
 }
 
@@ -386,27 +410,31 @@ impl SiteChain {
         let (feed, chunks) = sync_channel::<Vec<u8>>(FEED_DEPTH);
         let dir = self.layout.blocks_dir();
         let name = fschain_store::layout::incoming_name(height);
+        let running = Arc::new(AtomicBool::new(true));
+        let still = Arc::clone(&running);
         let worker = std::thread::Builder::new()
             .name(format!("receive-{height}"))
             .spawn(move || {
-                let mut decoder = match zstd::stream::Decoder::new(ChannelReader::new(chunks)) {
-                    Ok(d) => d,
-                    Err(e) => return Received::failed(StoreError::io(&dir, e)),
-                };
-                let outcome = btrfs::receive(&dir, &name, &mut decoder);
-                let (stream, bytes) = decoder.finish().into_inner().finish();
-                Received {
-                    outcome,
-                    stream,
-                    bytes,
-                }
+                let received = receive(&dir, &name, chunks);
+                still.store(false, Ordering::SeqCst);
+                received
             })
             .at(&staging)?;
+        let early = self.verified.take().and_then(|verified| {
+            EarlyLogCheck::start(
+                self.layout.clone(),
+                ChainDir::new(&staging),
+                ready.header.clone(),
+                verified,
+                move || running.load(Ordering::SeqCst),
+            )
+        });
         self.receiving = Some(Receiving {
             key: ready.key,
             staging,
             feed: Some(feed),
             worker: Some(worker),
+            early,
             started: Instant::now(),
         });
         Ok(())
@@ -432,9 +460,13 @@ impl SiteChain {
     /// Gives up the open stream, if any: its receive is ended and its
     /// staging subvolume deleted.
     pub fn abort(&mut self) {
-        if let Some(r) = self.receiving.take() {
+        if let Some(mut r) = self.receiving.take() {
             warn!(chain = %self.chain, height = r.key.height, "giving up an unfinished receive");
-            drop(r);
+            let _ = r.close();
+            // The previous block's replayed logs, if the early check did not
+            // start on this one's, serve the next attempt.
+            self.verified = r.early.take().and_then(EarlyLogCheck::abandon);
+            remove_staging(&r.staging);
         }
     }
 
@@ -449,10 +481,11 @@ impl SiteChain {
             }));
         };
         let received = receiving.close();
+        let early = receiving.early.take();
         let staging = receiving.staging.clone();
         let started = receiving.started;
         drop(receiving);
-        let result = self.check_and_place(ready, received, &staging, started);
+        let result = self.check_and_place(ready, received, early, &staging, started);
         if result.is_err() {
             remove_staging(&staging);
         }
@@ -463,6 +496,7 @@ impl SiteChain {
         &mut self,
         ready: &ReadyBlock,
         received: Received,
+        early: Option<EarlyLogCheck>,
         staging: &Path,
         started: Instant,
     ) -> Result<(), ConsumerError> {
@@ -470,17 +504,24 @@ impl SiteChain {
         // 1. The whole stream against the signed hash (each chunk was
         // authenticated on its own before it was fed; this is the whole).
         let stream = &ready.manifest.stream;
-        if received.stream != stream.sha256 || received.bytes != stream.bytes {
-            return Err(ConsumerError::Schema(SchemaError::StreamHashMismatch {
+        let whole = if received.stream != stream.sha256 || received.bytes != stream.bytes {
+            Err(ConsumerError::Schema(SchemaError::StreamHashMismatch {
                 expected: stream.sha256,
                 actual: received.stream,
-            }));
+            }))
+        } else {
+            received.outcome.map_err(|e| ConsumerError::Receive {
+                chain: self.chain.to_string(),
+                height,
+                error: Box::new(e),
+            })
+        };
+        if let Err(e) = whole {
+            // The previous block's replay, if the early check handed it
+            // back, serves the block's next attempt.
+            self.verified = early.and_then(EarlyLogCheck::abandon);
+            return Err(e);
         }
-        received.outcome.map_err(|e| ConsumerError::Receive {
-            chain: self.chain.to_string(),
-            height,
-            error: Box::new(e),
-        })?;
         let received = started.elapsed();
         // 2. Verify the received snapshot against the signed header.
         let problems = verify_received(
@@ -488,6 +529,7 @@ impl SiteChain {
             &ChainDir::new(staging),
             &ready.header,
             &mut self.verified,
+            early,
         )?;
         if !problems.is_empty() {
             return Err(ConsumerError::Unverified {

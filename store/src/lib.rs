@@ -22,4 +22,4 @@ pub use chain::{Chain, StateDiff};
 pub use chain_dir::{for_block_event_lines, ChainDir, StateScan};
 pub use error::{IoContext, StoreError};
 pub use layout::{ChainMeta, RootLayout};
-pub use verify::{verify_received, verify_root, VerifiedLogs, VerifyReport};
+pub use verify::{verify_received, verify_root, EarlyLogCheck, VerifiedLogs, VerifyReport};

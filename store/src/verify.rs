@@ -540,6 +540,152 @@ impl VerifiedLogs {
     }
 }
 
+/// The newest block the site at `layout` holds below `height`.
+fn previous_block(layout: &RootLayout, height: u64) -> Result<Option<(u64, ChainDir)>, StoreError> {
+    Ok(layout
+        .snapshot_heights()?
+        .into_iter()
+        .filter(|&h| h < height)
+        .max()
+        .map(|h| (h, ChainDir::new(layout.snapshot(h)))))
+}
+
+/// A received copy's logs, checked while `btrfs receive` still wrote the
+/// rest of it (see [`EarlyLogCheck`]).
+#[derive(Debug)]
+struct EarlyLogs {
+    height: u64,
+    outcome: Result<LogChecker, Box<Problem>>,
+    /// The inode and length of events.log and headers.log once checked.
+    files: [(u64, u64); 2],
+}
+
+/// The early check's outcome, if the logs are still the files, of the
+/// lengths, it checked.
+fn unchanged_since_checked(
+    early: EarlyLogs,
+    dir: &ChainDir,
+    place: &str,
+) -> Result<LogChecker, Box<Problem>> {
+    let checker = early.outcome?;
+    match (file_id(dir, EVENTS_LOG), file_id(dir, HEADERS_LOG)) {
+        (Ok(events), Ok(headers)) if [events, headers] == early.files => Ok(checker),
+        _ => Err(Box::new(Problem::BadSnapshot {
+            place: place.into(),
+            height: early.height,
+            message: "its logs changed after they were checked".into(),
+        })),
+    }
+}
+
+/// The inode number and length of `file` in the copy at `dir`.
+fn file_id(dir: &ChainDir, file: &str) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir.path().join(file))?;
+    Ok((m.ino(), m.len()))
+}
+
+/// A check of a received copy's logs, under way on its own thread while
+/// `btrfs receive` still writes the rest of the copy.
+#[derive(Debug)]
+pub struct EarlyLogCheck(std::thread::JoinHandle<Result<EarlyLogs, Box<VerifiedLogs>>>);
+
+impl EarlyLogCheck {
+    /// Starts checking the logs of block `expected`, which `btrfs receive`
+    /// is writing at `dir`, from where `verified` (the site's previous
+    /// block) ended, so that the check uses the time the state files take
+    /// to arrive. `btrfs send` orders a stream's commands by inode number,
+    /// and a chain's events.log is older than its headers.log: once
+    /// headers.log is as long as the signed header makes it, every command
+    /// of the stream for events.log has run, and the rest writes state
+    /// files. [`verify_received`] then checks that both logs are still the
+    /// files, of the lengths, that were checked. The thread runs at the
+    /// lowest priority (nice 19), so a receive that needs both cores keeps
+    /// them. `receiving` says whether the receive still runs. The check
+    /// hands `verified` back, for [`verify_received`] to check the logs
+    /// after the receive, when it cannot run early: no resumable previous
+    /// block, headers.log not the younger file, or the receive ended first.
+    /// `None` when no thread could be started (the logs are then checked in
+    /// full after the receive).
+    pub fn start(
+        layout: RootLayout,
+        dir: ChainDir,
+        expected: BlockHeader,
+        verified: VerifiedLogs,
+        receiving: impl Fn() -> bool + Send + 'static,
+    ) -> Option<Self> {
+        std::thread::Builder::new()
+            .name(format!("logs-{}", expected.height))
+            .spawn(move || {
+                // Lowering one's own priority needs no privilege; a thread
+                // that keeps nice 0 only checks sooner.
+                let _ = rustix::process::setpriority_process(None, 19);
+                check_logs_early(&layout, &dir, &expected, verified, receiving)
+            })
+            .ok()
+            .map(EarlyLogCheck)
+    }
+
+    /// Whether the check has run to its end (or handed the replay back).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the check (of a receive given up) and returns the previous
+    /// block's replayed logs if it handed them back.
+    pub fn abandon(self) -> Option<VerifiedLogs> {
+        self.finish().err().map(|verified| *verified)
+    }
+
+    fn finish(self) -> Result<EarlyLogs, Box<VerifiedLogs>> {
+        match self.0.join() {
+            Ok(outcome) => outcome,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+fn check_logs_early(
+    layout: &RootLayout,
+    dir: &ChainDir,
+    expected: &BlockHeader,
+    verified: VerifiedLogs,
+    receiving: impl Fn() -> bool,
+) -> Result<EarlyLogs, Box<VerifiedLogs>> {
+    let height = expected.height;
+    let previous = match previous_block(layout, height) {
+        Ok(Some((h, d))) if h == verified.height => d,
+        _ => return Err(Box::new(verified)),
+    };
+    let Ok(line) = expected.to_canonical() else {
+        return Err(Box::new(verified));
+    };
+    let done = verified.checker.report();
+    let headers_len = done.header_ends.last().copied().unwrap_or(0) + line.len() as u64 + 1;
+    loop {
+        match file_id(dir, HEADERS_LOG) {
+            Ok((_, len)) if len >= headers_len => break,
+            _ if !receiving() => return Err(Box::new(verified)),
+            _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    match (file_id(dir, EVENTS_LOG), file_id(dir, HEADERS_LOG)) {
+        (Ok((events, _)), Ok((headers, _))) if events < headers => {}
+        _ => return Err(Box::new(verified)),
+    }
+    let place = format!("received block {height}");
+    let outcome = resume_logs(verified.checker, &place, Some(&previous), dir);
+    let files = match (file_id(dir, EVENTS_LOG), file_id(dir, HEADERS_LOG)) {
+        (Ok(events), Ok(headers)) => [events, headers],
+        _ => [(0, 0); 2],
+    };
+    Ok(EarlyLogs {
+        height,
+        outcome,
+        files,
+    })
+}
+
 /// Verifies a snapshot a site has just received (at `dir`, still under its
 /// staging name) as block `height` of the chain at `layout`, against the
 /// header the producer signed: the same checks `verify` makes of a
@@ -555,6 +701,7 @@ pub fn verify_received(
     dir: &ChainDir,
     expected: &BlockHeader,
     verified: &mut Option<VerifiedLogs>,
+    early: Option<EarlyLogCheck>,
 ) -> Result<Vec<Problem>, StoreError> {
     let height = expected.height;
     let meta = ChainMeta::new(expected.chain.clone());
@@ -566,27 +713,37 @@ pub fn verify_received(
         snapshot: true,
     };
     let p = copy.place.clone();
-    let previous = layout
-        .snapshot_heights()?
-        .into_iter()
-        .filter(|&h| h < height)
-        .max()
-        .map(|h| (h, ChainDir::new(layout.snapshot(h))));
-    let resume = verified
-        .take()
-        .filter(|v| previous.as_ref().is_some_and(|(h, _)| *h == v.height));
-    let resumed = resume.is_some();
-    // Its logs, and its files, side by side.
-    let (outcome, scan) = side_by_side(
-        || match resume {
-            Some(v) => resume_logs(v.checker, &p, previous.as_ref().map(|(_, d)| d), dir),
-            None => copy_log_checker(&p, &meta.chain, dir),
+    let previous = previous_block(layout, height)?;
+    let resume = verified.take();
+    // State files from the btrfs tree, as `verify` reads them: one tree
+    // search instead of opening every state file, which took seconds a
+    // block at 100,000 elements. The sync is also what makes the block
+    // durable.
+    let scan_states = || scan_copy(&copy, &meta, flushed_for_tree_reads(dir.path()));
+    // Its logs (checked while the receive still wrote the state files, or
+    // now, from the previous block's replay or in full), and its files,
+    // side by side.
+    let ((outcome, resumed), scan) = side_by_side(
+        || {
+            let handed_back = match early.map(EarlyLogCheck::finish) {
+                Some(Ok(early)) if early.height == height => {
+                    return (unchanged_since_checked(early, dir, &p), true);
+                }
+                Some(Ok(_)) | None => None,
+                Some(Err(verified)) => Some(*verified),
+            };
+            let resume = resume
+                .or(handed_back)
+                .filter(|v| previous.as_ref().is_some_and(|(h, _)| *h == v.height));
+            match resume {
+                Some(v) => (
+                    resume_logs(v.checker, &p, previous.as_ref().map(|(_, d)| d), dir),
+                    true,
+                ),
+                None => (copy_log_checker(&p, &meta.chain, dir), false),
+            }
         },
-        // State files from the btrfs tree, as `verify` reads them: one tree
-        // search instead of opening every state file, which took seconds a
-        // block at 100,000 elements. The sync is also what makes the block
-        // durable.
-        || scan_copy(&copy, &meta, flushed_for_tree_reads(dir.path())),
+        scan_states,
     );
     let checker = match outcome {
         Ok(checker) => checker,
