@@ -85,6 +85,11 @@ fn client(
         .set("heartbeat.interval.ms", "1000")
         // Bounds the prefetch queue: memory stays flat whatever the backlog.
         .set("queued.max.messages.kbytes", "16384")
+        // A full queue puts the next fetch off by this long (librdkafka's
+        // default is a second): a receive slower than the topic, on a slow
+        // disk, would otherwise stall for a second each time it fell 16 MiB
+        // behind.
+        .set("fetch.queue.backoff.ms", "20")
         .set(
             "enable.partition.eof",
             if partition_eof { "true" } else { "false" },
