@@ -239,30 +239,29 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         }
     }
     let (small, large, bare_small, bare_large) = (lines[0], lines[1], lines[2], lines[3]);
-    println!(
-        "  bare update              {:>9} vs {:>9}   = {:.2}x (baseline: one state file, the logs, a snapshot; no fschain)",
-        ms(bare_small.0),
-        ms(bare_large.0),
-        ratio(bare_large.0, bare_small.0)
-    );
-    println!(
-        "  fschain update           {:>9} vs {:>9}   = {:.2}x (target <= 2x)",
-        ms(small.0),
-        ms(large.0),
-        ratio(large.0, small.0)
-    );
-    println!(
-        "  bare create              {:>9} vs {:>9}   = {:.2}x",
-        ms(bare_small.1),
-        ms(bare_large.1),
-        ratio(bare_large.1, bare_small.1)
-    );
-    println!(
-        "  fschain create           {:>9} vs {:>9}   = {:.2}x (and the state root rehashes every node right of the new leaf)",
-        ms(small.1),
-        ms(large.1),
-        ratio(large.1, small.1)
-    );
+    for (what, small, large, note) in [
+        (
+            "bare update   ",
+            bare_small.0,
+            bare_large.0,
+            "(baseline: one state file, the logs, a snapshot; no fschain)",
+        ),
+        ("fschain update", small.0, large.0, "(target <= 2x)"),
+        ("bare create   ", bare_small.1, bare_large.1, ""),
+        (
+            "fschain create",
+            small.1,
+            large.1,
+            "(and the state root rehashes every node right of the new leaf)",
+        ),
+    ] {
+        println!(
+            "  {what}           {:>9} vs {:>9}   = {:.2}x {note}",
+            ms(small),
+            ms(large),
+            ratio(large, small)
+        );
+    }
 
     // 4. verify vs openssl over the same bytes.
     // Both sides are timed the same way: the median of three runs, after

@@ -199,6 +199,13 @@ fn a_received_blocks_logs_are_checked_while_its_states_arrive() {
         btrfs::receive(&site.blocks_dir(), name, &mut stream.as_slice()).unwrap();
     };
     let name_of = |path: PathBuf| path.file_name().unwrap().to_str().unwrap().to_owned();
+    let start = |height: u64, replay: VerifiedLogs, receiving: Box<dyn Fn() -> bool + Send>| {
+        let (copy, header) = (
+            ChainDir::new(site.incoming(height)),
+            headers[height as usize].clone(),
+        );
+        EarlyLogCheck::start(site.clone(), copy, header, replay, receiving).unwrap()
+    };
     receive(0, &name_of(site.snapshot(0)));
     let mut verified = None;
     let problems = verify_received(
@@ -212,14 +219,7 @@ fn a_received_blocks_logs_are_checked_while_its_states_arrive() {
     assert!(problems.is_empty(), "{problems:?}");
 
     // Nothing received yet and the receive over: the replay comes back.
-    let early = EarlyLogCheck::start(
-        site.clone(),
-        ChainDir::new(site.incoming(1)),
-        headers[1].clone(),
-        verified.take().unwrap(),
-        || false,
-    )
-    .unwrap();
+    let early = start(1, verified.take().unwrap(), Box::new(|| false));
     let replay = early.abandon().expect("the replay is handed back");
     assert_eq!(replay.height(), 0);
 
@@ -227,14 +227,7 @@ fn a_received_blocks_logs_are_checked_while_its_states_arrive() {
     // the verification takes its outcome.
     let receiving = Arc::new(AtomicBool::new(true));
     let still = Arc::clone(&receiving);
-    let early = EarlyLogCheck::start(
-        site.clone(),
-        ChainDir::new(site.incoming(1)),
-        headers[1].clone(),
-        replay,
-        move || still.load(Ordering::SeqCst),
-    )
-    .unwrap();
+    let early = start(1, replay, Box::new(move || still.load(Ordering::SeqCst)));
     receive(1, &incoming_name(1));
     receiving.store(false, Ordering::SeqCst);
     let problems = verify_received(
@@ -251,14 +244,7 @@ fn a_received_blocks_logs_are_checked_while_its_states_arrive() {
 
     // A log that grows after its early check is caught.
     receive(2, &incoming_name(2));
-    let early = EarlyLogCheck::start(
-        site.clone(),
-        ChainDir::new(site.incoming(2)),
-        headers[2].clone(),
-        verified.take().unwrap(),
-        || false,
-    )
-    .unwrap();
+    let early = start(2, verified.take().unwrap(), Box::new(|| false));
     common::wait_for(
         "the early log check",
         std::time::Duration::from_secs(30),

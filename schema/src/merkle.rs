@@ -130,25 +130,11 @@ impl MerkleLevels {
         }
     }
 
-    /// Replaces the leaf at `index` and rehashes its ancestors: O(log n).
-    pub fn set_leaf(&mut self, index: usize, leaf: Digest) {
-        self.edit(&[LeafEdit::Set(index, leaf)]);
-    }
-
-    /// Inserts a leaf; every node right of it moves, so this rehashes
-    /// O(n - index) nodes. Batch changes with [`Self::edit`].
-    pub fn insert_leaf(&mut self, index: usize, leaf: Digest) {
-        self.edit(&[LeafEdit::Insert(index, leaf)]);
-    }
-
-    pub fn remove_leaf(&mut self, index: usize) {
-        self.edit(&[LeafEdit::Remove(index)]);
-    }
-
     /// Applies `edits` in order (each position as of that edit; panics on
     /// one out of range, as `Vec` does), then rehashes once: every node
     /// right of the leftmost insertion or removal, since positions there
-    /// moved, and the path of each leaf set left of it.
+    /// moved (O(n - index)), and the path of each leaf set left of it
+    /// (O(log n) each).
     pub fn edit(&mut self, edits: &[LeafEdit]) {
         let leaves = &mut self.levels[0];
         let mut moved_from: Option<usize> = None;
@@ -296,6 +282,31 @@ mod tests {
         }
     }
 
+    /// Sets, inserts or removes a leaf of `current` as `kind` and `x` say,
+    /// and returns the edit that does the same to a tree.
+    fn random_edit(current: &mut Vec<Digest>, kind: u8, x: u16) -> Option<LeafEdit> {
+        let fresh = leaf_hash(&x.to_be_bytes());
+        let at = |len: usize| x as usize % len;
+        match kind % 3 {
+            0 if !current.is_empty() => {
+                let i = at(current.len());
+                current[i] = fresh;
+                Some(LeafEdit::Set(i, fresh))
+            }
+            1 => {
+                let i = at(current.len() + 1);
+                current.insert(i, fresh);
+                Some(LeafEdit::Insert(i, fresh))
+            }
+            2 if !current.is_empty() => {
+                let i = at(current.len());
+                current.remove(i);
+                Some(LeafEdit::Remove(i))
+            }
+            _ => None,
+        }
+    }
+
     fn leaves(n: usize) -> Vec<Digest> {
         (0..n)
             .map(|i| leaf_hash(&(i as u64).to_be_bytes()))
@@ -357,11 +368,11 @@ mod tests {
         for (at, x) in [(0usize, 1u32), (n / 2, 2), (n, 3), (7, 4)] {
             let leaf = leaf_hash(&x.to_be_bytes());
             current.insert(at, leaf);
-            tree.insert_leaf(at, leaf);
+            tree.edit(&[LeafEdit::Insert(at, leaf)]);
             assert_eq!(tree.root(), mth(&current), "after inserting at {at}");
         }
         current.remove(n / 3);
-        tree.remove_leaf(n / 3);
+        tree.edit(&[LeafEdit::Remove(n / 3)]);
         assert_eq!(tree.root(), mth(&current));
         assert_eq!(tree.leaves(), current.as_slice());
     }
@@ -393,24 +404,8 @@ mod tests {
             let mut current = leaves(n);
             let mut tree = MerkleLevels::from_leaves(current.clone());
             for (kind, x) in ops {
-                let fresh = leaf_hash(&x.to_be_bytes());
-                match kind % 3 {
-                    0 if !current.is_empty() => {
-                        let i = x as usize % current.len();
-                        current[i] = fresh;
-                        tree.set_leaf(i, fresh);
-                    }
-                    1 => {
-                        let i = x as usize % (current.len() + 1);
-                        current.insert(i, fresh);
-                        tree.insert_leaf(i, fresh);
-                    }
-                    _ if !current.is_empty() => {
-                        let i = x as usize % current.len();
-                        current.remove(i);
-                        tree.remove_leaf(i);
-                    }
-                    _ => {}
+                if let Some(edit) = random_edit(&mut current, kind, x) {
+                    tree.edit(&[edit]);
                 }
                 prop_assert_eq!(tree.root(), mth(&current));
             }
@@ -422,28 +417,10 @@ mod tests {
         fn batched_edits_equal_a_rebuild(n in 0usize..80, ops in proptest::collection::vec((any::<u8>(), any::<u16>()), 0..20)) {
             let mut current = leaves(n);
             let mut tree = MerkleLevels::from_leaves(current.clone());
-            let mut edits = Vec::new();
-            for (kind, x) in ops {
-                let fresh = leaf_hash(&x.to_be_bytes());
-                match kind % 3 {
-                    0 if !current.is_empty() => {
-                        let i = x as usize % current.len();
-                        current[i] = fresh;
-                        edits.push(LeafEdit::Set(i, fresh));
-                    }
-                    1 => {
-                        let i = x as usize % (current.len() + 1);
-                        current.insert(i, fresh);
-                        edits.push(LeafEdit::Insert(i, fresh));
-                    }
-                    _ if !current.is_empty() => {
-                        let i = x as usize % current.len();
-                        current.remove(i);
-                        edits.push(LeafEdit::Remove(i));
-                    }
-                    _ => {}
-                }
-            }
+            let edits: Vec<LeafEdit> = ops
+                .into_iter()
+                .filter_map(|(kind, x)| random_edit(&mut current, kind, x))
+                .collect();
             tree.edit(&edits);
             prop_assert_eq!(tree.root(), mth(&current));
             prop_assert_eq!(tree.leaves(), current.as_slice());
