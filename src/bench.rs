@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fschain_producer::{init_root, ChainWriter, SystemClock};
+use fschain_producer::{init_root, write_state_file, ChainWriter, SystemClock};
 use fschain_schema::{Action, ChainName, ElementId, Operation, State};
 use fschain_store::layout::{EVENTS_LOG, HEADERS_LOG};
 use fschain_store::state_path::state_path;
@@ -360,29 +360,12 @@ impl BareLayer {
         Ok(bare)
     }
 
-    /// Writes element `i`'s state file as the writer does: in place, or
-    /// created with its directory.
+    /// Writes element `i`'s state file as a seal does.
     fn write(&self, i: usize, bytes: &[u8]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let path = self.layer.join(state_path(&element(i)));
-        let open = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-        };
-        let file = match open() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                open()?
-            }
-            other => other?,
-        };
-        file.write_all_at(bytes, 0)?;
-        Ok(())
+        Ok(write_state_file(
+            &self.layer.join(state_path(&element(i))),
+            bytes,
+        )?)
     }
 
     /// Appends an event line per operation and a header line, and takes a

@@ -223,6 +223,15 @@ impl Receiving {
             }),
         }
     }
+
+    /// Ends the receive, deletes its staging subvolume, and returns the
+    /// previous block's replayed logs if the early check handed them back.
+    fn give_up(&mut self) -> Option<VerifiedLogs> {
+        let _ = self.close();
+        let verified = self.early.take().and_then(EarlyLogCheck::abandon);
+        remove_staging(&self.staging);
+        verified
+    }
 }
 
 impl Drop for Receiving {
@@ -230,9 +239,7 @@ impl Drop for Receiving {
     /// up) is ended and its staging subvolume deleted.
     fn drop(&mut self) {
         if self.worker.is_some() {
-            let _ = self.close();
-            let _ = self.early.take().map(EarlyLogCheck::abandon);
-            remove_staging(&self.staging);
+            let _ = self.give_up();
         }
     }
 }
@@ -462,11 +469,9 @@ impl SiteChain {
     pub fn abort(&mut self) {
         if let Some(mut r) = self.receiving.take() {
             warn!(chain = %self.chain, height = r.key.height, "giving up an unfinished receive");
-            let _ = r.close();
             // The previous block's replayed logs, if the early check did not
             // start on this one's, serve the next attempt.
-            self.verified = r.early.take().and_then(EarlyLogCheck::abandon);
-            remove_staging(&r.staging);
+            self.verified = r.give_up();
         }
     }
 

@@ -18,4 +18,6 @@ mod writer;
 pub use error::ProducerError;
 pub use init::{init_root, make_loop_filesystem};
 pub use keys::{create_signing_key, load_signing_key};
-pub use writer::{recover_if_interrupted, ChainWriter, Clock, SealedBlock, SystemClock};
+pub use writer::{
+    recover_if_interrupted, write_state_file, ChainWriter, Clock, SealedBlock, SystemClock,
+};

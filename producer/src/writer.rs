@@ -384,15 +384,7 @@ fn write_state_files(writes: &[(std::path::PathBuf, Option<&[u8]>)]) -> Result<(
     let write_one =
         |(path, bytes): &(std::path::PathBuf, Option<&[u8]>)| -> Result<(), StoreError> {
             match bytes {
-                Some(bytes) => match overwrite(path, bytes) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if let Some(parent) = path.parent() {
-                            std::fs::create_dir_all(parent).at(parent)?;
-                        }
-                        overwrite(path, bytes).at(path)
-                    }
-                    other => other.at(path),
-                },
+                Some(bytes) => write_state_file(path, bytes),
                 None => match std::fs::remove_file(path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
                         path: path.clone(),
@@ -417,6 +409,20 @@ fn write_state_files(writes: &[(std::path::PathBuf, Option<&[u8]>)]) -> Result<(
         });
         mine.and(theirs)
     })
+}
+
+/// Writes one state file as a seal does: in place, or created with its
+/// directories (the bench's bare floor writes its files through this too).
+pub fn write_state_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
+    match overwrite(path, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).at(parent)?;
+            }
+            overwrite(path, bytes).at(path)
+        }
+        other => other.at(path),
+    }
 }
 
 /// Replaces a file's content in place. Not `O_TRUNC`: btrfs writes back a

@@ -568,21 +568,25 @@ fn unchanged_since_checked(
     place: &str,
 ) -> Result<LogChecker, Box<Problem>> {
     let checker = early.outcome?;
-    match (file_id(dir, EVENTS_LOG), file_id(dir, HEADERS_LOG)) {
-        (Ok(events), Ok(headers)) if [events, headers] == early.files => Ok(checker),
-        _ => Err(Box::new(Problem::BadSnapshot {
-            place: place.into(),
-            height: early.height,
-            message: "its logs changed after they were checked".into(),
-        })),
+    if log_files(dir) == Some(early.files) {
+        return Ok(checker);
     }
+    Err(Box::new(Problem::BadSnapshot {
+        place: place.into(),
+        height: early.height,
+        message: "its logs changed after they were checked".into(),
+    }))
 }
 
-/// The inode number and length of `file` in the copy at `dir`.
-fn file_id(dir: &ChainDir, file: &str) -> std::io::Result<(u64, u64)> {
+/// The inode number and length of events.log and of headers.log in the
+/// copy at `dir`.
+fn log_files(dir: &ChainDir) -> Option<[(u64, u64); 2]> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(dir.path().join(file))?;
-    Ok((m.ino(), m.len()))
+    let id = |file: &str| {
+        let m = std::fs::symlink_metadata(dir.path().join(file)).ok()?;
+        Some((m.ino(), m.len()))
+    };
+    Some([id(EVENTS_LOG)?, id(HEADERS_LOG)?])
 }
 
 /// A check of a received copy's logs, under way on its own thread while
@@ -662,23 +666,19 @@ fn check_logs_early(
     };
     let done = verified.checker.report();
     let headers_len = done.header_ends.last().copied().unwrap_or(0) + line.len() as u64 + 1;
-    loop {
-        match file_id(dir, HEADERS_LOG) {
-            Ok((_, len)) if len >= headers_len => break,
+    let [(events, _), (headers, _)] = loop {
+        match log_files(dir) {
+            Some(files @ [_, (_, len)]) if len >= headers_len => break files,
             _ if !receiving() => return Err(Box::new(verified)),
             _ => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
-    }
-    match (file_id(dir, EVENTS_LOG), file_id(dir, HEADERS_LOG)) {
-        (Ok((events, _)), Ok((headers, _))) if events < headers => {}
-        _ => return Err(Box::new(verified)),
+    };
+    if events >= headers {
+        return Err(Box::new(verified));
     }
     let place = format!("received block {height}");
     let outcome = resume_logs(verified.checker, &place, Some(&previous), dir);
-    let files = match (file_id(dir, EVENTS_LOG), file_id(dir, HEADERS_LOG)) {
-        (Ok(events), Ok(headers)) => [events, headers],
-        _ => [(0, 0); 2],
-    };
+    let files = log_files(dir).unwrap_or_default();
     Ok(EarlyLogs {
         height,
         outcome,
