@@ -544,6 +544,45 @@ fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka()
     t.assert_same_as_producer("ssh");
 }
 
+/// All of a chain's frames produced at once, so that they travel in one
+/// record batch and the checkpoint replay starts at lies inside it: a broker
+/// answers a fetch from there with the whole batch, or (tansu 0.6) with the
+/// batches after it, which the site notices and reads from further back.
+#[test]
+fn replay_starts_at_a_checkpoint_inside_a_record_batch() {
+    let Some(t) = Setup::new("midbatch") else {
+        return;
+    };
+    t.apply(&sample_ops(70), 10);
+    let export = t.s.dir.join("checkpoints.fsx");
+    fschain(&[
+        "export",
+        "--root",
+        &t.producer,
+        "--checkpoint-every",
+        "3",
+        "--chunk-size",
+        "1K",
+        "-o",
+        export.to_str().unwrap(),
+    ])
+    .ok();
+    let frames = split_frames(&std::fs::read(&export).unwrap());
+    let messages: Vec<(Vec<u8>, Vec<u8>)> =
+        frames.into_iter().map(|f| (b"host1".to_vec(), f)).collect();
+    produce_raw(&t.brokers, &format!("{}.blocks", t.prefix), &messages);
+    let root = t.site_root("late");
+    fschain(&t.kafka(&[
+        "replay", "--site", "late", "--root", &root, "--trust", &t.pubkey,
+    ]))
+    .ok();
+    let copy = t.copy_of("late");
+    assert_eq!(block_hashes(&copy), block_hashes(&t.producer));
+    assert_eq!(last_snapshot(&copy), "0000000007");
+    assert!(!Path::new(&copy).join("blocks/0000000005").exists());
+    t.assert_same_as_producer("late");
+}
+
 /// Stops the broker a test started, even when the test fails.
 struct OwnBroker {
     port: String,

@@ -64,3 +64,12 @@ impl ConsumerError {
         )
     }
 }
+
+impl From<fschain_kafka::KafkaClientError> for ConsumerError {
+    fn from(e: fschain_kafka::KafkaClientError) -> Self {
+        ConsumerError::Kafka {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}

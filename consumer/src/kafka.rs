@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fschain_kafka::StartGuard;
 use fschain_schema::wire::{decode_frame, Frame, PublicKey, Topics};
 use fschain_schema::ChainName;
 use rdkafka::config::ClientConfig;
@@ -160,6 +161,7 @@ pub fn consume(
         &consumer,
         &source.topics.blocks,
         options,
+        StartGuard::default(),
         shutdown,
         on_block,
     )
@@ -185,42 +187,41 @@ pub fn replay(
     }
     let topic = &source.topics.blocks;
     let group = site_group(ingest.site().name());
-    // Pass 1: find each chain's latest full stream (only manifests are decoded).
-    let scanner = client(source, &format!("{group}-scan"), false)?;
+    // Pass 1: find each chain's latest full stream (only manifests are
+    // decoded), reading every partition to the end its fetches report (not
+    // the broker's ListOffsets: tansu 0.6 answers that with the last record
+    // batch's first offset + 1).
+    let scanner = client(source, &format!("{group}-scan"), true)?;
     let partitions = partitions_of(&scanner, topic)?;
-    let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        let (low, high) = scanner
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(kafka_error)?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(kafka_error)?;
-        }
     }
     scanner.assign(&tpl).map_err(kafka_error)?;
     let mut latest_full: BTreeMap<ChainName, (u64, i32, i64)> = BTreeMap::new();
     let mut last_height: BTreeMap<ChainName, u64> = BTreeMap::new();
-    let mut done: BTreeSet<i32> = BTreeSet::new();
-    while done.len() < ends.len() {
+    let mut at_end: BTreeSet<i32> = BTreeSet::new();
+    while at_end.len() < partitions.len() {
         if shutdown.load(Ordering::SeqCst) {
             return Ok(ConsumeSummary::default());
         }
-        let Some(msg) = scanner.poll(Duration::from_millis(500)) else {
-            continue;
+        let msg = match scanner.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                continue;
+            }
+            Some(msg) => msg.map_err(kafka_error)?,
         };
-        let msg = msg.map_err(kafka_error)?;
         let (p, o) = (msg.partition(), msg.offset());
-        if ends.get(&p).is_some_and(|&end| o + 1 >= end) {
-            done.insert(p);
-        }
+        at_end.remove(&p);
         let Some(bytes) = msg.payload() else { continue };
         if bytes.get(4) != Some(&1) {
             continue;
         }
         if let Ok(Frame::Manifest(m)) = decode_frame(bytes) {
+            tracing::debug!(chain = %m.chain, height = m.height, full = m.parent.is_none(), partition = p, offset = o, "manifest on the topic");
             if m.verify(trusted).is_ok() {
                 let h = last_height.entry(m.chain.clone()).or_insert(m.height);
                 *h = (*h).max(m.height);
@@ -263,6 +264,7 @@ pub fn replay(
         &consumer,
         topic,
         ConsumeOptions { until_idle: true },
+        StartGuard::at(start.into_iter().map(|(p, o)| (p, Some(o)))),
         shutdown,
         on_block,
     )
@@ -273,6 +275,7 @@ fn run(
     consumer: &SiteConsumer,
     topic: &str,
     options: ConsumeOptions,
+    mut guard: StartGuard,
     shutdown: &AtomicBool,
     on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
@@ -285,6 +288,9 @@ fn run(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 let (p, o) = (msg.partition(), msg.offset());
+                if !progress.next.contains_key(&p) && !guard.first_read(consumer, topic, p, o)? {
+                    continue;
+                }
                 let origin = Origin {
                     topic,
                     partition: p,
@@ -303,6 +309,10 @@ fn run(
             // assigned partition, the site has caught up, known without
             // asking the broker.
             Some(Err(KafkaError::PartitionEOF(p))) => {
+                if guard.sought(p) && !progress.next.contains_key(&p) {
+                    // The end of a fetch made before the guard sought back.
+                    continue;
+                }
                 progress.at_end.insert(p);
                 if options.until_idle && progress.all_at_end(consumer)? {
                     tracing::debug!(topic, "every assigned partition read to its end");
@@ -314,6 +324,9 @@ fn run(
                 std::thread::sleep(Duration::from_millis(200));
             }
             None => {
+                guard.nothing_read(consumer, topic, |p| {
+                    progress.next.contains_key(&p) || progress.at_end.contains(&p)
+                })?;
                 if options.until_idle && caught_up(consumer, topic, &progress.next)? {
                     return finish_idle(ingest, consumer, topic, &mut progress);
                 }

@@ -9,16 +9,18 @@
 //! The agent seeks to those offsets, so no sealed operation is applied twice
 //! and no consumed-but-unsealed operation is lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use fschain_kafka::StartGuard;
 use fschain_schema::wire::SigningKey;
 use fschain_schema::Operation;
 use fschain_store::layout::{write_atomic, RootLayout};
 use fschain_store::StoreError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -108,7 +110,10 @@ pub fn run_agent(
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20");
+        .set("fetch.wait.max.ms", "20")
+        // Idle is known from the fetches' own ends: tansu 0.6 answers
+        // ListOffsets with the last record batch's first offset + 1.
+        .set("enable.partition.eof", "true");
     for (k, v) in &target.extra {
         config.set(k, v);
     }
@@ -141,6 +146,12 @@ pub fn run_agent(
             .map_err(kafka_error)?;
     }
     consumer.assign(&assignment).map_err(kafka_error)?;
+    // Resuming inside a record batch must not skip the rest of it.
+    let mut guard = StartGuard::at(partitions.iter().map(|p| (*p, offsets.get(p).copied())));
+    // Partitions a message was taken from since the start, and those read
+    // to their end since their last message.
+    let mut started: BTreeSet<i32> = BTreeSet::new();
+    let mut at_end: BTreeSet<i32> = BTreeSet::new();
     info!(chain = %chain, topic, group, partitions = partitions.len(), "agent consuming");
 
     let mut summary = AgentSummary::default();
@@ -151,8 +162,20 @@ pub fn run_agent(
         let mut idle = false;
         if !stopping {
             match consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(msg)) => {
-                    offsets.insert(msg.partition(), msg.offset() + 1);
+                Some(Ok(msg)) => 'msg: {
+                    let (p, o) = (msg.partition(), msg.offset());
+                    if !started.contains(&p) {
+                        if !guard.first_read(&consumer, topic, p, o)? {
+                            break 'msg;
+                        }
+                        started.insert(p);
+                    }
+                    if guard.before_start(p, o) {
+                        // Read again after a seek back; applied before.
+                        break 'msg;
+                    }
+                    at_end.remove(&p);
+                    offsets.insert(p, o + 1);
                     consumed_since_seal = true;
                     let ours = msg.key().is_some_and(|k| k == chain.as_str().as_bytes());
                     if ours {
@@ -175,12 +198,22 @@ pub fn run_agent(
                         }
                     }
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    // After a seek back, the end of an earlier fetch says
+                    // nothing.
+                    if started.contains(&p) || !guard.sought(p) {
+                        at_end.insert(p);
+                    }
+                }
                 Some(Err(e)) => {
                     warn!(topic, error = %e, "consume error");
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 None => {
-                    idle = options.until_idle && caught_up(&consumer, topic, &partitions, &offsets)
+                    guard.nothing_read(&consumer, topic, |p| {
+                        started.contains(&p) || at_end.contains(&p)
+                    })?;
+                    idle = options.until_idle && at_end.len() == partitions.len();
                 }
             }
         }
@@ -235,21 +268,4 @@ fn commit(consumer: &BaseConsumer, topic: &str, offsets: &BTreeMap<i32, i64>) {
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         warn!(error = %e, "could not commit ops offsets (informational; meta/ingest is the record)");
     }
-}
-
-fn caught_up(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: &[i32],
-    offsets: &BTreeMap<i32, i64>,
-) -> bool {
-    partitions.iter().all(
-        |&p| match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
-            Ok((low, high)) => {
-                let at = offsets.get(&p).copied().unwrap_or(low);
-                at >= high || high == low
-            }
-            Err(_) => false,
-        },
-    )
 }

@@ -34,3 +34,12 @@ impl ProducerError {
         }
     }
 }
+
+impl From<fschain_kafka::KafkaClientError> for ProducerError {
+    fn from(e: fschain_kafka::KafkaClientError) -> Self {
+        ProducerError::Kafka {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}

@@ -20,7 +20,8 @@ pub struct ExportSummary {
 }
 
 /// Writes blocks `from+1 ..= to` (from block 0, as a full stream, when
-/// `from` is `None`), each incremental against the one before.
+/// `from` is `None`), each incremental against the one before except the
+/// checkpoints `policy` makes full, as `publish` does.
 pub fn export_frames(
     layout: &RootLayout,
     from: Option<u64>,
@@ -36,10 +37,12 @@ pub fn export_frames(
         let mut summary = ExportSummary::default();
         let start = from.map_or(0, |f| f + 1);
         for height in start..=to {
+            // The first block is incremental against `from` (full without
+            // it); after it, full streams where the policy puts checkpoints.
             let parent = if height == start {
                 from
             } else {
-                Some(height - 1)
+                policy.parent_of(height)
             };
             let header = snapshot_header(layout, height)?;
             let block = prepare_block(layout, header, parent, &spool, policy, key)?;

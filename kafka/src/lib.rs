@@ -1,0 +1,223 @@
+//! Kafka client pieces that both the producer's agent and a site need, so
+//! that neither side depends on the other.
+//!
+//! [`StartGuard`]: reading a partition from an exact offset, also on a
+//! broker that answers a fetch from inside a record batch with the batches
+//! after it. A Kafka broker answers with that whole batch, and the client
+//! drops what lies before the offset asked for. tansu 0.6 (the broker the
+//! tests run against) answers with the batches after it, or with nothing
+//! when the batch is the last one, so the rest of that batch would be
+//! skipped without a word: the checkpoint a replay starts at, the block a
+//! restarted site resumes from, the operations a restarted agent has not
+//! applied yet.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
+
+/// What went wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaClientError {
+    #[error("{what}: {source}")]
+    Kafka {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl KafkaClientError {
+    /// Whether trying again later may succeed: every broker error here is
+    /// a request to a broker that may come back.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KafkaClientError::Kafka { source, .. } => {
+                !matches!(source, KafkaError::ClientCreation(_))
+            }
+        }
+    }
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
+    move |source| KafkaClientError::Kafka { what, source }
+}
+
+/// Checks where each partition's reading really starts.
+///
+/// The first message read from a partition must come from its start (the
+/// offset it was assigned at, or else the group's committed offset). One
+/// from beyond it, or a partition that gives neither a message nor its end
+/// (`enable.partition.eof`) within a poll, means the broker skipped: the
+/// partition is sought back 1, 2, 4... offsets before its start until a
+/// batch boundary is found. Messages before the start are then read again;
+/// the caller tells them by [`StartGuard::before_start`].
+#[derive(Debug, Default)]
+pub struct StartGuard {
+    /// Partition → the offset its reading starts at (`None`: from where the
+    /// consumer's offset reset puts it, which is a batch boundary).
+    start: BTreeMap<i32, Option<i64>>,
+    /// Partition → the offset it was sought back to last.
+    sought: BTreeMap<i32, i64>,
+}
+
+impl StartGuard {
+    /// Partitions assigned at these offsets (`None`: at their beginning);
+    /// any other is looked up among the group's committed offsets.
+    pub fn at(start: impl IntoIterator<Item = (i32, Option<i64>)>) -> Self {
+        StartGuard {
+            start: start.into_iter().collect(),
+            sought: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a message at `offset` lies before `partition`'s start: read
+    /// again after a seek back, and already taken.
+    pub fn before_start(&self, partition: i32, offset: i64) -> bool {
+        self.start
+            .get(&partition)
+            .copied()
+            .flatten()
+            .is_some_and(|start| offset < start)
+    }
+
+    /// Whether `partition` was sought back: its end reported since may be
+    /// that of a fetch made before.
+    pub fn sought(&self, partition: i32) -> bool {
+        self.sought.contains_key(&partition)
+    }
+
+    /// Whether the first message read from `partition`, at `offset`, comes
+    /// from no later than its start. Otherwise seeks further back and
+    /// returns false: the message will be read again from there.
+    pub fn first_read<C: ConsumerContext, K: Consumer<C>>(
+        &mut self,
+        consumer: &K,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<bool, KafkaClientError> {
+        match self.start_of(consumer, topic, partition)? {
+            Some(start) if offset > start => {
+                Ok(!self.seek_back(consumer, topic, partition, start, Some(offset))?)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// A poll found nothing: each assigned partition of `topic` that has
+    /// given neither a message nor its end (`heard(partition)` is false)
+    /// since its reading started is read from further back.
+    pub fn nothing_read<C: ConsumerContext, K: Consumer<C>>(
+        &mut self,
+        consumer: &K,
+        topic: &str,
+        heard: impl Fn(i32) -> bool,
+    ) -> Result<(), KafkaClientError> {
+        let assignment = consumer
+            .assignment()
+            .map_err(kafka("reading the assignment"))?;
+        for e in assignment.elements_for_topic(topic) {
+            let p = e.partition();
+            if heard(p) {
+                continue;
+            }
+            if let Some(start) = self.start_of(consumer, topic, p)? {
+                self.seek_back(consumer, topic, p, start, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_of<C: ConsumerContext, K: Consumer<C>>(
+        &mut self,
+        consumer: &K,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, KafkaClientError> {
+        if let Some(&start) = self.start.get(&partition) {
+            return Ok(start);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map_err(kafka("reading the committed offsets"))?;
+        let start = committed
+            .find_partition(topic, partition)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|&o| o >= 0);
+        self.start.insert(partition, start);
+        Ok(start)
+    }
+
+    /// Seeks `partition` back from where it was sought last (1, 2, 4...
+    /// offsets before `start`); false when there is nothing further back.
+    fn seek_back<C: ConsumerContext, K: Consumer<C>>(
+        &mut self,
+        consumer: &K,
+        topic: &str,
+        partition: i32,
+        start: i64,
+        got: Option<i64>,
+    ) -> Result<bool, KafkaClientError> {
+        let last = self.sought.get(&partition).copied().unwrap_or(start);
+        let Some(back) = next_seek(start, last) else {
+            return Ok(false);
+        };
+        warn!(
+            topic,
+            partition,
+            asked = start,
+            got,
+            again_from = back,
+            "the broker skipped offsets at the start of a fetch (tansu 0.6 skips the rest of a record batch); reading from further back"
+        );
+        consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(back),
+                Duration::from_secs(10),
+            )
+            .map_err(kafka("seeking back"))?;
+        self.sought.insert(partition, back);
+        Ok(true)
+    }
+}
+
+/// Where to seek next when reading from `last` (at first, `start`) did not
+/// reach back to `start`: twice as far back as the last step, never below 0.
+fn next_seek(start: i64, last: i64) -> Option<i64> {
+    (last > 0).then(|| (last - (start - last).max(1)).max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeks_back_doubling_to_the_partition_start() {
+        let mut at = 32;
+        let mut seen = Vec::new();
+        while let Some(back) = next_seek(32, at) {
+            seen.push(back);
+            at = back;
+        }
+        assert_eq!(seen, [31, 30, 28, 24, 16, 0]);
+        assert_eq!(next_seek(0, 0), None);
+        assert_eq!(next_seek(5, 5), Some(4));
+    }
+
+    #[test]
+    fn messages_before_a_given_start_are_told_apart() {
+        let guard = StartGuard::at([(2, Some(10)), (1, None)]);
+        assert!(guard.before_start(2, 9));
+        assert!(!guard.before_start(2, 10));
+        assert!(!guard.before_start(1, 0));
+        assert!(!guard.sought(2));
+    }
+}
