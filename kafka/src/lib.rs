@@ -12,7 +12,7 @@
 //! applied yet.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -62,7 +62,15 @@ pub struct StartGuard {
     start: BTreeMap<i32, Option<i64>>,
     /// Partition → the offset it was sought back to last.
     sought: BTreeMap<i32, i64>,
+    /// Partition → since when it has been silent (no message, no end),
+    /// from the first empty poll that found it so or its last seek.
+    silent_since: BTreeMap<i32, Instant>,
 }
+
+/// How long a partition may give nothing before it is read from further
+/// back: well past a first fetch's round trip, so that a broker that is
+/// merely slow to answer is not taken for one that skipped.
+const SILENCE: Duration = Duration::from_millis(300);
 
 impl StartGuard {
     /// Partitions assigned at these offsets (`None`: at their beginning);
@@ -70,7 +78,7 @@ impl StartGuard {
     pub fn at(start: impl IntoIterator<Item = (i32, Option<i64>)>) -> Self {
         StartGuard {
             start: start.into_iter().collect(),
-            sought: BTreeMap::new(),
+            ..StartGuard::default()
         }
     }
 
@@ -110,7 +118,8 @@ impl StartGuard {
 
     /// A poll found nothing: each assigned partition of `topic` that has
     /// given neither a message nor its end (`heard(partition)` is false)
-    /// since its reading started is read from further back.
+    /// since its reading started, for longer than [`SILENCE`], is read from
+    /// further back.
     pub fn nothing_read<C: ConsumerContext, K: Consumer<C>>(
         &mut self,
         consumer: &K,
@@ -123,6 +132,11 @@ impl StartGuard {
         for e in assignment.elements_for_topic(topic) {
             let p = e.partition();
             if heard(p) {
+                self.silent_since.remove(&p);
+                continue;
+            }
+            let since = *self.silent_since.entry(p).or_insert_with(Instant::now);
+            if since.elapsed() < SILENCE {
                 continue;
             }
             if let Some(start) = self.start_of(consumer, topic, p)? {
@@ -185,6 +199,7 @@ impl StartGuard {
             )
             .map_err(kafka("seeking back"))?;
         self.sought.insert(partition, back);
+        self.silent_since.insert(partition, Instant::now());
         Ok(true)
     }
 }

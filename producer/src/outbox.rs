@@ -114,6 +114,46 @@ impl Iterator for ChunkReader<'_> {
     }
 }
 
+/// Compressed buffers queued between the two stages of [`prepare_block`].
+const SPOOL_QUEUE: usize = 4;
+
+/// Sends what is written through it down a channel, 1 MiB at a time.
+struct ChannelWriter {
+    to: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    const BUF: usize = 1 << 20;
+
+    fn new(to: std::sync::mpsc::SyncSender<Vec<u8>>) -> Self {
+        ChannelWriter {
+            to,
+            buf: Vec::with_capacity(Self::BUF),
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(Self::BUF - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == Self::BUF {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::BUF));
+        self.to
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the spooling thread stopped"))
+    }
+}
+
 /// Hashes what is written through it, whole and chunk by chunk.
 struct HashingWriter<W> {
     inner: W,
@@ -186,13 +226,33 @@ pub fn prepare_block(
         hasher: StreamHasher::new(policy.chunk_size),
     };
     let parent_path = parent.map(|p| layout.snapshot(p));
-    let hashing = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
-        let mut encoder = zstd::stream::Encoder::new(hashing, policy.zstd_level)?;
-        btrfs::pump(r, &mut encoder)?;
-        let mut hashing = encoder.finish()?;
-        hashing.flush()?;
-        Ok(hashing)
-    })?;
+    // Two stages on two threads: this one compresses what `btrfs send`
+    // writes, the other hashes it (whole and chunk by chunk) and spools it.
+    let (compressed, to_spool) = std::sync::mpsc::sync_channel::<Vec<u8>>(SPOOL_QUEUE);
+    let (sent, spooled) = std::thread::scope(|scope| {
+        let spooler = scope.spawn(move || -> io::Result<_> {
+            let mut hashing = hashing;
+            for buf in to_spool {
+                hashing.write_all(&buf)?;
+            }
+            hashing.flush()?;
+            Ok(hashing)
+        });
+        let sent = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
+            let mut encoder =
+                zstd::stream::Encoder::new(ChannelWriter::new(compressed), policy.zstd_level)?;
+            btrfs::pump(r, &mut encoder)?;
+            encoder.finish()?.flush()
+        });
+        let spooled = spooler
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spooling thread stopped")));
+        (sent, spooled)
+    });
+    // A spool that failed (a full disk) makes the send fail too, with a
+    // broken channel: its own error says more.
+    let hashing = spooled.at(&tmp)?;
+    sent?;
     let HashingWriter { inner, hasher } = hashing;
     let file = inner
         .into_inner()

@@ -229,12 +229,13 @@ pub fn publish_pending(
     }
     let headers = &headers;
     // A preparing thread runs one block ahead: it sends, compresses and
-    // hashes block h+1's stream while this thread publishes block h's events
-    // and chunks. Acknowledgements are awaited only when the next stream is
-    // not ready yet or enough is in flight, so a run that catches up on many
-    // blocks waits for the broker once per batch rather than once a block,
-    // and the idempotent producer's first id (librdkafka asks for it on a
-    // 500 ms timer) is awaited while the next block is being made.
+    // hashes block h+1's stream while this thread publishes block h's
+    // chunks, and a third queues each block's events meanwhile.
+    // Acknowledgements are awaited only once enough is in flight, and at the
+    // end, so a run that catches up on many blocks waits for the broker once
+    // per batch rather than once a block. (Awaiting them while the next
+    // stream is made, as before, would now wait for that block's events
+    // too.)
     std::thread::scope(|scope| {
         let (ready, prepared) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || {
@@ -250,35 +251,46 @@ pub fn publish_pending(
         });
         let mut in_flight = InFlight::default();
         for height in from..=head {
-            // The events go out while the stream is being prepared: neither
-            // needs the other, and a large change carries its states in both.
             let started = std::time::Instant::now();
             let event_count = headers[height as usize].event_count;
-            summary.events +=
-                publish_events(layout, height, event_count, &chain, publisher, &topics)?;
-            let events_sent = started.elapsed();
-            let block = match prepared.try_recv() {
-                Ok(block) => block,
-                Err(_) => {
-                    in_flight.settle(layout, publisher, &mut summary)?;
-                    prepared.recv().map_err(|_| ProducerError::Command {
+            let (events, block) = std::thread::scope(|scope| {
+                // The events go out on their own thread, while the stream is
+                // prepared and then while its chunks go out: neither needs
+                // the other, and a large change carries its states in both.
+                let events = scope.spawn(|| {
+                    publish_events(layout, height, event_count, &chain, publisher, &topics)
+                        .map(|n| (n, started.elapsed()))
+                });
+                let block = (|| {
+                    let block = prepared.recv().map_err(|_| ProducerError::Command {
                         what: format!("preparing block {height}"),
                         message: "the preparing thread stopped".into(),
-                    })?
-                }
-            }?;
-            let waited = started.elapsed();
-            publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
-            for chunk in block.chunks()? {
-                let chunk = chunk?;
-                publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
-                summary.chunks += 1;
-            }
+                    })??;
+                    let waited = started.elapsed();
+                    publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
+                    for chunk in block.chunks()? {
+                        let chunk = chunk?;
+                        publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
+                        summary.chunks += 1;
+                    }
+                    Ok::<_, ProducerError>((block, waited))
+                })();
+                let events = events.join().unwrap_or_else(|_| {
+                    Err(ProducerError::Command {
+                        what: format!("publishing the events of block {height}"),
+                        message: "the events thread stopped".into(),
+                    })
+                });
+                (events, block)
+            });
+            let (block, waited) = block?;
+            let (events, events_sent) = events?;
+            summary.events += events;
             debug!(
                 height,
+                stream_wait_ms = waited.as_millis() as u64,
                 events_ms = events_sent.as_millis() as u64,
-                stream_wait_ms = (waited - events_sent).as_millis() as u64,
-                chunks_ms = (started.elapsed() - waited).as_millis() as u64,
+                queued_ms = started.elapsed().as_millis() as u64,
                 "queued"
             );
             in_flight.bytes += block.manifest.stream.bytes;
