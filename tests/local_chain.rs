@@ -398,3 +398,42 @@ fn a_blocks_events_are_found_where_the_previous_snapshot_ends() {
     let err = block3.for_event_lines_at(start, 7, true, ok).unwrap_err();
     assert!(err.to_string().contains("more than 7 events"), "{err}");
 }
+
+/// A state too large for the writer to keep parsed between operations
+/// (over 64 KiB) is patched twice in one block and once in the next: each
+/// patch builds on the latest state, whether it is still only in the open
+/// block or already in the layer.
+#[test]
+fn large_states_patched_within_and_across_blocks_build_on_the_latest() {
+    let Some(s) = scratch("largepatch") else {
+        return;
+    };
+    let root = s.root().display().to_string();
+    fschain(&["init", "--root", &root, "--chain", "host1"]).ok();
+    let blob = "ab".repeat(60_000);
+    let ops = [
+        json!({"element": "file:/big", "action": "set", "state": {"blob": blob, "n": 1}}),
+        json!({"element": "file:/big", "action": "patch", "state": {"n": 2, "a": true}}),
+        json!({"element": "file:/big", "action": "patch", "state": {"n": 3}}),
+        json!({"element": "file:/big", "action": "patch", "state": {"b": "x"}}),
+    ];
+    let lines: Vec<String> = ops.iter().map(ToString::to_string).collect();
+    fschain_with_input(
+        &["apply", "--root", &root, "--block-ops", "3"],
+        Some(format!("{}\n", lines.join("\n")).as_bytes()),
+    )
+    .ok();
+    let show = |at: &str| {
+        fschain(&["show", "--root", &root, "file:/big", "--at", at, "--json"])
+            .ok()
+            .json()["state"]
+            .clone()
+    };
+    assert_eq!(show("1"), json!({"blob": blob, "n": 3, "a": true}));
+    assert_eq!(
+        show("2"),
+        json!({"blob": blob, "n": 3, "a": true, "b": "x"})
+    );
+    let report = fschain(&["verify", "--root", &root, "--json"]).ok().json();
+    assert_eq!(report["clean"], true);
+}

@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fschain_schema::merkle::{leaf_hash, MerkleLevels};
 use fschain_schema::{
-    jcs, BlockHeader, ChainName, Digest, ElementId, Event, EventDraft, EventsRoot, HeaderDraft,
+    jcs, BlockHeader, ChainName, Digest, ElementId, EventDraft, EventHash, EventsRoot, HeaderDraft,
     Operation, State, StateHash, StateTree, Timestamp,
 };
 use fschain_store::layout::{lock, ChainMeta, RootLayout, EVENTS_LOG, HEADERS_LOG};
@@ -60,6 +60,17 @@ pub struct SealedBlock {
     pub header: BlockHeader,
 }
 
+/// States larger than this (canonical bytes) are not kept parsed between
+/// operations; an element's next operation parses them again.
+const CACHED_STATE_BYTES: usize = 64 << 10;
+
+/// What the open block keeps of an event once its line is written.
+#[derive(Clone, Copy, Debug)]
+struct PendingEvent {
+    hash: EventHash,
+    chain_seq: u64,
+}
+
 /// The one writer of a root (it holds `meta/lock`).
 pub struct ChainWriter {
     layout: RootLayout,
@@ -69,10 +80,15 @@ pub struct ChainWriter {
     headers: Vec<BlockHeader>,
     index: StateIndex,
     tree: StateTree,
-    /// States read or written so far (`None`: the element has no state).
+    /// States read or written so far (`None`: the element has no state),
+    /// but for those over [`CACHED_STATE_BYTES`]: a large change is held
+    /// once, as the canonical bytes in `pending_states`, not a second time
+    /// as a parsed state.
     states: HashMap<ElementId, Option<State>>,
-    /// The open block: events and their canonical lines.
-    pending: Vec<Event>,
+    /// The open block: each event's hash and sequence number, and the
+    /// events' canonical lines (the events themselves are not kept: their
+    /// operations carry the states once more).
+    pending: Vec<PendingEvent>,
     pending_lines: Vec<u8>,
     /// Final state of each element the open block changed, canonical bytes.
     pending_states: BTreeMap<ElementId, Option<(StateHash, Vec<u8>)>>,
@@ -187,6 +203,18 @@ impl ChainWriter {
         if self.states.contains_key(element) {
             return Ok(&self.states[element]);
         }
+        if let Some(pending) = self.pending_states.get(element) {
+            // Changed by the open block and too large to keep parsed.
+            let state = match pending {
+                Some((_, bytes)) => Some(serde_json::from_slice::<State>(bytes).map_err(|e| {
+                    fschain_schema::SchemaError::Json {
+                        message: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
+            return Ok(self.states.entry(element.clone()).or_insert(state));
+        }
         // The layer's file must be the state the chain recorded: never build
         // on a state file changed outside fschain.
         let layer = ChainDir::new(self.layout.layer());
@@ -210,7 +238,7 @@ impl ChainWriter {
     }
 
     /// Applies one operation to the open block. Nothing changes if it fails.
-    pub fn apply(&mut self, op: Operation) -> Result<&Event, ProducerError> {
+    pub fn apply(&mut self, op: Operation) -> Result<EventHash, ProducerError> {
         if self.poisoned {
             return Err(ProducerError::Poisoned);
         }
@@ -252,10 +280,20 @@ impl ChainWriter {
                 state: event.state_hash,
             },
         );
+        let large = encoded
+            .as_ref()
+            .is_some_and(|(_, b)| b.len() > CACHED_STATE_BYTES);
         self.pending_states.insert(element.clone(), encoded);
-        self.states.insert(element, next);
-        self.pending.push(event);
-        Ok(&self.pending[self.pending.len() - 1])
+        if large {
+            self.states.remove(&element);
+        } else {
+            self.states.insert(element, next);
+        }
+        self.pending.push(PendingEvent {
+            hash: event.hash,
+            chain_seq: event.chain_seq,
+        });
+        Ok(event.hash)
     }
 
     /// Drops the open block's operations (nothing of them was written).
