@@ -51,7 +51,7 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
 /// The first message read from a partition must come from its start (the
 /// offset it was assigned at, or else the group's committed offset). One
 /// from beyond it, or a partition that gives neither a message nor its end
-/// (`enable.partition.eof`) within a poll, means the broker skipped: the
+/// (`enable.partition.eof`) for [`SILENCE`], means the broker skipped: the
 /// partition is sought back 1, 2, 4... offsets before its start until a
 /// batch boundary is found. Messages before the start are then read again;
 /// the caller tells them by [`StartGuard::before_start`].
