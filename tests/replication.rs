@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    block_hashes, broker, fschain, fschain_with_input, produce_raw, sample_ops, scratch,
-    split_frames, unique, Scratch,
+    block_hashes, broker, fschain, fschain_with_input, fschain_within, produce_raw, sample_ops,
+    scratch, split_frames, unique, Scratch,
 };
 
 struct Setup {
@@ -572,15 +572,72 @@ fn replay_starts_at_a_checkpoint_inside_a_record_batch() {
         frames.into_iter().map(|f| (b"host1".to_vec(), f)).collect();
     produce_raw(&t.brokers, &format!("{}.blocks", t.prefix), &messages);
     let root = t.site_root("late");
-    fschain(&t.kafka(&[
-        "replay", "--site", "late", "--root", &root, "--trust", &t.pubkey,
-    ]))
+    fschain_within(
+        &t.kafka(&[
+            "replay", "--site", "late", "--root", &root, "--trust", &t.pubkey,
+        ]),
+        Duration::from_secs(60),
+    )
     .ok();
     let copy = t.copy_of("late");
     assert_eq!(block_hashes(&copy), block_hashes(&t.producer));
     assert_eq!(last_snapshot(&copy), "0000000007");
     assert!(!Path::new(&copy).join("blocks/0000000005").exists());
     t.assert_same_as_producer("late");
+}
+
+/// An agent that resumes inside a record batch of operations (as after a
+/// crash past a seal that ended mid-batch) applies the rest of that batch:
+/// on a broker that answers a fetch from there with the batches after it
+/// (tansu 0.6), the agent reads from further back and skips what it had.
+#[test]
+fn an_agent_resuming_inside_a_record_batch_applies_the_rest_of_it() {
+    let Some(t) = Setup::new("agentbatch") else {
+        return;
+    };
+    // Ten operations in one record batch.
+    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(10)
+        .lines()
+        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
+        .collect();
+    produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    let agent = |extra: &[&str]| {
+        let mut args = vec!["agent", "--root", &t.producer, "--until-idle"];
+        args.extend(extra);
+        fschain_within(&t.kafka(&args), Duration::from_secs(60)).ok()
+    };
+    let first = agent(&["--block-ops", "100"]);
+    assert!(
+        first.stderr().contains("applied 10 operations"),
+        "{}",
+        first.stderr()
+    );
+    // Its record says where reading resumes: put that six operations back,
+    // inside the batch, as if the last block had ended there.
+    let ingest = Path::new(&t.producer).join("meta/ingest");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ingest).unwrap()).unwrap();
+    let offsets = record["sealed"]["offsets"].as_object_mut().unwrap();
+    assert_eq!(offsets.len(), 1, "{record}");
+    let (_, end) = offsets.iter_mut().next().unwrap();
+    let resume = end.as_i64().unwrap() - 4;
+    *end = serde_json::json!(resume);
+    std::fs::write(&ingest, serde_json::to_vec(&record).unwrap()).unwrap();
+    let events_before = events_of(&t.producer);
+    let second = agent(&[]);
+    assert!(
+        second.stderr().contains("applied 4 operations"),
+        "{}",
+        second.stderr()
+    );
+    assert_eq!(events_of(&t.producer), events_before + 4);
+    fschain(&["verify", "--root", &t.producer]).ok();
+}
+
+/// How many events a root's chain holds.
+fn events_of(root: &str) -> u64 {
+    let report = fschain(&["verify", "--root", root, "--json"]).ok().json();
+    report["events"].as_u64().unwrap()
 }
 
 /// Stops the broker a test started, even when the test fails.

@@ -113,6 +113,68 @@ pub fn fschain(args: &[&str]) -> Run {
     fschain_with_input(args, None)
 }
 
+/// Runs fschain like [`fschain`], but fails the test when the run has not
+/// finished within `limit` (it is killed first): a command that would wait
+/// forever is a failure, not a stuck test.
+pub fn fschain_within(args: &[&str], limit: std::time::Duration) -> Run {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(args)
+        .env_remove("FSCHAIN_ROOT")
+        .env_remove("FSCHAIN_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fschain");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "fschain {} did not finish within {limit:?}; its stderr:\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
+}
+
 pub fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fschain"));
