@@ -129,7 +129,6 @@ impl Ingest {
             }
         };
         let chain = frame.chain().clone();
-        tracing::trace!(at = %origin, chain = %chain, frame = ?frame_kind(&frame), "frame");
         if let Some(k) = key {
             if k != chain.as_str().as_bytes() {
                 self.stats.rejected += 1;
@@ -330,11 +329,4 @@ fn feed_spooled(
         }
     }
     Ok(Ok(()))
-}
-
-fn frame_kind(frame: &Frame) -> (u64, Option<u32>) {
-    match frame {
-        Frame::Manifest(m) => (m.height, None),
-        Frame::Chunk(c) => (c.meta.height, Some(c.meta.index)),
-    }
 }
