@@ -264,27 +264,6 @@ pub enum Command {
         #[arg(default_value = "-")]
         file: String,
     },
-    /// Measure throughput and latency against baselines timed in the same run.
-    Bench {
-        /// A directory on btrfs to work in (a scratch root is made below it).
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Run smaller, quicker measurements.
-        #[arg(long)]
-        quick: bool,
-        /// Also measure replication through this broker.
-        #[arg(long, value_name = "LIST")]
-        brokers: Option<String>,
-        /// Only the replication measurements.
-        #[arg(long, requires = "brokers")]
-        replication_only: bool,
-        /// Only the event index measurements.
-        #[arg(long, conflicts_with = "replication_only")]
-        index_only: bool,
-        /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
-        #[arg(long = "model", value_name = "DIR")]
-        model_dir: Option<PathBuf>,
-    },
 }
 
 /// One embedder to rank a search with.

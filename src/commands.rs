@@ -303,23 +303,6 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 dest.display()
             );
         }
-        Command::Bench {
-            dir,
-            quick,
-            brokers,
-            replication_only,
-            index_only,
-            model_dir,
-        } => crate::bench::run(
-            &dir,
-            quick,
-            brokers.as_deref(),
-            crate::bench::Parts {
-                local: !replication_only && !index_only,
-                index: !replication_only,
-                model: model_dir.or_else(|| inv.settings.model_dir.clone()),
-            },
-        )?,
         Command::Reindex { root, index, json } => {
             return crate::search::reindex(&root, &index, json.json, inv)
         }

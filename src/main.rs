@@ -3,9 +3,6 @@
 //! Architecture Invariant: this file is the only place that reads argv and
 //! the environment. Everything below it takes plain values.
 
-mod bench;
-mod bench_index;
-mod bench_replication;
 mod cli;
 mod commands;
 mod replication;

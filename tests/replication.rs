@@ -1,4 +1,4 @@
-//! Replication through a real Kafka-protocol broker (tansu, started by
+//! Replication through a real Apache Kafka broker (started by
 //! scripts/test.sh) and real btrfs: a producer and two sites end to end,
 //! the agent, crashes of a site and of a producer, duplicate, reordered and
 //! corrupted frames on the topic, replay from a checkpoint, export/import.
@@ -640,26 +640,40 @@ fn events_of(root: &str) -> u64 {
     report["events"].as_u64().unwrap()
 }
 
-/// Stops the broker a test started, even when the test fails.
-struct OwnBroker {
+/// A cluster of its own (scripts/kafka.sh), stopped even when the test fails.
+struct OwnCluster {
     port: String,
 }
 
-impl OwnBroker {
-    fn script(args: &[&str]) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh");
+impl OwnCluster {
+    fn up(port: &str) -> (OwnCluster, String) {
+        let out = OwnCluster::script(&["up", "--port", port]);
+        (OwnCluster { port: port.to_owned() }, out.trim().to_owned())
+    }
+
+    fn script(args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
         let out = Command::new(script).args(args).output().unwrap();
         assert!(
             out.status.success(),
-            "broker.sh {args:?}: {}",
+            "kafka.sh {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kill(&self, node: &str) {
+        OwnCluster::script(&["kill", node, "--port", &self.port]);
+    }
+
+    fn start(&self, node: &str) {
+        OwnCluster::script(&["start", node, "--port", &self.port]);
     }
 }
 
-impl Drop for OwnBroker {
+impl Drop for OwnCluster {
     fn drop(&mut self) {
-        OwnBroker::script(&["down", &self.port]);
+        OwnCluster::script(&["down", "--port", &self.port]);
     }
 }
 
@@ -670,11 +684,8 @@ fn a_broker_restart_loses_nothing() {
         return;
     }
     let Some(s) = scratch("restart") else { return };
-    let port = (20000 + std::process::id() % 20000).to_string();
-    let brokers = format!("127.0.0.1:{port}");
-    let storage = format!("sqlite:///{}", s.dir.join("tansu.db").display());
-    OwnBroker::script(&["up", &port, &storage]);
-    let _broker = OwnBroker { port: port.clone() };
+    let port = (21000 + std::process::id() % 8000).to_string();
+    let (cluster, brokers) = OwnCluster::up(&port);
     let prefix = unique("restart");
     let k = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -720,8 +731,8 @@ fn a_broker_restart_loses_nothing() {
     k(&["publish", "--root", &producer]).ok();
     let site = s.dir.join("site").display().to_string();
     consume("a", &site);
-    // Restart the broker on the same storage.
-    OwnBroker::script(&["down", &port]);
+    // The broker is killed (kill -9) and restarted on the same log dirs.
+    cluster.kill("1");
     apply(common::sample_ops_between(30, 60));
     // Publishing with the broker away fails clearly and records nothing.
     let quick = s.dir.join("quick.toml");
@@ -735,7 +746,7 @@ fn a_broker_restart_loses_nothing() {
     ]);
     assert!(down.stderr().contains("kafka"), "{}", down.stderr());
     assert_ne!(down.code(), 0);
-    OwnBroker::script(&["up", &port, &storage]);
+    cluster.start("1");
     k(&["publish", "--root", &producer]).ok();
     // A new site gets everything from before and after the restart.
     let fresh = s.dir.join("fresh").display().to_string();

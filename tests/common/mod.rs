@@ -245,7 +245,7 @@ pub fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
     root
 }
 
-/// The Kafka-protocol broker the replication tests use (FSCHAIN_TEST_BROKERS,
+/// The Apache Kafka broker the replication tests use (FSCHAIN_TEST_BROKERS,
 /// started by scripts/test.sh). Without it the test is skipped, except under
 /// CI, where it fails.
 pub fn broker(name: &str) -> Option<String> {
@@ -253,7 +253,7 @@ pub fn broker(name: &str) -> Option<String> {
         Ok(b) if !b.is_empty() => Some(b),
         _ => {
             if std::env::var_os("CI").is_some() {
-                panic!("FSCHAIN_TEST_BROKERS is not set: under CI the broker tests must run (scripts/test.sh starts tansu)");
+                panic!("FSCHAIN_TEST_BROKERS is not set: under CI the broker tests must run (scripts/test.sh starts Apache Kafka)");
             }
             eprintln!("SKIPPED {name}: FSCHAIN_TEST_BROKERS is not set; run scripts/test.sh");
             None

@@ -17,7 +17,8 @@ use fschain_schema::{Action, ElementId, Operation, State};
 use fschain_store::Chain;
 use serde_json::json;
 
-use crate::bench::{cleanup, ms, new_root, pct, Rng};
+use crate::local::{cleanup, ms, new_root, pct, Rng};
+use crate::report::{Report, Row};
 
 /// Points between two optimizer runs while loading.
 const OPTIMIZE_EVERY: usize = 50_000;
@@ -115,14 +116,21 @@ impl BruteForce {
     }
 }
 
-pub fn run(work: &Path, quick: bool, model: Option<&Path>) -> Result<()> {
-    println!("\nevent index (qdrant-edge in process)");
-    let result = run_in(work, quick, model);
+const COMMAND: &str = "fschain-bench --dir DIR --index-only --quick --model DIR";
+
+pub(crate) fn run(
+    work: &Path,
+    quick: bool,
+    model: Option<&Path>,
+    report: &mut Report,
+) -> Result<()> {
+    report.section("event index (qdrant-edge in process)", COMMAND);
+    let result = run_in(work, quick, model, report);
     cleanup(work);
     result
 }
 
-fn run_in(work: &Path, quick: bool, model: Option<&Path>) -> Result<()> {
+fn run_in(work: &Path, quick: bool, model: Option<&Path>, report: &mut Report) -> Result<()> {
     std::fs::create_dir_all(work)?;
     // 1. Events indexed per second, per embedder, the way `reindex` does it.
     let events = if quick { 2_000 } else { 10_000 };
@@ -161,13 +169,25 @@ fn run_in(work: &Path, quick: bool, model: Option<&Path>) -> Result<()> {
         Ok((done.events, done.events as f64 / t.elapsed().as_secs_f64()))
     };
     let (n, per_sec) = rate(&bm25)?;
-    println!("  indexing, BM25            {per_sec:>10.0} events/s   ({n} events, embed + upsert + flush)");
+    report.row(Row {
+        what: format!("events indexed per second, BM25 ({n} events, embed + upsert + flush)"),
+        fschain: format!("{per_sec:.0}/s"),
+        baseline: "–".into(),
+        target: "–".into(),
+        met: None,
+    });
     if let Some(dir) = model {
         let both = Embedders::new(Some(dir))?;
         let (n, per_sec) = rate(&both)?;
-        println!("  indexing, BM25 + MiniLM   {per_sec:>10.0} events/s   ({n} events, MiniLM on 2 cores)");
+        report.row(Row {
+            what: format!("events indexed per second, BM25 + MiniLM ({n} events)"),
+            fschain: format!("{per_sec:.0}/s"),
+            baseline: "–".into(),
+            target: "–".into(),
+            met: None,
+        });
     } else {
-        println!("  indexing, BM25 + MiniLM   (skipped: pass --model DIR; scripts/fetch-model.sh)");
+        report.note("indexing with MiniLM skipped: pass --model DIR (scripts/fetch-model.sh)");
     }
 
     // 2. Search latency and recall at 100k and 1M against an exact scan.
@@ -177,12 +197,18 @@ fn run_in(work: &Path, quick: bool, model: Option<&Path>) -> Result<()> {
         &[100_000, 1_000_000]
     };
     for &size in sizes {
-        search_at(work, &bm25, size, if quick { 100 } else { 200 })?;
+        search_at(work, &bm25, size, if quick { 100 } else { 200 }, report)?;
     }
     Ok(())
 }
 
-fn search_at(work: &Path, embedders: &Embedders, size: usize, queries: usize) -> Result<()> {
+fn search_at(
+    work: &Path,
+    embedders: &Embedders,
+    size: usize,
+    queries: usize,
+    report: &mut Report,
+) -> Result<()> {
     let dir = work.join(format!("edge-{size}"));
     let mut backend = EdgeBackend::open(&dir, false)?;
     let mut rng = Rng(size as u64);
@@ -252,23 +278,27 @@ fn search_at(work: &Path, embedders: &Embedders, size: usize, queries: usize) ->
         }
     }
     let recall = found as f64 / wanted.max(1) as f64;
-    println!(
-        "\n  search at {size} events (BM25, {queries} queries, top 10; loaded in {:.1} s)",
-        load.as_secs_f64()
-    );
-    println!(
-        "    qdrant-edge             p50 {:>9}  p99 {:>9}   (target p99 <= 10 ms)",
-        ms(pct(&mut ours, 50)),
-        ms(pct(&mut ours, 99))
-    );
-    println!(
-        "    exact scan (baseline)   p50 {:>9}  p99 {:>9}",
-        ms(pct(&mut scan, 50)),
-        ms(pct(&mut scan, 99))
-    );
-    println!(
-        "    speed-up at p50 {:>6.1}x   recall@10 {recall:.3} (target >= 0.95)",
-        pct(&mut scan, 50).as_secs_f64() / pct(&mut ours, 50).as_secs_f64().max(1e-9)
-    );
+    let p99 = pct(&mut ours, 99);
+    report.row(Row {
+        what: format!(
+            "BM25 search at {size} events, p50 / p99 ({queries} queries, top 10; loaded in {:.1} s)",
+            load.as_secs_f64()
+        ),
+        fschain: format!("{} / {}", ms(pct(&mut ours, 50)), ms(p99)),
+        baseline: format!(
+            "exact scan of the same vectors: {} / {}",
+            ms(pct(&mut scan, 50)),
+            ms(pct(&mut scan, 99))
+        ),
+        target: "p99 <= 10 ms".into(),
+        met: Some(p99.as_secs_f64() <= 0.010),
+    });
+    report.row(Row {
+        what: format!("BM25 recall@10 at {size} events (ties counted as equal)"),
+        fschain: format!("{recall:.3}"),
+        baseline: "exact scan: 1.000".into(),
+        target: ">= 0.95".into(),
+        met: Some(recall >= 0.95),
+    });
     Ok(())
 }

@@ -25,7 +25,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
-use crate::bench::{cleanup, element, ms, new_root, pct, populate, ratio, settle, Rng};
+use crate::local::{cleanup, element, ms, new_root, patch_op, pct, populate, ratio, settle, Rng};
+use crate::report::{Report, Row};
 
 struct Scale {
     latency_ops: usize,
@@ -33,7 +34,7 @@ struct Scale {
     layer_elements: usize,
 }
 
-pub fn run(dir: &Path, quick: bool, brokers: &str) -> Result<()> {
+pub(crate) fn run(dir: &Path, quick: bool, brokers: &str, report: &mut Report) -> Result<()> {
     let scale = if quick {
         Scale {
             latency_ops: 40,
@@ -49,7 +50,7 @@ pub fn run(dir: &Path, quick: bool, brokers: &str) -> Result<()> {
     };
     let work = dir.join(format!("bench-repl-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let result = run_in(&work, &scale, brokers);
+    let result = run_in(&work, &scale, brokers, report);
     cleanup(&work);
     result
 }
@@ -133,15 +134,17 @@ fn wait_measuring(mut child: Child) -> Result<(std::process::Output, u64)> {
     Ok((output, peak))
 }
 
-fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
+const COMMAND: &str = "fschain-bench --dir DIR --quick --replication-only --brokers LIST";
+
+fn run_in(work: &Path, s: &Scale, brokers: &str, report: &mut Report) -> Result<()> {
     let bin = Bin {
-        exe: std::env::current_exe()?,
+        exe: fschain_exe()?,
         brokers: brokers.to_owned(),
         prefix: format!("bench-{}", std::process::id()),
     };
-    println!(
-        "\nfschain replication bench (broker {brokers}, topics {}.*)\n",
-        bin.prefix
+    report.section(
+        &format!("replication (Apache Kafka at {brokers}, topics {}.*)", bin.prefix),
+        COMMAND,
     );
     bin.run(&["topics", "create"])?;
     // Topics for the raw baselines (brokers need not auto-create topics).
@@ -152,8 +155,32 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
         prefix: raw_prefix.clone(),
     };
     raw_bin.run(&["topics", "create"])?;
+    latency(work, s, &bin, &raw_prefix, report)?;
+    large_change_section(work, s, &bin, &raw_prefix, report)?;
+    one_change_bytes(work, s, &bin, report)
+}
 
-    // 1. Latency: operation published -> block verified at a site.
+/// The `fschain` binary built beside this one.
+fn fschain_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?.with_file_name("fschain");
+    if !exe.exists() {
+        bail!(
+            "{} is missing: build it with the bench (scripts/bench.sh does)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// An operation published -> its block verified at a site.
+fn latency(
+    work: &Path,
+    s: &Scale,
+    bin: &Bin,
+    raw_prefix: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let brokers = bin.brokers.as_str();
     let producer_root = work.join("producer");
     drop(new_root(&producer_root, "lat")?);
     settle(work)?;
@@ -219,22 +246,34 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     terminate(&mut consumer);
     let raw = raw_round_trips(brokers, &format!("{raw_prefix}.ops"), s.latency_ops)?;
     let (mut lat, mut raw_lat) = (latencies, raw);
-    println!(
-        "operation published -> verified at a site ({} ops, one block each)",
-        s.latency_ops
-    );
-    println!(
-        "  fschain        p50 {:>12}   p99 {:>12}   (target p99 <= 250 ms)",
-        ms(pct(&mut lat, 50)),
-        ms(pct(&mut lat, 99))
-    );
-    println!(
-        "  raw kafka rtt  p50 {:>12}   p99 {:>12}",
-        ms(pct(&mut raw_lat, 50)),
-        ms(pct(&mut raw_lat, 99))
-    );
+    let p99 = pct(&mut lat, 99);
+    report.row(Row {
+        what: format!(
+            "operation published -> verified at a site, p50 / p99 ({} ops, a block each)",
+            s.latency_ops
+        ),
+        fschain: format!("{} / {}", ms(pct(&mut lat, 50)), ms(p99)),
+        baseline: format!(
+            "raw produce -> consume round trip: {} / {}",
+            ms(pct(&mut raw_lat, 50)),
+            ms(pct(&mut raw_lat, 99))
+        ),
+        target: "p99 <= 250 ms".into(),
+        met: Some(p99.as_secs_f64() <= 0.250),
+    });
+    Ok(())
+}
 
-    // 2. A large change, and 4. memory while its full checkpoint replicates.
+/// A large change: publish + consume against a raw produce + consume of
+/// the same bytes, and the peak memory of both sides.
+fn large_change_section(
+    work: &Path,
+    s: &Scale,
+    bin: &Bin,
+    raw_prefix: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let brokers = bin.brokers.as_str();
     let big_root = work.join("big");
     let mut writer = new_root(&big_root, "big")?;
     large_change(&mut writer, s.large_mb)?;
@@ -271,50 +310,44 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     let raw_btrfs = send_receive(&big_layout.snapshot(big_head), &work.join("raw-receive"))?;
     let fs = t_pub + t_con;
     let raw = raw_prod + raw_cons;
-    println!(
-        "\nlarge change: {} MB of new state in one block, {:.1} MB compressed on the topic",
+    let what = format!(
+        "a {} MB change in one block ({:.0} MB on the topic): publish + consume, no indexing",
         s.large_mb,
         on_topic as f64 / 1e6
     );
-    println!(
-        "  fschain publish + consume   {:>10.2} s  ({:.1} MB/s of state)",
-        fs.as_secs_f64(),
-        s.large_mb as f64 / fs.as_secs_f64()
-    );
-    println!(
-        "  raw produce + consume       {:>10.2} s",
-        raw.as_secs_f64()
-    );
-    println!(
-        "    publish {:.2} s (send, zstd, hash, produce) vs raw produce {:.2} s; consume {:.2} s (spool, hash, receive, verify; no indexing) vs raw consume {:.2} s",
-        t_pub.as_secs_f64(),
-        raw_prod.as_secs_f64(),
-        t_con.as_secs_f64(),
-        raw_cons.as_secs_f64()
-    );
-    println!(
-        "  ratio raw/fschain           {:>10.2}x   (target >= 0.7)",
-        ratio(raw, fs)
-    );
-    println!(
-        "  btrfs send | btrfs receive  {:>10.2} s  (the same block, full, no Kafka: the floor a site's receive adds)",
-        raw_btrfs.as_secs_f64()
-    );
-    println!(
-        "  ratio (raw + send|receive)/fschain {:>3.2}x",
-        ratio(raw + raw_btrfs, fs)
-    );
-    println!("peak resident memory, full checkpoint of {} MB", s.large_mb);
-    println!(
-        "  fschain publish             {:>10.1} MB   (target <= 200 MB)",
-        rss_pub as f64 / 1e6
-    );
-    println!(
-        "  fschain consume             {:>10.1} MB   (target <= 200 MB)",
-        rss_con as f64 / 1e6
-    );
+    report.row(Row {
+        what,
+        fschain: format!(
+            "{:.2} s (publish {:.2} s, consume {:.2} s)",
+            fs.as_secs_f64(),
+            t_pub.as_secs_f64(),
+            t_con.as_secs_f64()
+        ),
+        baseline: format!(
+            "raw produce + consume of the same bytes: {:.2} s ({:.2} + {:.2} s): {:.2}x; `btrfs send | btrfs receive` alone {:.2} s",
+            raw.as_secs_f64(),
+            raw_prod.as_secs_f64(),
+            raw_cons.as_secs_f64(),
+            ratio(raw, fs),
+            raw_btrfs.as_secs_f64()
+        ),
+        target: ">= 0.7x raw".into(),
+        met: Some(ratio(raw, fs) >= 0.7),
+    });
+    for (side, rss) in [("publish", rss_pub), ("consume", rss_con)] {
+        report.row(Row {
+            what: format!("peak resident memory of {side}, that change"),
+            fschain: format!("{:.1} MB", rss as f64 / 1e6),
+            baseline: "–".into(),
+            target: "<= 200 MB".into(),
+            met: Some(rss <= 200_000_000),
+        });
+    }
+    Ok(())
+}
 
-    // 3. Bytes on the topic for one changed element in a large layer.
+/// Bytes on the topic for a block changing one element of a large layer.
+fn one_change_bytes(work: &Path, s: &Scale, bin: &Bin, report: &mut Report) -> Result<()> {
     let wide_root = work.join("wide");
     let mut writer = new_root(&wide_root, "wide")?;
     populate(&mut writer, s.layer_elements, 10_000)?;
@@ -323,24 +356,22 @@ fn run_in(work: &Path, s: &Scale, brokers: &str) -> Result<()> {
     bin.run(&["publish", "--root", &w, "--checkpoint-every", "0"])?;
     let mut writer = ChainWriter::open(RootLayout::new(&wide_root))?;
     let mut rng = Rng(99);
-    writer.apply(crate::bench::patch_op(rng.below(s.layer_elements), 1))?;
+    writer.apply(patch_op(rng.below(s.layer_elements), 1))?;
     writer.seal()?;
     writer.close()?;
     let layout = RootLayout::new(&wide_root);
     let head = *layout.snapshot_heights()?.last().unwrap_or(&0);
     let one = one_block_bytes(&layout, head)?;
-    println!(
-        "\nbytes on the topic for a block changing one element of {} (manifest, chunks, event)",
-        s.layer_elements
-    );
-    println!(
-        "  fschain                     {:>10} B   (target <= 8192 B)",
-        one
-    );
-    println!(
-        "  the state file itself       {:>10} B",
-        state_file_len(&layout, head)?
-    );
+    report.row(Row {
+        what: format!(
+            "bytes on the topic for a block changing one element of {}",
+            s.layer_elements
+        ),
+        fschain: format!("{one} B"),
+        baseline: format!("the state file: {} B", state_file_len(&layout, head)?),
+        target: "<= 8 KiB".into(),
+        met: Some(one <= 8192),
+    });
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! `fschain bench`: the local chain's speed, side by side with baselines
+//! The local chain's speed, side by side with baselines
 //! measured in the same run on the same filesystem.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use fschain_store::state_path::state_path;
 use fschain_store::{btrfs, verify_root, RootLayout};
 use serde_json::json;
 
+use crate::report::{Report, Row};
+
 struct Scale {
     elements: usize,
     ops: usize,
@@ -22,54 +24,7 @@ struct Scale {
     large: usize,
 }
 
-/// Which measurements to take.
-#[derive(Debug)]
-pub struct Parts {
-    pub local: bool,
-    pub index: bool,
-    pub model: Option<PathBuf>,
-}
-
-pub fn run(dir: &Path, quick: bool, brokers: Option<&str>, parts: Parts) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if !btrfs::is_btrfs(dir)? {
-        bail!(
-            "{} is not on btrfs; run scripts/btrfs-loop.sh up and pass a directory under it",
-            dir.display()
-        );
-    }
-    // What the largest sections keep on disk at once: the large change's
-    // layer, its spooled stream, the site's spool and received copy, and
-    // the raw send | receive copy (200 MB of state quick, 2 GB in full).
-    let needed: u64 = if quick { 3 << 30 } else { 16 << 30 };
-    let free = btrfs::available_bytes(dir)?;
-    if free < needed {
-        bail!(
-            "{} has {:.1} GiB free; the benchmark needs about {} GiB{}",
-            dir.display(),
-            free as f64 / f64::from(1 << 30),
-            needed >> 30,
-            if quick { "" } else { " (--quick needs 3)" }
-        );
-    }
-    if parts.local {
-        run_local(dir, quick)?;
-    }
-    // Replication goes before the index section: that one leaves
-    // qdrant-edge threads at work in this process and the removal of its
-    // 100,000-point index to btrfs's background work, which pushed the
-    // latency's p99 from about 140-240 ms to 589-876 ms when it came first.
-    if let Some(brokers) = brokers.filter(|_| parts.local || !parts.index) {
-        crate::bench_replication::run(dir, quick, brokers)?;
-    }
-    if parts.index {
-        let work = dir.join(format!("bench-index-{}", std::process::id()));
-        crate::bench_index::run(&work, quick, parts.model.as_deref())?;
-    }
-    Ok(())
-}
-
-fn run_local(dir: &Path, quick: bool) -> Result<()> {
+pub(crate) fn run(dir: &Path, quick: bool, report: &mut Report) -> Result<()> {
     let scale = if quick {
         Scale {
             elements: 10_000,
@@ -91,20 +46,33 @@ fn run_local(dir: &Path, quick: bool) -> Result<()> {
     };
     let work = dir.join(format!("bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let result = run_in(&work, &scale);
+    let result = run_in(&work, &scale, report);
     cleanup(&work);
     result
 }
 
-fn run_in(work: &Path, s: &Scale) -> Result<()> {
-    println!(
-        "fschain bench ({} elements, {} operations, {} per block)\n",
-        s.elements, s.ops, s.block_ops
-    );
+const COMMAND: &str = "fschain-bench --dir DIR --quick";
 
-    // 1. Sealed operations per second.
+fn run_in(work: &Path, s: &Scale, report: &mut Report) -> Result<()> {
+    report.section(
+        &format!(
+            "local chain ({} elements, {} operations, {} per block)",
+            s.elements, s.ops, s.block_ops
+        ),
+        COMMAND,
+    );
     let root = work.join("throughput");
-    let mut writer = new_root(&root, "bench")?;
+    let mut writer = sealing(work, &root, s, report)?;
+    one_op_latency(work, &root, &mut writer, s, report)?;
+    writer.close()?;
+    layer_growth(work, s, report)?;
+    verify_speed(work, &root, report)
+}
+
+/// Sealed operations per second, against the same state-file writes,
+/// logs and snapshots with no fschain.
+fn sealing(work: &Path, root: &Path, s: &Scale, report: &mut Report) -> Result<ChainWriter> {
+    let mut writer = new_root(root, "bench")?;
     populate(&mut writer, s.elements, 10_000)?;
     let started = Instant::now();
     let mut rng = Rng(42);
@@ -118,22 +86,28 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
     let took = started.elapsed();
     let ops_per_sec = s.ops as f64 / took.as_secs_f64();
     let floor = bare_block_writes(&work.join("floor"), s)?;
-    println!(
-        "sealed operations ({} per block, {} live elements)",
-        s.block_ops, s.elements
-    );
-    println!(
-        "  bare file writes + snapshot {:>8.0} ops/s   (baseline: the same state-file writes, no fschain)",
-        floor
-    );
-    println!(
-        "  fschain apply+seal      {:>12.0} ops/s   = {:.2}x the bare writes (target >= 100000 ops/s)",
-        ops_per_sec,
-        ops_per_sec / floor
-    );
+    report.row(Row {
+        what: "operations sealed per second".into(),
+        fschain: format!("{ops_per_sec:.0}/s"),
+        baseline: format!(
+            "{floor:.0}/s: the same state files, logs and snapshots, no fschain ({:.2}x)",
+            ops_per_sec / floor
+        ),
+        target: ">= 100,000/s".into(),
+        met: Some(ops_per_sec >= 100_000.0),
+    });
+    Ok(writer)
+}
 
-    // 2. One-operation block vs a bare snapshot.
-    let layer = RootLayout::new(&root).layer();
+/// A one-operation block against the btrfs CLI's snapshot.
+fn one_op_latency(
+    work: &Path,
+    root: &Path,
+    writer: &mut ChainWriter,
+    s: &Scale,
+    report: &mut Report,
+) -> Result<()> {
+    let layer = RootLayout::new(root).layer();
     let scratch = work.join("snapshots");
     std::fs::create_dir_all(&scratch)?;
     let mut cli = Vec::new();
@@ -160,41 +134,31 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
     }
     let mut rng = Rng(7 + s.elements as u64);
     let ours = (0..s.iterations)
-        .map(|i| one_op_block(&mut writer, s.elements, i, false, &mut rng))
+        .map(|i| one_op_block(writer, s.elements, i, false, &mut rng))
         .collect::<Result<Vec<_>>>()?;
     let (cli_p50, ioctl_p50, ours_p50) = (
         pct(&mut cli, 50),
         pct(&mut ioctl, 50),
         pct(&mut ours.clone(), 50),
     );
-    println!(
-        "\none-operation block latency (p50 / p90 over {} runs)",
-        s.iterations
-    );
-    println!(
-        "  btrfs subvolume snapshot {:>9} / {:>9}   (baseline: the btrfs CLI)",
-        ms(cli_p50),
-        ms(pct(&mut cli, 90))
-    );
-    println!(
-        "  snapshot ioctl alone     {:>9} / {:>9}",
-        ms(ioctl_p50),
-        ms(pct(&mut ioctl, 90))
-    );
-    println!(
-        "  fschain apply+seal       {:>9} / {:>9}   = {:.2}x the CLI snapshot (target <= 2x), {:.2}x the bare ioctl",
-        ms(ours_p50),
-        ms(pct(&mut ours.clone(), 90)),
-        ratio(ours_p50, cli_p50),
-        ratio(ours_p50, ioctl_p50)
-    );
-    writer.close()?;
+    report.row(Row {
+        what: format!("one-operation block, p50 over {} runs", s.iterations),
+        fschain: ms(ours_p50),
+        baseline: format!(
+            "`btrfs subvolume snapshot` {} ({:.2}x); the ioctl alone {}",
+            ms(cli_p50),
+            ratio(ours_p50, cli_p50),
+            ms(ioctl_p50)
+        ),
+        target: "<= 2x the CLI snapshot".into(),
+        met: Some(ratio(ours_p50, cli_p50) <= 2.0),
+    });
+    Ok(())
+}
 
-    // 3. One-operation block cost, small vs large layer.
-    println!(
-        "\none-operation block with {} vs {} live elements (p50)",
-        s.small, s.large
-    );
+/// A one-operation block on a small and a large layer, fschain's and a
+/// bare one's.
+fn layer_growth(work: &Path, s: &Scale, report: &mut Report) -> Result<()> {
     // The four layers (fschain's and the bare file system's, small and
     // large) are made first and the file system settles (the large ones
     // leave seconds of writeback behind); then they are timed in turn, one
@@ -239,40 +203,46 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         }
     }
     let (small, large, bare_small, bare_large) = (lines[0], lines[1], lines[2], lines[3]);
-    for (what, small, large, note) in [
-        (
-            "bare update   ",
-            bare_small.0,
-            bare_large.0,
-            "(baseline: one state file, the logs, a snapshot; no fschain)",
-        ),
-        ("fschain update", small.0, large.0, "(target <= 2x)"),
-        ("bare create   ", bare_small.1, bare_large.1, ""),
-        (
-            "fschain create",
-            small.1,
-            large.1,
-            "(and the state root rehashes every node right of the new leaf)",
-        ),
+    for (what, ours_small, ours_large, target) in [
+        ("update", small.0, large.0, Some(2.0)),
+        ("create", small.1, large.1, None),
     ] {
-        println!(
-            "  {what}           {:>9} vs {:>9}   = {:.2}x {note}",
-            ms(small),
-            ms(large),
-            ratio(large, small)
-        );
+        let (bare_small, bare_large) = if what == "update" {
+            (bare_small.0, bare_large.0)
+        } else {
+            (bare_small.1, bare_large.1)
+        };
+        let growth = ratio(ours_large, ours_small);
+        report.row(Row {
+            what: format!(
+                "one-operation block ({what}), {} vs {} elements",
+                s.small, s.large
+            ),
+            fschain: format!("{} vs {}: {growth:.2}x", ms(ours_small), ms(ours_large)),
+            baseline: format!(
+                "bare layer (one state file, the logs, a snapshot; no fschain): {} vs {}: {:.2}x",
+                ms(bare_small),
+                ms(bare_large),
+                ratio(bare_large, bare_small)
+            ),
+            target: target.map_or("–".into(), |t| format!("<= {t}x")),
+            met: target.map(|t| growth <= t),
+        });
     }
+    Ok(())
+}
 
-    // 4. verify vs openssl over the same bytes.
+/// `verify` against `openssl dgst -sha256` over the same bytes.
+fn verify_speed(work: &Path, root: &Path, report: &mut Report) -> Result<()> {
     // Both sides are timed the same way: the median of three runs, after
     // the file system has written back what the sections before left dirty
     // (verify's own `syncfs` would otherwise pay for their writes).
-    let layout = RootLayout::new(&root);
+    let layout = RootLayout::new(root);
     let concat = work.join("all-bytes");
     let bytes = concatenate_verified_files(&layout, &concat)?;
-    fschain_store::btrfs::sync_filesystem(&root)?;
+    fschain_store::btrfs::sync_filesystem(root)?;
     let mut verify_runs = Vec::new();
-    let mut report = None;
+    let mut verified = None;
     for _ in 0..3 {
         let started = Instant::now();
         let this = verify_root(&layout)?;
@@ -280,9 +250,9 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
         if !this.is_clean() {
             bail!("the benchmark chain did not verify: {}", this.problems[0]);
         }
-        report = Some(this);
+        verified = Some(this);
     }
-    let report = report.context("verify did not run")?;
+    let verified = verified.context("verify did not run")?;
     let verify_took = pct(&mut verify_runs, 50);
     let mut openssl_runs = Vec::new();
     for _ in 0..3 {
@@ -302,24 +272,24 @@ fn run_in(work: &Path, s: &Scale) -> Result<()> {
     }
     let openssl_took = pct(&mut openssl_runs, 50);
     let rate = |b: u64, d: Duration| b as f64 / d.as_secs_f64() / 1e6;
-    println!(
-        "\nverify ({} blocks, {} events, {} copies, {:.1} MB checked, {:.1} MB of them shared on disk with checked bytes; median of 3 runs each)",
-        report.blocks,
-        report.events,
-        report.snapshots,
-        report.bytes as f64 / 1e6,
-        report.shared as f64 / 1e6
-    );
-    println!(
-        "  openssl dgst -sha256     {:>9.0} MB/s over the same {:.1} MB in one file",
-        rate(bytes, openssl_took),
-        bytes as f64 / 1e6
-    );
-    println!(
-        "  fschain verify           {:>9.0} MB/s   = {:.2}x openssl (target >= 0.8x)",
-        rate(report.bytes, verify_took),
-        rate(report.bytes, verify_took) / rate(bytes, openssl_took)
-    );
+    let ours = rate(verified.bytes, verify_took);
+    let theirs = rate(bytes, openssl_took);
+    report.row(Row {
+        what: format!(
+            "verify: {} blocks, {} copies, {:.0} MB checked ({:.0} MB shared on disk); median of 3",
+            verified.blocks,
+            verified.snapshots,
+            verified.bytes as f64 / 1e6,
+            verified.shared as f64 / 1e6
+        ),
+        fschain: format!("{ours:.0} MB/s"),
+        baseline: format!(
+            "`openssl dgst -sha256` over the same bytes in one file: {theirs:.0} MB/s ({:.2}x)",
+            ours / theirs
+        ),
+        target: ">= 0.8x openssl".into(),
+        met: Some(ours / theirs >= 0.8),
+    });
     Ok(())
 }
 

@@ -1,0 +1,131 @@
+//! `fschain-bench`: fschain's speed and memory, each figure beside a
+//! baseline timed in the same run on the same file system and broker.
+//!
+//! Kept out of the production binary; it runs the `fschain` binary built
+//! beside it for the commands it times end to end.
+
+mod index;
+mod local;
+mod replication;
+mod report;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fschain_store::btrfs;
+
+use crate::report::Report;
+
+/// Measure throughput and latency against baselines timed in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "fschain-bench", version)]
+struct Args {
+    /// A directory on btrfs to work in (a scratch root is made below it).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Run smaller, quicker measurements (the CI smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Also measure replication through this broker.
+    #[arg(long, value_name = "LIST")]
+    brokers: Option<String>,
+    /// Only the replication measurements.
+    #[arg(long, requires = "brokers")]
+    replication_only: bool,
+    /// Only the event index measurements.
+    #[arg(long, conflicts_with = "replication_only")]
+    index_only: bool,
+    /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
+    #[arg(long = "model", value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// Write the figures as the table of this Markdown file
+    /// (docs/performance.md).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fschain-bench: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !btrfs::is_btrfs(dir)? {
+        bail!(
+            "{} is not on btrfs; run scripts/btrfs-loop.sh up and pass a directory under it",
+            dir.display()
+        );
+    }
+    check_space(dir, args.quick)?;
+    let mut report = Report::default();
+    let local = !args.replication_only && !args.index_only;
+    if local {
+        local::run(dir, args.quick, &mut report)?;
+    }
+    // Replication goes before the index section: that one leaves
+    // qdrant-edge threads at work in this process and the removal of its
+    // 100,000-point index to btrfs's background work, which would fall on
+    // the latency runs.
+    if let Some(brokers) = args.brokers.as_deref().filter(|_| !args.index_only) {
+        replication::run(dir, args.quick, brokers, &mut report)?;
+    }
+    if !args.replication_only {
+        let work = dir.join(format!("bench-index-{}", std::process::id()));
+        index::run(&work, args.quick, args.model_dir.as_deref(), &mut report)?;
+    }
+    if let Some(path) = &args.markdown {
+        report.write_markdown(path, &invocation())?;
+        println!("\nfigures written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// What the largest sections keep on disk at once: the large change's
+/// layer, its spooled stream, the site's spool and received copy, and the
+/// raw send | receive copy (200 MB of state quick, 2 GB in full).
+fn check_space(dir: &Path, quick: bool) -> Result<()> {
+    let needed: u64 = if quick { 3 << 30 } else { 16 << 30 };
+    let free = btrfs::available_bytes(dir)?;
+    if free < needed {
+        bail!(
+            "{} has {:.1} GiB free; the benchmark needs about {} GiB{}",
+            dir.display(),
+            free as f64 / f64::from(1 << 30),
+            needed >> 30,
+            if quick { "" } else { " (--quick needs 3)" }
+        );
+    }
+    Ok(())
+}
+
+/// The command line, with the scratch directory and broker list as
+/// placeholders so that the table names a command anyone can run.
+fn invocation() -> String {
+    let mut out = vec!["fschain-bench".to_owned()];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--dir" | "--brokers" | "--model" | "--markdown" => {
+                let placeholder = match a.as_str() {
+                    "--dir" => "DIR",
+                    "--brokers" => "LIST",
+                    "--model" => "models/all-MiniLM-L6-v2",
+                    _ => "docs/performance.md",
+                };
+                args.next();
+                out.push(format!("{a} {placeholder}"));
+            }
+            _ => out.push(a),
+        }
+    }
+    out.join(" ")
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Apache Kafka in KRaft mode on loopback, for tests, demos and benchmarks.
+# The broker is the real one (kafka.Kafka and its storage formatter), its
+# jars resolved from Maven Central by scripts/kafka/pom.xml (one pinned
+# version, cached in ~/.m2). Each node is a combined broker and controller
+# with a small heap.
+#
+#   scripts/kafka.sh up    [--brokers 1|3] [--port P]   start; prints the bootstrap list
+#   scripts/kafka.sh down  [--port P]                   stop what `up` started there
+#   scripts/kafka.sh kill  N [--port P]                 kill -9 broker N (1-based)
+#   scripts/kafka.sh start N [--port P]                 start broker N again
+#   scripts/kafka.sh jars                               only fetch the jars
+#
+# P is the first broker's port (default 9092); broker N listens on P+N-1
+# and its controller on P+N+99. With three brokers the cluster has the
+# production settings `fschain topics create` documents: replication
+# factor 3, min.insync.replicas 2, no unclean leader election.
+# State (data, logs, PIDs) lives in /var/tmp/fschain-kafka-P and is removed
+# by `down`. An `up` on a port whose cluster already runs prints its
+# bootstrap list and leaves it running ("already running" on stderr).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+version=4.1.1
+libs=${FSCHAIN_KAFKA_LIBS:-/var/tmp/fschain-kafka-$version/libs}
+heap=${FSCHAIN_KAFKA_HEAP:-512m}
+
+cmd=${1:-up}
+shift || true
+brokers=1
+port=9092
+node=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --brokers) brokers=$2; shift 2 ;;
+        --port) port=$2; shift 2 ;;
+        [0-9]*) node=$1; shift ;;
+        *) echo "kafka.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+state=/var/tmp/fschain-kafka-$port
+
+jars() {
+    if [ -f "$libs/.complete" ]; then return 0; fi
+    echo "kafka.sh: resolving Apache Kafka $version from Maven Central" >&2
+    mkdir -p "$libs"
+    mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+        -DoutputDirectory="$libs" -DincludeScope=runtime >&2
+    touch "$libs/.complete"
+}
+
+bootstrap() {
+    local n list=
+    for n in $(seq 1 "$(cat "$state/brokers")"); do
+        list+="${list:+,}127.0.0.1:$((port + n - 1))"
+    done
+    echo "$list"
+}
+
+# Alive and not a zombie (a killed broker whose parent is gone may linger
+# unreaped in a container whose PID 1 does not reap).
+running() {
+    local pid
+    [ -f "$state/broker-$1.pid" ] || return 1
+    pid=$(cat "$state/broker-$1.pid")
+    [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat")" != Z ]
+}
+
+write_config() {
+    local n=$1 count=$2 voters= i rf=$2 isr=1
+    for i in $(seq 1 "$count"); do
+        voters+="${voters:+,}$i@127.0.0.1:$((port + i + 99))"
+    done
+    if [ "$count" -ge 3 ]; then isr=2; fi
+    cat >"$state/broker-$n.properties" <<EOF
+node.id=$n
+process.roles=broker,controller
+listeners=PLAINTEXT://127.0.0.1:$((port + n - 1)),CONTROLLER://127.0.0.1:$((port + n + 99))
+advertised.listeners=PLAINTEXT://127.0.0.1:$((port + n - 1))
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.quorum.voters=$voters
+log.dirs=$state/broker-$n/data
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+message.max.bytes=4194304
+replica.fetch.max.bytes=4194304
+auto.create.topics.enable=true
+log.retention.check.interval.ms=10000
+EOF
+}
+
+start_node() {
+    local n=$1
+    mkdir -p "$state/broker-$n"
+    nohup java -Xms128m "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+        "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties" \
+        "-Dfschain.kafka.log=$state/broker-$n.log" \
+        -cp "$libs/*" kafka.Kafka "$state/broker-$n.properties" \
+        >>"$state/broker-$n.out" 2>&1 &
+    echo $! >"$state/broker-$n.pid"
+}
+
+wait_node() {
+    local n=$1
+    for _ in $(seq 1 600); do
+        if grep -q "Kafka Server started" "$state/broker-$n.log" 2>/dev/null \
+            && (exec 3<>"/dev/tcp/127.0.0.1/$((port + n - 1))") 2>/dev/null; then
+            return 0
+        fi
+        if ! running "$n"; then
+            echo "kafka.sh: broker $n exited; its output:" >&2
+            tail -n 40 "$state/broker-$n.out" "$state/broker-$n.log" >&2 2>/dev/null || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "kafka.sh: broker $n did not start within 60 s; log $state/broker-$n.log" >&2
+    return 1
+}
+
+up() {
+    if [ -f "$state/brokers" ] && running 1; then
+        echo "kafka.sh: already running on port $port" >&2
+        bootstrap
+        return 0
+    fi
+    case "$brokers" in 1|3) ;; *) echo "kafka.sh: --brokers is 1 or 3" >&2; exit 2 ;; esac
+    jars
+    rm -rf "$state"
+    mkdir -p "$state"
+    echo "$brokers" >"$state/brokers"
+    local cluster n
+    cluster=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+    for n in $(seq 1 "$brokers"); do
+        write_config "$n" "$brokers"
+        java "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties" \
+            "-Dfschain.kafka.log=$state/format.log" -cp "$libs/*" \
+            kafka.tools.StorageTool format -t "$cluster" -c "$state/broker-$n.properties" >/dev/null
+    done
+    for n in $(seq 1 "$brokers"); do start_node "$n"; done
+    for n in $(seq 1 "$brokers"); do wait_node "$n"; done
+    echo "kafka.sh: Apache Kafka $version, $brokers broker(s), logs in $state" >&2
+    bootstrap
+}
+
+down() {
+    [ -d "$state" ] || return 0
+    local f pid
+    for f in "$state"/broker-*.pid; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
+        kill "$pid" 2>/dev/null || true
+    done
+    for f in "$state"/broker-*.pid; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
+        for _ in $(seq 1 100); do
+            [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat")" != Z ] || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$state"
+}
+
+need_node() {
+    if [ -z "$node" ] || [ ! -f "$state/broker-$node.properties" ]; then
+        echo "kafka.sh: no broker ${node:-?} in the cluster on port $port" >&2
+        exit 2
+    fi
+}
+
+case "$cmd" in
+    up) up ;;
+    down) down ;;
+    jars) jars ;;
+    kill)
+        need_node
+        if running "$node"; then kill -9 "$(cat "$state/broker-$node.pid")"; fi
+        ;;
+    start)
+        need_node
+        if ! running "$node"; then
+            : >"$state/broker-$node.log"
+            start_node "$node"
+            wait_node "$node"
+        fi
+        ;;
+    *) echo "usage: $0 up|down|kill N|start N|jars [--brokers 1|3] [--port P]" >&2; exit 2 ;;
+esac
