@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 MNT=${FSCHAIN_DEMO_DIR:-/mnt/fschain-demo}
 IMG=${FSCHAIN_DEMO_IMAGE:-/var/tmp/fschain-demo.img}
-OPS=${FSCHAIN_DEMO_OPS:-../shared/data/ops-sample.jsonl}
+OPS=${FSCHAIN_DEMO_OPS:-tests/data/ops-sample.jsonl}
 
 if ! command -v mkfs.btrfs >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline on one machine, on a fresh machine (as root): a
-# Kafka-protocol broker (tansu) on loopback, a producer chain on a
+# The whole pipeline on one machine, on a fresh machine (as root): Apache
+# Kafka on loopback (scripts/kafka.sh), a producer chain on a
 # loop-mounted btrfs, operations published to the ops topic and applied by
 # the agent, and two sites that receive, verify and hold the same chain.
 # scripts/demo-local.sh shows the local chain alone (time travel, rollback,
@@ -9,20 +9,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MNT=${FSCHAIN_DEMO_DIR:-/mnt/fschain-demo}
-OPS=${FSCHAIN_DEMO_OPS:-../shared/data/ops-sample.jsonl}
+OPS=${FSCHAIN_DEMO_OPS:-tests/data/ops-sample.jsonl}
 PORT=${FSCHAIN_DEMO_PORT:-19192}
 export PATH="$HOME/.cargo/bin:$PATH"
 
-if ! command -v mkfs.btrfs >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs
+missing=()
+command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 cargo build --release --locked -q
 fschain() { ./target/release/fschain "$@"; }
 step() { printf '\n\033[1m$ fschain %s\033[0m\n' "$*"; fschain "$@"; }
 
-scripts/broker.sh up "$PORT" memory://tansu/
-trap 'scripts/broker.sh down "$PORT"' EXIT
-K=(--brokers "127.0.0.1:$PORT" --prefix "demo$$")
+BROKERS=$(scripts/kafka.sh up --port "$PORT")
+trap 'scripts/kafka.sh down --port "$PORT"' EXIT
+K=(--brokers "$BROKERS" --prefix "demo$$")
 
 # A clean btrfs for the producer and both sites.
 scripts/btrfs-loop.sh down "$MNT" >/dev/null 2>&1 || true

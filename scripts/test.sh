@@ -22,4 +22,4 @@ export FSCHAIN_TEST_BROKERS
 FSCHAIN_TEST_MODEL=${FSCHAIN_TEST_MODEL:-$PWD/models/all-MiniLM-L6-v2}
 scripts/fetch-model.sh "$FSCHAIN_TEST_MODEL" >&2
 export FSCHAIN_TEST_MODEL
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --release "$@"

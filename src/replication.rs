@@ -94,6 +94,7 @@ pub fn topics_cmd(action: TopicsAction, inv: &Invocation) -> Result<ExitCode> {
         &topics(&kafka, inv),
         partitions,
         replication,
+        &extra(inv),
     )?;
     for (name, new) in created {
         println!("{name}: {}", if new { "created" } else { "exists" });

@@ -648,7 +648,12 @@ struct OwnCluster {
 impl OwnCluster {
     fn up(port: &str) -> (OwnCluster, String) {
         let out = OwnCluster::script(&["up", "--port", port]);
-        (OwnCluster { port: port.to_owned() }, out.trim().to_owned())
+        (
+            OwnCluster {
+                port: port.to_owned(),
+            },
+            out.trim().to_owned(),
+        )
     }
 
     fn script(args: &[&str]) -> String {

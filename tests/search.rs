@@ -17,8 +17,7 @@ use serde_json::Value;
 
 /// The shared queries: (query, reasons a person expects in the top 5).
 fn queries() -> Vec<(String, Vec<String>)> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/search-queries.jsonl");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/search-queries.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|l| {

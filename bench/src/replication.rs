@@ -143,7 +143,10 @@ fn run_in(work: &Path, s: &Scale, brokers: &str, report: &mut Report) -> Result<
         prefix: format!("bench-{}", std::process::id()),
     };
     report.section(
-        &format!("replication (Apache Kafka at {brokers}, topics {}.*)", bin.prefix),
+        &format!(
+            "replication (Apache Kafka at {brokers}, topics {}.*)",
+            bin.prefix
+        ),
         COMMAND,
     );
     bin.run(&["topics", "create"])?;
@@ -173,13 +176,7 @@ fn fschain_exe() -> Result<PathBuf> {
 }
 
 /// An operation published -> its block verified at a site.
-fn latency(
-    work: &Path,
-    s: &Scale,
-    bin: &Bin,
-    raw_prefix: &str,
-    report: &mut Report,
-) -> Result<()> {
+fn latency(work: &Path, s: &Scale, bin: &Bin, raw_prefix: &str, report: &mut Report) -> Result<()> {
     let brokers = bin.brokers.as_str();
     let producer_root = work.join("producer");
     drop(new_root(&producer_root, "lat")?);

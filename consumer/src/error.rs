@@ -36,8 +36,8 @@ pub enum ConsumerError {
     NoTrustedKeys,
     #[error("{} already holds chains ({}); replay rebuilds a site from nothing, into an empty directory", root.display(), chains.join(", "))]
     NotEmpty { root: PathBuf, chains: Vec<String> },
-    #[error("kafka: {message}")]
-    Kafka { message: String, transient: bool },
+    #[error("kafka: {0}")]
+    Kafka(#[from] fschain_kafka::KafkaClientError),
     #[error("reading the import stream: {0}")]
     Input(std::io::Error),
 }
@@ -48,7 +48,7 @@ impl ConsumerError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConsumerError::Store(e) => e.is_transient(),
-            ConsumerError::Kafka { transient, .. } => *transient,
+            ConsumerError::Kafka(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -62,14 +62,5 @@ impl ConsumerError {
                 | ConsumerError::Receive { .. }
                 | ConsumerError::Unverified { .. }
         )
-    }
-}
-
-impl From<fschain_kafka::KafkaClientError> for ConsumerError {
-    fn from(e: fschain_kafka::KafkaClientError) -> Self {
-        ConsumerError::Kafka {
-            transient: e.is_transient(),
-            message: e.to_string(),
-        }
     }
 }

@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fschain_kafka::StartGuard;
+use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
 use fschain_schema::wire::{decode_frame, Frame, PublicKey, Topics};
 use fschain_schema::ChainName;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::ingest::{Ingest, Origin};
@@ -38,86 +37,23 @@ pub fn site_group(site: &str) -> String {
 }
 
 fn kafka_error(e: KafkaError) -> ConsumerError {
-    ConsumerError::Kafka {
-        message: e.to_string(),
-        transient: !matches!(e, KafkaError::ClientCreation(_)),
-    }
+    fschain_kafka::kafka("talking to the brokers")(e).into()
 }
 
 /// A site's Kafka consumer.
-type SiteConsumer = BaseConsumer<SiteContext>;
+type SiteConsumer = BaseConsumer<QuietEof>;
 
-/// Logs librdkafka's client errors as the default context does, except the
-/// end of a partition, which `--until-idle` asks for and is no error.
-struct SiteContext;
-
-impl ClientContext for SiteContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for SiteContext {}
-
-/// A consumer for `group`; with `partition_eof`, its poll also reports
-/// reaching the end of a partition (`KafkaError::PartitionEOF`).
-fn client(
-    source: &KafkaSource,
-    group: &str,
-    partition_eof: bool,
-) -> Result<SiteConsumer, ConsumerError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &source.brokers)
+/// A consumer for `group`; its poll also reports reaching the end of a
+/// partition (`KafkaError::PartitionEOF`).
+fn client(source: &KafkaSource, group: &str) -> Result<SiteConsumer, ConsumerError> {
+    client_config(Role::Site, &source.brokers, &source.extra)?
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.message.max.bytes", "4194304")
-        // A site member that dies hands its chains over within seconds.
-        .set("session.timeout.ms", "6000")
-        // Brokers that hold a fetch for its whole wait (tansu does) would
-        // otherwise add up to 500 ms to every block.
-        .set("fetch.wait.max.ms", "20")
-        .set("heartbeat.interval.ms", "1000")
-        // Bounds the prefetch queue: memory stays flat whatever the backlog.
-        .set("queued.max.messages.kbytes", "16384")
-        // A full queue puts the next fetch off by this long (librdkafka's
-        // default is a second): a receive slower than the topic, on a slow
-        // disk, would otherwise stall for a second each time it fell 16 MiB
-        // behind.
-        .set("fetch.queue.backoff.ms", "20")
-        .set(
-            "enable.partition.eof",
-            if partition_eof { "true" } else { "false" },
-        );
-    for (k, v) in &source.extra {
-        config.set(k, v);
-    }
-    config.create_with_context(SiteContext).map_err(kafka_error)
+        .create_with_context(QuietEof)
+        .map_err(kafka_error)
 }
 
 fn partitions_of(consumer: &SiteConsumer, topic: &str) -> Result<Vec<i32>, ConsumerError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka_error)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ConsumerError::Kafka {
-            message: format!("topic {topic} does not exist; run `fschain topics create`"),
-            transient: false,
-        });
-    }
-    Ok(partitions)
+    Ok(fschain_kafka::partitions(consumer, topic)?)
 }
 
 /// What a consume or replay run did.
@@ -145,7 +81,7 @@ pub fn consume(
     on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
     let group = site_group(ingest.site().name());
-    let consumer = client(source, &group, true)?;
+    let consumer = client(source, &group)?;
     partitions_of(&consumer, &source.topics.blocks)?;
     consumer
         .subscribe(&[&source.topics.blocks])
@@ -191,7 +127,7 @@ pub fn replay(
     // decoded), reading every partition to the end its fetches report (not
     // the broker's ListOffsets: tansu 0.6 answers that with the last record
     // batch's first offset + 1).
-    let scanner = client(source, &format!("{group}-scan"), true)?;
+    let scanner = client(source, &format!("{group}-scan"))?;
     let partitions = partitions_of(&scanner, topic)?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
@@ -252,7 +188,7 @@ pub fn replay(
         );
         return Ok(summary(ingest));
     }
-    let consumer = client(source, &group, true)?;
+    let consumer = client(source, &group)?;
     let mut tpl = TopicPartitionList::new();
     for (&p, &o) in &start {
         tpl.add_partition_offset(topic, p, Offset::Offset(o))

@@ -1,5 +1,10 @@
-//! Kafka client pieces that both the producer's agent and a site need, so
-//! that neither side depends on the other.
+//! fschain's one Kafka adapter: what both the producer's side and a site
+//! need, so that neither depends on the other.
+//!
+//! [`config`]: the one place librdkafka clients are configured, with the
+//! settings fschain owns. [`partitions`]: partition discovery.
+//! [`is_transient`]: which errors may pass. [`QuietEof`]: a client context
+//! for consumers that ask for partition ends.
 //!
 //! [`StartGuard`]: reading a partition from an exact offset, also on a
 //! broker that answers a fetch from inside a record batch with the batches
@@ -14,10 +19,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
+
+pub mod config;
+
+pub use config::{client_config, Role, MAX_MESSAGE_BYTES};
 
 /// What went wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -28,23 +39,106 @@ pub enum KafkaClientError {
         #[source]
         source: KafkaError,
     },
+    #[error("the [kafka] setting {key:?} is fschain's own: {why}")]
+    OwnedSetting { key: String, why: &'static str },
+    #[error("topic {topic} does not exist; run `fschain topics create`")]
+    NoTopic { topic: String },
+    #[error("creating topic {topic}: {code}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    /// Messages the broker did not acknowledge (librdkafka reports why in
+    /// each delivery report, as text).
+    #[error("{count} messages were not acknowledged: {reason}")]
+    NotAcknowledged { count: u64, reason: String },
 }
 
 impl KafkaClientError {
-    /// Whether trying again later may succeed: every broker error here is
-    /// a request to a broker that may come back.
+    /// Whether trying again later may succeed: a broker that may come
+    /// back, a leader being elected. A client that cannot be created, a
+    /// setting refused, a topic missing or a message too large stay so.
     pub fn is_transient(&self) -> bool {
         match self {
-            KafkaClientError::Kafka { source, .. } => {
-                !matches!(source, KafkaError::ClientCreation(_))
-            }
+            KafkaClientError::Kafka { source, .. } => is_transient(source),
+            KafkaClientError::NotAcknowledged { .. } => true,
+            KafkaClientError::OwnedSetting { .. }
+            | KafkaClientError::NoTopic { .. }
+            | KafkaClientError::CreateTopic { .. } => false,
         }
     }
 }
 
-fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
+/// fschain's one notion of a Kafka error that may pass.
+pub fn is_transient(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => false,
+        other => other.rdkafka_error_code().is_none_or(|code| {
+            !matches!(
+                code,
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::InvalidConfig
+            )
+        }),
+    }
+}
+
+/// Wraps a client error with what was being done.
+pub fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
     move |source| KafkaClientError::Kafka { what, source }
 }
+
+/// The partitions of `topic`: fschain's one partition discovery.
+pub fn partitions<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+) -> Result<Vec<i32>, KafkaClientError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka("reading the topic's metadata"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(KafkaClientError::NoTopic {
+            topic: topic.to_owned(),
+        });
+    }
+    Ok(partitions)
+}
+
+/// A client context that logs librdkafka's errors as the default one
+/// does, except the end of a partition: fschain asks for it
+/// (`enable.partition.eof`) and it is no error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
+        if is_transient(&error) {
+            warn!("librdkafka: {error}: {reason}");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
 
 /// Checks where each partition's reading really starts.
 ///

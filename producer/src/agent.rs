@@ -13,12 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fschain_kafka::StartGuard;
+use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
 use fschain_schema::wire::SigningKey;
 use fschain_schema::Operation;
 use fschain_store::layout::{write_atomic, RootLayout};
 use fschain_store::StoreError;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -104,36 +103,15 @@ pub fn run_agent(
     publish_pending(&layout, &publisher, &options.policy, key)?;
 
     let group = format!("fschain-agent-{chain}");
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &target.brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
-        // Idle is known from the fetches' own ends: tansu 0.6 answers
-        // ListOffsets with the last record batch's first offset + 1.
-        .set("enable.partition.eof", "true");
-    for (k, v) in &target.extra {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create().map_err(kafka_error)?;
+    // Idle is known from the fetches' own ends (enable.partition.eof),
+    // not from ListOffsets, which some brokers answer wrongly.
+    let consumer: BaseConsumer<QuietEof> =
+        client_config(Role::Agent, &target.brokers, &target.extra)?
+            .set("group.id", &group)
+            .create_with_context(QuietEof)
+            .map_err(kafka_error)?;
     let topic = &target.topics.ops;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka_error)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ProducerError::Kafka {
-            message: format!("topic {topic} does not exist; run `fschain topics create`"),
-            transient: false,
-        });
-    }
+    let partitions = fschain_kafka::partitions(&consumer, topic)?;
     let mut record = read_ingest(&layout, writer.head().height)?;
     let mut offsets = record.sealed.clone().unwrap_or_default().offsets;
     let mut assignment = TopicPartitionList::new();
@@ -260,7 +238,7 @@ pub fn run_agent(
     }
 }
 
-fn commit(consumer: &BaseConsumer, topic: &str, offsets: &BTreeMap<i32, i64>) {
+fn commit(consumer: &BaseConsumer<QuietEof>, topic: &str, offsets: &BTreeMap<i32, i64>) {
     let mut tpl = TopicPartitionList::new();
     for (&p, &o) in offsets {
         let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));

@@ -20,8 +20,8 @@ pub enum ProducerError {
     NoKey { root: std::path::PathBuf },
     #[error("{} is a site's copy of a chain; operations are applied on the producer and arrive here through `fschain consume`", root.display())]
     Replica { root: std::path::PathBuf },
-    #[error("kafka: {message}")]
-    Kafka { message: String, transient: bool },
+    #[error("kafka: {0}")]
+    Kafka(#[from] fschain_kafka::KafkaClientError),
 }
 
 impl ProducerError {
@@ -29,17 +29,8 @@ impl ProducerError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProducerError::Store(e) => e.is_transient(),
-            ProducerError::Kafka { transient, .. } => *transient,
+            ProducerError::Kafka(e) => e.is_transient(),
             _ => false,
-        }
-    }
-}
-
-impl From<fschain_kafka::KafkaClientError> for ProducerError {
-    fn from(e: fschain_kafka::KafkaClientError) -> Self {
-        ProducerError::Kafka {
-            transient: e.is_transient(),
-            message: e.to_string(),
         }
     }
 }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use fschain_kafka::{client_config, KafkaClientError, Role};
 use fschain_schema::wire::{event_key, SigningKey, Topics};
 use fschain_schema::{Event, EventLine};
 use fschain_store::layout::RootLayout;
 use fschain_store::{ChainDir, StoreError};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
@@ -36,26 +36,7 @@ pub struct KafkaTarget {
 }
 
 pub(crate) fn kafka_error(e: KafkaError) -> ProducerError {
-    let transient = match &e {
-        KafkaError::MessageProduction(code) | KafkaError::Flush(code) => is_transient_code(*code),
-        KafkaError::ClientCreation(_) => false,
-        _ => true,
-    };
-    ProducerError::Kafka {
-        message: e.to_string(),
-        transient,
-    }
-}
-
-fn is_transient_code(code: RDKafkaErrorCode) -> bool {
-    !matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::UnknownTopicOrPartition
-            | RDKafkaErrorCode::InvalidConfig
-    )
+    fschain_kafka::kafka("talking to the brokers")(e).into()
 }
 
 #[derive(Default)]
@@ -95,20 +76,7 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     pub fn new(target: &KafkaTarget) -> Result<Self, ProducerError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &target.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.max.bytes", "4194304")
-            // Bounds the producer's memory whatever the block size.
-            .set("queue.buffering.max.kbytes", "32768")
-            .set("compression.type", "none");
-        for (k, v) in &target.extra {
-            config.set(k, v);
-        }
-        let producer = config
+        let producer = client_config(Role::Publisher, &target.brokers, &target.extra)?
             .create_with_context(DeliveryTally::default())
             .map_err(kafka_error)?;
         Ok(Publisher {
@@ -150,10 +118,11 @@ impl Publisher {
                 .ok()
                 .and_then(|l| l.clone())
                 .unwrap_or_default();
-            return Err(ProducerError::Kafka {
-                message: format!("{failed} messages were not acknowledged: {last}"),
-                transient: true,
-            });
+            return Err(KafkaClientError::NotAcknowledged {
+                count: failed,
+                reason: last,
+            }
+            .into());
         }
         Ok(())
     }
@@ -176,10 +145,11 @@ pub fn wait_acknowledged<C: ProducerContext>(
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
-            return Err(ProducerError::Kafka {
-                message: format!("{waiting} messages not acknowledged within {timeout:?}"),
-                transient: true,
-            });
+            return Err(KafkaClientError::NotAcknowledged {
+                count: waiting.try_into().unwrap_or(0),
+                reason: format!("none within {timeout:?}"),
+            }
+            .into());
         }
         producer.poll(Duration::from_millis(5));
     }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use fschain_kafka::{client_config, KafkaClientError, Role};
 use fschain_schema::wire::Topics;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::publish::kafka_error;
@@ -25,6 +25,10 @@ pub struct TopicSpec {
 /// reads `-1` as already expired and deletes every record when it restarts
 /// (measured with its sqlite storage).
 pub const RETAIN_FOREVER_MS: &str = "315360000000";
+
+/// [`fschain_kafka::MAX_MESSAGE_BYTES`] as a topic setting.
+const MAX_MESSAGE_BYTES_TEXT: &str = "4194304";
+const _: () = assert!(fschain_kafka::MAX_MESSAGE_BYTES == 4_194_304);
 
 /// The settings of each topic.
 pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
@@ -52,7 +56,7 @@ pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
             configs: vec![
                 ("retention.ms", RETAIN_FOREVER_MS),
                 ("cleanup.policy", "delete"),
-                ("max.message.bytes", "4194304"),
+                ("max.message.bytes", MAX_MESSAGE_BYTES_TEXT),
             ],
         },
     ]
@@ -65,9 +69,9 @@ pub fn create_topics(
     topics: &Topics,
     partitions: i32,
     replication: i32,
+    extra: &[(String, String)],
 ) -> Result<Vec<(String, bool)>, ProducerError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<DefaultClientContext> = client_config(Role::Admin, brokers, extra)?
         .create()
         .map_err(kafka_error)?;
     let specs = topic_specs(topics, partitions);
@@ -97,10 +101,7 @@ pub fn create_topics(
             Ok(name) => out.push((name, true)),
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
             Err((name, code)) => {
-                return Err(ProducerError::Kafka {
-                    message: format!("creating topic {name}: {code}"),
-                    transient: false,
-                })
+                return Err(KafkaClientError::CreateTopic { topic: name, code }.into())
             }
         }
     }

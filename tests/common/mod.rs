@@ -200,7 +200,7 @@ pub fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
 
 /// The first `n` operations of the shared sample (../shared/data).
 pub fn sample_ops(n: usize) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ops-sample.jsonl");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ops-sample.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines().take(n).map(|l| format!("{l}\n")).collect()
 }
