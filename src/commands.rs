@@ -8,9 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use fschain_producer::{
     init_root, make_loop_filesystem, recover_if_interrupted, ChainWriter, SealedBlock, SystemClock,
 };
-use fschain_schema::{
-    Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, SchemaError, State,
-};
+use fschain_schema::{Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, State};
 use fschain_store::{verify_root, Chain, RootLayout};
 use serde_json::{json, Value};
 
@@ -410,24 +408,37 @@ fn apply(
     let mut writer = open_writer(root)?;
     let mut sealed: Vec<SealedBlock> = Vec::new();
     let mut applied = 0u64;
-    let mut failure: Option<(u64, SchemaError)> = None;
-    for (i, line) in BufReader::new(input).lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line.with_context(|| format!("reading {name} line {line_no}"))?;
+    // Whatever stops the input (a line that is not an operation, not
+    // UTF-8, or cannot be read), the operations before it are sealed.
+    let mut failure: Option<(u64, String)> = None;
+    let mut reader = BufReader::new(input);
+    let mut bytes = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        bytes.clear();
+        line_no += 1;
+        match reader.read_until(b'\n', &mut bytes) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                failure = Some((line_no, format!("could not be read: {e}")));
+                break;
+            }
+        }
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            failure = Some((line_no, "is not UTF-8".to_owned()));
+            break;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let applied_op = match Operation::from_json(&line) {
+        let applied_op = match Operation::from_json(line) {
             Ok(op) => writer.apply(op).map(|_| ()),
             Err(e) => Err(e.into()),
         };
-        match applied_op {
-            Ok(()) => {}
-            Err(fschain_producer::ProducerError::Schema(e)) => {
-                failure = Some((line_no, e));
-                break;
-            }
-            Err(other) => return Err(other).with_context(|| format!("{name} line {line_no}")),
+        if let Err(e) = applied_op {
+            failure = Some((line_no, e.to_string()));
+            break;
         }
         applied += 1;
         if writer.pending_len() >= block_ops {

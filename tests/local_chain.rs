@@ -245,6 +245,30 @@ fn bad_input_is_named_and_loses_nothing() {
 }
 
 #[test]
+fn a_line_that_is_not_utf8_stops_apply_after_sealing_the_lines_before_it() {
+    let Some(s) = scratch("notutf8") else { return };
+    let root = s.root().display().to_string();
+    fschain(&["init", "--root", &root, "--chain", "host1"]).ok();
+    let mut input = br#"{"element":"iface:a","action":"set","state":{"x":1}}"#.to_vec();
+    input.extend_from_slice(
+        b"\n{\"element\":\"iface:b\",\"action\":\"set\",\"state\":{\"k\":\"\xff\"}}\n",
+    );
+    input.extend_from_slice(br#"{"element":"iface:c","action":"set","state":{"x":3}}"#);
+    let run = fschain_with_input(&["apply", "--root", &root], Some(&input)).code_is(2);
+    let err = run.stderr();
+    assert!(err.contains("line 2") && err.contains("not UTF-8"), "{err}");
+    assert!(err.contains("1 operation(s) before it are sealed"), "{err}");
+    let a = fschain(&["show", "--root", &root, "iface:a", "--json"])
+        .ok()
+        .json();
+    assert_eq!(a["state"]["x"], 1, "{a}");
+    for missing in ["iface:b", "iface:c"] {
+        fschain(&["show", "--root", &root, missing]).code_is(2);
+    }
+    fschain(&["verify", "--root", &root]).ok();
+}
+
+#[test]
 fn hash_prefix_refs() {
     let Some(s) = scratch("prefix") else { return };
     let root = root_with_sample(&s, 40, 4);

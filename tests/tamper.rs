@@ -309,3 +309,76 @@ fn a_site_refuses_a_signed_block_whose_files_do_not_match_its_header() {
     );
     fschain(&["verify", "--root", copy.to_str().unwrap()]).ok();
 }
+
+/// Reads and rollbacks at a height whose snapshot is missing, or whose
+/// files were changed, answer with the states the header backs (rebuilt
+/// from the events log), never with what the damaged copy holds.
+#[test]
+fn reads_and_rollbacks_at_a_missing_or_changed_snapshot_follow_the_header() {
+    let Some(s) = scratch("missingsnap") else {
+        return;
+    };
+    let root = root_with_sample(&s, 200, 20);
+    let log = fschain(&["log", "--root", &root, "--json"]).ok().json();
+    let blocks = log["blocks"].as_array().unwrap().clone();
+    let state_root = |h: usize| blocks[h]["state_root"].as_str().unwrap().to_owned();
+    let added = fschain(&["diff", "--root", &root, "0", "5", "--json"])
+        .ok()
+        .json();
+    let elements: Vec<String> = added["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    let show = |element: &str, at: &str| {
+        fschain(&["show", "--root", &root, element, "--at", at, "--json"])
+            .ok()
+            .json()["state"]
+            .clone()
+    };
+    let before: Vec<_> = elements.iter().map(|e| show(e, "5")).collect();
+    let diff_before = fschain(&["diff", "--root", &root, "4", "5", "--json"])
+        .ok()
+        .json();
+    let at3 = show(&elements[0], "3");
+
+    let snapshot = |h: u64| Path::new(&root).join(format!("blocks/{h:010}"));
+    let out = std::process::Command::new("btrfs")
+        .args(["subvolume", "delete"])
+        .arg(snapshot(5))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Vec<_> = elements.iter().map(|e| show(e, "5")).collect();
+    assert_eq!(after, before, "show --at a missing snapshot");
+    let diff_after = fschain(&["diff", "--root", &root, "4", "5", "--json"])
+        .ok()
+        .json();
+    assert_eq!(diff_after, diff_before);
+
+    // A changed file in another snapshot: the header's state is shown.
+    let element = fschain_schema::ElementId::parse(&elements[0]).unwrap();
+    let changed = snapshot(3).join(fschain_store::state_path::state_path(&element));
+    assert!(changed.exists(), "{}", changed.display());
+    tamper(&snapshot(3), || {
+        std::fs::write(&changed, b"{\"forged\":true}").unwrap()
+    });
+    assert_eq!(show(&elements[0], "3"), at3, "show --at a changed snapshot");
+
+    // Rollbacks to both restore exactly the header's states.
+    for target in [5usize, 3] {
+        fschain(&["rollback", "--root", &root, &target.to_string()]).ok();
+        let head = fschain(&["log", "--root", &root, "--json"]).ok().json();
+        let head = head["blocks"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            head["state_root"].as_str().unwrap(),
+            state_root(target),
+            "rollback to {target}"
+        );
+    }
+}

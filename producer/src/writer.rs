@@ -590,8 +590,10 @@ impl ChainWriter {
             Some(r) => format!("rollback to block {target} ({short}): {r}"),
             None => format!("rollback to block {target} ({short})"),
         };
+        // The states to restore, checked against block `target`'s header
+        // (rebuilt from the log when its snapshot is missing or changed).
+        let target_dir = chain.states_at(target)?;
         let diff = chain.diff(target, head)?;
-        let target_dir = chain.snapshot(target);
         let mut elements: Vec<&String> = diff
             .added
             .iter()

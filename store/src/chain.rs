@@ -1,10 +1,11 @@
 //! Reading a chain back from its snapshots: the read side every command
 //! shares, on a producer's root and on a site's copy alike.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use fschain_schema::{BlockHeader, BlockRef, ElementId, Event, State};
+use fschain_schema::verify::state_root_of;
+use fschain_schema::{jcs, state_hash, BlockHeader, BlockRef, ElementId, Event, State};
 use serde::Serialize;
 
 use crate::layout::{ChainMeta, RootLayout};
@@ -16,6 +17,41 @@ pub struct Chain {
     layout: RootLayout,
     meta: ChainMeta,
     headers: Vec<BlockHeader>,
+}
+
+/// Where a block's states are read from: its snapshot, when the snapshot's
+/// states hash to the header's state root; else every state rebuilt from
+/// the events log (each snapshot carries the whole log) and checked
+/// against the same root.
+#[derive(Debug)]
+pub enum BlockStates {
+    Snapshot(ChainDir),
+    Rebuilt {
+        /// Each element's canonical state bytes at the block.
+        states: BTreeMap<ElementId, Vec<u8>>,
+        /// Why the snapshot could not be used.
+        why: String,
+    },
+}
+
+impl BlockStates {
+    /// The raw (canonical) bytes of `element`'s state, or `None`.
+    pub fn state_bytes(&self, element: &ElementId) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            BlockStates::Snapshot(dir) => dir.state_bytes(element),
+            BlockStates::Rebuilt { states, .. } => Ok(states.get(element).cloned()),
+        }
+    }
+
+    /// `element`'s state, or `None`.
+    pub fn state(&self, element: &ElementId) -> Result<Option<State>, StoreError> {
+        match self {
+            BlockStates::Snapshot(dir) => dir.state(element),
+            BlockStates::Rebuilt { states, .. } => Ok(states
+                .get(element)
+                .and_then(|b| serde_json::from_slice(b).ok())),
+        }
+    }
 }
 
 /// Elements that differ between two blocks.
@@ -118,9 +154,133 @@ impl Chain {
         i.min(self.headers.len() - 1) as u64
     }
 
-    /// `element`'s state at block `height`.
+    /// `element`'s state at block `height`, checked against the block's
+    /// header (see [`Chain::states_at`]).
     pub fn state_at(&self, element: &ElementId, height: u64) -> Result<Option<State>, StoreError> {
-        self.snapshot(height).state(element)
+        self.states_at(height)?.state(element)
+    }
+
+    /// Block `height`'s states, from a place that matches its header's
+    /// state root: the snapshot, or else the states rebuilt from the
+    /// events log. A block whose states match from neither is an error
+    /// that names it: never an answer that the header does not back.
+    pub fn states_at(&self, height: u64) -> Result<BlockStates, StoreError> {
+        let header = self.header(height)?;
+        let dir = self.snapshot(height);
+        let why = match self.snapshot_mismatch(&dir, header) {
+            None => return Ok(BlockStates::Snapshot(dir)),
+            Some(why) => why,
+        };
+        tracing::warn!(
+            height,
+            "{why}; rebuilding block {height}'s states from the events log"
+        );
+        let states = self.rebuild_states(height)?;
+        let root = state_root_of(
+            states
+                .iter()
+                .map(|(e, bytes)| (e.clone(), fschain_schema::verify::state_file_hash(bytes))),
+        );
+        if root != header.state_root {
+            return Err(StoreError::Corrupt {
+                path: dir.path().to_owned(),
+                why: format!(
+                    "{why}, and the states rebuilt from the events log do not match block {height}'s state root either; run `fschain verify`, and restore the chain from a site (`fschain replay`)"
+                ),
+            });
+        }
+        Ok(BlockStates::Rebuilt { states, why })
+    }
+
+    fn header(&self, height: u64) -> Result<&BlockHeader, StoreError> {
+        self.headers
+            .get(height as usize)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.layout.snapshot(height),
+                why: format!("no block {height}: the head is {}", self.head().height),
+            })
+    }
+
+    /// Why block `height`'s snapshot cannot be read as its header says,
+    /// or `None` when its states hash to the header's state root.
+    fn snapshot_mismatch(&self, dir: &ChainDir, header: &BlockHeader) -> Option<String> {
+        let height = header.height;
+        if !dir.path().is_dir() {
+            return Some(format!("block {height}'s snapshot is missing"));
+        }
+        // The tree sweep reads what is on disk: write back first.
+        if let Err(e) = btrfs::sync_filesystem(dir.path()) {
+            return Some(format!("block {height}'s snapshot cannot be read: {e}"));
+        }
+        let scan = dir.state_hashes_from_tree(&format!("block {height}"));
+        if let Some(problem) = scan.problems.first() {
+            return Some(format!(
+                "block {height}'s snapshot has a problem: {problem}"
+            ));
+        }
+        if state_root_of(scan.states) != header.state_root {
+            return Some(format!(
+                "block {height}'s snapshot does not match its header's state root (its files were changed)"
+            ));
+        }
+        None
+    }
+
+    /// The newest snapshot that exists, at or after block `height`: its
+    /// events log holds every event up to it.
+    fn log_dir(&self, height: u64) -> Result<ChainDir, StoreError> {
+        (height..=self.head().height)
+            .rev()
+            .map(|h| self.snapshot(h))
+            .find(|d| d.path().is_dir())
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.layout.snapshot(height),
+                why: format!("no snapshot from block {height} on holds the events log"),
+            })
+    }
+
+    /// Every element's canonical state bytes after block `height`, by
+    /// replaying the events log of the newest snapshot that exists.
+    fn rebuild_states(&self, height: u64) -> Result<BTreeMap<ElementId, Vec<u8>>, StoreError> {
+        let upto = self.headers[..=height as usize]
+            .iter()
+            .filter_map(|h| h.last_seq)
+            .max()
+            .unwrap_or(0);
+        let log = self.log_dir(height)?;
+        let mut states: BTreeMap<ElementId, State> = BTreeMap::new();
+        for event in log.events(None)? {
+            if event.chain_seq > upto {
+                break;
+            }
+            let place = || format!("event {} of {}", event.chain_seq, event.element);
+            let before = states.remove(&event.element);
+            let after = event
+                .op
+                .apply_owned(before)
+                .map_err(|e| StoreError::schema(place(), e))?;
+            if let Some(state) = after {
+                let hash = state_hash(&state).map_err(|e| StoreError::schema(place(), e))?;
+                if event.state_hash != Some(hash) {
+                    return Err(StoreError::Corrupt {
+                        path: log.path().to_owned(),
+                        why: format!(
+                            "{}: the replayed state does not match the event's state hash",
+                            place()
+                        ),
+                    });
+                }
+                states.insert(event.element.clone(), state);
+            }
+        }
+        states
+            .into_iter()
+            .map(|(element, state)| {
+                let bytes = jcs::canonical_object(&state)
+                    .map_err(|e| StoreError::schema(element.to_string(), e))?;
+                Ok((element, bytes))
+            })
+            .collect()
     }
 
     /// What differs between blocks `from` and `to`: only elements with events
@@ -139,13 +299,13 @@ impl Chain {
             });
         let mut touched = BTreeSet::new();
         if let Some((a, b)) = seqs {
-            for event in self.snapshot(hi).events(None)? {
+            for event in self.log_dir(hi)?.events(None)? {
                 if (a..=b).contains(&event.chain_seq) {
                     touched.insert(event.element);
                 }
             }
         }
-        let (old, new) = (self.snapshot(from), self.snapshot(to));
+        let (old, new) = (self.states_at(from)?, self.states_at(to)?);
         let mut diff = StateDiff {
             from,
             to,

@@ -18,7 +18,7 @@ pub mod send_stream;
 pub mod state_path;
 pub mod verify;
 
-pub use chain::{Chain, StateDiff};
+pub use chain::{BlockStates, Chain, StateDiff};
 pub use chain_dir::{for_block_event_lines, ChainDir, StateScan};
 pub use error::{IoContext, StoreError};
 pub use layout::{ChainMeta, RootLayout};
