@@ -542,6 +542,42 @@ fn replay_rebuilds_a_site_from_the_latest_checkpoint_and_import_needs_no_kafka()
     )
     .ok();
     t.assert_same_as_producer("ssh");
+
+    // A stream cut at a frame boundary inside a block is an error that
+    // names the block and the chunks that arrived, never "0 applied".
+    let frames = common::split_frames(&std::fs::read(t.export_small_chunks()).unwrap());
+    let manifests: Vec<usize> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            matches!(
+                fschain_schema::wire::decode_frame(f),
+                Ok(fschain_schema::wire::Frame::Manifest(_))
+            )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let last = *manifests.last().unwrap();
+    assert!(
+        frames.len() > last + 2,
+        "the last block needs 2 or more chunks"
+    );
+    let cut: Vec<u8> = frames[..last + 2].concat();
+    let site = t.site_root("cut");
+    let run = fschain_with_input(
+        &[
+            "import", "--site", "cut", "--root", &site, "--trust", &t.pubkey, "-",
+        ],
+        Some(&cut),
+    )
+    .code_is(2);
+    let height = manifests.len() - 1;
+    assert!(
+        run.stderr()
+            .contains(&format!("the input ends inside block {height}: 1 of its")),
+        "{}",
+        run.stderr()
+    );
 }
 
 /// All of a chain's frames produced at once, so that they travel in one

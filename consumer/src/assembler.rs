@@ -68,6 +68,18 @@ impl Pending {
     }
 }
 
+/// A stream that has not all arrived (see [`ChunkAssembler::incomplete`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incomplete {
+    pub height: u64,
+    /// Chunks that arrived.
+    pub chunks: u32,
+    /// Chunks the stream has.
+    pub of: u32,
+    /// Whether its manifest arrived.
+    pub manifest: bool,
+}
+
 /// A stream whose manifest is verified: the one to open, or the open one
 /// once all of it went in.
 #[derive(Debug, Clone)]
@@ -382,6 +394,21 @@ impl ChunkAssembler {
         self.pending.values().map(|p| p.first_offset).min()
     }
 
+    /// Streams begun above the held height and not complete: each
+    /// height with the chunks that arrived of how many.
+    pub fn incomplete(&self) -> Vec<Incomplete> {
+        self.pending
+            .iter()
+            .filter(|(key, p)| !self.is_held(key.height) && !p.complete())
+            .map(|(key, p)| Incomplete {
+                height: key.height,
+                chunks: p.have_count,
+                of: p.count,
+                manifest: p.manifest.is_some(),
+            })
+            .collect()
+    }
+
     /// Streams still being assembled, for progress and idle checks.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
@@ -527,6 +554,34 @@ mod tests {
         assert_eq!(applied, vec![0, 1, 2, 3, 4]);
         assert_eq!(a.pending_len(), 0);
         assert_eq!(a.commit_offset(), messages(&chain_of(5)).len() as i64);
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_reported_with_its_chunks() {
+        let mut msgs = messages(&chain_of(3));
+        // Keep block 0, and block 1's manifest and first chunk only.
+        let firsts: Vec<usize> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| matches!(m, Msg::Chunk(c) if c.meta.height == 1 && c.meta.index > 0))
+            .map(|(i, _)| i)
+            .collect();
+        let cut = firsts[0];
+        msgs.truncate(cut);
+        msgs.retain(|m| !matches!(m, Msg::Manifest(m) if m.block_header().unwrap().height == 2));
+        let (applied, a) = run(None, &msgs);
+        assert_eq!(applied, vec![0]);
+        assert_eq!(
+            a.incomplete(),
+            vec![Incomplete {
+                height: 1,
+                chunks: 1,
+                of: 2,
+                manifest: true
+            }]
+        );
+        let (_, whole) = run(None, &messages(&chain_of(3)));
+        assert!(whole.incomplete().is_empty());
     }
 
     #[test]

@@ -36,8 +36,16 @@ pub enum ConsumerError {
     NoTrustedKeys,
     #[error("{} already holds chains ({}); replay rebuilds a site from nothing, into an empty directory", root.display(), chains.join(", "))]
     NotEmpty { root: PathBuf, chains: Vec<String> },
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] fschain_kafka::KafkaClientError),
+    #[error("{chain}: the input ends inside block {height}: {chunks} of its {of} chunks arrived{}; it was not applied", if *manifest { "" } else { " and no manifest" })]
+    Truncated {
+        chain: fschain_schema::ChainName,
+        height: u64,
+        chunks: u32,
+        of: u32,
+        manifest: bool,
+    },
     #[error("reading the import stream: {0}")]
     Input(std::io::Error),
 }

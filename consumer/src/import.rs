@@ -47,6 +47,17 @@ pub fn import(ingest: &mut Ingest, input: &mut dyn Read, name: &str) -> Result<u
         count += 1;
     }
     ingest.settle_index();
+    // A stream that ends inside a block (a broken `export | ssh ... import`
+    // pipe, a file cut short at a frame boundary) is no success.
+    if let Some((chain, cut)) = ingest.incomplete_streams().into_iter().next() {
+        return Err(ConsumerError::Truncated {
+            chain,
+            height: cut.height,
+            chunks: cut.chunks,
+            of: cut.of,
+            manifest: cut.manifest,
+        });
+    }
     Ok(count)
 }
 

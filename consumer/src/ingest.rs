@@ -269,6 +269,14 @@ impl Ingest {
             .collect()
     }
 
+    /// Streams begun above each chain's held height and not complete.
+    pub fn incomplete_streams(&self) -> Vec<(ChainName, crate::assembler::Incomplete)> {
+        self.chains
+            .iter()
+            .flat_map(|(c, (_, a))| a.incomplete().into_iter().map(|i| (c.clone(), i)))
+            .collect()
+    }
+
     /// Streams still incomplete, per chain (for the idle report).
     pub fn incomplete(&self) -> Vec<(ChainName, usize)> {
         self.chains

@@ -33,24 +33,24 @@ pub use config::{client_config, Role, MAX_MESSAGE_BYTES};
 /// What went wrong talking to the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaClientError {
-    #[error("{what}: {source}")]
+    #[error("kafka: {what}")]
     Kafka {
         what: &'static str,
         #[source]
         source: KafkaError,
     },
-    #[error("the [kafka] setting {key:?} is fschain's own: {why}")]
+    #[error("kafka: the [kafka] setting {key:?} is fschain's own: {why}")]
     OwnedSetting { key: String, why: &'static str },
-    #[error("topic {topic} does not exist; run `fschain topics create`")]
+    #[error("kafka: topic {topic} does not exist; run `fschain topics create`")]
     NoTopic { topic: String },
-    #[error("creating topic {topic}: {code}")]
+    #[error("kafka: creating topic {topic}: {code}")]
     CreateTopic {
         topic: String,
         code: RDKafkaErrorCode,
     },
     /// Messages the broker did not acknowledge (librdkafka reports why in
     /// each delivery report, as text).
-    #[error("{count} messages were not acknowledged: {reason}")]
+    #[error("kafka: {count} messages were not acknowledged: {reason}")]
     NotAcknowledged { count: u64, reason: String },
 }
 

@@ -20,7 +20,7 @@ pub enum ProducerError {
     NoKey { root: std::path::PathBuf },
     #[error("{} is a site's copy of a chain; operations are applied on the producer and arrive here through `fschain consume`", root.display())]
     Replica { root: std::path::PathBuf },
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] fschain_kafka::KafkaClientError),
 }
 
