@@ -214,6 +214,8 @@ fn a_producer_and_two_sites_end_to_end_then_the_agent() {
         agent.stderr()
     );
     assert!(agent.stderr().contains("rejected 1"), "{}", agent.stderr());
+    // A healthy run logs no ERROR: the end of a partition is expected.
+    assert!(!agent.stderr().contains("ERROR"), "{}", agent.stderr());
     // A second run applies nothing twice.
     let again = fschain(&t.kafka(&["agent", "--root", &t.producer, "--until-idle"])).ok();
     assert!(
@@ -221,6 +223,7 @@ fn a_producer_and_two_sites_end_to_end_then_the_agent() {
         "{}",
         again.stderr()
     );
+    assert!(!again.stderr().contains("ERROR"), "{}", again.stderr());
     t.consume("east").ok();
     t.assert_same_as_producer("east");
     let events = fschain(&[
