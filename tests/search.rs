@@ -355,3 +355,70 @@ fn a_site_indexes_what_it_verifies_and_its_hits_carry_signed_proofs() {
         check_proof(&hit, &key);
     }
 }
+
+/// The fused ranking depends on the events alone: the same after every
+/// reindex of one chain, and the same at a site that indexed the blocks it
+/// consumed (the order ties are stored in differs each time).
+#[test]
+fn the_fused_order_is_the_same_after_reindex_and_at_a_site() {
+    let Some(model) = model("search-fused-order") else {
+        return;
+    };
+    let Some(brokers) = broker("search-fused-order") else {
+        return;
+    };
+    let Some(s) = scratch("search-fused-order") else {
+        return;
+    };
+    let root = root_with_sample(&s, 1000, 100);
+    let m = ["--model", model.as_str()];
+    let ranked = |root: &str| -> Vec<(Value, Value)> {
+        search(
+            root,
+            "security update",
+            &["--model", &model, "--limit", "50"],
+        )
+        .iter()
+        .map(|h| (h["event_hash"].clone(), h["score"].clone()))
+        .collect()
+    };
+    fschain(&["reindex", "--root", &root, m[0], m[1]]).ok();
+    let first = ranked(&root);
+    assert_eq!(first.len(), 50);
+    for _ in 0..2 {
+        fschain(&["reindex", "--root", &root, m[0], m[1]]).ok();
+        assert_eq!(
+            ranked(&root),
+            first,
+            "the fused order changed after a reindex"
+        );
+    }
+    let prefix = unique("fused-order");
+    let kafka = ["--brokers", brokers.as_str(), "--prefix", prefix.as_str()];
+    let with_kafka = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&kafka);
+        fschain(&v).ok()
+    };
+    with_kafka(&["topics", "create"]);
+    with_kafka(&["publish", "--root", &root]);
+    let key = fschain(&["key", "show", "--root", &root]).ok().stdout();
+    let site = s.dir.join("site").display().to_string();
+    with_kafka(&[
+        "consume",
+        "--site",
+        &unique("fused"),
+        "--root",
+        &site,
+        "--trust",
+        key.trim(),
+        "--until-idle",
+        m[0],
+        m[1],
+    ]);
+    assert_eq!(
+        ranked(&site),
+        first,
+        "the site's fused order differs from the producer's"
+    );
+}

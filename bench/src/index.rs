@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::Result;
-use fschain_index::backend::{Backend, EdgeBackend, IndexPoint, Ranking};
+use fschain_index::backend::{Backend, EdgeBackend, Embedder, IndexPoint};
 use fschain_index::embed::{SparseVec, TextVectors};
 use fschain_index::{Embedders, EventIndex, SearchFilter, VectorStore};
 use fschain_schema::{Action, ElementId, Operation, State};
@@ -259,7 +259,7 @@ fn search_at(
         }
         let query = embedders.query(&text)?;
         let t = Instant::now();
-        let hits = backend.search(&query, Ranking::Bm25, &SearchFilter::default(), 10)?;
+        let hits = backend.search(&query, Embedder::Bm25, &SearchFilter::default(), 10)?;
         ours.push(t.elapsed());
         let t = Instant::now();
         let best = exact.top10(&query.sparse);

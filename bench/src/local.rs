@@ -447,7 +447,7 @@ pub(crate) fn patch_op(i: usize, n: usize) -> Operation {
 }
 
 fn patch(i: usize, n: usize) -> Operation {
-    let state = json!({"rev": n, "up": n % 3 != 0})
+    let state = json!({"rev": n, "up": !n.is_multiple_of(3)})
         .as_object()
         .cloned()
         .unwrap_or_default();

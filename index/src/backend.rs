@@ -8,9 +8,9 @@ use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
-    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion, JsonPath, Match,
-    Modifier, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest, Range, ScoringQuery,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, JsonPath, Match, Modifier,
+    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, QueryEnum, QueryRequest, Range, ScoringQuery, SearchParams,
     UpdateOperation, ValueVariants, Vector, VectorInternal, Vectors, WithPayloadInterface,
     WithVector,
 };
@@ -82,6 +82,14 @@ pub enum Ranking {
     MiniLm,
 }
 
+/// One embedder's ranking, as a backend searches it ([`Ranking::Fused`]
+/// is fused above the backends, in [`crate::fusion`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Embedder {
+    Bm25,
+    MiniLm,
+}
+
 /// A hit as a backend returns it.
 #[derive(Clone, Debug)]
 pub struct ScoredPayload {
@@ -93,12 +101,13 @@ pub struct ScoredPayload {
 pub trait Backend {
     /// Inserts or overwrites points (same id, same point).
     fn upsert(&mut self, points: Vec<IndexPoint>) -> Result<(), IndexError>;
-    /// The best `limit` points for the query; with both vectors, the two
-    /// rankings are fused by reciprocal rank fusion.
+    /// The best `limit` points for the query by one embedder's vectors.
+    /// MiniLM's nearest neighbours are searched exactly, so that a rebuilt
+    /// index answers as the one it replaces.
     fn search(
         &self,
         query: &TextVectors,
-        ranking: Ranking,
+        embedder: Embedder,
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<ScoredPayload>, IndexError>;
@@ -111,26 +120,20 @@ pub trait Backend {
     }
 }
 
-/// How a search is ranked, given the ranking asked for and the vectors the
-/// index holds: one embedder's ranking, or both fused.
-pub(crate) enum Plan<Q> {
-    Single(Q),
-    Fuse { sparse: Q, dense: Q },
-}
-
-pub(crate) fn plan<Q>(
-    ranking: Ranking,
+/// The query vector `embedder` ranks with: the sparse one always, the
+/// dense one when the index and the query have it.
+pub(crate) fn query_for<Q>(
+    embedder: Embedder,
     sparse: Q,
     dense: Option<Q>,
-) -> Result<Plan<Q>, IndexError> {
-    match (ranking, dense) {
-        (Ranking::MiniLm, None) => Err(IndexError::Embed {
+) -> Result<Q, IndexError> {
+    match (embedder, dense) {
+        (Embedder::Bm25, _) => Ok(sparse),
+        (Embedder::MiniLm, Some(dense)) => Ok(dense),
+        (Embedder::MiniLm, None) => Err(IndexError::Embed {
             embedder: "minilm",
             why: "this index has no MiniLM vectors; reindex with --model DIR".into(),
         }),
-        (Ranking::MiniLm, Some(dense)) => Ok(Plan::Single(dense)),
-        (Ranking::Bm25, _) | (Ranking::Fused, None) => Ok(Plan::Single(sparse)),
-        (Ranking::Fused, Some(dense)) => Ok(Plan::Fuse { sparse, dense }),
     }
 }
 
@@ -142,8 +145,6 @@ pub(crate) fn dense_vector(point: &mut IndexPoint) -> Result<Vec<f32>, IndexErro
     })
 }
 
-/// Reciprocal rank fusion constant (the usual 60).
-pub const RRF_K: usize = 60;
 /// How many candidates each embedder contributes before fusion.
 pub(crate) fn prefetch_limit(limit: usize) -> usize {
     (limit * 4).max(40)
@@ -269,7 +270,7 @@ impl Backend for EdgeBackend {
     fn search(
         &self,
         query: &TextVectors,
-        ranking: Ranking,
+        embedder: Embedder,
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<ScoredPayload>, IndexError> {
@@ -302,33 +303,13 @@ impl Backend for EdgeBackend {
             })),
             _ => None,
         };
-        let request = match plan(ranking, sparse, dense)? {
-            Plan::Single(q) => single(q),
-            Plan::Fuse { sparse, dense } => {
-                let prefetch = |q| Prefetch {
-                    prefetches: vec![],
-                    query: Some(ScoringQuery::Vector(q)),
-                    limit: prefetch_limit(limit),
-                    params: None,
-                    filter: filter.clone(),
-                    score_threshold: None,
-                };
-                QueryRequest {
-                    prefetches: vec![prefetch(sparse), prefetch(dense)],
-                    query: Some(ScoringQuery::Fusion(Fusion::Rrf {
-                        k: RRF_K,
-                        weights: None,
-                    })),
-                    filter: None,
-                    score_threshold: None,
-                    limit,
-                    offset: 0,
-                    params: None,
-                    with_vector: WithVector::Bool(false),
-                    with_payload: WithPayloadInterface::Bool(true),
-                }
-            }
-        };
+        let mut request = single(query_for(embedder, sparse, dense)?);
+        if embedder == Embedder::MiniLm {
+            request.params = Some(SearchParams {
+                exact: true,
+                ..SearchParams::default()
+            });
+        }
         let points = self
             .shard
             .query(request)

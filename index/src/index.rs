@@ -12,9 +12,13 @@ use fschain_store::{for_block_event_lines, Chain, ChainDir, IoContext, StoreErro
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::backend::{Backend, EdgeBackend, IndexPoint, Ranking, ScoredPayload, SearchFilter};
-use crate::document::{fields, summarize_state, EventDocument};
+use crate::backend::{
+    prefetch_limit, Backend, EdgeBackend, Embedder, IndexPoint, Ranking, ScoredPayload,
+    SearchFilter,
+};
+use crate::document::{summarize_state, EventDocument};
 use crate::embed::Embedders;
+use crate::fusion::{self, Ranked};
 use crate::server::{ServerBackend, ServerConfig};
 use crate::IndexError;
 
@@ -305,11 +309,42 @@ impl<'e> EventIndex<'e> {
         let vectors = self.embedders.query(query)?;
         // Equal scores are common (the same reason on many events): take a
         // few more and break ties newest first, so answers are stable.
-        let mut hits = self
-            .backend
-            .search(&vectors, ranking, filter, limit + TIE_SLACK)?;
-        let seq = |h: &ScoredPayload| h.payload.get(fields::CHAIN_SEQ).and_then(|v| v.as_u64());
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(seq(b).cmp(&seq(a))));
+        let wanted = limit + TIE_SLACK;
+        let mut hits = match (ranking, vectors.dense.is_some()) {
+            (Ranking::Fused, true) => {
+                let asked = prefetch_limit(limit) + TIE_SLACK;
+                let bm25 = self
+                    .backend
+                    .search(&vectors, Embedder::Bm25, filter, asked)?;
+                let minilm = self
+                    .backend
+                    .search(&vectors, Embedder::MiniLm, filter, asked)?;
+                fusion::fuse(
+                    &[
+                        Ranked {
+                            hits: &bm25,
+                            asked,
+                            weight: 1.0,
+                        },
+                        Ranked {
+                            hits: &minilm,
+                            asked,
+                            weight: 1.0,
+                        },
+                    ],
+                    wanted,
+                )
+            }
+            (Ranking::MiniLm, _) => {
+                self.backend
+                    .search(&vectors, Embedder::MiniLm, filter, wanted)?
+            }
+            (Ranking::Bm25 | Ranking::Fused, _) => {
+                self.backend
+                    .search(&vectors, Embedder::Bm25, filter, wanted)?
+            }
+        };
+        fusion::order(&mut hits);
         hits.truncate(limit);
         Ok(hits)
     }

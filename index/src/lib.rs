@@ -17,6 +17,7 @@ mod bert;
 pub mod document;
 pub mod embed;
 mod error;
+pub mod fusion;
 pub mod index;
 pub mod search;
 pub mod server;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeleteCollectionBuilder,
-    Distance, FieldType, Filter, Modifier, NamedVectors, PointStruct, PrefetchQueryBuilder, Query,
-    QueryPointsBuilder, Range, RrfBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    Distance, FieldType, Filter, Modifier, NamedVectors, PointStruct, Query, QueryPointsBuilder,
+    Range, SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
     UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
@@ -16,8 +16,8 @@ use qdrant_edge::external::uuid::Uuid;
 use serde_json::Value;
 
 use crate::backend::{
-    dense_vector, plan, prefetch_limit, Backend, FilterCondition, IndexPoint, Plan, Ranking,
-    ScoredPayload, SearchFilter, RRF_K,
+    dense_vector, query_for, Backend, Embedder, FilterCondition, IndexPoint, ScoredPayload,
+    SearchFilter,
 };
 use crate::document::fields;
 use crate::embed::{TextVectors, BM25_VECTOR, MINILM_DIM, MINILM_VECTOR};
@@ -221,7 +221,7 @@ impl Backend for ServerBackend {
     fn search(
         &self,
         query: &TextVectors,
-        ranking: Ranking,
+        embedder: Embedder,
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<ScoredPayload>, IndexError> {
@@ -246,27 +246,14 @@ impl Backend for ServerBackend {
             }
         };
         let sparse = (sparse, BM25_VECTOR);
-        let request = match plan(ranking, sparse, dense.map(|d| (d, MINILM_VECTOR)))? {
-            Plan::Single(q) => single(q),
-            Plan::Fuse { sparse, dense } => {
-                // The filter narrows each prefetch; fusion ranks what they bring.
-                let prefetch = |(input, using): (VectorInput, &str)| {
-                    let p = PrefetchQueryBuilder::default()
-                        .query(Query::new_nearest(input))
-                        .using(using)
-                        .limit(prefetch_limit(limit) as u64);
-                    match &filter {
-                        Some(f) => p.filter(f.clone()),
-                        None => p,
-                    }
-                };
-                request
-                    .clone()
-                    .add_prefetch(prefetch(sparse))
-                    .add_prefetch(prefetch(dense))
-                    .query(Query::new_rrf(RrfBuilder::with_k(RRF_K as u32)))
-            }
-        };
+        let mut request = single(query_for(
+            embedder,
+            sparse,
+            dense.map(|d| (d, MINILM_VECTOR)),
+        )?);
+        if embedder == Embedder::MiniLm {
+            request = request.params(SearchParamsBuilder::default().exact(true));
+        }
         let response = self
             .runtime
             .block_on(self.client.query(request))
