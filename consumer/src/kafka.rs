@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
-use fschain_schema::wire::{decode_frame, Frame, PublicKey, Topics};
+use fschain_schema::wire::{decode_frame, frame_kind, Frame, FrameKind, PublicKey, Topics};
 use fschain_schema::ChainName;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -153,7 +153,7 @@ pub fn replay(
         let (p, o) = (msg.partition(), msg.offset());
         at_end.remove(&p);
         let Some(bytes) = msg.payload() else { continue };
-        if bytes.get(4) != Some(&1) {
+        if frame_kind(bytes) != Some(FrameKind::Manifest) {
             continue;
         }
         if let Ok(Frame::Manifest(m)) = decode_frame(bytes) {

@@ -14,7 +14,7 @@ use fschain_store::{ChainDir, IoContext, StoreError};
 const MAGIC: &str = "fschain-state-index 1";
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct ElementTip {
+pub struct IndexedTip {
     pub seq: u64,
     pub last: EventHash,
     pub state: Option<StateHash>,
@@ -24,7 +24,7 @@ pub struct ElementTip {
 pub struct StateIndex {
     head: Option<BlockHash>,
     next_seq: u64,
-    tips: HashMap<ElementId, ElementTip>,
+    tips: HashMap<ElementId, IndexedTip>,
 }
 
 impl StateIndex {
@@ -38,7 +38,7 @@ impl StateIndex {
             index.next_seq = event.chain_seq + 1;
             index.tips.insert(
                 event.element.clone(),
-                ElementTip {
+                IndexedTip {
                     seq: event.element_seq,
                     last: event.hash,
                     state: event.state_hash,
@@ -71,7 +71,7 @@ impl StateIndex {
                 hex => Some(StateHash::from_hex(hex).ok()?),
             };
             let element = ElementId::parse(f.next()?).ok()?;
-            tips.insert(element, ElementTip { seq, last, state });
+            tips.insert(element, IndexedTip { seq, last, state });
         }
         Some(StateIndex {
             head: Some(stored_head),
@@ -98,11 +98,11 @@ impl StateIndex {
         std::fs::rename(&tmp, path).at(path)
     }
 
-    pub fn tip(&self, element: &ElementId) -> Option<&ElementTip> {
+    pub fn tip(&self, element: &ElementId) -> Option<&IndexedTip> {
         self.tips.get(element)
     }
 
-    pub fn set_tip(&mut self, element: ElementId, tip: ElementTip) {
+    pub fn set_tip(&mut self, element: ElementId, tip: IndexedTip) {
         self.tips.insert(element, tip);
     }
 

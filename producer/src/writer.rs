@@ -32,7 +32,7 @@ use fschain_store::state_path::state_path;
 use fschain_store::{btrfs, ChainDir, IoContext, StoreError};
 use tracing::{debug, info, warn};
 
-use crate::state_index::{ElementTip, StateIndex};
+use crate::state_index::{IndexedTip, StateIndex};
 use crate::ProducerError;
 
 /// Where the writer gets the time from (tests pass a fixed clock).
@@ -60,9 +60,9 @@ pub struct SealedBlock {
     pub header: BlockHeader,
 }
 
-/// States larger than this (canonical bytes) are not kept parsed between
-/// operations; an element's next operation parses them again.
-const CACHED_STATE_BYTES: usize = 64 << 10;
+/// States larger than [`LARGE_STATE_BYTES`] (canonical bytes) are not kept
+/// parsed between operations; an element's next operation parses them again.
+use fschain_schema::verify::LARGE_STATE_BYTES;
 
 /// What the open block keeps of an event once its line is written.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +81,7 @@ pub struct ChainWriter {
     index: StateIndex,
     tree: StateTree,
     /// States read or written so far (`None`: the element has no state),
-    /// but for those over [`CACHED_STATE_BYTES`]: a large change is held
+    /// but for those over [`LARGE_STATE_BYTES`]: a large change is held
     /// once, as the canonical bytes in `pending_states`, not a second time
     /// as a parsed state.
     states: HashMap<ElementId, Option<State>>,
@@ -93,7 +93,7 @@ pub struct ChainWriter {
     /// Final state of each element the open block changed, canonical bytes.
     pending_states: BTreeMap<ElementId, Option<(StateHash, Vec<u8>)>>,
     /// Element tips as of the open block (sealed tips are in `index`).
-    pending_tips: HashMap<ElementId, ElementTip>,
+    pending_tips: HashMap<ElementId, IndexedTip>,
     next_seq: u64,
     last_time: Timestamp,
     poisoned: bool,
@@ -274,7 +274,7 @@ impl ChainWriter {
         self.pending_lines.push(b'\n');
         self.pending_tips.insert(
             element.clone(),
-            ElementTip {
+            IndexedTip {
                 seq: event.element_seq,
                 last: event.hash,
                 state: event.state_hash,
@@ -282,7 +282,7 @@ impl ChainWriter {
         );
         let large = encoded
             .as_ref()
-            .is_some_and(|(_, b)| b.len() > CACHED_STATE_BYTES);
+            .is_some_and(|(_, b)| b.len() > LARGE_STATE_BYTES);
         self.pending_states.insert(element.clone(), encoded);
         if large {
             self.states.remove(&element);

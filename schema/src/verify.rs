@@ -243,8 +243,9 @@ impl fmt::Display for Problem {
 /// States whose canonical JSON is larger than this are not held in memory
 /// while the log is replayed: the checker keeps the byte offsets of the
 /// events that produced them and reads those lines again when a `patch`
-/// needs the state. Memory stays bounded whatever the states weigh.
-pub const HELD_STATE_MAX: usize = 64 * 1024;
+/// needs the state. The writer's open block does the same. Memory stays
+/// bounded whatever the states weigh.
+pub const LARGE_STATE_BYTES: usize = 64 * 1024;
 
 /// What one element looks like after replaying the log.
 #[derive(Clone, Debug)]
@@ -268,7 +269,7 @@ pub enum ReplayedState {
 
 /// How to rebuild a state too large to hold: start from `base` (the
 /// canonical JSON of the held state it grew from, at most
-/// [`HELD_STATE_MAX`] bytes, or nothing when a `set` made it) and apply the
+/// [`LARGE_STATE_BYTES`] bytes, or nothing when a `set` made it) and apply the
 /// operations of the events.log lines at `events`, in order.
 #[derive(Clone, Debug)]
 pub struct SpilledState {
@@ -328,7 +329,7 @@ pub fn check_logs(
 /// Checks the logs of one copy of a chain, read line by line: every event
 /// hash, both chains, every events root, and every state root against the
 /// replayed states. `events_at` reads an events.log line again (for
-/// patches of states larger than [`HELD_STATE_MAX`]).
+/// patches of states larger than [`LARGE_STATE_BYTES`]).
 pub fn check_log_lines<H: LineSource, E: LineSource, A: LineAt>(
     place: &str,
     chain: &ChainName,
@@ -775,7 +776,7 @@ fn check_event(
         });
     }
     let state = match next {
-        Some(c) if c.len() <= HELD_STATE_MAX => ReplayedState::Held(c.into_owned()),
+        Some(c) if c.len() <= LARGE_STATE_BYTES => ReplayedState::Held(c.into_owned()),
         Some(_) => {
             rebuild.events.push(at.offset);
             ReplayedState::Spilled(rebuild)
@@ -1021,7 +1022,7 @@ mod tests {
     }
 
     fn big(n: usize) -> serde_json::Value {
-        json!({"blob": "x".repeat(HELD_STATE_MAX + n), "rev": n})
+        json!({"blob": "x".repeat(LARGE_STATE_BYTES + n), "rev": n})
     }
 
     #[test]

@@ -611,6 +611,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, SchemaError> {
     }
 }
 
+/// The kind of frame `bytes` claims to be, read from its header alone
+/// (cheap: a reader that wants only manifests skips chunks unparsed).
+/// `None` when it is no fschain frame or of an unknown kind.
+pub fn frame_kind(bytes: &[u8]) -> Option<FrameKind> {
+    let head = bytes.first_chunk::<9>()?;
+    if &head[..4] != FRAME_MAGIC {
+        return None;
+    }
+    match head[4] {
+        1 => Some(FrameKind::Manifest),
+        2 => Some(FrameKind::Chunk),
+        _ => None,
+    }
+}
+
 /// Given the first 9 bytes of a frame, the length of the rest up to and
 /// including the payload length field; used to read frames from a pipe.
 pub fn frame_meta_len(head: &[u8; 9]) -> Result<usize, SchemaError> {

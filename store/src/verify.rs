@@ -61,7 +61,7 @@ impl VerifyReport {
 
 /// One copy of the chain: a block's snapshot or the layer.
 #[derive(Debug)]
-struct Copy {
+struct ChainCopy {
     dir: ChainDir,
     place: String,
     /// The block whose state it must hold.
@@ -125,7 +125,7 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     }
 
     // The head first (the reference copy), the older snapshots, the layer.
-    let snapshot = |h: u64| Copy {
+    let snapshot = |h: u64| ChainCopy {
         dir: ChainDir::new(layout.snapshot(h)),
         place: place(h),
         height: h,
@@ -135,7 +135,7 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     copies.extend(heights.iter().filter(|&&h| h < head).map(|&h| snapshot(h)));
     let layer = layout.layer();
     if layer.exists() {
-        copies.push(Copy {
+        copies.push(ChainCopy {
             dir: ChainDir::new(layer),
             place: "layer".into(),
             height: head,
@@ -146,7 +146,7 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     let from_tree = flushed_for_tree_reads(layout.root());
 
     // 1. The head's logs in full, and every copy's files, side by side.
-    let jobs: Vec<Option<&Copy>> = std::iter::once(None)
+    let jobs: Vec<Option<&ChainCopy>> = std::iter::once(None)
         .chain(copies.iter().map(Some))
         .collect();
     let started = std::time::Instant::now();
@@ -338,7 +338,7 @@ fn extends(
 /// their prefix up to its block, the layer all of them. When they differ,
 /// the copy's own logs are checked in full, so the report names the fault.
 fn compare_logs(
-    copy: &Copy,
+    copy: &ChainCopy,
     head_dir: &ChainDir,
     head: u64,
     logs: &LogCheck,
@@ -414,7 +414,7 @@ fn compare_logs(
 
 /// Checks one copy's CHAIN file and read-only flag, and hashes its state
 /// files into a state root.
-fn scan_copy(copy: &Copy, meta: &ChainMeta, from_tree: bool) -> CopyScan {
+fn scan_copy(copy: &ChainCopy, meta: &ChainMeta, from_tree: bool) -> CopyScan {
     let place = copy.place.as_str();
     let mut problems = Vec::new();
     match copy.dir.meta() {
@@ -462,7 +462,7 @@ fn scan_copy(copy: &Copy, meta: &ChainMeta, from_tree: bool) -> CopyScan {
 /// mismatch name the element at fault.
 fn report_copy(
     report: &mut VerifyReport,
-    copy: &Copy,
+    copy: &ChainCopy,
     scan: CopyScan,
     meta: &ChainMeta,
     headers: &[BlockHeader],
@@ -592,7 +592,17 @@ fn log_files(dir: &ChainDir) -> Option<[(u64, u64); 2]> {
 /// A check of a received copy's logs, under way on its own thread while
 /// `btrfs receive` still writes the rest of the copy.
 #[derive(Debug)]
-pub struct EarlyLogCheck(std::thread::JoinHandle<Result<EarlyLogs, Box<VerifiedLogs>>>);
+pub struct EarlyLogCheck(std::thread::JoinHandle<EarlyOutcome>);
+
+/// How an early log check ended.
+#[derive(Debug)]
+enum EarlyOutcome {
+    /// The logs were checked while the receive ran.
+    Checked(EarlyLogs),
+    /// The check could not run early; the previous block's replay is
+    /// handed back for the check after the receive.
+    NotRun(Box<VerifiedLogs>),
+}
 
 impl EarlyLogCheck {
     /// Starts checking the logs of block `expected`, which `btrfs receive`
@@ -638,10 +648,13 @@ impl EarlyLogCheck {
     /// Waits for the check (of a receive given up) and returns the previous
     /// block's replayed logs if it handed them back.
     pub fn abandon(self) -> Option<VerifiedLogs> {
-        self.finish().err().map(|verified| *verified)
+        match self.finish() {
+            EarlyOutcome::NotRun(verified) => Some(*verified),
+            EarlyOutcome::Checked(_) => None,
+        }
     }
 
-    fn finish(self) -> Result<EarlyLogs, Box<VerifiedLogs>> {
+    fn finish(self) -> EarlyOutcome {
         match self.0.join() {
             Ok(outcome) => outcome,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -655,31 +668,31 @@ fn check_logs_early(
     expected: &BlockHeader,
     verified: VerifiedLogs,
     receiving: impl Fn() -> bool,
-) -> Result<EarlyLogs, Box<VerifiedLogs>> {
+) -> EarlyOutcome {
     let height = expected.height;
     let previous = match previous_block(layout, height) {
         Ok(Some((h, d))) if h == verified.height => d,
-        _ => return Err(Box::new(verified)),
+        _ => return EarlyOutcome::NotRun(Box::new(verified)),
     };
     let Ok(line) = expected.to_canonical() else {
-        return Err(Box::new(verified));
+        return EarlyOutcome::NotRun(Box::new(verified));
     };
     let done = verified.checker.report();
     let headers_len = done.header_ends.last().copied().unwrap_or(0) + line.len() as u64 + 1;
     let [(events, _), (headers, _)] = loop {
         match log_files(dir) {
             Some(files @ [_, (_, len)]) if len >= headers_len => break files,
-            _ if !receiving() => return Err(Box::new(verified)),
+            _ if !receiving() => return EarlyOutcome::NotRun(Box::new(verified)),
             _ => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
     };
     if events >= headers {
-        return Err(Box::new(verified));
+        return EarlyOutcome::NotRun(Box::new(verified));
     }
     let place = format!("received block {height}");
     let outcome = resume_logs(verified.checker, &place, Some(&previous), dir);
     let files = log_files(dir).unwrap_or_default();
-    Ok(EarlyLogs {
+    EarlyOutcome::Checked(EarlyLogs {
         height,
         outcome,
         files,
@@ -706,7 +719,7 @@ pub fn verify_received(
     let height = expected.height;
     let meta = ChainMeta::new(expected.chain.clone());
     let mut report = VerifyReport::new(&meta.chain, Some(height));
-    let copy = Copy {
+    let copy = ChainCopy {
         dir: dir.clone(),
         place: format!("received block {height}"),
         height,
@@ -726,11 +739,11 @@ pub fn verify_received(
     let ((outcome, resumed), scan) = side_by_side(
         || {
             let handed_back = match early.map(EarlyLogCheck::finish) {
-                Some(Ok(early)) if early.height == height => {
+                Some(EarlyOutcome::Checked(early)) if early.height == height => {
                     return (unchanged_since_checked(early, dir, &p), true);
                 }
-                Some(Ok(_)) | None => None,
-                Some(Err(verified)) => Some(*verified),
+                Some(EarlyOutcome::Checked(_)) | None => None,
+                Some(EarlyOutcome::NotRun(verified)) => Some(*verified),
             };
             let resume = resume
                 .or(handed_back)
