@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 /// btrfs snapshots.
 #[derive(Debug, Parser)]
 #[command(name = "fschain", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML config file (default: $FSCHAIN_CONFIG, if set).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -21,21 +21,33 @@ pub struct Cli {
 
 /// Where the chain lives.
 #[derive(Debug, Args, Clone)]
-pub struct RootArg {
+pub(crate) struct RootArg {
     /// The fschain root (or FSCHAIN_ROOT, or `root` in the config file).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct JsonArg {
+pub(crate) struct JsonArg {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Every command; the groups are flattened, so users see one list.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
+    #[command(flatten)]
+    Local(LocalCommand),
+    #[command(flatten)]
+    Replication(ReplicationCommand),
+    #[command(flatten)]
+    Search(SearchCommand),
+}
+
+/// The local chain: write, read, verify, roll back.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LocalCommand {
     /// Create a root with its genesis block (DIR must be on btrfs).
     Init {
         #[command(flatten)]
@@ -145,6 +157,11 @@ pub enum Command {
         reference: String,
         dest: PathBuf,
     },
+}
+
+/// Keys, topics, the agent, publishing, sites, replay, export and import.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReplicationCommand {
     /// Show or create the chain's signing key (created by init).
     Key {
         #[command(subcommand)]
@@ -209,25 +226,6 @@ pub enum Command {
         #[arg(long)]
         until_idle: bool,
     },
-    /// Build a chain's event index from its snapshots (on a producer, or a site's copy), replacing any index it has.
-    Reindex {
-        #[command(flatten)]
-        root: RootArg,
-        #[command(flatten)]
-        index: IndexArgs,
-        #[command(flatten)]
-        json: JsonArg,
-    },
-    /// Search events by meaning (BM25, fused with MiniLM when a model is configured).
-    Search {
-        /// A chain root, or a site directory (every chain it holds).
-        #[command(flatten)]
-        root: RootArg,
-        #[command(flatten)]
-        args: SearchArgs,
-        #[command(flatten)]
-        index: IndexArgs,
-    },
     /// Rebuild an empty site from the topic, starting at each chain's latest full checkpoint.
     Replay {
         #[command(flatten)]
@@ -266,16 +264,40 @@ pub enum Command {
     },
 }
 
+/// The event index.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SearchCommand {
+    /// Build a chain's event index from its snapshots (on a producer, or a site's copy), replacing any index it has.
+    Reindex {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        index: IndexArgs,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Search events by meaning (BM25, fused with MiniLM when a model is configured).
+    Search {
+        /// A chain root, or a site directory (every chain it holds).
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        args: SearchArgs,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+}
+
 /// One embedder to rank a search with.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum UsingArg {
+pub(crate) enum UsingArg {
     Bm25,
     Minilm,
 }
 
 /// What `search` is asked.
 #[derive(Debug, Args)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     pub query: String,
     /// Only events of this element.
     #[arg(long, value_name = "ELEMENT")]
@@ -309,7 +331,7 @@ pub struct SearchArgs {
 
 impl SearchArgs {
     /// Which embedders rank the hits.
-    pub fn ranking(&self) -> fschain_index::Ranking {
+    pub(crate) fn ranking(&self) -> fschain_index::Ranking {
         match self.using {
             None => fschain_index::Ranking::Fused,
             Some(UsingArg::Bm25) => fschain_index::Ranking::Bm25,
@@ -320,7 +342,7 @@ impl SearchArgs {
 
 /// Which embedders the event index uses.
 #[derive(Debug, Args, Clone)]
-pub struct IndexArgs {
+pub(crate) struct IndexArgs {
     /// all-MiniLM-L6-v2 directory (scripts/fetch-model.sh; or FSCHAIN_MODEL_DIR, or model_dir in the config). Without it: BM25 only.
     #[arg(long = "model", value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
@@ -336,7 +358,7 @@ pub struct IndexArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeyAction {
+pub(crate) enum KeyAction {
     /// Print the public key sites must trust.
     Show {
         #[command(flatten)]
@@ -350,7 +372,7 @@ pub enum KeyAction {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TopicsAction {
+pub(crate) enum TopicsAction {
     /// Create <prefix>.ops, .events and .blocks with fschain's settings.
     Create {
         #[command(flatten)]
@@ -364,7 +386,7 @@ pub enum TopicsAction {
 
 /// Where the broker is.
 #[derive(Debug, Args, Clone)]
-pub struct KafkaArgs {
+pub(crate) struct KafkaArgs {
     /// Bootstrap brokers, host:port[,host:port] (or FSCHAIN_BROKERS, or `brokers` in the config file).
     #[arg(long, value_name = "LIST")]
     pub brokers: Option<String>,
@@ -375,7 +397,7 @@ pub struct KafkaArgs {
 
 /// How blocks are cut into streams.
 #[derive(Debug, Args, Clone)]
-pub struct StreamArgs {
+pub(crate) struct StreamArgs {
     /// A full stream every N blocks (and at genesis); 0: at genesis only.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub checkpoint_every: u64,
@@ -386,7 +408,7 @@ pub struct StreamArgs {
 
 /// A site.
 #[derive(Debug, Args, Clone)]
-pub struct SiteArgs {
+pub(crate) struct SiteArgs {
     /// The site's name; its consumer group is fschain-site-NAME (or FSCHAIN_SITE).
     #[arg(long, value_name = "NAME")]
     pub site: Option<String>,

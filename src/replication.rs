@@ -16,11 +16,68 @@ use fschain_schema::wire::{PublicKey, Topics};
 use fschain_schema::{BlockRef, ChainName};
 use fschain_store::{Chain, RootLayout};
 
-use crate::cli::{KafkaArgs, KeyAction, SiteArgs, StreamArgs, TopicsAction};
-use crate::commands::{open_chain, parse_size, root_dir};
-use crate::Invocation;
+use crate::cli::{KafkaArgs, KeyAction, ReplicationCommand, SiteArgs, StreamArgs, TopicsAction};
+use crate::context::{open_chain, parse_size, root_dir, Invocation};
 
-pub fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
+/// Runs one of the replication commands.
+pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitCode> {
+    match command {
+        ReplicationCommand::Key { action } => key(action, inv),
+        ReplicationCommand::Topics { action } => topics_cmd(action, inv),
+        ReplicationCommand::Agent {
+            root,
+            kafka,
+            chain,
+            block_ops,
+            block_interval,
+            stream,
+            until_idle,
+        } => {
+            let root = root_dir(&root, inv)?;
+            let options = fschain_producer::agent::AgentOptions {
+                block_ops: block_ops.max(1),
+                block_interval: std::time::Duration::from_millis(block_interval),
+                policy: policy(&stream)?,
+                until_idle,
+            };
+            agent(&root, &kafka, chain, options, inv)
+        }
+        ReplicationCommand::Submit { chain, kafka, file } => submit(&chain, &kafka, &file, inv),
+        ReplicationCommand::Publish {
+            root,
+            kafka,
+            stream,
+        } => {
+            let root = root_dir(&root, inv)?;
+            publish(&root, &kafka, &stream, inv)
+        }
+        ReplicationCommand::Consume {
+            site,
+            kafka,
+            chains,
+            until_idle,
+        } => consume(&site, &kafka, &chains, until_idle, inv),
+        ReplicationCommand::Replay {
+            site,
+            kafka,
+            chains,
+        } => replay(&site, &kafka, &chains, inv),
+        ReplicationCommand::Export {
+            root,
+            from,
+            to,
+            output,
+            raw,
+            stream,
+        } => {
+            let root = root_dir(&root, inv)?;
+            export(&root, from.as_deref(), &to, &output, raw, &stream)
+        }
+        ReplicationCommand::Import { site, file } => import(&site, &file, inv),
+    }
+}
+
+pub(crate) fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
     match action {
         KeyAction::Show { root } => {
             let layout = RootLayout::new(root_dir(&root, inv)?);
@@ -83,7 +140,7 @@ pub(crate) fn policy(args: &StreamArgs) -> Result<StreamPolicy> {
     })
 }
 
-pub fn topics_cmd(action: TopicsAction, inv: &Invocation) -> Result<ExitCode> {
+pub(crate) fn topics_cmd(action: TopicsAction, inv: &Invocation) -> Result<ExitCode> {
     let TopicsAction::Create {
         kafka,
         partitions,
@@ -102,7 +159,7 @@ pub fn topics_cmd(action: TopicsAction, inv: &Invocation) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn agent(
+pub(crate) fn agent(
     root: &Path,
     kafka: &KafkaArgs,
     chain: Option<String>,
@@ -133,7 +190,12 @@ pub fn agent(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn submit(chain: &str, kafka: &KafkaArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
+pub(crate) fn submit(
+    chain: &str,
+    kafka: &KafkaArgs,
+    file: &str,
+    inv: &Invocation,
+) -> Result<ExitCode> {
     let chain = ChainName::parse(chain)?;
     let mut input: Box<dyn std::io::BufRead> = if file == "-" {
         Box::new(std::io::stdin().lock())
@@ -152,7 +214,7 @@ pub fn submit(chain: &str, kafka: &KafkaArgs, file: &str, inv: &Invocation) -> R
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn publish(
+pub(crate) fn publish(
     root: &Path,
     kafka: &KafkaArgs,
     stream: &StreamArgs,
@@ -245,7 +307,7 @@ fn report(what: &str, summary: &ConsumeSummary) {
     );
 }
 
-pub fn consume(
+pub(crate) fn consume(
     site: &SiteArgs,
     kafka: &KafkaArgs,
     chains: &[String],
@@ -264,7 +326,7 @@ pub fn consume(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn replay(
+pub(crate) fn replay(
     site: &SiteArgs,
     kafka: &KafkaArgs,
     chains: &[String],
@@ -309,7 +371,7 @@ fn resolve(chain: &Chain, text: &str) -> Result<u64> {
     Ok(chain.resolve(&BlockRef::parse(text)?)?)
 }
 
-pub fn export(
+pub(crate) fn export(
     root: &Path,
     from: Option<&str>,
     to: &str,
@@ -349,7 +411,7 @@ pub fn export(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(site: &SiteArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
+pub(crate) fn import(site: &SiteArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
     let mut ingest = open_ingest(site, &[], inv)?;
     let mut input: Box<dyn Read> = if file == "-" {
         Box::new(std::io::stdin().lock())

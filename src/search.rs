@@ -9,9 +9,16 @@ use fschain_schema::{BlockRef, ElementId, Timestamp};
 use fschain_store::layout::ROOT_MARKER;
 use fschain_store::RootLayout;
 
-use crate::cli::{IndexArgs, RootArg, SearchArgs};
-use crate::commands::{open_chain, root_dir};
-use crate::Invocation;
+use crate::cli::{IndexArgs, RootArg, SearchArgs, SearchCommand};
+use crate::context::{open_chain, root_dir, Invocation};
+
+/// Runs one of the search commands.
+pub(crate) fn run(command: SearchCommand, inv: &Invocation) -> Result<ExitCode> {
+    match command {
+        SearchCommand::Reindex { root, index, json } => reindex(&root, &index, json.json, inv),
+        SearchCommand::Search { root, args, index } => search(&root, &args, &index, inv),
+    }
+}
 
 pub(crate) fn embedders(args: &IndexArgs, inv: &Invocation) -> Result<Embedders> {
     let dir = args
@@ -46,7 +53,12 @@ pub(crate) fn vector_store(args: &IndexArgs, site: Option<&str>, inv: &Invocatio
     })
 }
 
-pub fn reindex(root: &RootArg, args: &IndexArgs, json: bool, inv: &Invocation) -> Result<ExitCode> {
+pub(crate) fn reindex(
+    root: &RootArg,
+    args: &IndexArgs,
+    json: bool,
+    inv: &Invocation,
+) -> Result<ExitCode> {
     let root = root_dir(root, inv)?;
     let embedders = embedders(args, inv)?;
     let chain = open_chain(&root)?;
@@ -115,7 +127,7 @@ fn chain_roots(root: &Path, only: Option<&str>) -> Result<Vec<PathBuf>> {
     Ok(roots)
 }
 
-pub fn search(
+pub(crate) fn search(
     root: &RootArg,
     args: &SearchArgs,
     index: &IndexArgs,

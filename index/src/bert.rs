@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 /// The fields of the model's `config.json` the encoder needs.
 #[derive(Clone, Debug, Deserialize)]
-pub struct BertConfig {
+pub(crate) struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -34,7 +34,7 @@ struct EncoderLayer {
 }
 
 /// A loaded encoder.
-pub struct Bert {
+pub(crate) struct Bert {
     words: Embedding,
     positions: Embedding,
     token_types: Embedding,
@@ -45,7 +45,7 @@ pub struct Bert {
 }
 
 impl Bert {
-    pub fn load(vb: VarBuilder<'_>, c: &BertConfig) -> Result<Self> {
+    pub(crate) fn load(vb: VarBuilder<'_>, c: &BertConfig) -> Result<Self> {
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let e = vb.pp("embeddings");
         let layers = (0..c.num_hidden_layers)
@@ -84,7 +84,7 @@ impl Bert {
     /// Hidden states `(batch, tokens, hidden)` for token ids `(batch,
     /// tokens)`; `mask` is 1 for real tokens and 0 for padding, which no
     /// token attends to.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (batch, len) = ids.dims2()?;
         let device = ids.device();
         let positions = Tensor::arange(0u32, len as u32, device)?.unsqueeze(0)?;

@@ -14,14 +14,14 @@ use fschain_store::{ChainDir, IoContext, StoreError};
 const MAGIC: &str = "fschain-state-index 1";
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct IndexedTip {
+pub(crate) struct IndexedTip {
     pub seq: u64,
     pub last: EventHash,
     pub state: Option<StateHash>,
 }
 
 #[derive(Debug, Default)]
-pub struct StateIndex {
+pub(crate) struct StateIndex {
     head: Option<BlockHash>,
     next_seq: u64,
     tips: HashMap<ElementId, IndexedTip>,
@@ -29,7 +29,7 @@ pub struct StateIndex {
 
 impl StateIndex {
     /// Replays the events of a chain directory.
-    pub fn from_events(dir: &ChainDir) -> Result<Self, StoreError> {
+    pub(crate) fn from_events(dir: &ChainDir) -> Result<Self, StoreError> {
         let mut index = StateIndex {
             next_seq: 1,
             ..Self::default()
@@ -50,7 +50,7 @@ impl StateIndex {
     }
 
     /// Loads the cache if it was written for `head`; `None` otherwise.
-    pub fn load(path: &Path, head: &BlockHash) -> Option<Self> {
+    pub(crate) fn load(path: &Path, head: &BlockHash) -> Option<Self> {
         let file = std::fs::File::open(path).ok()?;
         let mut lines = BufReader::new(file).lines();
         let first = lines.next()?.ok()?;
@@ -81,7 +81,7 @@ impl StateIndex {
     }
 
     /// Writes the cache atomically (temporary file, then rename).
-    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), StoreError> {
         let Some(head) = self.head else { return Ok(()) };
         let tmp = path.with_extension("tmp");
         let file = std::fs::File::create(&tmp).at(&tmp)?;
@@ -98,24 +98,24 @@ impl StateIndex {
         std::fs::rename(&tmp, path).at(path)
     }
 
-    pub fn tip(&self, element: &ElementId) -> Option<&IndexedTip> {
+    pub(crate) fn tip(&self, element: &ElementId) -> Option<&IndexedTip> {
         self.tips.get(element)
     }
 
-    pub fn set_tip(&mut self, element: ElementId, tip: IndexedTip) {
+    pub(crate) fn set_tip(&mut self, element: ElementId, tip: IndexedTip) {
         self.tips.insert(element, tip);
     }
 
-    pub fn set_head(&mut self, head: BlockHash, next_seq: u64) {
+    pub(crate) fn set_head(&mut self, head: BlockHash, next_seq: u64) {
         self.head = Some(head);
         self.next_seq = next_seq;
     }
 
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
-    pub fn live_states(&self) -> impl Iterator<Item = (ElementId, StateHash)> + '_ {
+    pub(crate) fn live_states(&self) -> impl Iterator<Item = (ElementId, StateHash)> + '_ {
         self.tips
             .iter()
             .filter_map(|(e, t)| t.state.map(|s| (e.clone(), s)))

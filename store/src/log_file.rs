@@ -14,7 +14,7 @@ use crate::extents::{extents, unshared_ranges};
 const PIECE: usize = 1 << 20;
 
 /// A log file read line by line from the start.
-pub struct LogLines {
+pub(crate) struct LogLines {
     reader: BufReader<File>,
     line: Vec<u8>,
     offset: u64,
@@ -22,7 +22,7 @@ pub struct LogLines {
 
 impl LogLines {
     /// Lines from byte `offset` on (offsets still count from the start).
-    pub fn open_at(path: &Path, offset: u64) -> io::Result<Self> {
+    pub(crate) fn open_at(path: &Path, offset: u64) -> io::Result<Self> {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
         Ok(LogLines {
@@ -55,12 +55,12 @@ impl LineSource for LogLines {
 }
 
 /// A log file whose lines are read again by offset.
-pub struct LogLineAt {
+pub(crate) struct LogLineAt {
     file: File,
 }
 
 impl LogLineAt {
-    pub fn open(path: &Path) -> io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
         Ok(LogLineAt {
             file: File::open(path)?,
         })
@@ -85,7 +85,7 @@ impl LineAt for LogLineAt {
 /// file at `long`, and if so how many of them were known to be the same
 /// without reading them: btrfs stores them once for both files (see
 /// [`crate::extents`]). The rest is compared a piece at a time.
-pub fn prefix_check(short: &Path, long: &Path, len: u64) -> io::Result<Option<u64>> {
+pub(crate) fn prefix_check(short: &Path, long: &Path, len: u64) -> io::Result<Option<u64>> {
     use std::os::unix::fs::FileExt;
     let a = File::open(short)?;
     if a.metadata()?.len() != len {
@@ -123,7 +123,7 @@ pub fn prefix_check(short: &Path, long: &Path, len: u64) -> io::Result<Option<u6
 
 /// Whether two files hold the same bytes, with [`prefix_check`]'s count of
 /// bytes not read.
-pub fn same_bytes_check(a: &Path, b: &Path) -> io::Result<Option<u64>> {
+pub(crate) fn same_bytes_check(a: &Path, b: &Path) -> io::Result<Option<u64>> {
     let len = std::fs::metadata(a)?.len();
     if std::fs::metadata(b)?.len() != len {
         return Ok(None);

@@ -598,7 +598,7 @@ pub struct EarlyLogCheck(std::thread::JoinHandle<EarlyOutcome>);
 #[derive(Debug)]
 enum EarlyOutcome {
     /// The logs were checked while the receive ran.
-    Checked(EarlyLogs),
+    Checked(Box<EarlyLogs>),
     /// The check could not run early; the previous block's replay is
     /// handed back for the check after the receive.
     NotRun(Box<VerifiedLogs>),
@@ -692,11 +692,11 @@ fn check_logs_early(
     let place = format!("received block {height}");
     let outcome = resume_logs(verified.checker, &place, Some(&previous), dir);
     let files = log_files(dir).unwrap_or_default();
-    EarlyOutcome::Checked(EarlyLogs {
+    EarlyOutcome::Checked(Box::new(EarlyLogs {
         height,
         outcome,
         files,
-    })
+    }))
 }
 
 /// Verifies a snapshot a site has just received (at `dir`, still under its
@@ -740,7 +740,7 @@ pub fn verify_received(
         || {
             let handed_back = match early.map(EarlyLogCheck::finish) {
                 Some(EarlyOutcome::Checked(early)) if early.height == height => {
-                    return (unchanged_since_checked(early, dir, &p), true);
+                    return (unchanged_since_checked(*early, dir, &p), true);
                 }
                 Some(EarlyOutcome::Checked(_)) | None => None,
                 Some(EarlyOutcome::NotRun(verified)) => Some(*verified),

@@ -8,14 +8,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A directory on btrfs for one test, removed (subvolumes too) at the end.
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub dir: PathBuf,
 }
 
 /// The btrfs test filesystem from `scripts/btrfs-loop.sh`, named by
 /// FSCHAIN_TEST_BTRFS. Without it the test is skipped, except under CI,
 /// where it fails: btrfs tests must never be silently skipped there.
-pub fn scratch(name: &str) -> Option<Scratch> {
+pub(crate) fn scratch(name: &str) -> Option<Scratch> {
     let base = match std::env::var_os("FSCHAIN_TEST_BTRFS") {
         Some(b) if fschain_store::btrfs::is_btrfs(Path::new(&b)).unwrap_or(false) => {
             PathBuf::from(b)
@@ -47,7 +47,7 @@ pub fn scratch(name: &str) -> Option<Scratch> {
 }
 
 impl Scratch {
-    pub fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.join("root")
     }
 }
@@ -60,19 +60,19 @@ impl Drop for Scratch {
 }
 
 /// The result of one `fschain` run.
-pub struct Run {
+pub(crate) struct Run {
     pub args: Vec<String>,
     pub output: Output,
 }
 
 impl Run {
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
-    pub fn code(&self) -> i32 {
+    pub(crate) fn code(&self) -> i32 {
         self.output.status.code().unwrap_or(-1)
     }
     fn explain(&self) -> String {
@@ -85,7 +85,7 @@ impl Run {
         )
     }
     /// Panics, showing the command and its output, unless it exited 0.
-    pub fn ok(self) -> Self {
+    pub(crate) fn ok(self) -> Self {
         assert!(
             self.output.status.success(),
             "command failed:\n{}",
@@ -94,7 +94,7 @@ impl Run {
         self
     }
     /// Panics unless it exited with `code`.
-    pub fn code_is(self, code: i32) -> Self {
+    pub(crate) fn code_is(self, code: i32) -> Self {
         assert_eq!(
             self.code(),
             code,
@@ -103,20 +103,20 @@ impl Run {
         );
         self
     }
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.output.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.explain()))
     }
 }
 
-pub fn fschain(args: &[&str]) -> Run {
+pub(crate) fn fschain(args: &[&str]) -> Run {
     fschain_with_input(args, None)
 }
 
 /// Runs fschain like [`fschain`], but fails the test when the run has not
 /// finished within `limit` (it is killed first): a command that would wait
 /// forever is a failure, not a stuck test.
-pub fn fschain_within(args: &[&str], limit: std::time::Duration) -> Run {
+pub(crate) fn fschain_within(args: &[&str], limit: std::time::Duration) -> Run {
     use std::io::Read;
     let mut child = Command::new(env!("CARGO_BIN_EXE_fschain"))
         .args(args)
@@ -175,7 +175,7 @@ pub fn fschain_within(args: &[&str], limit: std::time::Duration) -> Run {
     }
 }
 
-pub fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
+pub(crate) fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fschain"));
     cmd.args(args)
@@ -199,14 +199,14 @@ pub fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
 }
 
 /// The first `n` operations of the shared sample (../shared/data).
-pub fn sample_ops(n: usize) -> String {
+pub(crate) fn sample_ops(n: usize) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ops-sample.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines().take(n).map(|l| format!("{l}\n")).collect()
 }
 
 /// Sample operations `from..to` (0-based lines).
-pub fn sample_ops_between(from: usize, to: usize) -> String {
+pub(crate) fn sample_ops_between(from: usize, to: usize) -> String {
     sample_ops(to)
         .lines()
         .skip(from)
@@ -215,7 +215,7 @@ pub fn sample_ops_between(from: usize, to: usize) -> String {
 }
 
 /// Waits until `check` holds, polling, up to `timeout`.
-pub fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !check() {
         assert!(
@@ -227,7 +227,7 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut(
 }
 
 /// A root initialised with the first `n` sample operations, `per_block` a block.
-pub fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
+pub(crate) fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
     let root = s.root().display().to_string();
     fschain(&["init", "--root", &root, "--chain", "host1"]).ok();
     let ops = sample_ops(n);
@@ -248,7 +248,7 @@ pub fn root_with_sample(s: &Scratch, n: usize, per_block: usize) -> String {
 /// The Apache Kafka broker the replication tests use (FSCHAIN_TEST_BROKERS,
 /// started by scripts/test.sh). Without it the test is skipped, except under
 /// CI, where it fails.
-pub fn broker(name: &str) -> Option<String> {
+pub(crate) fn broker(name: &str) -> Option<String> {
     match std::env::var("FSCHAIN_TEST_BROKERS") {
         Ok(b) if !b.is_empty() => Some(b),
         _ => {
@@ -262,7 +262,7 @@ pub fn broker(name: &str) -> Option<String> {
 }
 
 /// A name no other test run uses (topic prefixes, site names).
-pub fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -276,7 +276,7 @@ pub fn unique(name: &str) -> String {
 }
 
 /// Splits an `fschain export` file into its frames.
-pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let meta = u32::from_be_bytes(bytes[5..9].try_into().unwrap()) as usize;
@@ -290,7 +290,7 @@ pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// Produces raw messages onto a topic, waiting for every acknowledgement.
-pub fn produce_raw(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) {
+pub(crate) fn produce_raw(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -312,7 +312,7 @@ pub fn produce_raw(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) 
 }
 
 /// Each block's hash, in order, from `fschain log --json`.
-pub fn block_hashes(root: &str) -> Vec<String> {
+pub(crate) fn block_hashes(root: &str) -> Vec<String> {
     let log = fschain(&["log", "--root", root, "--json"]).ok().json();
     let blocks = log
         .as_array()

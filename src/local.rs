@@ -1,7 +1,8 @@
-//! What each subcommand does, in terms of the library crates.
+//! The local chain's commands: init, apply, set, delete, log, history,
+//! show, diff, verify, rollback, checkout.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,15 +10,15 @@ use fschain_producer::{
     init_root, make_loop_filesystem, recover_if_interrupted, ChainWriter, SealedBlock, SystemClock,
 };
 use fschain_schema::{Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, State};
-use fschain_store::{verify_root, Chain, RootLayout};
+use fschain_store::{verify_root, RootLayout};
 use serde_json::{json, Value};
 
-use crate::cli::{Command, RootArg};
-use crate::Invocation;
+use crate::cli::LocalCommand;
+use crate::context::{open_chain, open_writer, parse_size, print_json, root_dir, Invocation};
 
-pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
+pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
     match command {
-        Command::Init {
+        LocalCommand::Init {
             root,
             chain,
             image,
@@ -47,7 +48,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 genesis.hash
             );
         }
-        Command::Apply {
+        LocalCommand::Apply {
             root,
             block_ops,
             file,
@@ -61,7 +62,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             };
             apply(&root, block_ops.max(1), input, &file, json.json)?;
         }
-        Command::Set {
+        LocalCommand::Set {
             root,
             element,
             assignments,
@@ -94,7 +95,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             };
             single_op(writer, op, json.json)?;
         }
-        Command::Delete {
+        LocalCommand::Delete {
             root,
             element,
             reason,
@@ -112,7 +113,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             };
             single_op(writer, op, json.json)?;
         }
-        Command::Log { root, json } => {
+        LocalCommand::Log { root, json } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
             if json.json {
                 let headers: Vec<Value> = chain
@@ -138,7 +139,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 }
             }
         }
-        Command::History {
+        LocalCommand::History {
             root,
             element,
             json,
@@ -171,7 +172,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Show {
+        LocalCommand::Show {
             root,
             element,
             at,
@@ -189,7 +190,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 print_json(&Value::Object(state));
             }
         }
-        Command::Diff {
+        LocalCommand::Diff {
             root,
             from,
             to,
@@ -217,7 +218,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Verify { root, json } => {
+        LocalCommand::Verify { root, json } => {
             let root = root_dir(&root, inv)?;
             let layout = RootLayout::new(&root);
             recover_if_interrupted(&layout)
@@ -265,7 +266,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 ExitCode::from(1)
             });
         }
-        Command::Rollback {
+        LocalCommand::Rollback {
             root,
             reference,
             reason,
@@ -286,7 +287,7 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
             }
             writer.close()?;
         }
-        Command::Checkout {
+        LocalCommand::Checkout {
             root,
             reference,
             dest,
@@ -301,89 +302,8 @@ pub fn run(command: Command, inv: &Invocation) -> Result<ExitCode> {
                 dest.display()
             );
         }
-        Command::Reindex { root, index, json } => {
-            return crate::search::reindex(&root, &index, json.json, inv)
-        }
-        Command::Search { root, args, index } => {
-            return crate::search::search(&root, &args, &index, inv);
-        }
-        Command::Key { action } => return crate::replication::key(action, inv),
-        Command::Topics { action } => return crate::replication::topics_cmd(action, inv),
-        Command::Agent {
-            root,
-            kafka,
-            chain,
-            block_ops,
-            block_interval,
-            stream,
-            until_idle,
-        } => {
-            let root = root_dir(&root, inv)?;
-            let options = fschain_producer::agent::AgentOptions {
-                block_ops: block_ops.max(1),
-                block_interval: std::time::Duration::from_millis(block_interval),
-                policy: crate::replication::policy(&stream)?,
-                until_idle,
-            };
-            return crate::replication::agent(&root, &kafka, chain, options, inv);
-        }
-        Command::Submit { chain, kafka, file } => {
-            return crate::replication::submit(&chain, &kafka, &file, inv)
-        }
-        Command::Publish {
-            root,
-            kafka,
-            stream,
-        } => {
-            let root = root_dir(&root, inv)?;
-            return crate::replication::publish(&root, &kafka, &stream, inv);
-        }
-        Command::Consume {
-            site,
-            kafka,
-            chains,
-            until_idle,
-        } => return crate::replication::consume(&site, &kafka, &chains, until_idle, inv),
-        Command::Replay {
-            site,
-            kafka,
-            chains,
-        } => return crate::replication::replay(&site, &kafka, &chains, inv),
-        Command::Export {
-            root,
-            from,
-            to,
-            output,
-            raw,
-            stream,
-        } => {
-            let root = root_dir(&root, inv)?;
-            return crate::replication::export(&root, from.as_deref(), &to, &output, raw, &stream);
-        }
-        Command::Import { site, file } => return crate::replication::import(&site, &file, inv),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn root_dir(arg: &RootArg, inv: &Invocation) -> Result<PathBuf> {
-    arg.root
-        .clone()
-        .or_else(|| inv.settings.root.clone())
-        .ok_or_else(|| {
-            anyhow!(
-                "no root given: pass --root DIR, set FSCHAIN_ROOT, or set root in the config file"
-            )
-        })
-}
-
-fn open_writer(root: &Path) -> Result<ChainWriter> {
-    ChainWriter::open(RootLayout::new(root)).with_context(|| format!("opening {}", root.display()))
-}
-
-pub(crate) fn open_chain(root: &Path) -> Result<Chain> {
-    recover_if_interrupted(&RootLayout::new(root))
-        .with_context(|| format!("recovering {}", root.display()))?;
-    Chain::open(root).with_context(|| format!("opening {}", root.display()))
 }
 
 fn single_op(mut writer: ChainWriter, op: Operation, json: bool) -> Result<()> {
@@ -493,33 +413,4 @@ fn event_json(e: &fschain_schema::Event) -> Value {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null)
-}
-
-pub(crate) fn print_json(value: &Value) {
-    use std::io::Write as _;
-    // A reader that stops early (`| head`) is not an error worth a panic.
-    let _ = writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
-
-/// `2G`, `512M`, `1048576`.
-pub(crate) fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| anyhow!("bad size {text:?}: use e.g. 2G, 512M"))?;
-    let mult: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => bail!("bad size {text:?}: use e.g. 2G, 512M"),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow!("size {text:?} is too large"))
 }

@@ -1,0 +1,162 @@
+//! What every command group shares: the settings and facts read once at
+//! start, where the root is, opening a chain, sizes and JSON output.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fschain_producer::{recover_if_interrupted, ChainWriter};
+use fschain_store::{Chain, RootLayout};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cli::{Cli, RootArg};
+
+/// Settings that may come from the config file or the environment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// The fschain root.
+    pub(crate) root: Option<PathBuf>,
+    /// Chain name for `init`.
+    pub(crate) chain: Option<String>,
+    /// Kafka bootstrap brokers.
+    pub(crate) brokers: Option<String>,
+    /// Topic prefix.
+    pub(crate) prefix: Option<String>,
+    /// This site's name (`consume`, `replay`, `import`).
+    pub(crate) site: Option<String>,
+    /// Producers' public keys a site trusts (hex, or key files).
+    #[serde(default)]
+    pub(crate) trusted_keys: Vec<String>,
+    /// all-MiniLM-L6-v2 model directory for the event index.
+    pub(crate) model_dir: Option<PathBuf>,
+    /// A Qdrant server for the event index, instead of qdrant-edge.
+    pub(crate) qdrant_url: Option<String>,
+    pub(crate) qdrant_api_key: Option<String>,
+    /// Server collections are named `<prefix><chain>`.
+    pub(crate) qdrant_prefix: Option<String>,
+    /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
+    #[serde(default)]
+    pub(crate) kafka: std::collections::BTreeMap<String, String>,
+}
+
+/// Facts about the caller, read here once.
+#[derive(Debug)]
+pub(crate) struct Invocation {
+    pub(crate) settings: Settings,
+    /// Recorded as the actor of `set`, `delete` and `rollback` events.
+    pub(crate) actor: String,
+    pub(crate) hostname: String,
+    /// Set on SIGINT or SIGTERM; long-running commands stop cleanly.
+    pub(crate) shutdown: Arc<AtomicBool>,
+}
+
+/// Reads the config file and the environment once (this is the only place
+/// that does).
+pub(crate) fn invocation(cli: &Cli) -> Result<Invocation> {
+    let config_file = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("FSCHAIN_CONFIG").map(PathBuf::from));
+    let mut builder = config::Config::builder();
+    if let Some(path) = &config_file {
+        builder = builder.add_source(
+            config::File::from(path.as_path())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    for key in [
+        "root",
+        "chain",
+        "brokers",
+        "prefix",
+        "site",
+        "model_dir",
+        "qdrant_url",
+        "qdrant_api_key",
+        "qdrant_prefix",
+    ] {
+        let var = format!("FSCHAIN_{}", key.to_uppercase());
+        if let Some(value) = std::env::var_os(&var) {
+            builder = builder.set_override(key, value.to_string_lossy().into_owned())?;
+        }
+    }
+    let settings: Settings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .with_context(|| match &config_file {
+            Some(p) => format!("reading config {}", p.display()),
+            None => "reading FSCHAIN_* settings".to_owned(),
+        })?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutdown);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")?;
+    Ok(Invocation {
+        settings,
+        actor: format!("{user}@{hostname}"),
+        hostname,
+        shutdown,
+    })
+}
+
+pub(crate) fn root_dir(arg: &RootArg, inv: &Invocation) -> Result<PathBuf> {
+    arg.root
+        .clone()
+        .or_else(|| inv.settings.root.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no root given: pass --root DIR, set FSCHAIN_ROOT, or set root in the config file"
+            )
+        })
+}
+
+pub(crate) fn open_writer(root: &Path) -> Result<ChainWriter> {
+    ChainWriter::open(RootLayout::new(root)).with_context(|| format!("opening {}", root.display()))
+}
+
+pub(crate) fn open_chain(root: &Path) -> Result<Chain> {
+    recover_if_interrupted(&RootLayout::new(root))
+        .with_context(|| format!("recovering {}", root.display()))?;
+    Chain::open(root).with_context(|| format!("opening {}", root.display()))
+}
+
+pub(crate) fn print_json(value: &Value) {
+    use std::io::Write as _;
+    // A reader that stops early (`| head`) is not an error worth a panic.
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// `2G`, `512M`, `1048576`.
+pub(crate) fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| anyhow!("bad size {text:?}: use e.g. 2G, 512M"))?;
+    let mult: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => bail!("bad size {text:?}: use e.g. 2G, 512M"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size {text:?} is too large"))
+}
