@@ -1,13 +1,6 @@
 //! `fschain agent`: consume `<prefix>.ops` for one chain, apply and seal,
-//! publish.
-//!
-//! Exactly-once application without Kafka transactions: the ops offsets a
-//! block consumed are written to `meta/ingest` as *pending* (with the height
-//! the block will have) before the seal, and promoted to *sealed* after it.
-//! On start, a pending record whose height is now in the chain was sealed
-//! (the crash came after the snapshot); otherwise the sealed record holds.
-//! The agent seeks to those offsets, so no sealed operation is applied twice
-//! and no consumed-but-unsealed operation is lost.
+//! publish. Which operations are applied exactly once is decided by
+//! [`OpsLedger`](crate::ops_ledger::OpsLedger); this module is its IO.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +15,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::ops_ledger::{IngestRecord, OpsLedger};
 use crate::outbox::StreamPolicy;
 use crate::publish::{kafka_error, publish_pending, KafkaTarget, Publisher};
 use crate::{ChainWriter, ProducerError};
@@ -40,22 +33,9 @@ pub struct AgentOptions {
     pub until_idle: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct IngestMark {
-    height: u64,
-    /// Partition → next offset to read.
-    offsets: BTreeMap<i32, i64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct IngestRecord {
-    sealed: Option<IngestMark>,
-    pending: Option<IngestMark>,
-}
-
-fn read_ingest(layout: &RootLayout, head: u64) -> Result<IngestRecord, ProducerError> {
+fn read_ingest(layout: &RootLayout) -> Result<IngestRecord, ProducerError> {
     let path = layout.ingest();
-    let mut record: IngestRecord = match std::fs::read(&path) {
+    let record: IngestRecord = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             why: e.to_string(),
@@ -63,11 +43,6 @@ fn read_ingest(layout: &RootLayout, head: u64) -> Result<IngestRecord, ProducerE
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IngestRecord::default(),
         Err(e) => return Err(StoreError::io(&path, e).into()),
     };
-    if let Some(p) = record.pending.take() {
-        if p.height <= head {
-            record.sealed = Some(p);
-        }
-    }
     Ok(record)
 }
 
@@ -112,20 +87,17 @@ pub fn run_agent(
             .map_err(kafka_error)?;
     let topic = &target.topics.ops;
     let partitions = fschain_kafka::partitions(&consumer, topic)?;
-    let mut record = read_ingest(&layout, writer.head().height)?;
-    let mut offsets = record.sealed.clone().unwrap_or_default().offsets;
+    let mut ledger = OpsLedger::recover(read_ingest(&layout)?, writer.head().height);
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
-        let offset = offsets
-            .get(&p)
-            .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+        let offset = ledger.start(p).map_or(Offset::Beginning, Offset::Offset);
         assignment
             .add_partition_offset(topic, p, offset)
             .map_err(kafka_error)?;
     }
     consumer.assign(&assignment).map_err(kafka_error)?;
     // Resuming inside a record batch must not skip the rest of it.
-    let mut guard = StartGuard::at(partitions.iter().map(|p| (*p, offsets.get(p).copied())));
+    let mut guard = StartGuard::at(partitions.iter().map(|p| (*p, ledger.start(*p))));
     // Partitions a message was taken from since the start, and those read
     // to their end since their last message.
     let mut started: BTreeSet<i32> = BTreeSet::new();
@@ -134,7 +106,6 @@ pub fn run_agent(
 
     let mut summary = AgentSummary::default();
     let mut opened: Option<Instant> = None;
-    let mut consumed_since_seal = false;
     loop {
         let stopping = shutdown.load(Ordering::SeqCst);
         let mut idle = false;
@@ -153,8 +124,7 @@ pub fn run_agent(
                         break 'msg;
                     }
                     at_end.remove(&p);
-                    offsets.insert(p, o + 1);
-                    consumed_since_seal = true;
+                    ledger.consumed(p, o);
                     let ours = msg.key().is_some_and(|k| k == chain.as_str().as_bytes());
                     if ours {
                         let text = msg
@@ -200,36 +170,23 @@ pub fn run_agent(
             || (pending > 0 && opened.is_some_and(|t| t.elapsed() >= options.block_interval))
             || (pending > 0 && (stopping || idle));
         if due {
-            let mark = IngestMark {
-                height: writer.head().height + 1,
-                offsets: offsets.clone(),
-            };
-            record.pending = Some(mark.clone());
-            write_ingest(&layout, &record)?;
+            write_ingest(&layout, &ledger.before_seal(writer.head().height + 1))?;
             writer.seal()?;
-            record.sealed = Some(mark);
-            record.pending = None;
-            write_ingest(&layout, &record)?;
+            write_ingest(&layout, &ledger.after_seal())?;
             summary.blocks += 1;
             opened = None;
-            consumed_since_seal = false;
-            commit(&consumer, topic, &offsets);
+            commit(&consumer, topic, ledger.offsets());
             if let Err(e) = publish_pending(&layout, &publisher, &options.policy, key) {
                 if !e.is_transient() {
                     return Err(e);
                 }
                 warn!(error = %e, "publish failed; will retry");
             }
-        } else if pending == 0 && consumed_since_seal && (idle || stopping) {
+        } else if pending == 0 && ledger.has_unrecorded() && (idle || stopping) {
             // Only skipped messages since the last seal: remember that they
             // were read, so a restart does not log them again.
-            record.sealed = Some(IngestMark {
-                height: writer.head().height,
-                offsets: offsets.clone(),
-            });
-            write_ingest(&layout, &record)?;
-            commit(&consumer, topic, &offsets);
-            consumed_since_seal = false;
+            write_ingest(&layout, &ledger.read_without_seal(writer.head().height))?;
+            commit(&consumer, topic, ledger.offsets());
         }
         if stopping || (idle && writer.pending_len() == 0) {
             publish_pending(&layout, &publisher, &options.policy, key)?;

@@ -9,6 +9,7 @@ mod error;
 pub mod export;
 mod init;
 mod keys;
+pub mod ops_ledger;
 pub mod outbox;
 pub mod publish;
 mod state_index;
