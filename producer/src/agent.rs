@@ -77,32 +77,14 @@ pub fn run_agent(
     let publisher = Publisher::new(target)?;
     publish_pending(&layout, &publisher, &options.policy, key)?;
 
-    let group = format!("fschain-agent-{chain}");
-    // Idle is known from the fetches' own ends (enable.partition.eof),
-    // not from ListOffsets, which some brokers answer wrongly.
-    let consumer: BaseConsumer<QuietEof> =
-        client_config(Role::Agent, &target.brokers, &target.extra)?
-            .set("group.id", &group)
-            .create_with_context(QuietEof)
-            .map_err(kafka_error)?;
-    let topic = &target.topics.ops;
-    let partitions = fschain_kafka::partitions(&consumer, topic)?;
     let mut ledger = OpsLedger::recover(read_ingest(&layout)?, writer.head().height);
-    let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let offset = ledger.start(p).map_or(Offset::Beginning, Offset::Offset);
-        assignment
-            .add_partition_offset(topic, p, offset)
-            .map_err(kafka_error)?;
-    }
-    consumer.assign(&assignment).map_err(kafka_error)?;
-    // Resuming inside a record batch must not skip the rest of it.
-    let mut guard = StartGuard::at(partitions.iter().map(|p| (*p, ledger.start(*p))));
+    let topic = &target.topics.ops;
+    let (consumer, partitions, mut guard) = subscribe(target, &chain, &ledger)?;
     // Partitions a message was taken from since the start, and those read
     // to their end since their last message.
     let mut started: BTreeSet<i32> = BTreeSet::new();
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
-    info!(chain = %chain, topic, group, partitions = partitions.len(), "agent consuming");
+    info!(chain = %chain, topic, partitions = partitions.len(), "agent consuming");
 
     let mut summary = AgentSummary::default();
     let mut opened: Option<Instant> = None;
@@ -125,24 +107,12 @@ pub fn run_agent(
                     }
                     at_end.remove(&p);
                     ledger.consumed(p, o);
-                    let ours = msg.key().is_some_and(|k| k == chain.as_str().as_bytes());
-                    if ours {
-                        let text = msg
-                            .payload()
-                            .map(String::from_utf8_lossy)
-                            .unwrap_or_default();
-                        let applied = Operation::from_json(&text)
-                            .map_err(ProducerError::from)
-                            .and_then(|op| writer.apply(op).map(|_| ()));
-                        match applied {
-                            Ok(()) => {
-                                summary.applied += 1;
-                                opened.get_or_insert_with(Instant::now);
-                            }
-                            Err(e) => {
-                                summary.rejected += 1;
-                                warn!(topic, partition = msg.partition(), offset = msg.offset(), error = %e, "operation not applied");
-                            }
+                    if msg.key().is_some_and(|k| k == chain.as_str().as_bytes()) {
+                        if apply_message(writer, msg.payload(), topic, p, o) {
+                            summary.applied += 1;
+                            opened.get_or_insert_with(Instant::now);
+                        } else {
+                            summary.rejected += 1;
                         }
                     }
                 }
@@ -191,6 +161,59 @@ pub fn run_agent(
         if stopping || (idle && writer.pending_len() == 0) {
             publish_pending(&layout, &publisher, &options.policy, key)?;
             return Ok(summary);
+        }
+    }
+}
+
+/// The agent's consumer of the ops topic, assigned every partition at the
+/// ledger's offsets, and the guard that checks where each really starts.
+fn subscribe(
+    target: &KafkaTarget,
+    chain: &fschain_schema::ChainName,
+    ledger: &OpsLedger,
+) -> Result<(BaseConsumer<QuietEof>, Vec<i32>, StartGuard), ProducerError> {
+    let group = format!("fschain-agent-{chain}");
+    // Idle is known from the fetches' own ends (enable.partition.eof),
+    // not from ListOffsets, which some brokers answer wrongly.
+    let consumer: BaseConsumer<QuietEof> =
+        client_config(Role::Agent, &target.brokers, &target.extra)?
+            .set("group.id", &group)
+            .create_with_context(QuietEof)
+            .map_err(kafka_error)?;
+    let topic = &target.topics.ops;
+    let partitions = fschain_kafka::partitions(&consumer, topic)?;
+    let mut assignment = TopicPartitionList::new();
+    for &p in &partitions {
+        let offset = ledger.start(p).map_or(Offset::Beginning, Offset::Offset);
+        assignment
+            .add_partition_offset(topic, p, offset)
+            .map_err(kafka_error)?;
+    }
+    consumer.assign(&assignment).map_err(kafka_error)?;
+    // Resuming inside a record batch must not skip the rest of it.
+    let guard = StartGuard::at(partitions.iter().map(|p| (*p, ledger.start(*p))));
+    Ok((consumer, partitions, guard))
+}
+
+/// Applies one operation of this chain to the open block; an operation
+/// that does not parse or apply is logged (topic, partition, offset) and
+/// skipped. Returns whether it was applied.
+fn apply_message(
+    writer: &mut ChainWriter,
+    payload: Option<&[u8]>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> bool {
+    let text = payload.map(String::from_utf8_lossy).unwrap_or_default();
+    let applied = Operation::from_json(&text)
+        .map_err(ProducerError::from)
+        .and_then(|op| writer.apply(op).map(|_| ()));
+    match applied {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(topic, partition, offset, error = %e, "operation not applied");
+            false
         }
     }
 }

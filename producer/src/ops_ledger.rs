@@ -157,8 +157,7 @@ mod tests {
                         crashed = true;
                         break 'run;
                     }
-                    if open.len() >= block_ops
-                        && seal(&mut disk, &mut ledger, &mut open, &mut step)
+                    if open.len() >= block_ops && seal(&mut disk, &mut ledger, &mut open, &mut step)
                     {
                         crashed = true;
                         break 'run;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fschain_kafka::{client_config, KafkaClientError, Role};
 use fschain_schema::wire::{event_key, SigningKey, Topics};
-use fschain_schema::{Event, EventLine};
+use fschain_schema::{BlockHeader, ChainName, Event, EventLine};
 use fschain_store::layout::RootLayout;
 use fschain_store::{ChainDir, StoreError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -22,7 +22,7 @@ use rdkafka::ClientContext;
 use tracing::{debug, info};
 
 use crate::outbox::{
-    keep_manifest, prepare_block, published_height, record_published, StreamPolicy,
+    keep_manifest, prepare_block, published_height, record_published, OutgoingBlock, StreamPolicy,
 };
 use crate::ProducerError;
 
@@ -173,30 +173,16 @@ pub fn publish_pending(
     policy: &StreamPolicy,
     key: &SigningKey,
 ) -> Result<PublishSummary, ProducerError> {
-    let heights = layout.snapshot_heights()?;
-    let Some(&head) = heights.last() else {
-        return Err(StoreError::Corrupt {
-            path: layout.blocks_dir(),
-            why: "no block snapshots".into(),
-        }
-        .into());
-    };
-    let chain = layout.read_marker()?.chain;
-    let from = published_height(layout)?.map_or(0, |h| h + 1);
+    let PendingRange {
+        chain,
+        from,
+        head,
+        headers,
+    } = pending_range(layout)?;
     let mut summary = PublishSummary {
         head,
         ..PublishSummary::default()
     };
-    let topics = publisher.topics().clone();
-    // Every block's header, read once: the head's snapshot holds them all.
-    let headers = ChainDir::new(layout.snapshot(head)).headers()?;
-    if headers.len() as u64 <= head {
-        return Err(StoreError::Corrupt {
-            path: layout.snapshot(head),
-            why: format!("does not hold the header of block {head}"),
-        }
-        .into());
-    }
     let headers = &headers;
     // A preparing thread runs one block ahead: it sends, compresses and
     // hashes block h+1's stream while this thread publishes block h's
@@ -221,48 +207,10 @@ pub fn publish_pending(
         });
         let mut in_flight = InFlight::default();
         for height in from..=head {
-            let started = std::time::Instant::now();
-            let event_count = headers[height as usize].event_count;
-            let (events, block) = std::thread::scope(|scope| {
-                // The events go out on their own thread, while the stream is
-                // prepared and then while its chunks go out: neither needs
-                // the other, and a large change carries its states in both.
-                let events = scope.spawn(|| {
-                    publish_events(layout, height, event_count, &chain, publisher, &topics)
-                        .map(|n| (n, started.elapsed()))
-                });
-                let block = (|| {
-                    let block = prepared.recv().map_err(|_| ProducerError::Command {
-                        what: format!("preparing block {height}"),
-                        message: "the preparing thread stopped".into(),
-                    })??;
-                    let waited = started.elapsed();
-                    publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
-                    for chunk in block.chunks()? {
-                        let chunk = chunk?;
-                        publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
-                        summary.chunks += 1;
-                    }
-                    Ok::<_, ProducerError>((block, waited))
-                })();
-                let events = events.join().unwrap_or_else(|_| {
-                    Err(ProducerError::Command {
-                        what: format!("publishing the events of block {height}"),
-                        message: "the events thread stopped".into(),
-                    })
-                });
-                (events, block)
-            });
-            let (block, waited) = block?;
-            let (events, events_sent) = events?;
-            summary.events += events;
-            debug!(
-                height,
-                stream_wait_ms = waited.as_millis() as u64,
-                events_ms = events_sent.as_millis() as u64,
-                queued_ms = started.elapsed().as_millis() as u64,
-                "queued"
-            );
+            let block = send_block(layout, publisher, &chain, height, headers, &prepared)?;
+            summary.events += block.events;
+            summary.chunks += block.chunks;
+            let block = block.block;
             in_flight.bytes += block.manifest.stream.bytes;
             in_flight.blocks.push(block);
             if in_flight.blocks.len() >= MAX_BLOCKS_IN_FLIGHT
@@ -277,6 +225,106 @@ pub fn publish_pending(
         info!(chain = %chain, blocks = summary.blocks, head, "published");
     }
     Ok(summary)
+}
+
+/// The blocks a publish run sends: from the one after the last published
+/// to the head, with every header (the head's snapshot holds them all).
+struct PendingRange {
+    chain: ChainName,
+    from: u64,
+    head: u64,
+    headers: Vec<BlockHeader>,
+}
+
+fn pending_range(layout: &RootLayout) -> Result<PendingRange, ProducerError> {
+    let heights = layout.snapshot_heights()?;
+    let Some(&head) = heights.last() else {
+        return Err(StoreError::Corrupt {
+            path: layout.blocks_dir(),
+            why: "no block snapshots".into(),
+        }
+        .into());
+    };
+    let chain = layout.read_marker()?.chain;
+    let from = published_height(layout)?.map_or(0, |h| h + 1);
+    let headers = ChainDir::new(layout.snapshot(head)).headers()?;
+    if headers.len() as u64 <= head {
+        return Err(StoreError::Corrupt {
+            path: layout.snapshot(head),
+            why: format!("does not hold the header of block {head}"),
+        }
+        .into());
+    }
+    Ok(PendingRange {
+        chain,
+        from,
+        head,
+        headers,
+    })
+}
+
+/// One block queued: its events, on a thread of their own, beside its
+/// manifest and chunks (neither needs the other, and a large change
+/// carries its states in both).
+struct SentBlock {
+    block: OutgoingBlock,
+    events: u64,
+    chunks: u64,
+}
+
+fn send_block(
+    layout: &RootLayout,
+    publisher: &Publisher,
+    chain: &ChainName,
+    height: u64,
+    headers: &[BlockHeader],
+    prepared: &std::sync::mpsc::Receiver<Result<OutgoingBlock, ProducerError>>,
+) -> Result<SentBlock, ProducerError> {
+    let topics = publisher.topics();
+    let started = std::time::Instant::now();
+    let event_count = headers[height as usize].event_count;
+    let mut chunks = 0u64;
+    let (events, block) = std::thread::scope(|scope| {
+        let events = scope.spawn(|| {
+            publish_events(layout, height, event_count, chain, publisher, topics)
+                .map(|n| (n, started.elapsed()))
+        });
+        let block = (|| {
+            let block = prepared.recv().map_err(|_| ProducerError::Command {
+                what: format!("preparing block {height}"),
+                message: "the preparing thread stopped".into(),
+            })??;
+            let waited = started.elapsed();
+            publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
+            for chunk in block.chunks()? {
+                let chunk = chunk?;
+                publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
+                chunks += 1;
+            }
+            Ok::<_, ProducerError>((block, waited))
+        })();
+        let events = events.join().unwrap_or_else(|_| {
+            Err(ProducerError::Command {
+                what: format!("publishing the events of block {height}"),
+                message: "the events thread stopped".into(),
+            })
+        });
+        (events, block)
+    });
+    let (block, waited) = block?;
+    let (events, events_sent) = events?;
+    debug!(
+        height,
+        stream_wait_ms = waited.as_millis() as u64,
+        events_ms = events_sent.as_millis() as u64,
+        queued_ms = started.elapsed().as_millis() as u64,
+        "queued"
+    );
+    Ok(SentBlock {
+        block,
+        events,
+        chunks,
+    })
 }
 
 /// At most this many blocks are sent before their acknowledgements are
