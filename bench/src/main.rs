@@ -6,6 +6,7 @@
 
 mod index;
 mod local;
+mod quality;
 mod replication;
 mod report;
 
@@ -39,6 +40,9 @@ struct Args {
     /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
     #[arg(long = "model", value_name = "DIR")]
     model_dir: Option<PathBuf>,
+    /// Only the search quality measurements (needs --model).
+    #[arg(long, requires = "model_dir", conflicts_with_all = ["replication_only", "index_only"])]
+    quality_only: bool,
     /// Write the figures as the table of this Markdown file
     /// (docs/performance.md).
     #[arg(long, value_name = "FILE")]
@@ -67,6 +71,16 @@ fn run(args: &Args) -> Result<()> {
     }
     check_space(dir, args.quick)?;
     let mut report = Report::default();
+    if args.quality_only {
+        if let Some(model) = &args.model_dir {
+            quality::run(
+                &dir.join(format!("bench-quality-{}", std::process::id())),
+                model,
+                &mut report,
+            )?;
+        }
+        return finish(&report, args);
+    }
     let local = !args.replication_only && !args.index_only;
     if local {
         local::run(dir, args.quick, &mut report)?;
@@ -81,7 +95,15 @@ fn run(args: &Args) -> Result<()> {
     if !args.replication_only {
         let work = dir.join(format!("bench-index-{}", std::process::id()));
         index::run(&work, args.quick, args.model_dir.as_deref(), &mut report)?;
+        if let Some(model) = &args.model_dir {
+            let work = dir.join(format!("bench-quality-{}", std::process::id()));
+            quality::run(&work, model, &mut report)?;
+        }
     }
+    finish(&report, args)
+}
+
+fn finish(report: &Report, args: &Args) -> Result<()> {
     if let Some(path) = &args.markdown {
         report.write_markdown(path, &invocation())?;
         println!("\nfigures written to {}", path.display());

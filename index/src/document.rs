@@ -163,6 +163,19 @@ impl EventDocument {
         text
     }
 
+    /// The text the language model sees: the reason first, in the
+    /// operator's words, then what it was done to. Values and digests are
+    /// left out: to a language model they are tokens of noise that pull a
+    /// paraphrased question away from the event it means.
+    pub fn natural_text(&self) -> String {
+        let op = &self.event.op;
+        let element = format!("{} {}", op.element.kind(), op.element.name());
+        match &op.reason {
+            Some(reason) => format!("{reason} ({element})"),
+            None => format!("{element} {}", op.action.as_str()),
+        }
+    }
+
     /// The text the lexical embedder sees: [`Self::text`] with the reason
     /// counted twice. The reason is the operator's own words about why,
     /// which is what people search for; the changed values are mostly

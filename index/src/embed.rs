@@ -143,9 +143,13 @@ impl MiniLm {
 
     /// Embeds texts; one unit vector of [`MINILM_DIM`] per text, in order.
     ///
-    /// Texts are run through the model in small batches of similar token
-    /// counts: padding costs as much as real tokens, and small tensors stay
-    /// in cache (batches of 256 spend most of their time faulting pages).
+    /// Texts are run through the model in small batches of equal token
+    /// counts: nothing is padded (padding costs as much as real tokens, and
+    /// changes the shape of the sums a text's vector comes from, so the
+    /// same text in another batch would come out a few ulps apart: a
+    /// site's index must rank exactly as the producer's), and small tensors
+    /// stay in cache (batches of 256 spend most of their time faulting
+    /// pages).
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, IndexError> {
         let err = |e: &dyn std::fmt::Display| IndexError::Embed {
             embedder: "minilm",
@@ -156,10 +160,12 @@ impl MiniLm {
             .tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| err(&e))?;
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, e) in encodings.iter().enumerate() {
+            by_len.entry(e.get_ids().len()).or_default().push(i);
+        }
         let mut out = vec![Vec::new(); encodings.len()];
-        for group in order.chunks(MINILM_BATCH) {
+        for group in by_len.values().flat_map(|same| same.chunks(MINILM_BATCH)) {
             let batch: Vec<(&[u32], &[u32])> = group
                 .iter()
                 .map(|&i| (encodings[i].get_ids(), encodings[i].get_attention_mask()))
@@ -172,7 +178,8 @@ impl MiniLm {
         Ok(out)
     }
 
-    /// One forward pass: token ids and masks, padded here to the longest.
+    /// One forward pass: token ids and masks (of one length, so no row is
+    /// padded; a mask still covers any that were).
     fn embed_batch(&self, batch: &[(&[u32], &[u32])]) -> candle_core::Result<Vec<Vec<f32>>> {
         let len = batch.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
         let rows = batch.len();

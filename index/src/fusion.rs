@@ -1,20 +1,18 @@
-//! Reciprocal rank fusion of two rankings, done here rather than in the
-//! vector store so that its answer depends on the scores alone.
+//! Fusion of two rankings (relative score fusion), done here rather than in
+//! the vector store so that its answer depends on the scores alone.
 //!
 //! A store's own fusion ranks candidates in the order its storage returns
 //! equal scores, and a rebuilt index (`reindex`, a site's copy) stores
 //! them in another order: the fused order changed with it. Here each
-//! ranking's equal scores share a rank (competition ranking), candidates
-//! whose presence depends on that order (ties at a list's cut) are left
-//! out, and the fused list is ordered by score, then newest first.
+//! ranking's scores are scaled to [0, 1] over its candidates, weighted and
+//! summed; candidates whose presence depends on that order (a run of equal
+//! scores at a list's cut) are left out, and the fused list is ordered by
+//! score, then newest first.
 
 use std::collections::BTreeMap;
 
 use crate::backend::ScoredPayload;
 use crate::document::fields;
-
-/// Reciprocal rank fusion constant (the usual 60).
-pub const RRF_K: f64 = 60.0;
 
 /// One ranking to fuse: its hits (as many as were asked for, `asked`)
 /// and its weight.
@@ -59,15 +57,21 @@ pub fn fuse(rankings: &[Ranked<'_>], limit: usize) -> Vec<ScoredPayload> {
                 }
             }
         }
-        let mut rank = 0usize;
-        let mut previous: Option<f32> = None;
-        for (i, hit) in hits.into_iter().enumerate() {
-            if previous != Some(hit.score) {
-                rank = i + 1;
-                previous = Some(hit.score);
-            }
+        // Relative score fusion: each ranking's scores scaled to [0, 1]
+        // over its candidates (an event a ranking did not return counts 0
+        // there), then weighted and summed. Unlike ranks, scaled scores
+        // keep how far apart two candidates are: a near miss of one
+        // embedder does not outweigh the other's clear first.
+        let top = hits.first().map_or(0.0, |h| f64::from(h.score));
+        let bottom = hits.last().map_or(0.0, |h| f64::from(h.score));
+        for hit in hits {
             let Some(seq) = chain_seq(&hit) else { continue };
-            let add = ranked.weight / (RRF_K + rank as f64);
+            let scaled = if top > bottom {
+                (f64::from(hit.score) - bottom) / (top - bottom)
+            } else {
+                1.0
+            };
+            let add = ranked.weight * scaled;
             fused
                 .entry(seq)
                 .and_modify(|(score, _)| *score += add)
@@ -104,28 +108,29 @@ mod tests {
     }
 
     #[test]
-    fn equal_scores_share_a_rank_and_the_newest_comes_first() {
+    fn scaled_scores_are_weighted_and_ties_go_newest_first() {
         let sparse = [hit(1, 2.0), hit(2, 2.0), hit(3, 1.0)];
-        let dense = [hit(3, 0.9), hit(1, 0.5), hit(2, 0.5)];
+        let dense = [hit(3, 0.9), hit(1, 0.5), hit(2, 0.5), hit(4, 0.1)];
         let out = fuse(
             &[
                 Ranked {
                     hits: &sparse,
                     asked: 10,
-                    weight: 1.0,
+                    weight: 0.3,
                 },
                 Ranked {
                     hits: &dense,
                     asked: 10,
-                    weight: 1.0,
+                    weight: 0.7,
                 },
             ],
             10,
         );
-        // 1 and 2 tie in both rankings: equal fused scores, newest first;
-        // 3 is first once (1/61) and third once (1/63), below 1/61 + 1/62.
-        assert_eq!(seqs(&out), vec![2, 1, 3]);
-        assert_eq!(out[0].score, out[1].score);
+        // 3: 0.3 * 0 + 0.7 * 1 = 0.7; 1 and 2: 0.3 + 0.7 * 0.5 = 0.65
+        // each (equal: newest first); 4: 0.
+        assert_eq!(seqs(&out), vec![3, 2, 1, 4]);
+        assert_eq!(out[1].score, out[2].score);
+        assert!((out[0].score - 0.7).abs() < 1e-6);
     }
 
     #[test]

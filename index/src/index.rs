@@ -17,7 +17,7 @@ use crate::backend::{
     SearchFilter,
 };
 use crate::document::{summarize_state, EventDocument};
-use crate::embed::Embedders;
+use crate::embed::{Embedders, TextVectors};
 use crate::fusion::{self, Ranked};
 use crate::server::{ServerBackend, ServerConfig};
 use crate::IndexError;
@@ -29,6 +29,15 @@ const FORMAT: u64 = 1;
 const BATCH: usize = 256;
 /// Extra candidates fetched to order equal scores.
 const TIE_SLACK: usize = 16;
+/// The most hits one ranking is asked for to see a run of equal scores
+/// whole.
+const MAX_TIE_RUN: usize = 2048;
+/// Weights of the two rankings in the fusion (their scaled scores). Chosen
+/// with `fschain-bench --quality-only` on the vendored paraphrases and
+/// lexical queries: from 0.15 to 0.3 for BM25 both sets are at their best;
+/// above 0.4 BM25's matches on a shared common word outweigh MiniLM.
+const FUSION_WEIGHT_BM25: f64 = 0.25;
+const FUSION_WEIGHT_MINILM: f64 = 0.75;
 /// Bytes of events (canonical JSON) embedded and upserted together.
 const BATCH_BYTES: usize = 8 << 20;
 /// Points upserted between two durable checkpoints of `index.json`.
@@ -266,7 +275,7 @@ impl<'e> EventIndex<'e> {
         let docs = std::mem::take(&mut batch.docs);
         batch.bytes = 0;
         let lexical: Vec<String> = docs.iter().map(EventDocument::lexical_text).collect();
-        let natural: Vec<String> = docs.iter().map(EventDocument::text).collect();
+        let natural: Vec<String> = docs.iter().map(EventDocument::natural_text).collect();
         let vectors = self.embedders.documents(&lexical, &natural)?;
         let written = docs.len() as u64;
         let points = docs
@@ -298,6 +307,39 @@ impl<'e> EventIndex<'e> {
         write_manifest(&self.layout.index_dir().join(MANIFEST), &self.manifest)
     }
 
+    /// One embedder's best `asked` hits, and the whole run of equal scores
+    /// at the cut: which of a run a store returns is its own choice, so the
+    /// list grows until the run ends (up to [`MAX_TIE_RUN`]). Returns the
+    /// hits, cut after that run, and how many were asked for.
+    fn whole_ties(
+        &self,
+        vectors: &TextVectors,
+        embedder: Embedder,
+        filter: &SearchFilter,
+        mut asked: usize,
+    ) -> Result<(Vec<ScoredPayload>, usize), IndexError> {
+        let mut hits = self.backend.search(vectors, embedder, filter, asked)?;
+        loop {
+            if hits.len() < asked {
+                // Nothing was cut.
+                return Ok((hits, usize::MAX));
+            }
+            if asked >= MAX_TIE_RUN {
+                // Still cut: the fusion leaves that run out.
+                return Ok((hits, asked));
+            }
+            let last = hits.last().map_or(f32::MIN, |h| h.score);
+            asked = (asked * 4).min(MAX_TIE_RUN);
+            hits = self.backend.search(vectors, embedder, filter, asked)?;
+            // Scores come in descending order: the run at the old cut ends
+            // where they fall below it.
+            if let Some(end) = hits.iter().position(|h| h.score < last) {
+                hits.truncate(end);
+                return Ok((hits, usize::MAX));
+            }
+        }
+    }
+
     /// The best `limit` events for `query`.
     pub fn search(
         &self,
@@ -313,23 +355,21 @@ impl<'e> EventIndex<'e> {
         let mut hits = match (ranking, vectors.dense.is_some()) {
             (Ranking::Fused, true) => {
                 let asked = prefetch_limit(limit) + TIE_SLACK;
-                let bm25 = self
-                    .backend
-                    .search(&vectors, Embedder::Bm25, filter, asked)?;
-                let minilm = self
-                    .backend
-                    .search(&vectors, Embedder::MiniLm, filter, asked)?;
+                let (bm25, bm25_asked) =
+                    self.whole_ties(&vectors, Embedder::Bm25, filter, asked)?;
+                let (minilm, minilm_asked) =
+                    self.whole_ties(&vectors, Embedder::MiniLm, filter, asked)?;
                 fusion::fuse(
                     &[
                         Ranked {
                             hits: &bm25,
-                            asked,
-                            weight: 1.0,
+                            asked: bm25_asked,
+                            weight: FUSION_WEIGHT_BM25,
                         },
                         Ranked {
                             hits: &minilm,
-                            asked,
-                            weight: 1.0,
+                            asked: minilm_asked,
+                            weight: FUSION_WEIGHT_MINILM,
                         },
                     ],
                     wanted,
