@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 FSCHAIN_TEST_BTRFS=$(scripts/btrfs-loop.sh up /mnt/fschain-test 8G)
 export FSCHAIN_TEST_BTRFS
 port=${FSCHAIN_TEST_BROKER_PORT:-19092}
+# What this script started, stopped at the end.
+stop=()
+trap 'for c in "${stop[@]}"; do $c; done' EXIT
 # Apache Kafka (scripts/kafka.sh). A cluster already running on the port (a
 # developer's own) is used and left running; one started here is stopped at
 # the end. FSCHAIN_TEST_BROKERS set by the caller wins (tansu, a cluster).
@@ -16,9 +19,20 @@ if [ -z "${FSCHAIN_TEST_BROKERS:-}" ]; then
     cat /tmp/fschain-kafka-up.log >&2; exit 1; }
   cat /tmp/fschain-kafka-up.log >&2
   grep -q "already running" /tmp/fschain-kafka-up.log ||
-    trap 'scripts/kafka.sh down --port "$port"' EXIT
+    stop+=("scripts/kafka.sh down --port $port")
 fi
 export FSCHAIN_TEST_BROKERS
+# A three-broker cluster for the fault tests (tests/faults.rs), which kill
+# and restart its brokers one test at a time.
+cluster_port=${FSCHAIN_TEST_CLUSTER_PORT:-19292}
+if [ -z "${FSCHAIN_TEST_CLUSTER:-}" ]; then
+  FSCHAIN_TEST_CLUSTER=$(scripts/kafka.sh up --brokers 3 --port "$cluster_port" 2>/tmp/fschain-cluster-up.log) || {
+    cat /tmp/fschain-cluster-up.log >&2; exit 1; }
+  cat /tmp/fschain-cluster-up.log >&2
+  grep -q "already running" /tmp/fschain-cluster-up.log ||
+    stop+=("scripts/kafka.sh down --port $cluster_port")
+fi
+export FSCHAIN_TEST_CLUSTER FSCHAIN_TEST_CLUSTER_PORT=$cluster_port
 FSCHAIN_TEST_MODEL=${FSCHAIN_TEST_MODEL:-$PWD/models/all-MiniLM-L6-v2}
 scripts/fetch-model.sh "$FSCHAIN_TEST_MODEL" >&2
 export FSCHAIN_TEST_MODEL
