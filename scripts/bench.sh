@@ -7,5 +7,5 @@
 #       --model models/all-MiniLM-L6-v2 --markdown docs/performance.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -q --bin fschain --bin fschain-bench
+cargo build --release --locked -q -p fschain -p fschain-bench
 exec target/release/fschain-bench "$@"
