@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 MNT=${FSCHAIN_DEMO_DIR:-/mnt/fschain-demo}
 OPS=${FSCHAIN_DEMO_OPS:-tests/data/ops-sample.jsonl}
-PORT=${FSCHAIN_DEMO_PORT:-19192}
+PORT=${FSCHAIN_DEMO_PORT:-19592}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 missing=()
