@@ -85,16 +85,14 @@ impl Report {
                 );
             }
         }
-        let tried = path.with_file_name("performance-tried.md");
-        if tried.exists() {
-            let _ = writeln!(
-                out,
-                "\nWhat was tried and dropped: [performance-tried.md](performance-tried.md)."
-            );
-        }
+        out.push('\n');
+        out.push_str(TRIED);
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
     }
 }
+
+/// What was tried and dropped, kept with the bench's source.
+const TRIED: &str = include_str!("../tried.md");
 
 fn cell(text: &str) -> String {
     text.replace('|', "\\|")

@@ -60,8 +60,8 @@ pub struct SealedBlock {
     pub header: BlockHeader,
 }
 
-/// States larger than [`LARGE_STATE_BYTES`] (canonical bytes) are not kept
-/// parsed between operations; an element's next operation parses them again.
+// States larger than LARGE_STATE_BYTES (canonical bytes) are not kept
+// parsed between operations; an element's next operation parses them again.
 use fschain_schema::verify::LARGE_STATE_BYTES;
 
 /// What the open block keeps of an event once its line is written.
