@@ -327,6 +327,35 @@ fn check_proof(hit: &Value, key: &PublicKey) {
     assert_eq!(signed, header);
 }
 
+/// Publishes `root` to fresh topics and consumes them into a new site at
+/// `site` (with `extra` arguments); returns the producer's key.
+fn publish_to_a_site(brokers: &str, root: &str, site: &str, extra: &[&str]) -> String {
+    let prefix = unique("search-site");
+    let with_kafka = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&["--brokers", brokers, "--prefix", &prefix]);
+        fschain(&v).ok()
+    };
+    with_kafka(&["topics", "create"]);
+    with_kafka(&["publish", "--root", root]);
+    let key = fschain(&["key", "show", "--root", root]).ok().stdout();
+    let key = key.trim();
+    let name = unique("idx");
+    let mut consume = vec![
+        "consume",
+        "--site",
+        &name,
+        "--root",
+        site,
+        "--trust",
+        key,
+        "--until-idle",
+    ];
+    consume.extend_from_slice(extra);
+    with_kafka(&consume);
+    key.to_owned()
+}
+
 #[test]
 fn a_site_indexes_what_it_verifies_and_its_hits_carry_signed_proofs() {
     let Some(brokers) = broker("search-site") else {
@@ -335,30 +364,10 @@ fn a_site_indexes_what_it_verifies_and_its_hits_carry_signed_proofs() {
     let Some(s) = scratch("search-site") else {
         return;
     };
-    let prefix = unique("search-site");
     let root = root_with_sample(&s, 600, 100);
-    let kafka = ["--brokers", brokers.as_str(), "--prefix", prefix.as_str()];
-    let with_kafka = |args: &[&str]| {
-        let mut v = args.to_vec();
-        v.extend_from_slice(&kafka);
-        fschain(&v).ok()
-    };
-    with_kafka(&["topics", "create"]);
-    with_kafka(&["publish", "--root", &root]);
-    let key_hex = fschain(&["key", "show", "--root", &root]).ok().stdout();
-    let key = PublicKey::from_hex(key_hex.trim()).unwrap();
     let site = s.dir.join("site").display().to_string();
-    let name = unique("idx");
-    with_kafka(&[
-        "consume",
-        "--site",
-        &name,
-        "--root",
-        &site,
-        "--trust",
-        key_hex.trim(),
-        "--until-idle",
-    ]);
+    let key_hex = publish_to_a_site(&brokers, &root, &site, &[]);
+    let key = PublicKey::from_hex(&key_hex).unwrap();
     // The site built its index while consuming: no reindex needed, and it
     // holds every event (the same hits as the producer's own index).
     let site_hits = search(&site, "sudo for the deploy user", &["--proof"]);
@@ -414,29 +423,8 @@ fn the_fused_order_is_the_same_after_reindex_and_at_a_site() {
             "the fused order changed after a reindex"
         );
     }
-    let prefix = unique("fused-order");
-    let kafka = ["--brokers", brokers.as_str(), "--prefix", prefix.as_str()];
-    let with_kafka = |args: &[&str]| {
-        let mut v = args.to_vec();
-        v.extend_from_slice(&kafka);
-        fschain(&v).ok()
-    };
-    with_kafka(&["topics", "create"]);
-    with_kafka(&["publish", "--root", &root]);
-    let key = fschain(&["key", "show", "--root", &root]).ok().stdout();
     let site = s.dir.join("site").display().to_string();
-    with_kafka(&[
-        "consume",
-        "--site",
-        &unique("fused"),
-        "--root",
-        &site,
-        "--trust",
-        key.trim(),
-        "--until-idle",
-        m[0],
-        m[1],
-    ]);
+    publish_to_a_site(&brokers, &root, &site, &m);
     assert_eq!(
         ranked(&site),
         first,
