@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::local::{cleanup, new_root};
 use crate::report::{Report, Row};
 
-const COMMAND: &str = "fschain-bench --dir DIR --index-only --quick --model DIR";
+const COMMAND: &str = "fschain-bench --dir DIR --quick --quality-only --model DIR";
 
 /// One query and the reasons of the events a person expects among the top
 /// hits.
