@@ -198,7 +198,7 @@ pub(crate) fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
     }
 }
 
-/// The first `n` operations of the shared sample (../shared/data).
+/// The first `n` operations of the vendored sample (tests/data).
 pub(crate) fn sample_ops(n: usize) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ops-sample.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
