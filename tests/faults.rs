@@ -342,3 +342,50 @@ fn the_whole_cluster_restarted_while_a_site_consumes() {
     consumer.wait().unwrap();
     t.assert_site_holds_the_chain("east");
 }
+
+/// Row 3: two brokers of three are down. A publish cannot be acknowledged
+/// (`min.insync.replicas` 2) and keeps trying; once one broker is back, it
+/// finishes, and nothing sealed is lost.
+#[test]
+fn two_brokers_down_then_one_back_and_the_publish_finishes() {
+    let Some(cluster) = Cluster::get("fault-two-down") else {
+        return;
+    };
+    let _turn = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(t) = Setup::new("fault-two-down", &cluster) else {
+        return;
+    };
+    t.consume("warm").ok();
+    t.apply(&sample_ops(90), "30");
+    let leader = cluster.leader(&format!("{}.blocks", t.prefix), 0);
+    let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    let first = cluster.kill(others[0]);
+    let second = cluster.kill(others[1]);
+    let mut publish = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(t.args(&["publish", "--root", &t.producer]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        publish.try_wait().unwrap().is_none(),
+        "publish ended while two brokers were down: nothing can be acknowledged then"
+    );
+    drop(first);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = publish.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "publish did not finish after a broker came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "publish failed after a broker came back");
+    drop(second);
+    t.consume("east").ok();
+    t.assert_site_holds_the_chain("east");
+}
