@@ -226,7 +226,9 @@ pub(crate) fn publish(
     fschain_producer::recover_if_interrupted(&layout)?;
     let _lock = fschain_store::layout::lock(&layout)?;
     let key = load_signing_key(&layout)?;
-    let publisher = Publisher::new(&target(kafka, inv)?)?;
+    let target = target(kafka, inv)?;
+    fschain_producer::diverged::check_root(&layout, &target, &key)?;
+    let publisher = Publisher::new(&target)?;
     let summary = publish_pending(&layout, &publisher, &policy(stream)?, &key)?;
     println!(
         "published {} blocks ({} events, {} chunks, {} bytes); head {}",

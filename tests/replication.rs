@@ -801,3 +801,95 @@ fn a_broker_restart_loses_nothing() {
         assert_eq!(block_hashes(&copy), block_hashes(&producer));
     }
 }
+
+/// A copy of a producer root as a backup would hold it: its marker, its
+/// meta/ (with the signing key), its layer and every block snapshot.
+fn backup_root(from: &Path, to: &Path) {
+    let btrfs = |args: &[&str], a: &Path, b: &Path| {
+        let out = Command::new("btrfs")
+            .args(args)
+            .arg(a)
+            .arg(b)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::create_dir_all(to.join("blocks")).unwrap();
+    std::fs::copy(from.join("fschain.root"), to.join("fschain.root")).unwrap();
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from.join("meta"))
+        .arg(to.join("meta"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    btrfs(
+        &["subvolume", "snapshot"],
+        &from.join("layer"),
+        &to.join("layer"),
+    );
+    for entry in std::fs::read_dir(from.join("blocks")).unwrap().flatten() {
+        btrfs(
+            &["subvolume", "snapshot", "-r"],
+            &entry.path(),
+            &to.join("blocks").join(entry.file_name()),
+        );
+    }
+}
+
+/// Row 12 of the fault matrix: a producer root restored from an older
+/// backup (its head behind the topic, then a different block at a height
+/// the topic holds) is refused by publish and by the agent, which say why;
+/// nothing of it reaches the topic.
+#[test]
+fn a_root_restored_from_an_old_backup_is_not_published() {
+    let Some(t) = Setup::new("diverged") else {
+        return;
+    };
+    t.apply(&sample_ops(20), 10);
+    let backup = t.s.dir.join("backup");
+    backup_root(Path::new(&t.producer), &backup);
+    t.apply(&common::sample_ops_between(20, 40), 10);
+    t.publish(&[]).ok();
+    let backup = backup.display().to_string();
+    let refused = |run: common::Run, what: &str| {
+        let err = run.code_is(2).stderr();
+        assert!(
+            err.contains("restored from an older backup") && err.contains(what),
+            "{err}"
+        );
+    };
+    // Behind the topic.
+    refused(
+        fschain(&t.kafka(&["publish", "--root", &backup])),
+        "this root's head is block 2, behind it",
+    );
+    // Then a block of its own at a height the topic holds.
+    let own: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"element\":\"service:forked\",\"action\":\"set\",\"state\":{{\"n\":{i}}}}}\n"
+            )
+        })
+        .collect();
+    fschain_with_input(
+        &["apply", "--root", &backup, "--block-ops", "10"],
+        Some(own.as_bytes()),
+    )
+    .ok();
+    refused(
+        fschain(&t.kafka(&["publish", "--root", &backup])),
+        "this root's block 4 is",
+    );
+    refused(
+        fschain(&t.kafka(&["agent", "--root", &backup, "--until-idle"])),
+        "this root's block 4 is",
+    );
+    // The topic still holds the producer's chain only.
+    t.consume("east").ok();
+    t.assert_same_as_producer("east");
+}

@@ -74,6 +74,7 @@ pub fn run_agent(
 ) -> Result<AgentSummary, ProducerError> {
     let layout = writer.layout().clone();
     let chain = writer.chain().clone();
+    crate::diverged::check_root(&layout, target, key)?;
     let publisher = Publisher::new(target)?;
     publish_pending(&layout, &publisher, &options.policy, key)?;
 

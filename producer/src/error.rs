@@ -20,6 +20,13 @@ pub enum ProducerError {
     NoKey { root: std::path::PathBuf },
     #[error("{} is a site's copy of a chain; operations are applied on the producer and arrive here through `fschain consume`", root.display())]
     Replica { root: std::path::PathBuf },
+    #[error("the blocks topic holds block {height} of {chain} ({on_topic}), but {why}: this root was restored from an older backup or its history was made again, and publishing it would fork the chain; restore it from a site's copy, or publish it as a new chain")]
+    Diverged {
+        chain: fschain_schema::ChainName,
+        height: u64,
+        on_topic: fschain_schema::BlockHash,
+        why: String,
+    },
     #[error(transparent)]
     Kafka(#[from] fschain_kafka::KafkaClientError),
 }

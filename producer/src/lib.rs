@@ -5,6 +5,7 @@
 //! What both need lives in `fschain-store` and `fschain-schema`.
 
 pub mod agent;
+pub mod diverged;
 mod error;
 pub mod export;
 mod init;
