@@ -86,6 +86,21 @@ impl Cluster {
     }
 }
 
+/// Waits for `child` to exit; fails the test after three minutes.
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A broker that is down until this drops.
 struct Down<'a> {
     cluster: &'a Cluster,
@@ -142,6 +157,16 @@ impl Setup {
         let mut v = args.to_vec();
         v.extend(["--brokers", &self.brokers, "--prefix", &self.prefix]);
         v
+    }
+
+    /// Starts fschain with the topics' arguments, in the background.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_fschain"))
+            .args(self.args(args))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     }
 
     fn kafka(&self, args: &[&str]) -> common::Run {
@@ -231,12 +256,7 @@ fn the_blocks_leader_killed_during_a_publish() {
     t.consume("warm").ok();
     t.apply(&sample_ops(1200), "30");
     let leader = cluster.leader(&format!("{}.blocks", t.prefix), 0);
-    let mut publish = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(t.args(&["publish", "--root", &t.producer, "--chunk-size", "4K"]))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut publish = t.spawn(&["publish", "--root", &t.producer, "--chunk-size", "4K"]);
     // Under way: the first blocks are acknowledged, the rest are not.
     let published = Path::new(&t.producer).join("meta/published");
     wait_for(
@@ -249,17 +269,7 @@ fn the_blocks_leader_killed_during_a_publish() {
         "the publish ended before the fault; make it longer"
     );
     let down = cluster.kill(leader);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = publish.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "publish did not end after its leader was killed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut publish, "publish to end after its leader was killed");
     if !status.success() {
         // A transient failure: a run again sends what is left.
         t.kafka(&["publish", "--root", &t.producer]).ok();
@@ -284,21 +294,16 @@ fn the_whole_cluster_restarted_while_a_site_consumes() {
     t.apply(&sample_ops(60), "20");
     t.kafka(&["publish", "--root", &t.producer]).ok();
     let site = t.site("east");
-    let mut consumer = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(t.args(&[
-            "consume",
-            "--site",
-            "east",
-            "--root",
-            &site,
-            "--trust",
-            &t.key,
-            "--no-index",
-        ]))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut consumer = t.spawn(&[
+        "consume",
+        "--site",
+        "east",
+        "--root",
+        &site,
+        "--trust",
+        &t.key,
+        "--no-index",
+    ]);
     let held = |h: u64| {
         Path::new(&site)
             .join(format!("host1/blocks/{h:010}"))
@@ -361,29 +366,14 @@ fn two_brokers_down_then_one_back_and_the_publish_finishes() {
     let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
     let first = cluster.kill(others[0]);
     let second = cluster.kill(others[1]);
-    let mut publish = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(t.args(&["publish", "--root", &t.producer]))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut publish = t.spawn(&["publish", "--root", &t.producer]);
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         publish.try_wait().unwrap().is_none(),
         "publish ended while two brokers were down: nothing can be acknowledged then"
     );
     drop(first);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = publish.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "publish did not finish after a broker came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut publish, "publish to finish after a broker came back");
     assert!(status.success(), "publish failed after a broker came back");
     drop(second);
     t.consume("east").ok();
