@@ -70,9 +70,30 @@ pub fn check_not_diverged(
     })
 }
 
+/// [`newest_on_topic_once`], tried again after a transient error (a
+/// broker away, a client still learning the cluster): up to five times,
+/// a second apart.
+fn newest_on_topic(
+    target: &KafkaTarget,
+    chain: &ChainName,
+    key: &PublicKey,
+) -> Result<Option<(u64, BlockHash)>, ProducerError> {
+    let mut attempt = 1;
+    loop {
+        match newest_on_topic_once(target, chain, key) {
+            Err(e) if e.is_transient() && attempt < 5 => {
+                tracing::warn!(attempt, error = %e, "reading the blocks topic; trying again");
+                std::thread::sleep(Duration::from_secs(1));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The newest block of `chain` on the blocks topic whose manifest `key`
 /// signed: its height and hash.
-fn newest_on_topic(
+fn newest_on_topic_once(
     target: &KafkaTarget,
     chain: &ChainName,
     key: &PublicKey,
