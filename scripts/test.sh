@@ -36,4 +36,4 @@ export FSCHAIN_TEST_CLUSTER FSCHAIN_TEST_CLUSTER_PORT=$cluster_port
 FSCHAIN_TEST_MODEL=${FSCHAIN_TEST_MODEL:-$PWD/models/all-MiniLM-L6-v2}
 scripts/fetch-model.sh "$FSCHAIN_TEST_MODEL" >&2
 export FSCHAIN_TEST_MODEL
-cargo test --workspace --locked --release "$@"
+cargo test --workspace --locked --release --no-fail-fast "$@"
