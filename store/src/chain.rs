@@ -17,6 +17,10 @@ pub struct Chain {
     layout: RootLayout,
     meta: ChainMeta,
     headers: Vec<BlockHeader>,
+    /// Snapshots already checked against their headers (`None`: it
+    /// matches; else why not), so a search that reads many states at one
+    /// height checks its snapshot once.
+    checked: std::sync::Mutex<BTreeMap<u64, Option<String>>>,
 }
 
 /// Where a block's states are read from: its snapshot, when the snapshot's
@@ -94,6 +98,7 @@ impl Chain {
             layout,
             meta,
             headers,
+            checked: Default::default(),
         })
     }
 
@@ -167,7 +172,22 @@ impl Chain {
     pub fn states_at(&self, height: u64) -> Result<BlockStates, StoreError> {
         let header = self.header(height)?;
         let dir = self.snapshot(height);
-        let why = match self.snapshot_mismatch(&dir, header) {
+        let known = self
+            .checked
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&height).cloned());
+        let mismatch = match known {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = self.snapshot_mismatch(&dir, header);
+                if let Ok(mut c) = self.checked.lock() {
+                    c.insert(height, verdict.clone());
+                }
+                verdict
+            }
+        };
+        let why = match mismatch {
             None => return Ok(BlockStates::Snapshot(dir)),
             Some(why) => why,
         };
