@@ -125,16 +125,9 @@ struct Setup {
 impl Setup {
     fn new(name: &str, cluster: &Cluster) -> Option<Setup> {
         let s = scratch(name)?;
-        let producer = s.dir.join("producer").display().to_string();
-        fschain(&["init", "--root", &producer, "--chain", "host1"]).ok();
-        let key = s.dir.join("key.pub");
-        std::fs::write(
-            &key,
-            fschain(&["key", "show", "--root", &producer]).ok().stdout(),
-        )
-        .unwrap();
+        let (producer, key) = common::producer_root(&s.dir);
         let setup = Setup {
-            key: key.display().to_string(),
+            key,
             producer,
             prefix: unique(name),
             brokers: cluster.bootstrap.clone(),

@@ -742,15 +742,7 @@ fn a_broker_restart_loses_nothing() {
         fschain(&v.iter().map(String::as_str).collect::<Vec<_>>())
     };
     k(&["topics", "create"]).ok();
-    let producer = s.dir.join("producer").display().to_string();
-    fschain(&["init", "--root", &producer, "--chain", "host1"]).ok();
-    let key = s.dir.join("key.pub");
-    std::fs::write(
-        &key,
-        fschain(&["key", "show", "--root", &producer]).ok().stdout(),
-    )
-    .unwrap();
-    let key = key.display().to_string();
+    let (producer, key) = common::producer_root(&s.dir);
     let apply = |ops: String| {
         fschain_with_input(
             &["apply", "--root", &producer, "--block-ops", "10"],
@@ -806,17 +798,9 @@ fn a_broker_restart_loses_nothing() {
 /// meta/ (with the signing key), its layer and every block snapshot.
 fn backup_root(from: &Path, to: &Path) {
     let btrfs = |args: &[&str], a: &Path, b: &Path| {
-        let out = Command::new("btrfs")
-            .args(args)
-            .arg(a)
-            .arg(b)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|x| x.as_ref()).collect();
+        all.extend([a.as_os_str(), b.as_os_str()]);
+        common::btrfs(&all);
     };
     std::fs::create_dir_all(to.join("blocks")).unwrap();
     std::fs::copy(from.join("fschain.root"), to.join("fschain.root")).unwrap();

@@ -344,16 +344,11 @@ fn reads_and_rollbacks_at_a_missing_or_changed_snapshot_follow_the_header() {
     let at3 = show(&elements[0], "3");
 
     let snapshot = |h: u64| Path::new(&root).join(format!("blocks/{h:010}"));
-    let out = std::process::Command::new("btrfs")
-        .args(["subvolume", "delete"])
-        .arg(snapshot(5))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::btrfs(&[
+        "subvolume".as_ref(),
+        "delete".as_ref(),
+        snapshot(5).as_os_str(),
+    ]);
     let after: Vec<_> = elements.iter().map(|e| show(e, "5")).collect();
     assert_eq!(after, before, "show --at a missing snapshot");
     let diff_after = fschain(&["diff", "--root", &root, "4", "5", "--json"])

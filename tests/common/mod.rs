@@ -324,3 +324,27 @@ pub(crate) fn block_hashes(root: &str) -> Vec<String> {
         .map(|b| b["hash"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// A producer root `producer` under `dir`, chain host1, and its public key
+/// written to `dir/key.pub`: (root, key file).
+pub(crate) fn producer_root(dir: &Path) -> (String, String) {
+    let producer = dir.join("producer").display().to_string();
+    fschain(&["init", "--root", &producer, "--chain", "host1"]).ok();
+    let key = dir.join("key.pub");
+    std::fs::write(
+        &key,
+        fschain(&["key", "show", "--root", &producer]).ok().stdout(),
+    )
+    .unwrap();
+    (producer, key.display().to_string())
+}
+
+/// Runs the btrfs tool; fails the test with its stderr when it fails.
+pub(crate) fn btrfs(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("btrfs").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "btrfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
