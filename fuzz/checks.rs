@@ -33,7 +33,10 @@ pub fn frame(data: &[u8]) {
     let Ok(decoded) = decode_frame(data) else {
         return;
     };
-    assert!(frame_kind(data).is_some(), "decoded a frame of no known kind");
+    assert!(
+        frame_kind(data).is_some(),
+        "decoded a frame of no known kind"
+    );
     match &decoded {
         Frame::Manifest(m) => {
             manifest_checks(m);
@@ -82,7 +85,10 @@ pub fn chunk_meta(data: &[u8]) {
     let checked = chunk.check();
     let (sample, _) = signed_sample();
     if chunk.authenticate(sample).is_ok() {
-        assert!(checked.is_ok(), "authenticated a chunk that fails its check");
+        assert!(
+            checked.is_ok(),
+            "authenticated a chunk that fails its check"
+        );
         let bytes = sample_stream();
         let start = chunk.meta.index as usize * SAMPLE_CHUNK as usize;
         assert_eq!(
@@ -106,7 +112,10 @@ pub fn operation_line(data: &[u8]) {
     }
     if let Some(line) = EventLine::read(data) {
         let _ = line;
-        assert!(jcs::is_canonical(data), "read an event line that is not canonical");
+        assert!(
+            jcs::is_canonical(data),
+            "read an event line that is not canonical"
+        );
     }
 }
 
@@ -149,8 +158,8 @@ pub fn send_stream_header(data: &[u8]) {
     let Ok((_, incremental)) = send_stream::subvolume_name(head) else {
         return;
     };
-    let renamed = send_stream::rename_first_subvolume(head, ".staging-7")
-        .expect("a head that reads renames");
+    let renamed =
+        send_stream::rename_first_subvolume(head, ".staging-7").expect("a head that reads renames");
     assert_eq!(
         send_stream::first_command_end(&renamed).ok(),
         Some(renamed.len())

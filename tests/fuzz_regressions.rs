@@ -39,7 +39,9 @@ fn a_chunk_frame_with_one_changed_byte_does_not_authenticate() {
     let mut chunks = 0;
     for mut frame in checks::sample_frames() {
         if let Ok(Frame::Chunk(chunk)) = decode_frame(&frame) {
-            chunk.authenticate(manifest).expect("the sample chunk authenticates");
+            chunk
+                .authenticate(manifest)
+                .expect("the sample chunk authenticates");
             let last = frame.len() - 1;
             frame[last] ^= 0x55;
             let Ok(Frame::Chunk(changed)) = decode_frame(&frame) else {

@@ -877,3 +877,61 @@ fn a_root_restored_from_an_old_backup_is_not_published() {
     t.consume("east").ok();
     t.assert_same_as_producer("east");
 }
+
+/// Row 10 of the fault matrix: the topic's records below the latest
+/// checkpoint are deleted. A fresh site replays from that checkpoint; a
+/// site that had read only part of the deleted range stops with an error
+/// that says to run replay, and keeps what it holds.
+#[test]
+fn records_deleted_below_the_checkpoint_a_fresh_site_replays_one_behind_is_told_to() {
+    let Some(t) = Setup::new("deleted") else {
+        return;
+    };
+    t.apply(&sample_ops(30), 10);
+    t.publish(&["--checkpoint-every", "3"]).ok();
+    t.consume("behind").ok();
+    let behind = block_hashes(&t.copy_of("behind"));
+    assert_eq!(behind.len(), 4);
+    t.apply(&common::sample_ops_between(30, 70), 10);
+    t.publish(&["--checkpoint-every", "3"]).ok();
+    let topic = format!("{}.blocks", t.prefix);
+    let (partition, checkpoint) =
+        common::latest_full_manifest(&t.brokers, &topic).expect("a checkpoint on the topic");
+    assert!(checkpoint > 0);
+    common::delete_records(&t.brokers, &topic, partition, checkpoint);
+
+    let root = t.site_root("fresh");
+    fschain(&t.kafka(&[
+        "replay", "--site", "fresh", "--root", &root, "--trust", &t.pubkey,
+    ]))
+    .ok();
+    let copy = t.copy_of("fresh");
+    fschain(&["verify", "--root", &copy]).ok();
+    assert_eq!(block_hashes(&copy), block_hashes(&t.producer));
+    assert!(Path::new(&copy).join("blocks/0000000006").exists());
+    assert!(!Path::new(&copy).join("blocks/0000000005").exists());
+    assert!(staging_entries(&copy).is_empty());
+
+    let run = fschain(&t.kafka(&[
+        "consume",
+        "--site",
+        "behind",
+        "--root",
+        &t.site_root("behind"),
+        "--trust",
+        &t.pubkey,
+        "--until-idle",
+        "--no-index",
+    ]));
+    assert!(
+        !run.output.status.success(),
+        "a site behind the deleted range went on"
+    );
+    assert!(
+        run.stderr().contains("were deleted") && run.stderr().contains("fschain replay"),
+        "{}",
+        run.stderr()
+    );
+    fschain(&["verify", "--root", &t.copy_of("behind")]).ok();
+    assert_eq!(block_hashes(&t.copy_of("behind")), behind);
+}

@@ -27,7 +27,7 @@ pub enum ConsumerError {
         problems: Vec<String>,
     },
     #[error(
-        "{chain}: block {height} is missing from the topic; the blocks after it cannot be applied"
+        "{chain}: block {height} is missing from the topic (deleted by retention?), so the blocks after it cannot be applied; rebuild the site from the latest checkpoint with `fschain replay` into an empty root"
     )]
     Gap { chain: String, height: u64 },
     #[error(

@@ -52,6 +52,17 @@ pub enum KafkaClientError {
     /// each delivery report, as text).
     #[error("kafka: {count} messages were not acknowledged: {reason}")]
     NotAcknowledged { count: u64, reason: String },
+    /// Records a reader still needed were deleted from the topic (by
+    /// retention or delete-records) before it read them.
+    #[error(
+        "kafka: {topic} partition {partition}: the records from offset {needed} up to {earliest} were deleted (retention or delete-records) before this site read them, so blocks are missing; rebuild the site with `fschain replay` into an empty root"
+    )]
+    RecordsDeleted {
+        topic: String,
+        partition: i32,
+        needed: i64,
+        earliest: i64,
+    },
 }
 
 impl KafkaClientError {
@@ -64,7 +75,8 @@ impl KafkaClientError {
             KafkaClientError::NotAcknowledged { .. } => true,
             KafkaClientError::OwnedSetting { .. }
             | KafkaClientError::NoTopic { .. }
-            | KafkaClientError::CreateTopic { .. } => false,
+            | KafkaClientError::CreateTopic { .. }
+            | KafkaClientError::RecordsDeleted { .. } => false,
         }
     }
 }
@@ -194,7 +206,9 @@ impl StartGuard {
 
     /// Whether the first message read from `partition`, at `offset`, comes
     /// from no later than its start. Otherwise seeks further back and
-    /// returns false: the message will be read again from there.
+    /// returns false: the message will be read again from there; or, when
+    /// the partition now begins after that start, fails with
+    /// [`KafkaClientError::RecordsDeleted`].
     pub fn first_read<C: ConsumerContext, K: Consumer<C>>(
         &mut self,
         consumer: &K,
@@ -204,6 +218,19 @@ impl StartGuard {
     ) -> Result<bool, KafkaClientError> {
         match self.start_of(consumer, topic, partition)? {
             Some(start) if offset > start => {
+                // Past the start: either the broker skipped (seek back), or
+                // what lay there is gone, which no seek brings back.
+                let (earliest, _) = consumer
+                    .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                    .map_err(kafka("reading the partition's first offset"))?;
+                if start < earliest {
+                    return Err(KafkaClientError::RecordsDeleted {
+                        topic: topic.to_owned(),
+                        partition,
+                        needed: start,
+                        earliest,
+                    });
+                }
                 Ok(!self.seek_back(consumer, topic, partition, start, Some(offset))?)
             }
             _ => Ok(true),

@@ -348,3 +348,81 @@ pub(crate) fn btrfs(args: &[&std::ffi::OsStr]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The partition and offset of the newest full (checkpoint) manifest on
+/// `topic`, read from the start.
+pub(crate) fn latest_full_manifest(brokers: &str, topic: &str) -> Option<(i32, i64)> {
+    use fschain_schema::wire::{decode_frame, Frame};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("scan"))
+        .set("enable.partition.eof", "true")
+        .set("fetch.message.max.bytes", "4194304")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut found = None;
+    let mut at_end = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "reading {topic} to its end took over a minute"
+        );
+        match consumer.poll(std::time::Duration::from_millis(500)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                if at_end.len() == partitions {
+                    return found;
+                }
+            }
+            Some(Ok(msg)) => {
+                if let Ok(Frame::Manifest(m)) = decode_frame(msg.payload().unwrap_or_default()) {
+                    if m.parent.is_none() {
+                        found = Some((msg.partition(), msg.offset()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Deletes the records of `partition` of `topic` below `before`, as
+/// retention or `kafka-delete-records.sh` would.
+pub(crate) fn delete_records(brokers: &str, topic: &str, partition: i32, before: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(before))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime
+        .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+        .unwrap();
+    for e in result.elements() {
+        assert!(
+            e.error().is_ok(),
+            "deleting records of {topic}: {:?}",
+            e.error()
+        );
+    }
+}
