@@ -372,3 +372,54 @@ fn two_brokers_down_then_one_back_and_the_publish_finishes() {
     t.consume("east").ok();
     t.assert_site_holds_the_chain("east");
 }
+
+/// Row 3, the agent: two brokers of three are down while it has operations
+/// to apply. It applies and seals them, cannot get its blocks
+/// acknowledged, keeps trying, and once a broker is back publishes them;
+/// every operation is applied once.
+#[test]
+fn two_brokers_down_the_agent_keeps_trying_and_publishes_once_one_is_back() {
+    let Some(cluster) = Cluster::get("fault-agent-two-down") else {
+        return;
+    };
+    let _turn = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(t) = Setup::new("fault-agent-two-down", &cluster) else {
+        return;
+    };
+    t.consume("warm").ok();
+    t.apply(&sample_ops(20), "10");
+    t.kafka(&["publish", "--root", &t.producer]).ok();
+    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(60)
+        .lines()
+        .skip(20)
+        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
+        .collect();
+    common::produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    let leader = cluster.leader(&format!("{}.blocks", t.prefix), 0);
+    let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    let first = cluster.kill(others[0]);
+    let second = cluster.kill(others[1]);
+    let mut agent = t.spawn(&[
+        "agent",
+        "--root",
+        &t.producer,
+        "--block-ops",
+        "10",
+        "--until-idle",
+    ]);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent ended while two brokers were down: nothing can be acknowledged then"
+    );
+    drop(first);
+    let status = wait_exit(&mut agent, "the agent to finish after a broker came back");
+    assert!(
+        status.success(),
+        "the agent failed after a broker came back"
+    );
+    drop(second);
+    assert_eq!(common::events_of(&t.producer), 60);
+    t.consume("east").ok();
+    t.assert_site_holds_the_chain("east");
+}

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    block_hashes, broker, fschain, fschain_with_input, fschain_within, produce_raw, sample_ops,
-    scratch, split_frames, unique, Scratch,
+    block_hashes, broker, events_of, fschain, fschain_with_input, fschain_within, produce_raw,
+    sample_ops, scratch, split_frames, unique, Scratch,
 };
 
 struct Setup {
@@ -674,11 +674,6 @@ fn an_agent_resuming_inside_a_record_batch_applies_the_rest_of_it() {
 }
 
 /// How many events a root's chain holds.
-fn events_of(root: &str) -> u64 {
-    let report = fschain(&["verify", "--root", root, "--json"]).ok().json();
-    report["events"].as_u64().unwrap()
-}
-
 /// A cluster of its own (scripts/kafka.sh), stopped even when the test fails.
 struct OwnCluster {
     port: String,
@@ -934,4 +929,91 @@ fn records_deleted_below_the_checkpoint_a_fresh_site_replays_one_behind_is_told_
     );
     fschain(&["verify", "--root", &t.copy_of("behind")]).ok();
     assert_eq!(block_hashes(&t.copy_of("behind")), behind);
+}
+
+/// The number in "N <what>" in a summary line.
+fn count_in(text: &str, what: &str) -> u64 {
+    let at = text
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {text}"));
+    text[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {what:?} in {text}"))
+}
+
+/// Row 6 of the fault matrix: a site dies after receiving a block and
+/// before committing its offset. On restart it reads that block again
+/// from the topic, drops it as held, and applies only the blocks after it.
+#[test]
+fn a_site_killed_between_its_receive_and_its_offset_commit_applies_nothing_twice() {
+    let Some(t) = Setup::new("commit") else {
+        return;
+    };
+    t.apply(&sample_ops(50), 10);
+    t.publish(&[]).ok();
+    let root = t.site_root("north");
+    common::fschain_crashing_at(
+        "site-applied:3",
+        &t.kafka(&[
+            "consume",
+            "--site",
+            "north",
+            "--root",
+            &root,
+            "--trust",
+            &t.pubkey,
+            "--until-idle",
+            "--no-index",
+        ]),
+    );
+    let copy = t.copy_of("north");
+    fschain(&["verify", "--root", &copy]).ok();
+    assert_eq!(block_hashes(&copy).len(), 3);
+    let run = t.consume("north").ok();
+    let total = block_hashes(&t.producer).len() as u64;
+    assert_eq!(count_in(&run.stderr(), "blocks applied"), total - 3);
+    assert!(
+        count_in(&run.stderr(), "duplicates dropped") >= 1,
+        "the uncommitted block was not read again: {}",
+        run.stderr()
+    );
+    t.assert_same_as_producer("north");
+    assert!(staging_entries(&copy).is_empty());
+}
+
+/// Row 5 of the fault matrix: the agent dies after sealing a block and
+/// before publishing it, then dies in the middle of publishing a block's
+/// chunks. Each restart publishes what was sealed, applies the operations
+/// not yet sealed, and no operation is applied twice or lost.
+#[test]
+fn an_agent_killed_after_sealing_and_mid_chunks_loses_and_repeats_nothing() {
+    let Some(t) = Setup::new("agent-crash") else {
+        return;
+    };
+    t.apply(&sample_ops(20), 10);
+    t.publish(&[]).ok();
+    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(80)
+        .lines()
+        .skip(20)
+        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
+        .collect();
+    produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    let agent = |extra: &[&'static str]| {
+        let mut args = vec!["agent", "--root", &t.producer, "--block-ops", "10"];
+        args.extend(extra);
+        args.extend(["--until-idle", "--chunk-size", "1K"]);
+        t.kafka(&args)
+    };
+    let head_before = block_hashes(&t.producer).len();
+    common::fschain_crashing_at("agent-sealed:2", &agent(&[]));
+    assert_eq!(block_hashes(&t.producer).len(), head_before + 2);
+    common::fschain_crashing_at("chunk-sent:3", &agent(&[]));
+    fschain(&agent(&[])).ok();
+    // Every operation once: 20 applied directly, 60 through the topic.
+    assert_eq!(events_of(&t.producer), 80);
+    assert_eq!(block_hashes(&t.producer).len(), head_before + 6);
+    t.consume("east").ok();
+    t.assert_same_as_producer("east");
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
 use fschain_schema::wire::{decode_frame, frame_kind, Frame, FrameKind, PublicKey, Topics};
 use fschain_schema::ChainName;
+use fschain_store::crash::{crash_point, CrashPoint};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -238,6 +239,7 @@ fn run(
                 progress.at_end.remove(&p);
                 if ingest.stats.applied > applied_before {
                     on_block(ingest);
+                    crash_point(CrashPoint::SiteApplied);
                 }
                 progress.commit(ingest, consumer, topic, CommitMode::Async);
             }

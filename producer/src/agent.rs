@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
 use fschain_schema::wire::SigningKey;
 use fschain_schema::Operation;
+use fschain_store::crash::{crash_point, CrashPoint};
 use fschain_store::layout::{write_atomic, RootLayout};
 use fschain_store::StoreError;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -144,6 +145,7 @@ pub fn run_agent(
             write_ingest(&layout, &ledger.before_seal(writer.head().height + 1))?;
             writer.seal()?;
             write_ingest(&layout, &ledger.after_seal())?;
+            crash_point(CrashPoint::AgentSealed);
             summary.blocks += 1;
             opened = None;
             commit(&consumer, topic, ledger.offsets());

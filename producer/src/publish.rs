@@ -14,6 +14,7 @@ use std::time::Duration;
 use fschain_kafka::{client_config, KafkaClientError, Role};
 use fschain_schema::wire::{event_key, SigningKey, Topics};
 use fschain_schema::{BlockHeader, ChainName, Event, EventLine};
+use fschain_store::crash::{crash_point, CrashPoint};
 use fschain_store::layout::RootLayout;
 use fschain_store::{ChainDir, StoreError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -299,6 +300,7 @@ fn send_block(
             for chunk in block.chunks()? {
                 let chunk = chunk?;
                 publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
+                crash_point(CrashPoint::ChunkSent);
                 chunks += 1;
             }
             Ok::<_, ProducerError>((block, waited))

@@ -10,6 +10,7 @@ pub mod btrfs;
 pub mod btrfs_tree;
 mod chain;
 mod chain_dir;
+pub mod crash;
 mod error;
 pub mod extents;
 pub mod layout;

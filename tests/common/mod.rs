@@ -175,6 +175,35 @@ pub(crate) fn fschain_within(args: &[&str], limit: std::time::Duration) -> Run {
     }
 }
 
+/// Runs fschain with `FSCHAIN_CRASH_AT=crash` (see `store::crash`) and
+/// checks that it died there, as a process killed at that step would.
+pub(crate) fn fschain_crashing_at(crash: &str, args: &[&str]) -> Run {
+    use std::os::unix::process::ExitStatusExt;
+    let output = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(args)
+        .env("FSCHAIN_CRASH_AT", crash)
+        .env_remove("FSCHAIN_ROOT")
+        .env_remove("FSCHAIN_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn fschain");
+    let run = Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    };
+    assert!(
+        run.output.status.signal() == Some(libc_sigabrt())
+            && run.stderr().contains("dying at crash point"),
+        "fschain did not die at crash point {crash}:\n{}",
+        run.explain()
+    );
+    run
+}
+
+fn libc_sigabrt() -> i32 {
+    6
+}
+
 pub(crate) fn fschain_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fschain"));
@@ -309,6 +338,13 @@ pub(crate) fn produce_raw(brokers: &str, topic: &str, messages: &[(Vec<u8>, Vec<
         }
     }
     producer.flush(std::time::Duration::from_secs(30)).unwrap();
+}
+
+/// How many events the chain at `root` holds, as `verify` counts them
+/// (which also checks that it verifies).
+pub(crate) fn events_of(root: &str) -> u64 {
+    let report = fschain(&["verify", "--root", root, "--json"]).ok().json();
+    report["events"].as_u64().unwrap()
 }
 
 /// Each block's hash, in order, from `fschain log --json`.
