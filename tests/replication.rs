@@ -1017,3 +1017,146 @@ fn an_agent_killed_after_sealing_and_mid_chunks_loses_and_repeats_nothing() {
     t.consume("east").ok();
     t.assert_same_as_producer("east");
 }
+
+/// A small btrfs of its own (scripts/btrfs-loop.sh), unmounted and its
+/// image removed even when the test fails.
+struct SmallBtrfs {
+    mount: String,
+    image: String,
+}
+
+impl SmallBtrfs {
+    fn up(name: &str, size: &str) -> SmallBtrfs {
+        let small = SmallBtrfs {
+            mount: format!("/tmp/{name}"),
+            image: format!("/var/tmp/{name}.img"),
+        };
+        small.script(&["up", &small.mount, size]);
+        small
+    }
+
+    fn script(&self, args: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/btrfs-loop.sh");
+        let out = Command::new(script)
+            .args(args)
+            .env("FSCHAIN_TEST_IMAGE", &self.image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "btrfs-loop.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn available(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1", &self.mount])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for SmallBtrfs {
+    fn drop(&mut self) {
+        self.script(&["down", &self.mount]);
+    }
+}
+
+/// Operations on `n` files whose states hold `bytes` of incompressible
+/// text each.
+fn bulky_ops(n: usize, bytes: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = String::new();
+    for i in 0..n {
+        let content: String = (0..bytes / 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect();
+        out.push_str(&format!(
+            "{{\"element\":\"file:/srv/bulk{i}\",\"action\":\"set\",\"state\":{{\"content\":\"{content}\"}}}}\n"
+        ));
+    }
+    out
+}
+
+/// Row 7 of the fault matrix: a site's file system fills up while it
+/// receives a block. It logs an error that names the full file system,
+/// keeps no partial snapshot, applies nothing of that block, and once space
+/// is freed receives it by itself.
+#[test]
+fn a_site_whose_disk_fills_up_keeps_nothing_partial_and_resumes_once_freed() {
+    let Some(t) = Setup::new("disk-full") else {
+        return;
+    };
+    t.apply(&sample_ops(20), 10);
+    t.apply(&bulky_ops(20, 400_000), 20);
+    t.publish(&[]).ok();
+    let small = SmallBtrfs::up(&unique("fschain-full"), "128M");
+    let root = format!("{}/site", small.mount);
+    let filler = format!("{}/filler", small.mount);
+    // Room for the small blocks, not for the bulky one (some 16 MB).
+    let room = small.available().saturating_sub(6 << 20);
+    Command::new("fallocate")
+        .args(["-l", &room.to_string(), &filler])
+        .status()
+        .unwrap();
+    let log = t.s.dir.join("consume.log");
+    let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(t.kafka(&[
+            "consume",
+            "--site",
+            "full",
+            "--root",
+            &root,
+            "--trust",
+            &t.pubkey,
+            "--no-index",
+        ]))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let copy = format!("{root}/host1");
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_for(
+        "the site to report its full disk",
+        Duration::from_secs(60),
+        || said().contains("is full"),
+    );
+    assert!(
+        said().contains(&format!("the file system holding {root} is full")),
+        "{}",
+        said()
+    );
+    assert!(!said().contains("does not check out"), "{}", said());
+    assert_eq!(
+        block_hashes(&copy).len(),
+        block_hashes(&t.producer).len() - 1
+    );
+    assert!(
+        staging_entries(&copy).is_empty(),
+        "{:?}",
+        staging_entries(&copy)
+    );
+    std::fs::remove_file(&filler).unwrap();
+    common::wait_for(
+        "the site to receive the bulky block",
+        Duration::from_secs(120),
+        || block_hashes(&copy).len() == block_hashes(&t.producer).len(),
+    );
+    let _ = Command::new("kill").arg(site.id().to_string()).status();
+    site.wait().unwrap();
+    fschain(&["verify", "--root", &copy]).ok();
+    assert_eq!(block_hashes(&copy), block_hashes(&t.producer));
+    assert!(staging_entries(&copy).is_empty());
+}

@@ -20,6 +20,14 @@ pub enum ConsumerError {
         height: u64,
         error: Box<StoreError>,
     },
+    /// The site's file system is full; what was being received was given
+    /// up whole.
+    #[error("the file system holding {} is full: {source}; the block was not applied and nothing partial of it is kept. Free space there; a running consume retries by itself", root.display())]
+    DiskFull {
+        root: PathBuf,
+        #[source]
+        source: Box<ConsumerError>,
+    },
     #[error("{chain} block {height}: the received snapshot does not verify: {}", problems.join("; "))]
     Unverified {
         chain: String,
@@ -56,6 +64,7 @@ impl ConsumerError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConsumerError::Store(e) => e.is_transient(),
+            ConsumerError::DiskFull { .. } => true,
             ConsumerError::Kafka(e) => e.is_transient(),
             _ => false,
         }
@@ -64,11 +73,21 @@ impl ConsumerError {
     /// Whether the fault lies with one stream (drop it and wait for a good
     /// copy) rather than with the site (stop).
     pub fn is_bad_stream(&self) -> bool {
-        matches!(
-            self,
-            ConsumerError::Schema(_)
-                | ConsumerError::Receive { .. }
-                | ConsumerError::Unverified { .. }
-        )
+        match self {
+            ConsumerError::Receive { error, .. } => !error.is_disk_full(),
+            ConsumerError::Schema(_) | ConsumerError::Unverified { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the site's file system ran out of space: the stream is
+    /// sound, and the site receives it again once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ConsumerError::Store(e) => e.is_disk_full(),
+            ConsumerError::Receive { error, .. } => error.is_disk_full(),
+            ConsumerError::DiskFull { .. } => true,
+            _ => false,
+        }
     }
 }

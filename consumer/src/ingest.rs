@@ -114,7 +114,34 @@ impl Ingest {
 
     /// Takes one frame. Returns an error only when the site cannot go on
     /// (its disk, btrfs); a bad frame or a bad stream is logged and skipped.
+    ///
+    /// When the site's disk is full, every receive under way is given up
+    /// and what this ingest remembers of streams in progress is forgotten
+    /// ([`ConsumerError::DiskFull`]): the chains read again from disk, and
+    /// the frames again from the topic (its offsets were never committed
+    /// past them).
     pub fn frame(
+        &mut self,
+        bytes: &[u8],
+        key: Option<&[u8]>,
+        origin: &Origin<'_>,
+    ) -> Result<Option<ChainName>, ConsumerError> {
+        match self.take_frame(bytes, key, origin) {
+            Err(e) if e.is_disk_full() => {
+                for (site_chain, _) in self.chains.values_mut() {
+                    site_chain.abort();
+                }
+                self.chains.clear();
+                Err(ConsumerError::DiskFull {
+                    root: self.site.root().to_owned(),
+                    source: Box::new(e),
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn take_frame(
         &mut self,
         bytes: &[u8],
         key: Option<&[u8]>,

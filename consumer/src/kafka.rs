@@ -82,26 +82,69 @@ pub fn consume(
     on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
     let group = site_group(ingest.site().name());
-    let consumer = client(source, &group)?;
-    partitions_of(&consumer, &source.topics.blocks)?;
-    consumer
-        .subscribe(&[&source.topics.blocks])
-        .map_err(kafka_error)?;
-    info!(
-        site = ingest.site().name(),
-        group,
-        topic = source.topics.blocks,
-        "consuming"
-    );
-    run(
-        ingest,
-        &consumer,
-        &source.topics.blocks,
-        options,
-        StartGuard::default(),
-        shutdown,
-        on_block,
-    )
+    let mut backoff = DiskFullBackoff::default();
+    loop {
+        let consumer = client(source, &group)?;
+        partitions_of(&consumer, &source.topics.blocks)?;
+        consumer
+            .subscribe(&[&source.topics.blocks])
+            .map_err(kafka_error)?;
+        info!(
+            site = ingest.site().name(),
+            group,
+            topic = source.topics.blocks,
+            "consuming"
+        );
+        match run(
+            ingest,
+            &consumer,
+            &source.topics.blocks,
+            options,
+            StartGuard::default(),
+            shutdown,
+            on_block,
+        ) {
+            // Nothing of the block was kept and its offset was not
+            // committed: a new member of the group reads it again from
+            // there once there may be room.
+            Err(e) if e.is_disk_full() && !options.until_idle => {
+                let wait = backoff.next();
+                tracing::error!(error = %e, retry_in = ?wait, "the site's disk is full; waiting for space");
+                drop(consumer);
+                if !sleep_unless(shutdown, wait) {
+                    return Ok(summary(ingest));
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a site whose disk is full waits before it tries again: 1 s,
+/// doubling to a minute.
+#[derive(Debug, Default)]
+struct DiskFullBackoff {
+    tries: u32,
+}
+
+impl DiskFullBackoff {
+    fn next(&mut self) -> Duration {
+        self.tries += 1;
+        Duration::from_secs(1u64 << self.tries.min(7).saturating_sub(1))
+            .min(Duration::from_secs(60))
+    }
+}
+
+/// Sleeps for `wait`, or until `shutdown` is set; false if it was.
+fn sleep_unless(shutdown: &AtomicBool, wait: Duration) -> bool {
+    let until = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < until {
+        if shutdown.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    !shutdown.load(Ordering::SeqCst)
 }
 
 /// `fschain replay`: rebuilds an empty site from the latest full checkpoint
@@ -402,4 +445,16 @@ fn caught_up(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_retried_after_one_second_doubling_to_a_minute() {
+        let mut backoff = DiskFullBackoff::default();
+        let waits: Vec<u64> = (0..9).map(|_| backoff.next().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
 }

@@ -49,12 +49,28 @@ impl StoreError {
         }
     }
 
+    /// Whether the file system ran out of space (or quota): nothing is
+    /// wrong with what was being written, and freeing space lets the same
+    /// write succeed. `btrfs receive` reports it only in its stderr.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { error, .. } | StoreError::Btrfs { error, .. } => {
+                matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            StoreError::Command { stderr, .. } => {
+                stderr.contains("No space left on device") || stderr.contains("Disk quota exceeded")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether trying again later may succeed (another command holds the
     /// root, or the kernel was short of something), as opposed to an error
     /// that the same call will always give.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Locked { .. } => true,
+            e if e.is_disk_full() => true,
             StoreError::Io { error, .. } | StoreError::Btrfs { error, .. } => {
                 matches!(
                     error.kind(),
