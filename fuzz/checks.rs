@@ -16,9 +16,12 @@ use fschain_schema::wire::{
 use fschain_schema::{jcs, BlockHeader, ChainName, EventLine, HeaderDraft, Operation, Timestamp};
 use fschain_store::send_stream;
 
+/// What a target asserts of one input; it panics when that does not hold.
+pub type Check = fn(&[u8]);
+
 /// The targets, by name: the name of the corpus folder and of the
 /// `cargo fuzz` target.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("frame", frame),
     ("manifest", manifest),
     ("chunk_meta", chunk_meta),

@@ -1160,3 +1160,126 @@ fn a_site_whose_disk_fills_up_keeps_nothing_partial_and_resumes_once_freed() {
     assert_eq!(block_hashes(&copy), block_hashes(&t.producer));
     assert!(staging_entries(&copy).is_empty());
 }
+
+/// Lines of a log that say a block was put in place, as (chain, height).
+fn blocks_in_place(log: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("block verified and in place"))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap()
+                    .to_owned()
+            };
+            (field("chain="), field("height=").parse().unwrap())
+        })
+        .collect()
+}
+
+/// Row 9 of the fault matrix: two members of one site's consumer group
+/// share its chains; one is killed (SIGKILL). The other takes its
+/// partitions over and catches its chains up; no block is applied twice.
+#[test]
+fn two_members_of_a_site_one_killed_the_other_takes_its_chains_over() {
+    let Some(t) = Setup::new("members") else {
+        return;
+    };
+    let chains: Vec<String> = (1..=6).map(|n| format!("host{n}")).collect();
+    let mut producers = vec![t.producer.clone()];
+    let mut trust = vec!["--trust".to_owned(), t.pubkey.clone()];
+    for chain in &chains[1..] {
+        let root = t.s.dir.join(chain).display().to_string();
+        fschain(&["init", "--root", &root, "--chain", chain]).ok();
+        let key = t.s.dir.join(format!("{chain}.pub"));
+        let shown = fschain(&["key", "show", "--root", &root]).ok().stdout();
+        std::fs::write(&key, shown).unwrap();
+        trust.extend(["--trust".to_owned(), key.display().to_string()]);
+        producers.push(root);
+    }
+    let publish_round = |from: usize| {
+        for p in &producers {
+            fschain_with_input(
+                &["apply", "--root", p, "--block-ops", "10"],
+                Some(common::sample_ops_between(from, from + 20).as_bytes()),
+            )
+            .ok();
+            fschain(&t.kafka(&["publish", "--root", p])).ok();
+        }
+    };
+    let root = t.site_root("shared");
+    let member = |name: &str| {
+        let log = t.s.dir.join(format!("{name}.log"));
+        let mut args = t.kafka(&["consume", "--site", "shared", "--root", &root, "--no-index"]);
+        args.extend(trust.iter().map(String::as_str));
+        let child = Command::new(env!("CARGO_BIN_EXE_fschain"))
+            .args(args)
+            .env("RUST_LOG", "info,qdrant_edge=error")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    let caught_up = || {
+        producers.iter().zip(&chains).all(|(p, c)| {
+            let copy = format!("{root}/{c}");
+            Path::new(&copy).join("blocks").exists()
+                && block_hashes(&copy).len() == block_hashes(p).len()
+        })
+    };
+    let (mut a, a_log) = member("a");
+    let (mut b, b_log) = member("b");
+    // Both in the group (each has been given partitions) before the blocks.
+    common::wait_for("both members to join", Duration::from_secs(30), || {
+        [&a_log, &b_log].iter().all(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .contains("consuming")
+        })
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    publish_round(0);
+    common::wait_for(
+        "the site to hold every chain",
+        Duration::from_secs(120),
+        caught_up,
+    );
+    let before_kill = blocks_in_place(&a_log);
+    assert!(
+        !before_kill.is_empty() && !blocks_in_place(&b_log).is_empty(),
+        "both members should hold chains: a {before_kill:?}, b {:?}",
+        blocks_in_place(&b_log)
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+    publish_round(20);
+    common::wait_for(
+        "the other member to catch every chain up",
+        Duration::from_secs(180),
+        caught_up,
+    );
+    let _ = Command::new("kill").arg(b.id().to_string()).status();
+    b.wait().unwrap();
+    let b_said = std::fs::read_to_string(&b_log).unwrap();
+    assert!(!b_said.contains("does not check out"), "{b_said}");
+    // Every block once: the two members' applications add up to the chains.
+    let mut applied = blocks_in_place(&a_log);
+    applied.extend(blocks_in_place(&b_log));
+    let total: usize = producers.iter().map(|p| block_hashes(p).len()).sum();
+    let distinct: std::collections::BTreeSet<_> = applied.iter().cloned().collect();
+    assert_eq!(distinct.len(), total);
+    assert_eq!(
+        applied.len(),
+        total,
+        "a block was applied twice: {applied:?}"
+    );
+    for (p, c) in producers.iter().zip(&chains) {
+        let copy = format!("{root}/{c}");
+        fschain(&["verify", "--root", &copy]).ok();
+        assert_eq!(block_hashes(&copy), block_hashes(p));
+        assert!(staging_entries(&copy).is_empty());
+    }
+}

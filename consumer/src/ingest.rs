@@ -128,10 +128,7 @@ impl Ingest {
     ) -> Result<Option<ChainName>, ConsumerError> {
         match self.take_frame(bytes, key, origin) {
             Err(e) if e.is_disk_full() => {
-                for (site_chain, _) in self.chains.values_mut() {
-                    site_chain.abort();
-                }
-                self.chains.clear();
+                self.forget_progress();
                 Err(ConsumerError::DiskFull {
                     root: self.site.root().to_owned(),
                     source: Box::new(e),
@@ -139,6 +136,17 @@ impl Ingest {
             }
             other => other,
         }
+    }
+
+    /// Gives up every receive under way and forgets what was assembled:
+    /// each chain is read again from disk when its next frame comes (after
+    /// a full disk, or when the group hands this member's chains to
+    /// another, which may move them on meanwhile).
+    pub fn forget_progress(&mut self) {
+        for (site_chain, _) in self.chains.values_mut() {
+            site_chain.abort();
+        }
+        self.chains.clear();
     }
 
     fn take_frame(

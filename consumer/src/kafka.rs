@@ -49,7 +49,7 @@ type SiteConsumer = BaseConsumer<QuietEof>;
 fn client(source: &KafkaSource, group: &str) -> Result<SiteConsumer, ConsumerError> {
     client_config(Role::Site, &source.brokers, &source.extra)?
         .set("group.id", group)
-        .create_with_context(QuietEof)
+        .create_with_context(QuietEof::default())
         .map_err(kafka_error)
 }
 
@@ -261,6 +261,16 @@ fn run(
 ) -> Result<ConsumeSummary, ConsumerError> {
     let mut progress = Progress::default();
     loop {
+        if consumer.context().take_rebalanced() {
+            // Chains of partitions this member no longer holds may be
+            // moved on by another; those it now holds start from the
+            // group's committed offsets. Start over from disk and from
+            // those offsets.
+            progress.commit(ingest, consumer, topic, CommitMode::Sync);
+            ingest.forget_progress();
+            progress = Progress::default();
+            guard = StartGuard::default();
+        }
         if shutdown.load(Ordering::SeqCst) {
             progress.commit(ingest, consumer, topic, CommitMode::Sync);
             return Ok(summary(ingest));

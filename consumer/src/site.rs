@@ -68,6 +68,12 @@ impl Site {
             .into());
         }
         let marker = root.join(SITE_MARKER);
+        if !marker.exists() {
+            // Two members starting together on a new root both write it;
+            // whichever name lands is checked below like any other.
+            let body = serde_json::json!({ "site": name }).to_string();
+            write_atomic(&marker, body.as_bytes())?;
+        }
         match std::fs::read(&marker) {
             Ok(bytes) => {
                 let meta: SiteMeta =
@@ -81,10 +87,6 @@ impl Site {
                         site: meta.site,
                     });
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let body = serde_json::json!({ "site": name }).to_string();
-                write_atomic(&marker, body.as_bytes())?;
             }
             Err(e) => return Err(StoreError::io(&marker, e).into()),
         }
@@ -126,6 +128,7 @@ impl Site {
         let blocks = layout.blocks_dir();
         std::fs::create_dir_all(&blocks).at(&blocks)?;
         std::fs::create_dir_all(layout.meta_dir()).at(&layout.meta_dir())?;
+        let writer = lock_chain(&layout, chain)?;
         if !layout.replica().exists() {
             self.write_replica(&layout, 0)?;
         }
@@ -138,6 +141,7 @@ impl Site {
             site: self.clone(),
             verified: None,
             receiving: None,
+            _writer: writer,
         };
         site_chain.recover()?;
         Ok(site_chain)
@@ -171,6 +175,35 @@ pub struct SiteChain {
     verified: Option<VerifiedLogs>,
     /// The stream being received, if one is open.
     receiving: Option<Receiving>,
+    /// The chain copy's writer lock, held while this member may write it:
+    /// two members of a site never apply blocks to one chain at once.
+    _writer: File,
+}
+
+/// How long a member waits for a chain another member still writes (it
+/// lets go when the group takes the chain from it, or when it dies).
+const CHAIN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Takes the writer lock of a chain copy, waiting up to
+/// [`CHAIN_LOCK_WAIT`] for another member to let go of it.
+fn lock_chain(layout: &RootLayout, chain: &ChainName) -> Result<File, ConsumerError> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match fschain_store::layout::lock(layout) {
+            Err(e @ fschain_store::StoreError::Locked { .. }) => {
+                if started.elapsed() >= CHAIN_LOCK_WAIT {
+                    return Err(e.into());
+                }
+                if !said {
+                    info!(chain = %chain, "another member or command is writing this chain; waiting for it");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// How many chunks may wait for `btrfs receive` (at 512 KiB each, 4 MiB):

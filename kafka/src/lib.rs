@@ -17,10 +17,11 @@
 //! applied yet.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -130,9 +131,21 @@ pub fn partitions<C: ConsumerContext, K: Consumer<C>>(
 
 /// A client context that logs librdkafka's errors as the default one
 /// does, except the end of a partition: fschain asks for it
-/// (`enable.partition.eof`) and it is no error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QuietEof;
+/// (`enable.partition.eof`) and it is no error. It also notes each
+/// rebalance of a group member's partitions, for [`QuietEof::take_rebalanced`].
+#[derive(Debug, Default)]
+pub struct QuietEof {
+    rebalanced: AtomicBool,
+}
+
+impl QuietEof {
+    /// Whether the group moved this member's partitions since the last
+    /// call: what it remembers of partitions (and of the chains in them)
+    /// may belong to another member now.
+    pub fn take_rebalanced(&self) -> bool {
+        self.rebalanced.swap(false, Ordering::SeqCst)
+    }
+}
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -150,7 +163,17 @@ impl ClientContext for QuietEof {
     }
 }
 
-impl ConsumerContext for QuietEof {}
+impl ConsumerContext for QuietEof {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Revoke(_)) {
+            self.rebalanced.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Checks where each partition's reading really starts.
 ///

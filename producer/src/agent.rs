@@ -181,7 +181,7 @@ fn subscribe(
     let consumer: BaseConsumer<QuietEof> =
         client_config(Role::Agent, &target.brokers, &target.extra)?
             .set("group.id", &group)
-            .create_with_context(QuietEof)
+            .create_with_context(QuietEof::default())
             .map_err(kafka_error)?;
     let topic = &target.topics.ops;
     let partitions = fschain_kafka::partitions(&consumer, topic)?;

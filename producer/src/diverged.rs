@@ -102,7 +102,7 @@ fn newest_on_topic_once(
     let consumer: BaseConsumer<QuietEof> =
         client_config(Role::Site, &target.brokers, &target.extra)?
             .set("group.id", format!("fschain-publish-{chain}"))
-            .create_with_context(QuietEof)
+            .create_with_context(QuietEof::default())
             .map_err(kafka_error)?;
     let partitions = fschain_kafka::partitions(&consumer, topic)?;
     let mut newest: Option<(u64, BlockHash)> = None;

@@ -240,7 +240,14 @@ pub fn incoming_name(height: u64) -> String {
 /// new, never a mix: a temporary file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // A name of this process's own: two processes (two members of a site
+    // starting together) may write the same file at once.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     let mut file = std::fs::File::create(&tmp).at(&tmp)?;
     file.write_all(bytes).at(&tmp)?;
     file.sync_all().at(&tmp)?;
