@@ -10,6 +10,16 @@
 #   scripts/kafka.sh kill  N [--port P]                 kill -9 broker N (1-based)
 #   scripts/kafka.sh start N [--port P]                 start broker N again
 #   scripts/kafka.sh jars                               only fetch the jars
+#   scripts/kafka.sh up --secure [--port P]             one broker that requires TLS
+#                                                       and SASL/SCRAM-SHA-256
+#   scripts/kafka.sh user NAME PASSWORD [--port P]      add a SCRAM user (admin API)
+#   scripts/kafka.sh acl [--port P] -- ARGS...          kafka-acls (AclCommand) as admin
+#
+# --secure makes a CA and the broker's certificate (openssl; a PKCS12
+# trust store for Java clients with keytool) in /var/tmp/fschain-kafka-P/tls,
+# bootstraps the user admin (password admin-secret, a super user) and
+# turns on the standard authorizer with no access unless granted. Clients
+# trust tls/ca.pem; admin.properties there is the admin's client config.
 #
 # P is the first broker's port (default 9092); broker N listens on P+N-1
 # and its controller on P+N+99. With three brokers the cluster has the
@@ -30,23 +40,34 @@ shift || true
 brokers=1
 port=9092
 node=
+secure=
+args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --brokers) brokers=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
-        [0-9]*) node=$1; shift ;;
-        *) echo "kafka.sh: unknown argument $1" >&2; exit 2 ;;
+        --secure) secure=1; shift ;;
+        --) shift; args=("$@"); break ;;
+        *) if [ "$cmd" = user ]; then args+=("$1"); shift; continue; fi
+           case "$1" in
+               [0-9]*) node=$1; shift ;;
+               *) echo "kafka.sh: unknown argument $1" >&2; exit 2 ;;
+           esac ;;
     esac
 done
 state=/var/tmp/fschain-kafka-$port
 
 jars() {
-    if [ -f "$libs/.complete" ]; then return 0; fi
+    # The copy is complete for this very pom.xml (a changed pom resolves again).
+    local done_for
+    done_for="$libs/.complete-$(sha256sum "$here/kafka/pom.xml" | cut -c1-16)"
+    if [ -f "$done_for" ]; then return 0; fi
     echo "kafka.sh: resolving Apache Kafka $version from Maven Central" >&2
     mkdir -p "$libs"
     mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
         -DoutputDirectory="$libs" -DincludeScope=runtime >&2
-    touch "$libs/.complete"
+    rm -f "$libs"/.complete*
+    touch "$done_for"
 }
 
 bootstrap() {
@@ -98,6 +119,60 @@ log.retention.check.interval.ms=10000
 EOF
 }
 
+make_tls() {
+    local d=$state/tls
+    mkdir -p "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=fschain test CA" \
+        -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$d/broker.key" -out "$d/broker.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/san.ext"
+    openssl x509 -req -in "$d/broker.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+        -CAcreateserial -days 2 -extfile "$d/san.ext" -out "$d/broker.pem" 2>/dev/null
+    # Kafka's PEM key store: the private key (PKCS#8) and its chain.
+    openssl pkcs8 -topk8 -nocrypt -in "$d/broker.key" -out "$d/broker.pk8"
+    cat "$d/broker.pk8" "$d/broker.pem" "$d/ca.pem" >"$d/broker-keystore.pem"
+    keytool -importcert -noprompt -alias ca -file "$d/ca.pem" \
+        -keystore "$d/truststore.p12" -storetype PKCS12 -storepass changeit >/dev/null 2>&1
+    cat >"$d/admin.properties" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-256
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="admin-secret";
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$d/truststore.p12
+ssl.truststore.password=changeit
+EOF
+}
+
+secure_config() {
+    local d=$state/tls f=$state/broker-1.properties
+    sed -i -e "s#^listeners=.*#listeners=SASL_SSL://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 100))#" \
+        -e "s#^advertised.listeners=.*#advertised.listeners=SASL_SSL://127.0.0.1:$port#" \
+        -e "s#^inter.broker.listener.name=.*#inter.broker.listener.name=SASL_SSL#" \
+        -e "s#^listener.security.protocol.map=.*#listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT#" "$f"
+    cat >>"$f" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-256
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="admin-secret";
+ssl.keystore.type=PEM
+ssl.keystore.location=$d/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$d/ca.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+EOF
+}
+
+# Runs one of Kafka's own admin tools as the secure broker's admin.
+admin_tool() {
+    local class=$1
+    shift
+    java "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties" \
+        "-Dfschain.kafka.log=$state/admin.log" -cp "$libs/*" "$class" \
+        --bootstrap-server "127.0.0.1:$port" --command-config "$state/tls/admin.properties" "$@"
+}
+
 start_node() {
     local n=$1
     mkdir -p "$state/broker-$n"
@@ -139,13 +214,20 @@ up() {
     rm -rf "$state"
     mkdir -p "$state"
     echo "$brokers" >"$state/brokers"
-    local cluster n
+    local cluster n scram=()
+    if [ -n "$secure" ]; then
+        [ "$brokers" = 1 ] || { echo "kafka.sh: --secure runs one broker" >&2; exit 2; }
+        make_tls
+        scram=(--add-scram 'SCRAM-SHA-256=[name=admin,password=admin-secret]')
+    fi
     cluster=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
     for n in $(seq 1 "$brokers"); do
         write_config "$n" "$brokers"
+        if [ -n "$secure" ]; then secure_config; fi
         java "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties" \
             "-Dfschain.kafka.log=$state/format.log" -cp "$libs/*" \
-            kafka.tools.StorageTool format -t "$cluster" -c "$state/broker-$n.properties" >/dev/null
+            kafka.tools.StorageTool format -t "$cluster" -c "$state/broker-$n.properties" \
+            "${scram[@]}" >/dev/null
     done
     for n in $(seq 1 "$brokers"); do start_node "$n"; done
     for n in $(seq 1 "$brokers"); do wait_node "$n"; done
@@ -184,6 +266,17 @@ case "$cmd" in
     up) up ;;
     down) down ;;
     jars) jars ;;
+    user)
+        [ ${#args[@]} -eq 2 ] && [ -f "$state/tls/admin.properties" ] || {
+            echo "kafka.sh: user NAME PASSWORD, against a broker started with --secure" >&2; exit 2; }
+        admin_tool kafka.admin.ConfigCommand --alter --entity-type users --entity-name "${args[0]}" \
+            --add-config "SCRAM-SHA-256=[iterations=4096,password=${args[1]}]" >/dev/null
+        ;;
+    acl)
+        [ -f "$state/tls/admin.properties" ] || {
+            echo "kafka.sh: acl needs a broker started with --secure" >&2; exit 2; }
+        admin_tool org.apache.kafka.tools.AclCommand "${args[@]}" >/dev/null
+        ;;
     kill)
         need_node
         if running "$node"; then kill -9 "$(cat "$state/broker-$node.pid")"; fi
@@ -196,5 +289,5 @@ case "$cmd" in
             wait_node "$node"
         fi
         ;;
-    *) echo "usage: $0 up|down|kill N|start N|jars [--brokers 1|3] [--port P]" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|kill N|start N|jars|user NAME PASSWORD|acl -- ARGS [--brokers 1|3] [--port P] [--secure]" >&2; exit 2 ;;
 esac

@@ -311,10 +311,19 @@ fn run(
                 }
             }
             Some(Err(e)) => {
+                if let Some(refused) = fschain_kafka::refused() {
+                    return Err(refused.into());
+                }
+                if !fschain_kafka::is_transient(&e) {
+                    return Err(kafka_error(e));
+                }
                 warn!(topic, error = %e, "consume error; retrying");
                 std::thread::sleep(Duration::from_millis(200));
             }
             None => {
+                if let Some(refused) = fschain_kafka::refused() {
+                    return Err(refused.into());
+                }
                 guard.nothing_read(consumer, topic, |p| {
                     progress.next.contains_key(&p) || progress.at_end.contains(&p)
                 })?;

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -53,6 +54,17 @@ pub enum KafkaClientError {
     /// each delivery report, as text).
     #[error("kafka: {count} messages were not acknowledged: {reason}")]
     NotAcknowledged { count: u64, reason: String },
+    /// The brokers refused this client: a failed SASL authentication or
+    /// TLS handshake. librdkafka only logs these and keeps retrying.
+    #[error("kafka: the brokers refused the connection: {cause}; {hint}")]
+    Refused { cause: String, hint: &'static str },
+    /// The client's principal lacks an ACL.
+    #[error("kafka: {what}: not authorized; the principal (sasl.username) needs an ACL for it, see docs/reliability.md")]
+    NotAuthorized {
+        what: String,
+        #[source]
+        source: KafkaError,
+    },
     /// Records a reader still needed were deleted from the topic (by
     /// retention or delete-records) before it read them.
     #[error(
@@ -77,7 +89,9 @@ impl KafkaClientError {
             KafkaClientError::OwnedSetting { .. }
             | KafkaClientError::NoTopic { .. }
             | KafkaClientError::CreateTopic { .. }
-            | KafkaClientError::RecordsDeleted { .. } => false,
+            | KafkaClientError::RecordsDeleted { .. }
+            | KafkaClientError::Refused { .. }
+            | KafkaClientError::NotAuthorized { .. } => false,
         }
     }
 }
@@ -104,17 +118,114 @@ pub fn is_transient(error: &KafkaError) -> bool {
 
 /// Wraps a client error with what was being done.
 pub fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
-    move |source| KafkaClientError::Kafka { what, source }
+    move |source| {
+        if let Some(refused) = refused() {
+            return refused;
+        }
+        if matches!(
+            source.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        ) {
+            return KafkaClientError::NotAuthorized {
+                what: what.to_owned(),
+                source,
+            };
+        }
+        KafkaClientError::Kafka { what, source }
+    }
 }
 
+/// Why the brokers refused this process, once one did (see
+/// [`note_client_error`]).
+static REFUSED: Mutex<Option<String>> = Mutex::new(None);
+static WAS_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Called from every fschain client context's error callback: a failed
+/// SASL authentication or TLS handshake is remembered, so that what
+/// librdkafka would retry for ever becomes [`KafkaClientError::Refused`]
+/// at the next call that reaches the brokers.
+pub fn note_client_error(error: &KafkaError, reason: &str) {
+    let code = match error {
+        KafkaError::Global(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    if matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+        )
+    ) {
+        if let Ok(mut refused) = REFUSED.lock() {
+            refused.get_or_insert_with(|| reason.to_owned());
+            WAS_REFUSED.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The brokers' refusal, if one came.
+pub fn refused() -> Option<KafkaClientError> {
+    if !WAS_REFUSED.load(Ordering::SeqCst) {
+        return None;
+    }
+    let cause = REFUSED.lock().ok()?.clone()?;
+    let hint = if cause.contains("SASL") || cause.contains("uthentication") {
+        "check sasl.mechanism, sasl.username and sasl.password in [kafka]"
+    } else {
+        "check ssl.ca.location in [kafka]: the CA that signed the brokers' certificates"
+    };
+    Some(KafkaClientError::Refused { cause, hint })
+}
+
+/// How long the first call to the brokers may take before it gives up.
+const FIRST_CONTACT: Duration = Duration::from_secs(10);
+
 /// The partitions of `topic`: fschain's one partition discovery.
-pub fn partitions<C: ConsumerContext, K: Consumer<C>>(
-    consumer: &K,
+///
+/// This is a client's first call to the brokers, so it also serves the
+/// client's events (it must not be assigned partitions yet): a refusal
+/// the brokers give meanwhile ends it at once.
+pub fn partitions(
+    consumer: &BaseConsumer<QuietEof>,
     topic: &str,
 ) -> Result<Vec<i32>, KafkaClientError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka("reading the topic's metadata"))?;
+    // In short steps, so that a refusal (logged by librdkafka meanwhile)
+    // ends the wait at once.
+    let started = Instant::now();
+    let metadata = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(1)) {
+            Ok(metadata) => break metadata,
+            Err(e) => {
+                if consumer.assignment().is_ok_and(|a| a.count() == 0) {
+                    // Serves the error callbacks; nothing is assigned, so
+                    // no message can come.
+                    let _ = consumer.poll(Duration::ZERO);
+                }
+                if let Some(refused) = refused() {
+                    return Err(refused);
+                }
+                if started.elapsed() >= FIRST_CONTACT {
+                    return Err(kafka("reading the topic's metadata")(e));
+                }
+            }
+        }
+    };
+    if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+        if let Some(code) = t.error() {
+            let code = RDKafkaErrorCode::from(code);
+            if code == RDKafkaErrorCode::TopicAuthorizationFailed {
+                return Err(KafkaClientError::NotAuthorized {
+                    what: format!("reading topic {topic}"),
+                    source: KafkaError::MetadataFetch(code),
+                });
+            }
+        }
+    }
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -149,6 +260,7 @@ impl QuietEof {
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
+        note_client_error(&error, reason);
         if matches!(
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)

@@ -126,6 +126,12 @@ pub fn run_agent(
                     }
                 }
                 Some(Err(e)) => {
+                    if let Some(refused) = fschain_kafka::refused() {
+                        return Err(refused.into());
+                    }
+                    if !fschain_kafka::is_transient(&e) {
+                        return Err(kafka_error(e));
+                    }
                     warn!(topic, error = %e, "consume error");
                     std::thread::sleep(Duration::from_millis(200));
                 }

@@ -46,7 +46,12 @@ struct DeliveryTally {
     last_error: Mutex<Option<String>>,
 }
 
-impl ClientContext for DeliveryTally {}
+impl ClientContext for DeliveryTally {
+    fn error(&self, error: KafkaError, reason: &str) {
+        fschain_kafka::note_client_error(&error, reason);
+        tracing::warn!("librdkafka: {error}: {reason}");
+    }
+}
 
 impl ProducerContext for DeliveryTally {
     type DeliveryOpaque = ();
