@@ -21,7 +21,9 @@
 # turns on the standard authorizer with no access unless granted. Clients
 # trust tls/ca.pem; admin.properties there is the admin's client config.
 #
-# P is the first broker's port (default 9092); broker N listens on P+N-1
+# --host H (with up) makes the brokers listen on and advertise address H
+# instead of 127.0.0.1 (a test's veth address, reachable from a network
+# namespace). P is the first broker's port (default 9092); broker N listens on P+N-1
 # and its controller on P+N+99. With three brokers the cluster has the
 # production settings `fschain topics create` documents: replication
 # factor 3, min.insync.replicas 2, no unclean leader election.
@@ -41,12 +43,14 @@ brokers=1
 port=9092
 node=
 secure=
+host=127.0.0.1
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --brokers) brokers=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
         --secure) secure=1; shift ;;
+        --host) host=$2; shift 2 ;;
         --) shift; args=("$@"); break ;;
         *) if [ "$cmd" = user ]; then args+=("$1"); shift; continue; fi
            case "$1" in
@@ -71,9 +75,10 @@ jars() {
 }
 
 bootstrap() {
-    local n list=
+    local n list= h
+    h=$(cat "$state/host" 2>/dev/null || echo 127.0.0.1)
     for n in $(seq 1 "$(cat "$state/brokers")"); do
-        list+="${list:+,}127.0.0.1:$((port + n - 1))"
+        list+="${list:+,}$h:$((port + n - 1))"
     done
     echo "$list"
 }
@@ -96,8 +101,8 @@ write_config() {
     cat >"$state/broker-$n.properties" <<EOF
 node.id=$n
 process.roles=broker,controller
-listeners=PLAINTEXT://127.0.0.1:$((port + n - 1)),CONTROLLER://127.0.0.1:$((port + n + 99))
-advertised.listeners=PLAINTEXT://127.0.0.1:$((port + n - 1))
+listeners=PLAINTEXT://$host:$((port + n - 1)),CONTROLLER://127.0.0.1:$((port + n + 99))
+advertised.listeners=PLAINTEXT://$host:$((port + n - 1))
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -189,7 +194,7 @@ wait_node() {
     local n=$1
     for _ in $(seq 1 600); do
         if grep -q "Kafka Server started" "$state/broker-$n.log" 2>/dev/null \
-            && (exec 3<>"/dev/tcp/127.0.0.1/$((port + n - 1))") 2>/dev/null; then
+            && (exec 3<>"/dev/tcp/$(cat "$state/host")/$((port + n - 1))") 2>/dev/null; then
             return 0
         fi
         if ! running "$n"; then
@@ -214,6 +219,7 @@ up() {
     rm -rf "$state"
     mkdir -p "$state"
     echo "$brokers" >"$state/brokers"
+    echo "$host" >"$state/host"
     local cluster n scram=()
     if [ -n "$secure" ]; then
         [ "$brokers" = 1 ] || { echo "kafka.sh: --secure runs one broker" >&2; exit 2; }
