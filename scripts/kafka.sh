@@ -74,9 +74,14 @@ jars() {
     touch "$done_for"
 }
 
+# The address the brokers listen on (`up --host`).
+host_of() {
+    cat "$state/host" 2>/dev/null || echo 127.0.0.1
+}
+
 bootstrap() {
     local n list= h
-    h=$(cat "$state/host" 2>/dev/null || echo 127.0.0.1)
+    h=$(host_of)
     for n in $(seq 1 "$(cat "$state/brokers")"); do
         list+="${list:+,}$h:$((port + n - 1))"
     done
@@ -194,7 +199,7 @@ wait_node() {
     local n=$1
     for _ in $(seq 1 600); do
         if grep -q "Kafka Server started" "$state/broker-$n.log" 2>/dev/null \
-            && (exec 3<>"/dev/tcp/$(cat "$state/host")/$((port + n - 1))") 2>/dev/null; then
+            && (exec 3<>"/dev/tcp/$(host_of)/$((port + n - 1))") 2>/dev/null; then
             return 0
         fi
         if ! running "$n"; then

@@ -102,27 +102,9 @@ struct Broker {
     port: String,
 }
 
-impl Broker {
-    fn script(port: &str, args: &[&str]) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
-        let out = Command::new(script)
-            .arg(args[0])
-            .args(["--port", port])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kafka.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
 impl Drop for Broker {
     fn drop(&mut self) {
-        Broker::script(&self.port, &["down"]);
+        common::kafka_script("down", &self.port, &[]);
     }
 }
 
@@ -138,7 +120,7 @@ fn a_site_cut_off_for_sixty_seconds_resumes_by_itself() {
     let broker = Broker {
         port: "19792".into(),
     };
-    let brokers = Broker::script(&broker.port, &["up", "--host", &ns.host_address]);
+    let brokers = common::kafka_script("up", &broker.port, &["--host", &ns.host_address]);
     let prefix = unique("cut");
     let kafka = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -216,13 +198,8 @@ fn a_site_cut_off_for_sixty_seconds_resumes_by_itself() {
     site.wait().unwrap();
     fschain(&["verify", "--root", &copy]).ok();
     assert_eq!(block_hashes(&copy), block_hashes(&producer));
-    let staging = std::fs::read_dir(format!("{copy}/blocks"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-        .count();
-    assert_eq!(
-        staging, 0,
+    assert!(
+        common::staging_entries(&copy).is_empty(),
         "a partial subvolume was left in the site's chain"
     );
 }

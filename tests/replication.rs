@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{
     block_hashes, broker, events_of, fschain, fschain_with_input, fschain_within, produce_raw,
-    sample_ops, scratch, split_frames, unique, Scratch,
+    sample_ops, scratch, split_frames, staging_entries, unique, Scratch,
 };
 
 struct Setup {
@@ -242,17 +242,6 @@ fn a_producer_and_two_sites_end_to_end_then_the_agent() {
         block_hashes(&t.copy_of("east")).len(),
         block_hashes(&t.producer).len()
     );
-}
-
-/// Names in a site copy's blocks/ that are staging leftovers.
-fn staging_entries(copy: &str) -> Vec<String> {
-    std::fs::read_dir(Path::new(copy).join("blocks"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn spawn(args: &[&str]) -> std::process::Child {
@@ -681,38 +670,27 @@ struct OwnCluster {
 
 impl OwnCluster {
     fn up(port: &str) -> (OwnCluster, String) {
-        let out = OwnCluster::script(&["up", "--port", port]);
+        let bootstrap = common::kafka_script("up", port, &[]);
         (
             OwnCluster {
                 port: port.to_owned(),
             },
-            out.trim().to_owned(),
+            bootstrap,
         )
     }
 
-    fn script(args: &[&str]) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
-        let out = Command::new(script).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "kafka.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     fn kill(&self, node: &str) {
-        OwnCluster::script(&["kill", node, "--port", &self.port]);
+        common::kafka_script("kill", &self.port, &[node]);
     }
 
     fn start(&self, node: &str) {
-        OwnCluster::script(&["start", node, "--port", &self.port]);
+        common::kafka_script("start", &self.port, &[node]);
     }
 }
 
 impl Drop for OwnCluster {
     fn drop(&mut self) {
-        OwnCluster::script(&["down", "--port", &self.port]);
+        common::kafka_script("down", &self.port, &[]);
     }
 }
 

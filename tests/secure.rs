@@ -22,19 +22,7 @@ struct SecureBroker {
 
 impl SecureBroker {
     fn script(&self, args: &[&str]) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
-        let out = Command::new(script)
-            .arg(args[0])
-            .args(["--port", &self.port])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kafka.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        common::kafka_script(args[0], &self.port, &args[1..])
     }
 
     fn ca(&self) -> PathBuf {

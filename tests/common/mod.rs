@@ -462,3 +462,32 @@ pub(crate) fn delete_records(brokers: &str, topic: &str, partition: i32, before:
         );
     }
 }
+
+/// Runs `scripts/kafka.sh COMMAND --port PORT ARGS...` and returns its
+/// stdout, failing the test with its stderr when it fails.
+pub(crate) fn kafka_script(command: &str, port: &str, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    let out = Command::new(script)
+        .arg(command)
+        .args(["--port", port])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka.sh {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Names in a chain copy's blocks/ that are staging leftovers.
+pub(crate) fn staging_entries(copy: &str) -> Vec<String> {
+    std::fs::read_dir(Path::new(copy).join("blocks"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
