@@ -90,11 +90,15 @@ bootstrap() {
 
 # Alive and not a zombie (a killed broker whose parent is gone may linger
 # unreaped in a container whose PID 1 does not reap).
+# The PID must also still be this broker's: test suites start thousands
+# of processes, and a recycled PID once made a killed broker look alive
+# (so it was never started again) and could make `down` kill a stranger.
 running() {
     local pid
     [ -f "$state/broker-$1.pid" ] || return 1
     pid=$(cat "$state/broker-$1.pid")
-    [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat")" != Z ]
+    [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$state/broker-$1.properties"
 }
 
 write_config() {
@@ -248,20 +252,16 @@ up() {
 
 down() {
     [ -d "$state" ] || return 0
-    local f pid
-    for f in "$state"/broker-*.pid; do
-        [ -f "$f" ] || continue
-        pid=$(cat "$f")
-        kill "$pid" 2>/dev/null || true
+    local n
+    for n in $(seq 1 "$(cat "$state/brokers" 2>/dev/null || echo 3)"); do
+        if running "$n"; then kill "$(cat "$state/broker-$n.pid")" 2>/dev/null || true; fi
     done
-    for f in "$state"/broker-*.pid; do
-        [ -f "$f" ] || continue
-        pid=$(cat "$f")
+    for n in $(seq 1 "$(cat "$state/brokers" 2>/dev/null || echo 3)"); do
         for _ in $(seq 1 100); do
-            [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat")" != Z ] || break
+            running "$n" || break
             sleep 0.1
         done
-        kill -9 "$pid" 2>/dev/null || true
+        if running "$n"; then kill -9 "$(cat "$state/broker-$n.pid")" 2>/dev/null || true; fi
     done
     rm -rf "$state"
 }

@@ -314,7 +314,7 @@ fn run(
                 if let Some(refused) = fschain_kafka::refused() {
                     return Err(refused.into());
                 }
-                if !fschain_kafka::is_transient(&e) {
+                if fschain_kafka::stops_a_consumer(&e) {
                     return Err(kafka_error(e));
                 }
                 warn!(topic, error = %e, "consume error; retrying");

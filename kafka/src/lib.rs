@@ -168,6 +168,22 @@ pub fn note_client_error(error: &KafkaError, reason: &str) {
     }
 }
 
+/// Whether a consumer's poll error means this client may not go on:
+/// refused by the brokers, or not authorized. Anything else a poll
+/// reports (a leader moving, a topic briefly unknown while a cluster
+/// restarts) passes, and the poll loop carries on.
+pub fn stops_a_consumer(error: &KafkaError) -> bool {
+    refused().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+            )
+        )
+}
+
 /// The brokers' refusal, if one came.
 pub fn refused() -> Option<KafkaClientError> {
     if !WAS_REFUSED.load(Ordering::SeqCst) {
