@@ -122,16 +122,7 @@ fn a_site_cut_off_for_sixty_seconds_resumes_by_itself() {
     };
     let brokers = common::kafka_script("up", &broker.port, &["--host", &ns.host_address]);
     let prefix = unique("cut");
-    let kafka = |args: &[&str]| {
-        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        v.extend([
-            "--brokers".into(),
-            brokers.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-        ]);
-        v
-    };
+    let kafka = |args: &[&str]| common::with_topics(args, &brokers, &prefix);
     let run = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         fschain(&args).ok();

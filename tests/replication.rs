@@ -705,13 +705,7 @@ fn a_broker_restart_loses_nothing() {
     let (cluster, brokers) = OwnCluster::up(&port);
     let prefix = unique("restart");
     let k = |args: &[&str]| {
-        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        v.extend([
-            "--brokers".into(),
-            brokers.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-        ]);
+        let v = common::with_topics(args, &brokers, &prefix);
         fschain(&v.iter().map(String::as_str).collect::<Vec<_>>())
     };
     k(&["topics", "create"]).ok();

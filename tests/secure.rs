@@ -117,13 +117,7 @@ fn tls_and_scram_with_acls_and_clear_errors_for_each_refusal() {
     let site_config = config(&s.dir, "site1", "s-secret", &ca);
     let kafka = |config: &str, args: &[&str]| {
         let mut v = vec!["--config".to_owned(), config.to_owned()];
-        v.extend(args.iter().map(|a| a.to_string()));
-        v.extend([
-            "--brokers".into(),
-            brokers.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-        ]);
+        v.extend(common::with_topics(args, &brokers, &prefix));
         v
     };
     let run = |args: Vec<String>| {
@@ -255,38 +249,25 @@ fn tls_and_scram_with_acls_and_clear_errors_for_each_refusal() {
         .output()
         .unwrap();
     assert!(status.status.success());
-    let untrusted = config(&s.dir, "site1", "s-secret", &other_ca);
     let north = s.dir.join("north").display().to_string();
+    let consume_north = [
+        "consume",
+        "--site",
+        "east",
+        "--root",
+        &north,
+        "--trust",
+        &key,
+        "--until-idle",
+        "--no-index",
+    ];
+    let untrusted = config(&s.dir, "site1", "s-secret", &other_ca);
     refused(
         untrusted,
-        &[
-            "consume",
-            "--site",
-            "east",
-            "--root",
-            &north,
-            "--trust",
-            &key,
-            "--until-idle",
-            "--no-index",
-        ],
+        &consume_north,
         &["certificate verify failed", "ssl.ca.location"],
     );
     let nobody = config(&s.dir, "nobody", "n-secret", &ca);
-    refused(
-        nobody,
-        &[
-            "consume",
-            "--site",
-            "east",
-            "--root",
-            &north,
-            "--trust",
-            &key,
-            "--until-idle",
-            "--no-index",
-        ],
-        &["not authorized", "ACL"],
-    );
+    refused(nobody, &consume_north, &["not authorized", "ACL"]);
     assert!(!Path::new(&north).join("host1/blocks/0000000000").exists());
 }

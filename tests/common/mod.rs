@@ -491,3 +491,15 @@ pub(crate) fn staging_entries(copy: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// `args` followed by `--brokers BROKERS --prefix PREFIX`, owned.
+pub(crate) fn with_topics(args: &[&str], brokers: &str, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    v.extend([
+        "--brokers".into(),
+        brokers.to_owned(),
+        "--prefix".into(),
+        prefix.to_owned(),
+    ]);
+    v
+}
