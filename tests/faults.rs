@@ -384,12 +384,11 @@ fn two_brokers_down_the_agent_keeps_trying_and_publishes_once_one_is_back() {
     t.consume("warm").ok();
     t.apply(&sample_ops(20), "10");
     t.kafka(&["publish", "--root", &t.producer]).ok();
-    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(60)
-        .lines()
-        .skip(20)
-        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
-        .collect();
-    common::produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    common::produce_raw(
+        &t.brokers,
+        &format!("{}.ops", t.prefix),
+        &common::host1_ops(20, 60),
+    );
     let leader = cluster.leader(&format!("{}.blocks", t.prefix), 0);
     let others: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
     let first = cluster.kill(others[0]);

@@ -624,11 +624,11 @@ fn an_agent_resuming_inside_a_record_batch_applies_the_rest_of_it() {
         return;
     };
     // Ten operations in one record batch.
-    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(10)
-        .lines()
-        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
-        .collect();
-    produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    produce_raw(
+        &t.brokers,
+        &format!("{}.ops", t.prefix),
+        &common::host1_ops(0, 10),
+    );
     let agent = |extra: &[&str]| {
         let mut args = vec!["agent", "--root", &t.producer, "--until-idle"];
         args.extend(extra);
@@ -966,12 +966,11 @@ fn an_agent_killed_after_sealing_and_mid_chunks_loses_and_repeats_nothing() {
     };
     t.apply(&sample_ops(20), 10);
     t.publish(&[]).ok();
-    let ops: Vec<(Vec<u8>, Vec<u8>)> = sample_ops(80)
-        .lines()
-        .skip(20)
-        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
-        .collect();
-    produce_raw(&t.brokers, &format!("{}.ops", t.prefix), &ops);
+    produce_raw(
+        &t.brokers,
+        &format!("{}.ops", t.prefix),
+        &common::host1_ops(20, 80),
+    );
     let agent = |extra: &[&'static str]| {
         let mut args = vec!["agent", "--root", &t.producer, "--block-ops", "10"];
         args.extend(extra);

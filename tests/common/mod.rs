@@ -503,3 +503,12 @@ pub(crate) fn with_topics(args: &[&str], brokers: &str, prefix: &str) -> Vec<Str
     ]);
     v
 }
+
+/// Operations `from..to` of the sample, keyed `host1`, as the ops topic
+/// carries them (for [`produce_raw`]).
+pub(crate) fn host1_ops(from: usize, to: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    sample_ops_between(from, to)
+        .lines()
+        .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
+        .collect()
+}
