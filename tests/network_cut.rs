@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{block_hashes, fschain, fschain_with_input, sample_ops, scratch, unique};
+use common::{block_count, block_hashes, fschain, fschain_with_input, sample_ops, scratch, unique};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
@@ -160,10 +159,7 @@ fn a_site_cut_off_for_sixty_seconds_resumes_by_itself() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let holds_all = || {
-        Path::new(&copy).join("blocks").exists()
-            && block_hashes(&copy).len() == block_hashes(&producer).len()
-    };
+    let holds_all = || block_count(&copy) == block_count(&producer);
     common::wait_for(
         "the site to hold the chain",
         Duration::from_secs(60),

@@ -348,6 +348,20 @@ pub(crate) fn events_of(root: &str) -> u64 {
 }
 
 /// Each block's hash, in order, from `fschain log --json`.
+/// How many blocks the chain at `root` holds, 0 while it has none yet (a
+/// site may have made `blocks/` before its first snapshot is in): for
+/// polling, where the chain may be half made.
+pub(crate) fn block_count(root: &str) -> usize {
+    let run = fschain(&["log", "--root", root, "--json"]);
+    if !run.output.status.success() {
+        return 0;
+    }
+    let log = run.json();
+    log.as_array()
+        .or_else(|| log["blocks"].as_array())
+        .map_or(0, Vec::len)
+}
+
 pub(crate) fn block_hashes(root: &str) -> Vec<String> {
     let log = fschain(&["log", "--root", root, "--json"]).ok().json();
     let blocks = log
