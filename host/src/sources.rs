@@ -1,0 +1,119 @@
+//! The configured sources together: which elements they own, a full scan,
+//! and observing one element again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fschain_schema::{ElementId, State};
+use fschain_store::ChainDir;
+
+use crate::config::SourcesConfig;
+use crate::files::{self, FileSource};
+use crate::packages::{self, PackageSource};
+use crate::services::{self, ServiceSource};
+use crate::sysctl::{self, SysctlSource};
+use crate::HostError;
+
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub files: Option<FileSource>,
+    pub sysctl: Option<(SysctlSource, Duration)>,
+    pub packages: Option<PackageSource>,
+    pub services: Option<ServiceSource>,
+    pub coalesce: Duration,
+    /// Name the writing process (fanotify) when possible.
+    pub attribute: bool,
+}
+
+impl Sources {
+    pub fn new(config: &SourcesConfig) -> Result<Self, HostError> {
+        let files = config.files_or_default();
+        Ok(Sources {
+            attribute: files.as_ref().is_some_and(|f| f.attribute),
+            files: files.as_ref().map(FileSource::new).transpose()?,
+            sysctl: config
+                .sysctl
+                .as_ref()
+                .map(|s| Ok::<_, HostError>((SysctlSource::new(s)?, s.interval)))
+                .transpose()?,
+            packages: config
+                .packages
+                .as_ref()
+                .map(|p| PackageSource::new(&p.status_file)),
+            services: config
+                .services
+                .as_ref()
+                .map(|s| ServiceSource::new(&s.unit_dirs)),
+            coalesce: config.coalesce,
+        })
+    }
+
+    /// Whether a configured source observes `element`.
+    pub fn owns(&self, element: &ElementId) -> bool {
+        match element.kind() {
+            files::KIND => self.files.as_ref().is_some_and(|f| f.owns(element)),
+            sysctl::KIND => self.sysctl.as_ref().is_some_and(|(s, _)| s.owns(element)),
+            packages::KIND => self.packages.is_some(),
+            services::KIND => self.services.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The source an element belongs to, by name, for reasons and actors.
+    pub fn source_name(element: &ElementId) -> &'static str {
+        match element.kind() {
+            files::KIND => "files",
+            sysctl::KIND => "sysctl",
+            packages::KIND => "packages",
+            services::KIND => "services",
+            _ => "host",
+        }
+    }
+
+    /// Every element of every source. What cannot be read is named in
+    /// `problems` and left out; the others are still scanned.
+    pub fn scan(&self, problems: &mut Vec<HostError>) -> BTreeMap<ElementId, State> {
+        let mut states = BTreeMap::new();
+        if let Some(files) = &self.files {
+            states.append(&mut files.scan(problems));
+        }
+        if let Some((sysctl, _)) = &self.sysctl {
+            states.append(&mut sysctl.scan(problems));
+        }
+        if let Some(packages) = &self.packages {
+            match packages.scan() {
+                Ok(mut s) => states.append(&mut s),
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(services) = &self.services {
+            states.append(&mut services.scan(problems));
+        }
+        states
+    }
+}
+
+/// The states of the head block that `owns` accepts.
+pub fn head_states(
+    snapshot: &Path,
+    owns: impl Fn(&ElementId) -> bool,
+) -> Result<BTreeMap<ElementId, State>, HostError> {
+    let dir = ChainDir::new(snapshot);
+    let scan = dir.state_hashes("head");
+    if let Some(problem) = scan.problems.first() {
+        return Err(HostError::Store(fschain_store::StoreError::Corrupt {
+            path: snapshot.to_owned(),
+            why: format!("{problem}; run `fschain verify`"),
+        }));
+    }
+    let mut states = BTreeMap::new();
+    for (element, _) in scan.states {
+        if owns(&element) {
+            if let Some(state) = dir.state(&element)? {
+                states.insert(element, state);
+            }
+        }
+    }
+    Ok(states)
+}
