@@ -43,6 +43,69 @@ pub(crate) enum Command {
     Replication(ReplicationCommand),
     #[command(flatten)]
     Search(SearchCommand),
+    #[command(flatten)]
+    Host(HostCommand),
+}
+
+/// The sources file: `--sources FILE`, else the config's `[sources]`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct SourcesArg {
+    /// TOML sources file (default: the config file's [sources] table; without either, /etc).
+    #[arg(long, value_name = "FILE")]
+    pub sources: Option<PathBuf>,
+}
+
+/// Watching the host itself: files, sysctls, packages, services.
+#[derive(Debug, Subcommand)]
+pub(crate) enum HostCommand {
+    /// Record what differs from the head as one catch-up block, then follow the host's changes.
+    Watch {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        sources: SourcesArg,
+        /// Also publish each block (as `agent` does): bootstrap brokers.
+        #[arg(long, value_name = "LIST")]
+        brokers: Option<String>,
+        /// Topic prefix when publishing (default: fschain).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Seal a block this many milliseconds after its first change...
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        block_interval: u64,
+        /// ...or after this many operations.
+        #[arg(long, default_value_t = 10_000, value_name = "N")]
+        block_ops: usize,
+        /// Scan, seal the catch-up block, exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Compare the host with the head: + added, ~ changed, - removed. Exit 0: in sync; 1: drift; 2: could not run.
+    Drift {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        sources: SourcesArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Write the state ELEMENTs had at REF back to the host, and seal a block recording it.
+    Restore {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        sources: SourcesArg,
+        #[arg(required = true)]
+        elements: Vec<String>,
+        /// A height, 8+ hex digits of a block hash, @TIME, head or head~N.
+        #[arg(long, value_name = "REF", default_value = "head")]
+        at: String,
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// The local chain: write, read, verify, roll back.

@@ -11,7 +11,10 @@ use fschain_store::{Chain, RootLayout};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cli::{Cli, RootArg};
+use fschain_producer::publish::KafkaTarget;
+use fschain_schema::wire::Topics;
+
+use crate::cli::{Cli, KafkaArgs, RootArg};
 
 /// Settings that may come from the config file or the environment.
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +43,8 @@ pub(crate) struct Settings {
     /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
     #[serde(default)]
     pub(crate) kafka: std::collections::BTreeMap<String, String>,
+    /// What `watch` and `drift` observe (the tables of a sources file).
+    pub(crate) sources: Option<fschain_host::SourcesConfig>,
 }
 
 /// Facts about the caller, read here once.
@@ -159,4 +164,40 @@ pub(crate) fn parse_size(text: &str) -> Result<u64> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| anyhow!("size {text:?} is too large"))
+}
+
+/// Where Kafka commands publish and read: --brokers and --prefix, else the
+/// settings.
+pub(crate) fn target(args: &KafkaArgs, inv: &Invocation) -> Result<KafkaTarget> {
+    Ok(KafkaTarget {
+        brokers: brokers(args, inv)?,
+        topics: topics(args, inv),
+        extra: extra(inv),
+    })
+}
+
+pub(crate) fn brokers(args: &KafkaArgs, inv: &Invocation) -> Result<String> {
+    args.brokers
+        .clone()
+        .or_else(|| inv.settings.brokers.clone())
+        .ok_or_else(|| {
+            anyhow!("no brokers given: pass --brokers HOST:PORT, set FSCHAIN_BROKERS, or set brokers in the config file")
+        })
+}
+
+pub(crate) fn topics(args: &KafkaArgs, inv: &Invocation) -> Topics {
+    let prefix = args
+        .prefix
+        .clone()
+        .or_else(|| inv.settings.prefix.clone())
+        .unwrap_or_else(|| "fschain".into());
+    Topics::with_prefix(&prefix)
+}
+
+pub(crate) fn extra(inv: &Invocation) -> Vec<(String, String)> {
+    inv.settings
+        .kafka
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

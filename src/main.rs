@@ -3,10 +3,11 @@
 //! Architecture Invariant: this file and `context::invocation` are the only
 //! places that read argv and the environment. Everything below them takes
 //! plain values. No two modules here import each other: `local`,
-//! `replication` and `search` use `cli` and `context` only.
+//! `replication`, `search` and `host` use `cli` and `context` only.
 
 mod cli;
 mod context;
+mod host;
 mod local;
 mod replication;
 mod search;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Command::Local(c) => local::run(c, &invocation),
         Command::Replication(c) => replication::run(c, &invocation),
         Command::Search(c) => search::run(c, &invocation),
+        Command::Host(c) => host::run(c, &invocation),
     };
     match outcome {
         Ok(code) => code,

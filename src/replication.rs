@@ -10,14 +10,16 @@ use fschain_consumer::kafka::{ConsumeOptions, ConsumeSummary, KafkaSource};
 use fschain_consumer::{Ingest, Site};
 use fschain_producer::agent::{run_agent, AgentOptions};
 use fschain_producer::outbox::StreamPolicy;
-use fschain_producer::publish::{publish_pending, KafkaTarget, Publisher};
+use fschain_producer::publish::{publish_pending, Publisher};
 use fschain_producer::{create_signing_key, load_signing_key, ChainWriter};
-use fschain_schema::wire::{PublicKey, Topics};
+use fschain_schema::wire::PublicKey;
 use fschain_schema::{BlockRef, ChainName};
 use fschain_store::{Chain, RootLayout};
 
 use crate::cli::{KafkaArgs, KeyAction, ReplicationCommand, SiteArgs, StreamArgs, TopicsAction};
-use crate::context::{open_chain, parse_size, root_dir, Invocation};
+use crate::context::{
+    brokers, extra, open_chain, parse_size, root_dir, target, topics, Invocation,
+};
 
 /// Runs one of the replication commands.
 pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitCode> {
@@ -92,40 +94,6 @@ pub(crate) fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn brokers(args: &KafkaArgs, inv: &Invocation) -> Result<String> {
-    args.brokers
-        .clone()
-        .or_else(|| inv.settings.brokers.clone())
-        .ok_or_else(|| {
-            anyhow!("no brokers given: pass --brokers HOST:PORT, set FSCHAIN_BROKERS, or set brokers in the config file")
-        })
-}
-
-fn topics(args: &KafkaArgs, inv: &Invocation) -> Topics {
-    let prefix = args
-        .prefix
-        .clone()
-        .or_else(|| inv.settings.prefix.clone())
-        .unwrap_or_else(|| "fschain".into());
-    Topics::with_prefix(&prefix)
-}
-
-fn extra(inv: &Invocation) -> Vec<(String, String)> {
-    inv.settings
-        .kafka
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-fn target(args: &KafkaArgs, inv: &Invocation) -> Result<KafkaTarget> {
-    Ok(KafkaTarget {
-        brokers: brokers(args, inv)?,
-        topics: topics(args, inv),
-        extra: extra(inv),
-    })
 }
 
 pub(crate) fn policy(args: &StreamArgs) -> Result<StreamPolicy> {

@@ -133,12 +133,14 @@ impl Attributor {
         }
     }
 
-    /// The process that last wrote `path` (or, for a save by rename, the
-    /// file renamed onto it), if seen in the past minute.
-    pub(crate) fn writer_of(&self, path: &Path) -> Option<&Writer> {
+    /// The process that wrote `path` (or, for a save by rename, the file
+    /// renamed onto it) in the past few seconds; handed out once, so a
+    /// later change that fanotify does not report (chmod, delete) is never
+    /// pinned on an earlier writer.
+    pub(crate) fn take_writer(&mut self, path: &Path) -> Option<Writer> {
         self.last
-            .get(path)
-            .filter(|(_, at)| at.elapsed() < Duration::from_secs(60))
+            .remove(path)
+            .filter(|(_, at)| at.elapsed() < Duration::from_secs(5))
             .map(|(w, _)| w)
     }
 

@@ -405,9 +405,11 @@ impl Watch<'_> {
         let was_dir = old
             .as_ref()
             .is_some_and(|s| s.get("type").and_then(|t| t.as_str()) == Some("directory"));
-        let actor = match self.attributor.as_ref().and_then(|a| a.writer_of(path)) {
-            Some(writer) => writer.actor(),
-            None => self.actor("files"),
+        // fanotify names writers, not who deletes or renames away.
+        let writer = self.attributor.as_mut().and_then(|a| a.take_writer(path));
+        let actor = match writer {
+            Some(writer) if now.is_some() => writer.actor(),
+            _ => self.actor("files"),
         };
         if let Some(c) = change(old.as_ref(), now.as_ref()) {
             if self.record(&element, c, "observed by fschain watch (files)", &actor) {
