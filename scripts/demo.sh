@@ -2,7 +2,9 @@
 # The whole pipeline on one machine, on a fresh machine (as root): Apache
 # Kafka on loopback (scripts/kafka.sh), a producer chain on a
 # loop-mounted btrfs, operations published to the ops topic and applied by
-# the agent, and two sites that receive, verify and hold the same chain.
+# the agent, and two sites that receive, verify and hold the same chain;
+# then a watch of a file tree and of a network namespace's sysctls, a
+# drift and a restore.
 # scripts/demo-local.sh shows the local chain alone (time travel, rollback,
 # a tamper that verify catches).
 set -euo pipefail
@@ -25,7 +27,8 @@ fschain() { ./target/release/fschain "$@"; }
 step() { printf '\n\033[1m$ fschain %s\033[0m\n' "$*"; fschain "$@"; }
 
 BROKERS=$(scripts/kafka.sh up --port "$PORT")
-trap 'scripts/kafka.sh down --port "$PORT"' EXIT
+NS=fschain-demo-$$
+trap 'scripts/kafka.sh down --port "$PORT"; ip netns del "$NS" 2>/dev/null || true' EXIT
 K=(--brokers "$BROKERS" --prefix "demo$$")
 
 # A clean btrfs for the producer and both sites.
@@ -47,6 +50,44 @@ step show --root "$MNT/west/host1" iface:eth0 --at 2
 printf '\n\033[1m# each site indexed the events it verified (BM25 in qdrant-edge, in process)\033[0m\n'
 step search --root "$MNT/east" "jumbo frames storage network" --limit 3
 step search --root "$MNT/east" "who disabled password login for ssh" --limit 1 --at 4 --proof
+
+printf '\n\033[1m# fschain watches the host itself: a tree of files (a secret among them)\033[0m\n'
+W="$MNT/watched"
+mkdir -p "$W/ssh"
+printf 'PermitRootLogin yes\n' > "$W/ssh/sshd_config"
+printf 'demo-private-key\n' > "$W/ssh/ssh_host_ed25519_key"
+printf '[files]\npaths = ["%s"]\n' "$W" > "$MNT/files.toml"
+./target/release/fschain watch --root "$MNT/producer" --sources "$MNT/files.toml" --block-interval 200 "${K[@]}" &
+WATCH=$!
+sleep 2
+sed -i 's/yes/no/' "$W/ssh/sshd_config"
+chmod 600 "$W/ssh/sshd_config"
+mkdir "$W/sudoers.d" && printf 'deploy ALL=(ALL) NOPASSWD: ALL\n' > "$W/sudoers.d/deploy"
+sleep 2
+kill -TERM "$WATCH" && wait "$WATCH"
+step history --root "$MNT/producer" "file:$W/ssh/sshd_config"
+step consume --site east --root "$MNT/east" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+step consume --site west --root "$MNT/west" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+printf 'PermitRootLogin prohibit-password\n' > "$W/ssh/sshd_config"
+step drift --root "$MNT/producer" --sources "$MNT/files.toml" || true
+step restore --root "$MNT/producer" --sources "$MNT/files.toml" "file:$W/ssh/sshd_config"
+step drift --root "$MNT/producer" --sources "$MNT/files.toml"
+
+printf '\n\033[1m# and the sysctls of a network namespace, private to it\033[0m\n'
+ip netns add "$NS"
+printf '[sysctl]\nkeys = ["net.ipv4.ip_forward", "net.ipv4.conf.*.rp_filter"]\n' > "$MNT/sysctl.toml"
+ip netns exec "$NS" ./target/release/fschain watch --root "$MNT/producer" --sources "$MNT/sysctl.toml" --once
+ip netns exec "$NS" sysctl -qw net.ipv4.ip_forward=1
+ip netns exec "$NS" ./target/release/fschain drift --root "$MNT/producer" --sources "$MNT/sysctl.toml" || true
+ip netns exec "$NS" ./target/release/fschain watch --root "$MNT/producer" --sources "$MNT/sysctl.toml" --once
+step publish --root "$MNT/producer" "${K[@]}"
+step consume --site east --root "$MNT/east" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+step consume --site west --root "$MNT/west" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+if grep -rq demo-private-key "$MNT/producer" "$MNT/east" "$MNT/west"; then
+  echo "the secret left the host" >&2
+  exit 1
+fi
+
 for site in east west; do
   if [ "$(fschain log --root "$MNT/$site/host1" --json)" != "$(fschain log --root "$MNT/producer" --json)" ]; then
     echo "site $site differs from the producer" >&2

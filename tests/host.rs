@@ -396,3 +396,50 @@ fn sysctls_of_a_network_namespace_packages_and_units() {
         String::from_utf8_lossy(&refused.stderr).contains("cannot restore package:openssh-server")
     );
 }
+
+#[test]
+fn an_overflowing_inotify_queue_is_answered_by_a_rescan_not_a_loss() {
+    let Some(s) = scratch("host-overflow") else {
+        return;
+    };
+    let (root, etc, sources) = setup(&s.dir, "");
+    // The queue's size is fixed when the watch starts: a tiny one for it,
+    // the machine's own back once it is made.
+    let knob = "/proc/sys/fs/inotify/max_queued_events";
+    let saved = std::fs::read_to_string(knob).unwrap();
+    std::fs::write(knob, "16").unwrap();
+    let watch = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args([
+            "watch",
+            "--root",
+            &root,
+            "--sources",
+            &sources,
+            "--block-interval",
+            "50",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let conf = format!("file:{etc}/app.conf");
+    wait_for("the catch-up block", Duration::from_secs(20), || {
+        history(&root, &conf).len() == 1
+    });
+    std::fs::write(knob, saved).unwrap();
+    for i in 0..300 {
+        std::fs::write(format!("{etc}/f{i}"), format!("{i}\n")).unwrap();
+    }
+    wait_for(
+        "all 300 files to be recorded",
+        Duration::from_secs(30),
+        || fschain(&["drift", "--root", &root, "--sources", &sources]).code() == 0,
+    );
+    let _ = Command::new("kill").arg(watch.id().to_string()).status();
+    let out = watch.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("overflowed"), "{log}");
+    assert!(!log.contains(" 0 rescans"), "{log}");
+    for i in [0, 150, 299] {
+        assert_eq!(history(&root, &format!("file:{etc}/f{i}")).len(), 1);
+    }
+}
