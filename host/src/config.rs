@@ -32,11 +32,11 @@ pub const DEFAULT_EXCLUDE: &[&str] = &[
 /// Files recorded by hash, size, mode and owner only: their bytes never
 /// leave the host.
 pub const DEFAULT_REDACT: &[&str] = &[
-    "/etc/shadow",
-    "/etc/shadow-",
-    "/etc/gshadow",
-    "/etc/gshadow-",
-    "/etc/ssh/ssh_host_*_key",
+    "**/etc/shadow",
+    "**/etc/shadow-",
+    "**/etc/gshadow",
+    "**/etc/gshadow-",
+    "**/ssh_host_*_key",
     "**/*.key",
     "**/*.pem",
     "**/id_rsa",

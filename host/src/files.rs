@@ -322,6 +322,7 @@ mod tests {
         std::fs::write(d.join("blob"), [0xff, 0x00, 0x01]).unwrap();
         std::fs::write(d.join("secret.key"), "TOPSECRET").unwrap();
         std::fs::write(d.join("vault"), "ALSOSECRET").unwrap();
+        std::fs::write(d.join("ssh_host_rsa_key"), "HOSTSECRET").unwrap();
         std::os::unix::fs::symlink("a.conf", d.join("link")).unwrap();
         std::os::unix::fs::symlink("loop", d.join("loop")).unwrap();
         std::fs::write(d.join("a.conf.swp"), "swap").unwrap();
@@ -345,7 +346,7 @@ mod tests {
             states.get(&FileSource::element_of(d).unwrap()).unwrap()["type"],
             "directory"
         );
-        for secret in ["secret.key", "vault"] {
+        for secret in ["secret.key", "vault", "ssh_host_rsa_key"] {
             let s = get(secret).unwrap();
             assert!(s.get("content").is_none() && s.get("content_base64").is_none());
             assert!(!serde_json::to_string(&s).unwrap().contains("SECRET"));
