@@ -42,6 +42,30 @@ fn setup(dir: &Path, extra: &str) -> (String, String, String) {
     )
 }
 
+/// `fschain watch` (50 ms blocks) on what `setup` made, once its
+/// catch-up block is sealed. Its stderr is piped: read it only after it
+/// exits.
+fn start_watch(root: &str, etc: &str, sources: &str) -> std::process::Child {
+    let watch = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args([
+            "watch",
+            "--root",
+            root,
+            "--sources",
+            sources,
+            "--block-interval",
+            "50",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let conf = format!("file:{etc}/app.conf");
+    wait_for("the catch-up block", Duration::from_secs(20), || {
+        history(root, &conf).len() == 1
+    });
+    watch
+}
+
 fn history(root: &str, element: &str) -> Vec<Value> {
     let run = fschain(&["history", "--root", root, element, "--json"]);
     if !run.output.status.success() {
@@ -190,23 +214,8 @@ fn a_live_watch_records_edits_names_the_writer_and_refuses_a_second_writer() {
         return;
     };
     let (root, etc, sources) = setup(&s.dir, "");
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args([
-            "watch",
-            "--root",
-            &root,
-            "--sources",
-            &sources,
-            "--block-interval",
-            "50",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = start_watch(&root, &etc, &sources);
     let conf = format!("file:{etc}/app.conf");
-    wait_for("the catch-up block", Duration::from_secs(20), || {
-        history(&root, &conf).len() == 1
-    });
     let second = fschain(&["watch", "--root", &root, "--sources", &sources, "--once"]).code_is(2);
     assert!(
         second.stderr().contains("one root has one writer"),
@@ -408,23 +417,7 @@ fn an_overflowing_inotify_queue_is_answered_by_a_rescan_not_a_loss() {
     let knob = "/proc/sys/fs/inotify/max_queued_events";
     let saved = std::fs::read_to_string(knob).unwrap();
     std::fs::write(knob, "16").unwrap();
-    let watch = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args([
-            "watch",
-            "--root",
-            &root,
-            "--sources",
-            &sources,
-            "--block-interval",
-            "50",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let conf = format!("file:{etc}/app.conf");
-    wait_for("the catch-up block", Duration::from_secs(20), || {
-        history(&root, &conf).len() == 1
-    });
+    let watch = start_watch(&root, &etc, &sources);
     std::fs::write(knob, saved).unwrap();
     for i in 0..300 {
         std::fs::write(format!("{etc}/f{i}"), format!("{i}\n")).unwrap();

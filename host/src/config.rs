@@ -182,6 +182,19 @@ impl SourcesConfig {
     }
 }
 
+/// `"512KiB"` → (512, "KiB"); `what` names the form expected.
+fn number_and_unit<'a>(text: &'a str, what: &str) -> Result<(u64, &'a str), String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not {what}"))?;
+    Ok((n, unit.trim()))
+}
+
 /// `"200ms"`, `"5s"`, `"2m"`, or a number of milliseconds.
 mod duration {
     use std::time::Duration;
@@ -202,15 +215,8 @@ mod duration {
     }
 
     pub(crate) fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration such as \"200ms\" or \"5s\""))?;
-        let ms = match unit.trim() {
+        let (n, unit) = super::number_and_unit(text, "a duration such as \"200ms\" or \"5s\"")?;
+        let ms = match unit {
             "ms" => n,
             "s" | "" => n.saturating_mul(1000),
             "m" => n.saturating_mul(60_000),
@@ -238,15 +244,8 @@ mod byte_size {
     }
 
     pub(crate) fn parse(text: &str) -> Result<u64, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a size such as \"1MiB\""))?;
-        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        let (n, unit) = super::number_and_unit(text, "a size such as \"1MiB\"")?;
+        let shift = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 0,
             "k" | "kb" | "kib" => 10,
             "m" | "mb" | "mib" => 20,
