@@ -138,7 +138,7 @@ impl FileSource {
         state.insert("uid".into(), meta.uid().into());
         state.insert("gid".into(), meta.gid().into());
         if kind.is_symlink() {
-            let target = std::fs::read_link(path).map_err(|e| vanished(path, e))?;
+            let target = std::fs::read_link(path).map_err(|e| HostError::io(path, e))?;
             let target = match target.to_str() {
                 Some(t) => Value::from(t),
                 None => Value::from(
@@ -154,7 +154,7 @@ impl FileSource {
 
     /// Size, hash and (when allowed) the bytes of a regular file, read once.
     fn observe_bytes(&self, path: &Path, state: &mut State) -> Result<(), HostError> {
-        let mut file = std::fs::File::open(path).map_err(|e| vanished(path, e))?;
+        let mut file = std::fs::File::open(path).map_err(|e| HostError::io(path, e))?;
         let keep = !self.is_redacted(path);
         let mut hasher = Sha256::new();
         let mut kept = Vec::new();
@@ -245,11 +245,6 @@ impl FileSource {
             }
         }
     }
-}
-
-/// A file that vanished between listing and reading is simply gone.
-fn vanished(path: &Path, e: std::io::Error) -> HostError {
-    HostError::io(path, e)
 }
 
 fn normalize(path: &Path) -> PathBuf {
