@@ -114,6 +114,9 @@ fn watch(
         None => None,
     };
     let mut after_seal = |w: &ChainWriter| -> Result<(), HostError> {
+        if w.head().event_count >= LARGE_BLOCK_EVENTS {
+            release_freed_memory();
+        }
         if let Some((publisher, key)) = &publishing {
             publish_pending(w.layout(), publisher, &StreamPolicy::default(), key)?;
         }
@@ -133,6 +136,20 @@ fn watch(
         summary.caught_up, summary.recorded, summary.blocks, summary.rescans
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A block this large (a first scan, a rescan, an upgrade) freed far more
+/// than a watch at rest needs again.
+const LARGE_BLOCK_EVENTS: u64 = 1000;
+
+/// Hands what a large block freed back to the system: mimalloc would keep
+/// it until this process next allocates much, and a watch at rest hardly
+/// allocates at all.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointer; it only returns free pages of
+    // the global allocator (mimalloc, see main.rs) to the system.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 fn drift(root: &Path, sources: &Sources, as_json: bool) -> Result<ExitCode> {

@@ -18,6 +18,13 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+/// mimalloc keeps small and large allocations on separate pages, so the
+/// memory a large block or a first scan frees can go back to the system
+/// (see `host::release_freed_memory`); glibc's malloc keeps most of it
+/// behind the few long-lived objects made at the same time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);

@@ -4,6 +4,7 @@
 //! Kept out of the production binary; it runs the `fschain` binary built
 //! beside it for the commands it times end to end.
 
+mod host;
 mod index;
 mod local;
 mod quality;
@@ -37,11 +38,14 @@ struct Args {
     /// Only the event index measurements.
     #[arg(long, conflicts_with = "replication_only")]
     index_only: bool,
+    /// Only the host source measurements (watch, first scan).
+    #[arg(long, conflicts_with_all = ["replication_only", "index_only"])]
+    host_only: bool,
     /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
     #[arg(long = "model", value_name = "DIR")]
     model_dir: Option<PathBuf>,
     /// Only the search quality measurements (needs --model).
-    #[arg(long, requires = "model_dir", conflicts_with_all = ["replication_only", "index_only"])]
+    #[arg(long, requires = "model_dir", conflicts_with_all = ["replication_only", "index_only", "host_only"])]
     quality_only: bool,
     /// Write the figures as the table of this Markdown file
     /// (docs/performance.md).
@@ -81,9 +85,15 @@ fn run(args: &Args) -> Result<()> {
         }
         return finish(&report, args);
     }
+    if args.host_only {
+        host::run(dir, args.quick, &mut report)?;
+        return finish(&report, args);
+    }
     let local = !args.replication_only && !args.index_only;
     if local {
         local::run(dir, args.quick, &mut report)?;
+        local::settle(dir)?;
+        host::run(dir, args.quick, &mut report)?;
     }
     // Replication goes before the index section: that one leaves
     // qdrant-edge threads at work in this process and the removal of its

@@ -25,6 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
+use crate::host::proc_status_bytes;
 use crate::local::{cleanup, element, ms, new_root, patch_op, pct, populate, ratio, settle, Rng};
 use crate::report::{Report, Row};
 
@@ -92,7 +93,9 @@ impl Bin {
 }
 
 /// Reads a child's pipe to its end on a thread of its own.
-fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+pub(crate) fn drain<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         if let Some(mut p) = pipe {
@@ -104,7 +107,7 @@ fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::Joi
 
 /// Waits for `child`, sampling its peak resident set (VmHWM) meanwhile.
 fn wait_measuring(mut child: Child) -> Result<(std::process::Output, u64)> {
-    let status_file = format!("/proc/{}/status", child.id());
+    let pid = child.id();
     let mut peak = 0;
     // Read the pipes on the side so that a chatty child never blocks.
     let stdout = child.stdout.take();
@@ -112,14 +115,8 @@ fn wait_measuring(mut child: Child) -> Result<(std::process::Output, u64)> {
     let out_thread = drain(stdout);
     let err_thread = drain(stderr);
     let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb * 1024);
-            }
+        if let Ok(bytes) = proc_status_bytes(pid, "VmHWM:") {
+            peak = peak.max(bytes);
         }
         if let Some(status) = child.try_wait()? {
             break status;
@@ -164,7 +161,7 @@ fn run_in(work: &Path, s: &Scale, brokers: &str, report: &mut Report) -> Result<
 }
 
 /// The `fschain` binary built beside this one.
-fn fschain_exe() -> Result<PathBuf> {
+pub(crate) fn fschain_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?.with_file_name("fschain");
     if !exe.exists() {
         bail!(
@@ -372,7 +369,7 @@ fn one_change_bytes(work: &Path, s: &Scale, bin: &Bin, report: &mut Report) -> R
     Ok(())
 }
 
-fn terminate(child: &mut Child) {
+pub(crate) fn terminate(child: &mut Child) {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
 }

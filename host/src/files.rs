@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{FilesConfig, DEFAULT_EXCLUDE, DEFAULT_REDACT};
+use crate::reconcile::Scan;
 use crate::HostError;
 
 /// The element kind of this source.
@@ -192,27 +193,46 @@ impl FileSource {
     /// Every element under the roots and its state. What cannot be read is
     /// reported in `problems` by name and left out; the scan goes on.
     pub fn scan(&self, problems: &mut Vec<HostError>) -> BTreeMap<ElementId, State> {
+        self.scan_where(problems, |_, _| true).states
+    }
+
+    /// [`Self::scan`], keeping only the states `keep` accepts, decided on
+    /// the thread that read them: a rescan of a tree that did not change
+    /// holds a few states at a time, not all of them.
+    pub fn scan_where(
+        &self,
+        problems: &mut Vec<HostError>,
+        keep: impl Fn(&ElementId, &State) -> bool + Sync,
+    ) -> Scan {
         let mut paths = Vec::new();
         for root in &self.roots {
             self.walk(root, &mut paths, problems);
         }
         // Two threads read and hash: the kernel's page cache and SHA-256
         // are what a scan costs.
-        let observed: Vec<(PathBuf, Result<Option<State>, HostError>)> = parallel_map(paths, |p| {
-            let state = self.observe(&p);
-            (p, state)
+        // Each path: its element, and its state if `keep` took it.
+        type Observed = Option<(ElementId, Option<State>)>;
+        let observed: Vec<Result<Observed, HostError>> = parallel_map(paths, |p| {
+            let element = Self::element_of(&p)?;
+            Ok(self.observe(&p)?.map(|state| {
+                let kept = keep(&element, &state).then_some(state);
+                (element, kept)
+            }))
         });
-        let mut states = BTreeMap::new();
-        for (path, state) in observed {
-            match state.and_then(|s| Ok((Self::element_of(&path)?, s))) {
-                Ok((element, Some(state))) => {
-                    states.insert(element, state);
+        let mut scan = Scan::default();
+        for result in observed {
+            match result {
+                Ok(Some((element, state))) => {
+                    if let Some(state) = state {
+                        scan.states.insert(element.clone(), state);
+                    }
+                    scan.found.insert(element);
                 }
-                Ok((_, None)) => {}
+                Ok(None) => {}
                 Err(e) => problems.push(e),
             }
         }
-        states
+        scan
     }
 
     /// The paths in scope under `dir` (itself included), not following

@@ -26,4 +26,4 @@ pub mod watch;
 
 pub use config::SourcesConfig;
 pub use error::HostError;
-pub use sources::{head_states, Sources};
+pub use sources::{head_state_hashes, head_states, Sources};

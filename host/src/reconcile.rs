@@ -1,9 +1,9 @@
 //! What differs between the chain's head and the host: a pure function of
 //! two maps, and the operations that record it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use fschain_schema::{Action, ElementId, Operation, State};
+use fschain_schema::{state_hash, Action, ElementId, Operation, State, StateHash};
 use serde::Serialize;
 
 /// How one element differs.
@@ -43,19 +43,87 @@ impl Change {
 
     /// The operation that makes the chain say what the host says.
     pub fn operation(&self, element: &ElementId, reason: &str, actor: &str) -> Operation {
-        let state = self.new_state().cloned();
-        Operation {
-            element: element.clone(),
-            action: if state.is_some() {
-                Action::Set
-            } else {
-                Action::Delete
-            },
-            state,
-            reason: Some(reason.to_owned()),
-            actor: Some(actor.to_owned()),
+        operation(element, self.new_state().cloned(), reason, actor)
+    }
+}
+
+/// The operation that makes the chain hold `state` for `element`
+/// (`None`: the element is gone).
+pub fn operation(
+    element: &ElementId,
+    state: Option<State>,
+    reason: &str,
+    actor: &str,
+) -> Operation {
+    Operation {
+        element: element.clone(),
+        action: if state.is_some() {
+            Action::Set
+        } else {
+            Action::Delete
+        },
+        state,
+        reason: Some(reason.to_owned()),
+        actor: Some(actor.to_owned()),
+    }
+}
+
+/// Whether an element held with state hash `held` (`None`: not held) is
+/// now `now` (`None`: gone) in a way the chain must record. A state that
+/// cannot be hashed differs: recording it says why.
+pub fn differs(held: Option<&StateHash>, now: Option<&State>) -> bool {
+    match (held, now) {
+        (None, None) => false,
+        (Some(_), None) | (None, Some(_)) => true,
+        (Some(held), Some(now)) => state_hash(now) != Ok(*held),
+    }
+}
+
+/// What a scan found: every element, and the states it kept (all of
+/// them, or only those that differ from the head).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scan {
+    pub found: BTreeSet<ElementId>,
+    pub states: BTreeMap<ElementId, State>,
+}
+
+impl Scan {
+    /// A scan that kept every state it found.
+    pub fn of(states: BTreeMap<ElementId, State>) -> Self {
+        Scan {
+            found: states.keys().cloned().collect(),
+            states,
         }
     }
+
+    pub fn append(&mut self, other: Scan) {
+        self.found.extend(other.found);
+        self.states.extend(other.states);
+    }
+}
+
+/// [`compare`] against the head's state hashes, which is all a watch
+/// keeps of the head (a few dozen bytes an element, however large its
+/// state): each element that differs, with its state now (`None`: gone),
+/// in element order. The scan need only have kept the states that differ.
+pub fn compare_hashes(
+    head: &BTreeMap<ElementId, StateHash>,
+    scan: Scan,
+    owns: impl Fn(&ElementId) -> bool,
+) -> Vec<(ElementId, Option<State>)> {
+    let mut changes: Vec<(ElementId, Option<State>)> = head
+        .keys()
+        .filter(|e| owns(e) && !scan.found.contains(*e))
+        .map(|e| (e.clone(), None))
+        .collect();
+    changes.extend(
+        scan.states
+            .into_iter()
+            .filter(|(e, s)| differs(head.get(e), Some(s)))
+            .map(|(e, s)| (e, Some(s))),
+    );
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    changes
 }
 
 /// How `element` went from `old` to `new` (each `None` when absent), or
@@ -199,6 +267,28 @@ mod tests {
             }
             prop_assert_eq!(&result, &observed);
             prop_assert!(compare(&observed, &observed, |_| true).is_empty());
+        }
+
+        /// Comparing by state hash finds what comparing states finds.
+        #[test]
+        fn comparing_hashes_agrees_with_comparing_states(
+            head in arb_states(),
+            observed in arb_states(),
+        ) {
+            let hashes = head
+                .iter()
+                .map(|(e, s)| (e.clone(), state_hash(s).unwrap()))
+                .collect();
+            let by_hash = compare_hashes(&hashes, Scan::of(observed.clone()), |_| true);
+            // A scan that kept only the states that differ finds the same.
+            let mut kept = Scan::of(observed.clone());
+            kept.states.retain(|e, s| differs(hashes.get(e), Some(s)));
+            prop_assert_eq!(&compare_hashes(&hashes, kept, |_| true), &by_hash);
+            let by_state: Vec<(ElementId, Option<State>)> = compare(&head, &observed, |_| true)
+                .into_iter()
+                .map(|(e, c)| (e, c.new_state().cloned()))
+                .collect();
+            prop_assert_eq!(by_hash, by_state);
         }
     }
 }

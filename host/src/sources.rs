@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use fschain_schema::{ElementId, State};
+use fschain_schema::{ElementId, State, StateHash};
 use fschain_store::ChainDir;
 
 use crate::config::SourcesConfig;
 use crate::files::{self, FileSource};
 use crate::packages::{self, PackageSource};
+use crate::reconcile::Scan;
 use crate::services::{self, ServiceSource};
 use crate::sysctl::{self, SysctlSource};
 use crate::HostError;
@@ -74,24 +75,51 @@ impl Sources {
     /// Every element of every source. What cannot be read is named in
     /// `problems` and left out; the others are still scanned.
     pub fn scan(&self, problems: &mut Vec<HostError>) -> BTreeMap<ElementId, State> {
-        let mut states = BTreeMap::new();
-        if let Some(files) = &self.files {
-            states.append(&mut files.scan(problems));
-        }
+        self.scan_where(problems, |_, _| true).states
+    }
+
+    /// [`Self::scan`], keeping only the states `keep` accepts (every
+    /// element found is still listed).
+    pub fn scan_where(
+        &self,
+        problems: &mut Vec<HostError>,
+        keep: impl Fn(&ElementId, &State) -> bool + Sync,
+    ) -> Scan {
+        let mut scan = match &self.files {
+            Some(files) => files.scan_where(problems, &keep),
+            None => Scan::default(),
+        };
         if let Some((sysctl, _)) = &self.sysctl {
-            states.append(&mut sysctl.scan(problems));
+            scan.append(Scan::of(sysctl.scan(problems)));
         }
         if let Some(packages) = &self.packages {
             match packages.scan() {
-                Ok(mut s) => states.append(&mut s),
+                Ok(s) => scan.append(Scan::of(s)),
                 Err(e) => problems.push(e),
             }
         }
         if let Some(services) = &self.services {
-            states.append(&mut services.scan(problems));
+            scan.append(Scan::of(services.scan(problems)));
         }
-        states
+        scan.states.retain(|e, s| keep(e, s));
+        scan
     }
+}
+
+/// The state hashes of the head block's elements that `owns` accepts:
+/// what a watch keeps of the head.
+pub fn head_state_hashes(
+    snapshot: &Path,
+    owns: impl Fn(&ElementId) -> bool,
+) -> Result<BTreeMap<ElementId, StateHash>, HostError> {
+    let scan = ChainDir::new(snapshot).state_hashes("head");
+    if let Some(problem) = scan.problems.first() {
+        return Err(HostError::Store(fschain_store::StoreError::Corrupt {
+            path: snapshot.to_owned(),
+            why: format!("{problem}; run `fschain verify`"),
+        }));
+    }
+    Ok(scan.states.into_iter().filter(|(e, _)| owns(e)).collect())
 }
 
 /// The states of the head block that `owns` accepts.
@@ -100,19 +128,10 @@ pub fn head_states(
     owns: impl Fn(&ElementId) -> bool,
 ) -> Result<BTreeMap<ElementId, State>, HostError> {
     let dir = ChainDir::new(snapshot);
-    let scan = dir.state_hashes("head");
-    if let Some(problem) = scan.problems.first() {
-        return Err(HostError::Store(fschain_store::StoreError::Corrupt {
-            path: snapshot.to_owned(),
-            why: format!("{problem}; run `fschain verify`"),
-        }));
-    }
     let mut states = BTreeMap::new();
-    for (element, _) in scan.states {
-        if owns(&element) {
-            if let Some(state) = dir.state(&element)? {
-                states.insert(element, state);
-            }
+    for element in head_state_hashes(snapshot, owns)?.into_keys() {
+        if let Some(state) = dir.state(&element)? {
+            states.insert(element, state);
         }
     }
     Ok(states)

@@ -13,15 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fschain_producer::ChainWriter;
-use fschain_schema::{ElementId, State};
+use fschain_schema::{state_hash, ElementId, State, StateHash};
 use tracing::{info, warn};
 
 use crate::attribution::Attributor;
 use crate::coalesce::Coalescer;
 use crate::files::FileSource;
 use crate::inotify::{wait_readable, DirWatcher, FsEvent};
-use crate::reconcile::{change, compare, Change};
-use crate::sources::{head_states, Sources};
+use crate::reconcile::{compare_hashes, differs, operation, Scan};
+use crate::sources::{head_state_hashes, Sources};
 use crate::HostError;
 
 /// Why the first block of a watch was sealed.
@@ -64,7 +64,8 @@ struct Watch<'a> {
     sources: &'a Sources,
     options: &'a WatchOptions,
     after_seal: &'a mut AfterSeal<'a>,
-    known: BTreeMap<ElementId, State>,
+    /// The head's state hashes, with what this watch recorded since.
+    known: BTreeMap<ElementId, StateHash>,
     watcher: Option<DirWatcher>,
     attributor: Option<Attributor>,
     opened: Option<Instant>,
@@ -81,7 +82,7 @@ pub fn run<'a>(
     shutdown: &AtomicBool,
 ) -> Result<WatchSummary, HostError> {
     let head = writer.layout().snapshot(writer.head().height);
-    let known = head_states(&head, |e| sources.owns(e))?;
+    let known = head_state_hashes(&head, |e| sources.owns(e))?;
     let mut watch = Watch {
         writer,
         sources,
@@ -148,15 +149,18 @@ impl Watch<'_> {
     /// Observes every source and records what differs from the chain.
     fn rescan(&mut self, reason: &str, first: bool) -> Result<u64, HostError> {
         let mut problems = Vec::new();
-        let observed = self.sources.scan(&mut problems);
+        let known = &self.known;
+        let scan = self
+            .sources
+            .scan_where(&mut problems, |e, s| differs(known.get(e), Some(s)));
         if first {
             report(&problems);
         }
-        let changes = compare(&self.known, &observed, |e| self.sources.owns(e));
+        let changes = compare_hashes(&self.known, scan, |e| self.sources.owns(e));
         let mut recorded = 0;
-        for (element, c) in changes {
+        for (element, now) in changes {
             let actor = self.actor(Sources::source_name(&element));
-            recorded += u64::from(self.record(&element, c, reason, &actor));
+            recorded += u64::from(self.record(&element, now, reason, &actor));
         }
         if recorded > 0 {
             info!(recorded, "{reason}");
@@ -164,13 +168,26 @@ impl Watch<'_> {
         Ok(recorded)
     }
 
-    /// Applies one change to the open block and to `known`.
-    fn record(&mut self, element: &ElementId, c: Change, reason: &str, actor: &str) -> bool {
-        let op = c.operation(element, reason, actor);
-        match self.writer.apply(op) {
-            Ok(_) => {
-                match c.new_state() {
-                    Some(s) => self.known.insert(element.clone(), s.clone()),
+    /// Records that `element` is now `now` (`None`: gone) in the open
+    /// block and in `known`.
+    fn record(
+        &mut self,
+        element: &ElementId,
+        now: Option<State>,
+        reason: &str,
+        actor: &str,
+    ) -> bool {
+        let hash = now.as_ref().map(state_hash).transpose();
+        let applied = hash.map_err(|e| e.to_string()).and_then(|hash| {
+            self.writer
+                .apply(operation(element, now, reason, actor))
+                .map(|_| hash)
+                .map_err(|e| e.to_string())
+        });
+        match applied {
+            Ok(hash) => {
+                match hash {
+                    Some(h) => self.known.insert(element.clone(), h),
                     None => self.known.remove(element),
                 };
                 self.opened.get_or_insert_with(Instant::now);
@@ -361,14 +378,14 @@ impl Watch<'_> {
                         _ => return Ok(()),
                     };
                 report(&problems);
-                let changes = compare(&self.known, &observed, |e| e.kind() == kind);
+                let changes = compare_hashes(&self.known, Scan::of(observed), |e| e.kind() == kind);
                 let actor = self.actor(Sources::source_name(&ElementId::parse_owned(format!(
                     "{kind}:x"
                 ))?));
-                for (element, c) in changes {
+                for (element, now) in changes {
                     if self.record(
                         &element,
-                        c,
+                        now,
                         &format!("observed by fschain watch ({kind}s)"),
                         &actor,
                     ) {
@@ -401,22 +418,19 @@ impl Watch<'_> {
                 return Ok(());
             }
         };
-        let old = self.known.get(&element).cloned();
-        let was_dir = old
-            .as_ref()
-            .is_some_and(|s| s.get("type").and_then(|t| t.as_str()) == Some("directory"));
         // fanotify names writers, not who deletes or renames away.
         let writer = self.attributor.as_mut().and_then(|a| a.take_writer(path));
         let actor = match writer {
             Some(writer) if now.is_some() => writer.actor(),
             _ => self.actor("files"),
         };
-        if let Some(c) = change(old.as_ref(), now.as_ref()) {
-            if self.record(&element, c, "observed by fschain watch (files)", &actor) {
-                self.summary.recorded += 1;
-            }
+        let gone = now.is_none();
+        if differs(self.known.get(&element), now.as_ref())
+            && self.record(&element, now, "observed by fschain watch (files)", &actor)
+        {
+            self.summary.recorded += 1;
         }
-        if now.is_none() && was_dir {
+        if gone {
             // A directory removed or moved away takes what was under it.
             let prefix = format!("{}/", element.as_str());
             let under: Vec<ElementId> = self
@@ -439,10 +453,10 @@ impl Watch<'_> {
         };
         let mut problems = Vec::new();
         let observed = sysctl.scan(&mut problems);
-        let changes = compare(&self.known, &observed, |e| sysctl.owns(e));
+        let changes = compare_hashes(&self.known, Scan::of(observed), |e| sysctl.owns(e));
         let actor = self.actor("sysctl");
-        for (element, c) in changes {
-            if self.record(&element, c, "observed by fschain watch (sysctl)", &actor) {
+        for (element, now) in changes {
+            if self.record(&element, now, "observed by fschain watch (sysctl)", &actor) {
                 self.summary.recorded += 1;
             }
         }

@@ -24,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fschain_schema::merkle::{leaf_hash, MerkleLevels};
 use fschain_schema::{
-    jcs, BlockHeader, ChainName, Digest, ElementId, EventDraft, EventHash, EventsRoot, HeaderDraft,
-    Operation, State, StateHash, StateTree, Timestamp,
+    jcs, Action, BlockHeader, ChainName, Digest, ElementId, EventDraft, EventHash, EventsRoot,
+    HeaderDraft, Operation, State, StateHash, StateTree, Timestamp,
 };
 use fschain_store::layout::{lock, ChainMeta, RootLayout, EVENTS_LOG, HEADERS_LOG};
 use fschain_store::state_path::state_path;
@@ -64,6 +64,9 @@ pub struct SealedBlock {
 // parsed between operations; an element's next operation parses them again.
 use fschain_schema::verify::LARGE_STATE_BYTES;
 
+/// Bytes of the open block's buffers kept for the next block once sealed.
+const KEPT_CAPACITY: usize = 1 << 20;
+
 /// What the open block keeps of an event once its line is written.
 #[derive(Clone, Copy, Debug)]
 struct PendingEvent {
@@ -80,10 +83,11 @@ pub struct ChainWriter {
     headers: Vec<BlockHeader>,
     index: StateIndex,
     tree: StateTree,
-    /// States read or written so far (`None`: the element has no state),
-    /// but for those over [`LARGE_STATE_BYTES`]: a large change is held
-    /// once, as the canonical bytes in `pending_states`, not a second time
-    /// as a parsed state.
+    /// States read for a patch (`None`: the element has no state), kept
+    /// current by later operations, but for those over
+    /// [`LARGE_STATE_BYTES`]: a large change is held once, as the
+    /// canonical bytes in `pending_states`, not a second time as a parsed
+    /// state. A set or delete reads nothing, so keeps nothing here.
     states: HashMap<ElementId, Option<State>>,
     /// The open block: each event's hash and sequence number, and the
     /// events' canonical lines (the events themselves are not kept: their
@@ -198,6 +202,14 @@ impl ChainWriter {
         Ok(self.load_state(element)?.clone())
     }
 
+    /// Whether the element has a state, the open block included.
+    fn has_state(&self, element: &ElementId) -> bool {
+        match self.pending_states.get(element) {
+            Some(pending) => pending.is_some(),
+            None => self.index.tip(element).is_some_and(|t| t.state.is_some()),
+        }
+    }
+
     /// The element's current state, read from the layer on first use.
     fn load_state(&mut self, element: &ElementId) -> Result<&Option<State>, ProducerError> {
         if self.states.contains_key(element) {
@@ -242,7 +254,14 @@ impl ChainWriter {
         if self.poisoned {
             return Err(ProducerError::Poisoned);
         }
-        let next = op.apply_to(self.load_state(&op.element)?.as_ref())?;
+        let next = match op.action {
+            // Neither needs the state before it, only whether there is one:
+            // a watch setting every file of a tree keeps none of them here.
+            Action::Set | Action::Delete => {
+                op.apply_owned(self.has_state(&op.element).then(State::new))?
+            }
+            Action::Patch => op.apply_to(self.load_state(&op.element)?.as_ref())?,
+        };
         let encoded = match &next {
             Some(state) => {
                 let bytes = jcs::canonical_object(state)?;
@@ -284,10 +303,11 @@ impl ChainWriter {
             .as_ref()
             .is_some_and(|(_, b)| b.len() > LARGE_STATE_BYTES);
         self.pending_states.insert(element.clone(), encoded);
+        // Only states read for a patch are kept, and kept current.
         if large {
             self.states.remove(&element);
-        } else {
-            self.states.insert(element, next);
+        } else if let Some(cached) = self.states.get_mut(&element) {
+            *cached = next;
         }
         self.pending.push(PendingEvent {
             hash: event.hash,
@@ -304,6 +324,11 @@ impl ChainWriter {
         self.pending.clear();
         self.pending_lines.clear();
         self.pending_states.clear();
+        // A large block's buffers are not kept for the small ones after it.
+        self.pending
+            .shrink_to(KEPT_CAPACITY / std::mem::size_of::<PendingEvent>());
+        self.pending_lines.shrink_to(KEPT_CAPACITY);
+        self.pending_tips.shrink_to(KEPT_CAPACITY / 64);
         self.pending_tips.clear();
         self.next_seq = self.index.next_seq();
     }
@@ -395,6 +420,11 @@ impl ChainWriter {
         self.pending.clear();
         self.pending_lines.clear();
         self.pending_states.clear();
+        // A large block's buffers are not kept for the small ones after it.
+        self.pending
+            .shrink_to(KEPT_CAPACITY / std::mem::size_of::<PendingEvent>());
+        self.pending_lines.shrink_to(KEPT_CAPACITY);
+        self.pending_tips.shrink_to(KEPT_CAPACITY / 64);
         self.headers.push(header.clone());
         Ok(SealedBlock { header })
     }
