@@ -66,6 +66,37 @@ fn start_watch(root: &str, etc: &str, sources: &str) -> std::process::Child {
     watch
 }
 
+/// A network namespace made for one test, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn add(prefix: &str) -> Self {
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        Netns(name)
+    }
+
+    /// Runs `ip -n NS ARGS`, which must succeed.
+    fn ip(&self, args: &str) {
+        let status = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args.split_whitespace())
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip -n {} {args}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 fn history(root: &str, element: &str) -> Vec<Value> {
     let run = fschain(&["history", "--root", root, element, "--json"]);
     if !run.output.status.success() {
@@ -295,19 +326,7 @@ fn sysctls_of_a_network_namespace_packages_and_units() {
         units.display()
     );
     let (root, _etc, sources) = setup(&s.dir, &extra);
-    let ns = format!("fsh{}", std::process::id() % 100_000);
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap()
-        .success());
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let ns = Ns(ns);
+    let ns = Netns::add("fsh");
     let in_ns = |args: &[&str]| {
         let mut all = vec!["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_fschain")];
         all.extend(args);
@@ -403,6 +422,87 @@ fn sysctls_of_a_network_namespace_packages_and_units() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("cannot restore package:openssh-server")
+    );
+}
+
+#[test]
+fn interfaces_of_a_network_namespace_followed_over_netlink() {
+    let Some(s) = scratch("host-iface") else {
+        return;
+    };
+    let ns = Netns::add("fsi");
+    ns.ip("link add v0 type veth peer name v1");
+    ns.ip("link add br0 type bridge");
+    ns.ip("link set v1 master br0");
+    // A VLAN interface is covered by the unit test: this kernel has no
+    // 802.1Q (CONFIG_VLAN_8021Q); a macvlan is stacked the same way.
+    ns.ip("link add mv0 link v0 type macvlan mode bridge");
+    ns.ip("addr add 10.9.0.1/24 dev v0");
+    ns.ip("link set v0 up");
+    let (root, etc, sources) = setup(&s.dir, &format!("[interfaces]\nnetns = \"{}\"\n", ns.0));
+    let mut watch = start_watch(&root, &etc, &sources);
+    let state = |element: &str| {
+        history(&root, element)
+            .last()
+            .map_or(Value::Null, |op| op["state"].clone())
+    };
+    let v0 = state("iface:v0");
+    assert_eq!(v0["kind"], "veth");
+    assert_eq!(v0["admin_up"], true);
+    assert_eq!(v0["addresses"], serde_json::json!(["10.9.0.1/24"]));
+    assert_eq!(state("iface:v1")["master"], "br0");
+    assert_eq!(state("iface:br0")["kind"], "bridge");
+    let macvlan = state("iface:mv0");
+    assert_eq!(macvlan["kind"], "macvlan");
+    assert_eq!(macvlan["parent"], "v0");
+    assert!(
+        v0.get("parent").is_none(),
+        "a veth's peer is not its parent"
+    );
+    assert_eq!(state("iface:lo")["kind"], "loopback");
+
+    // Changed with the real `ip` tool while the watch follows.
+    ns.ip("link set v0 mtu 1400");
+    ns.ip("addr add 10.9.1.1/24 dev br0");
+    ns.ip("link add br1 type bridge");
+    ns.ip("link del mv0");
+    wait_for("the live changes", Duration::from_secs(20), || {
+        state("iface:v0")["mtu"] == 1400
+            && state("iface:br0")["addresses"] == serde_json::json!(["10.9.1.1/24"])
+            && state("iface:br1")["kind"] == "bridge"
+            && history(&root, "iface:mv0")
+                .last()
+                .is_some_and(|op| op["action"] == "delete")
+    });
+    let last = history(&root, "iface:v0").last().cloned().unwrap();
+    assert_eq!(last["reason"], "observed by fschain watch (interfaces)");
+    let _ = Command::new("kill").arg(watch.id().to_string()).status();
+    assert!(watch.wait().unwrap().success());
+    fschain(&["drift", "--root", &root, "--sources", &sources]).code_is(0);
+    ns.ip("link set v0 mtu 1300");
+    let drift = fschain(&["drift", "--root", &root, "--sources", &sources]).code_is(1);
+    assert!(
+        drift.stdout().contains("~ iface:v0 (mtu)"),
+        "{}",
+        drift.stdout()
+    );
+
+    // A namespace that does not exist is named; the files are still read.
+    let (root2, _, sources2) = setup(&s.dir.join("two"), "[interfaces]\nnetns = \"fsi-none\"\n");
+    let once = fschain(&["watch", "--root", &root2, "--sources", &sources2, "--once"]).ok();
+    assert!(
+        once.stderr()
+            .contains("network namespace \"fsi-none\" does not exist"),
+        "{}",
+        once.stderr()
+    );
+    assert_eq!(
+        history(
+            &root2,
+            &format!("file:{}/two/etc/app.conf", s.dir.display())
+        )
+        .len(),
+        1
     );
 }
 

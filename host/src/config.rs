@@ -54,6 +54,7 @@ pub struct SourcesConfig {
     pub sysctl: Option<SysctlConfig>,
     pub packages: Option<PackagesConfig>,
     pub services: Option<ServicesConfig>,
+    pub interfaces: Option<InterfacesConfig>,
     /// Changes of one element within this window become one operation.
     #[serde(default = "default_coalesce", with = "duration")]
     pub coalesce: Duration,
@@ -148,6 +149,15 @@ fn default_unit_dirs() -> Vec<PathBuf> {
     vec![PathBuf::from("/etc/systemd/system")]
 }
 
+/// Network interfaces and their addresses, over rtnetlink.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfacesConfig {
+    /// A named network namespace (`ip netns add NAME`) instead of this
+    /// process's own.
+    pub netns: Option<String>,
+}
+
 impl SourcesConfig {
     /// Reads a sources file: either the tables themselves or a main config
     /// whose `[sources]` table holds them.
@@ -174,9 +184,15 @@ impl SourcesConfig {
 
     /// The files source, the default one when no source is configured.
     pub fn files_or_default(&self) -> Option<FilesConfig> {
-        match (&self.files, &self.sysctl, &self.packages, &self.services) {
+        match (
+            &self.files,
+            &self.sysctl,
+            &self.packages,
+            &self.services,
+            &self.interfaces,
+        ) {
             (Some(files), ..) => Some(files.clone()),
-            (None, None, None, None) => Some(FilesConfig::default()),
+            (None, None, None, None, None) => Some(FilesConfig::default()),
             _ => None,
         }
     }

@@ -28,6 +28,13 @@ pub enum HostError {
     #[error("cannot restore {element}: {why}")]
     CannotRestore { element: String, why: String },
     #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("network namespace {name:?} does not exist (no {}); make it with `ip netns add {name}` or fix [interfaces] netns", path.display())]
+    NoNetns { name: String, path: PathBuf },
+    #[error("{what}: {source}")]
     Watch {
         what: String,
         source: nix::errno::Errno,
@@ -56,7 +63,7 @@ impl HostError {
                 source.kind(),
                 std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
             ),
-            HostError::Watch { .. } => true,
+            HostError::Watch { .. } | HostError::Netlink { .. } => true,
             HostError::Producer(e) => e.is_transient(),
             HostError::Store(e) => e.is_transient(),
             _ => false,

@@ -10,6 +10,7 @@ use fschain_store::ChainDir;
 
 use crate::config::SourcesConfig;
 use crate::files::{self, FileSource};
+use crate::interfaces::{self, InterfaceSource};
 use crate::packages::{self, PackageSource};
 use crate::reconcile::Scan;
 use crate::services::{self, ServiceSource};
@@ -22,6 +23,7 @@ pub struct Sources {
     pub sysctl: Option<(SysctlSource, Duration)>,
     pub packages: Option<PackageSource>,
     pub services: Option<ServiceSource>,
+    pub interfaces: Option<InterfaceSource>,
     pub coalesce: Duration,
     /// Name the writing process (fanotify) when possible.
     pub attribute: bool,
@@ -46,6 +48,10 @@ impl Sources {
                 .services
                 .as_ref()
                 .map(|s| ServiceSource::new(&s.unit_dirs)),
+            interfaces: config
+                .interfaces
+                .as_ref()
+                .map(|i| InterfaceSource::new(i.netns.clone())),
             coalesce: config.coalesce,
         })
     }
@@ -57,6 +63,7 @@ impl Sources {
             sysctl::KIND => self.sysctl.as_ref().is_some_and(|(s, _)| s.owns(element)),
             packages::KIND => self.packages.is_some(),
             services::KIND => self.services.is_some(),
+            interfaces::KIND => self.interfaces.is_some(),
             _ => false,
         }
     }
@@ -68,6 +75,7 @@ impl Sources {
             sysctl::KIND => "sysctl",
             packages::KIND => "packages",
             services::KIND => "services",
+            interfaces::KIND => "interfaces",
             _ => "host",
         }
     }
@@ -100,6 +108,12 @@ impl Sources {
         }
         if let Some(services) = &self.services {
             scan.append(Scan::of(services.scan(problems)));
+        }
+        if let Some(interfaces) = &self.interfaces {
+            match interfaces.scan() {
+                Ok(s) => scan.append(Scan::of(s)),
+                Err(e) => problems.push(e),
+            }
         }
         scan.states.retain(|e, s| keep(e, s));
         scan

@@ -20,6 +20,7 @@ use crate::attribution::Attributor;
 use crate::coalesce::Coalescer;
 use crate::files::FileSource;
 use crate::inotify::{wait_readable, DirWatcher, FsEvent};
+use crate::interfaces::InterfaceMonitor;
 use crate::reconcile::{compare_hashes, differs, operation, Scan};
 use crate::sources::{head_state_hashes, Sources};
 use crate::HostError;
@@ -54,6 +55,7 @@ enum Key {
     File(PathBuf),
     Packages,
     Services,
+    Interfaces,
 }
 
 /// Called after every seal (publishing, with `--brokers`).
@@ -68,6 +70,7 @@ struct Watch<'a> {
     known: BTreeMap<ElementId, StateHash>,
     watcher: Option<DirWatcher>,
     attributor: Option<Attributor>,
+    interfaces: Option<InterfaceMonitor>,
     opened: Option<Instant>,
     summary: WatchSummary,
 }
@@ -91,6 +94,7 @@ pub fn run<'a>(
         known,
         watcher: None,
         attributor: None,
+        interfaces: None,
         opened: None,
         summary: WatchSummary::default(),
     };
@@ -138,6 +142,13 @@ impl Watch<'_> {
         if let Some(services) = &self.sources.services {
             for dir in services.unit_dirs() {
                 watch_dirs(&mut watcher, dir);
+            }
+        }
+        if let Some(interfaces) = &self.sources.interfaces {
+            // Subscribed before the first dump, so no change falls between.
+            match interfaces.monitor() {
+                Ok(m) => self.interfaces = Some(m),
+                Err(e) => problems.push(e),
             }
         }
         report(&problems);
@@ -274,6 +285,9 @@ impl Watch<'_> {
         if let Some(a) = &self.attributor {
             fds.push(a.fd());
         }
+        if let Some(m) = &self.interfaces {
+            fds.push(m.fd());
+        }
         if fds.is_empty() {
             std::thread::sleep(timeout);
             return Ok(());
@@ -286,6 +300,13 @@ impl Watch<'_> {
         // temporary file, whose write was queued before the rename.
         if let (Some(a), Some(files)) = (&mut self.attributor, &self.sources.files) {
             a.read(|p| files.in_scope(p) || p.parent().is_some_and(|d| files.in_scope(d)));
+        }
+        if let Some(m) = &mut self.interfaces {
+            match m.take() {
+                Ok(true) => coalescer.touch(Key::Interfaces, Instant::now()),
+                Ok(false) => {}
+                Err(e) => warn!("{e}; the rest of the watch goes on"),
+            }
         }
         let Some(watcher) = &mut self.watcher else {
             return Ok(());
@@ -356,43 +377,59 @@ impl Watch<'_> {
     fn observe(&mut self, key: Key) -> Result<(), HostError> {
         match key {
             Key::File(path) => self.observe_file(&path),
-            Key::Packages | Key::Services => {
-                let kind = if key == Key::Packages {
-                    "package"
-                } else {
-                    "service"
-                };
+            whole => {
                 let mut problems = Vec::new();
-                let observed: BTreeMap<ElementId, State> =
-                    match (&key, &self.sources.packages, &self.sources.services) {
-                        (Key::Packages, Some(p), _) => match p.scan() {
-                            Ok(s) => s,
-                            Err(e) => {
-                                // dpkg rewrites its status file by rename: a
-                                // read that misses it is retried on its next event.
-                                warn!(error = %e, "packages not read");
-                                return Ok(());
-                            }
+                let sources = self.sources;
+                let (source, observed) = match (&whole, sources) {
+                    (
+                        Key::Packages,
+                        Sources {
+                            packages: Some(p), ..
                         },
-                        (Key::Services, _, Some(s)) => s.scan(&mut problems),
-                        _ => return Ok(()),
-                    };
+                    ) => ("packages", p.scan()),
+                    (
+                        Key::Services,
+                        Sources {
+                            services: Some(s), ..
+                        },
+                    ) => ("services", Ok(s.scan(&mut problems))),
+                    (
+                        Key::Interfaces,
+                        Sources {
+                            interfaces: Some(i),
+                            ..
+                        },
+                    ) => ("interfaces", i.scan()),
+                    _ => return Ok(()),
+                };
                 report(&problems);
-                let changes = compare_hashes(&self.known, Scan::of(observed), |e| e.kind() == kind);
-                let actor = self.actor(Sources::source_name(&ElementId::parse_owned(format!(
-                    "{kind}:x"
-                ))?));
-                for (element, now) in changes {
-                    if self.record(
-                        &element,
-                        now,
-                        &format!("observed by fschain watch ({kind}s)"),
-                        &actor,
-                    ) {
-                        self.summary.recorded += 1;
-                    }
+                match observed {
+                    // dpkg rewrites its status file by rename, an interface
+                    // may vanish mid-dump: what is not read now is read at
+                    // the source's next event.
+                    Err(e) => warn!(error = %e, "{source} not read; read again at its next change"),
+                    Ok(observed) => self.record_source(source, observed, |e| {
+                        Sources::source_name(e) == source && sources.owns(e)
+                    }),
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Records how every element of one source read whole differs.
+    fn record_source(
+        &mut self,
+        source: &str,
+        observed: BTreeMap<ElementId, State>,
+        owns: impl Fn(&ElementId) -> bool,
+    ) {
+        let changes = compare_hashes(&self.known, Scan::of(observed), owns);
+        let actor = self.actor(source);
+        let reason = format!("observed by fschain watch ({source})");
+        for (element, now) in changes {
+            if self.record(&element, now, &reason, &actor) {
+                self.summary.recorded += 1;
             }
         }
     }
@@ -453,13 +490,7 @@ impl Watch<'_> {
         };
         let mut problems = Vec::new();
         let observed = sysctl.scan(&mut problems);
-        let changes = compare_hashes(&self.known, Scan::of(observed), |e| sysctl.owns(e));
-        let actor = self.actor("sysctl");
-        for (element, now) in changes {
-            if self.record(&element, now, "observed by fschain watch (sysctl)", &actor) {
-                self.summary.recorded += 1;
-            }
-        }
+        self.record_source("sysctl", observed, |e| sysctl.owns(e));
     }
 }
 
