@@ -487,6 +487,49 @@ fn interfaces_of_a_network_namespace_followed_over_netlink() {
         drift.stdout()
     );
 
+    // Restored over netlink: the recorded mtu back, the hand-made address
+    // gone; a key fschain does not write is refused by name.
+    ns.ip("addr add 10.9.5.5/24 dev v0");
+    fschain(&[
+        "restore",
+        "--root",
+        &root,
+        "--sources",
+        &sources,
+        "iface:v0",
+    ])
+    .ok();
+    let shown = Command::new("ip")
+        .args(["-n", &ns.0, "-j", "addr", "show", "dev", "v0"])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown[0]["mtu"], 1400);
+    let addresses: Vec<&str> = shown[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| a["local"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses, ["10.9.0.1"]);
+    fschain(&["drift", "--root", &root, "--sources", &sources]).code_is(0);
+    ns.ip("link set v1 nomaster");
+    let refused = fschain(&[
+        "restore",
+        "--root",
+        &root,
+        "--sources",
+        &sources,
+        "iface:v1",
+    ])
+    .code_is(2);
+    assert!(
+        refused.stderr().contains("its master differs"),
+        "{}",
+        refused.stderr()
+    );
+
     // A namespace that does not exist is named; the files are still read.
     let (root2, _, sources2) = setup(&s.dir.join("two"), "[interfaces]\nnetns = \"fsi-none\"\n");
     let once = fschain(&["watch", "--root", &root2, "--sources", &sources2, "--once"]).ok();

@@ -14,16 +14,18 @@ use std::path::{Path, PathBuf};
 
 use fschain_schema::{ElementId, State};
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde_json::{json, Value};
 
+use crate::reconcile::changed_keys;
 use crate::HostError;
 
 /// The element kind this source owns.
@@ -173,6 +175,196 @@ impl InterfaceSource {
                     })
                 })
         })
+    }
+}
+
+/// What `restore` writes to one interface: only what differs from the
+/// recorded state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InterfaceChange {
+    pub name: String,
+    pub mtu: Option<u32>,
+    pub admin_up: Option<bool>,
+    pub add: Vec<(IpAddr, u8)>,
+    pub remove: Vec<(IpAddr, u8)>,
+}
+
+impl InterfaceChange {
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(mtu) = self.mtu {
+            parts.push(format!("mtu {mtu}"));
+        }
+        if let Some(up) = self.admin_up {
+            parts.push(if up { "up" } else { "down" }.to_owned());
+        }
+        parts.extend(self.add.iter().map(|(ip, p)| format!("add {ip}/{p}")));
+        parts.extend(self.remove.iter().map(|(ip, p)| format!("remove {ip}/{p}")));
+        format!("interface {}: {}", self.name, parts.join(", "))
+    }
+}
+
+/// Keys a restore writes (`oper_state` follows `admin_up` and the carrier).
+const RESTORED_KEYS: &[&str] = &["mtu", "admin_up", "addresses", "oper_state"];
+
+/// How to bring interface `name` from `current` back to `recorded`, or why
+/// it cannot be (a key fschain does not write differs).
+pub fn plan_change(
+    name: &str,
+    recorded: &State,
+    current: &State,
+) -> Result<InterfaceChange, String> {
+    let keys = changed_keys(recorded, current);
+    if let Some(key) = keys.iter().find(|k| !RESTORED_KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "its {key} differs, and fschain restores only an interface's mtu, up/down and addresses"
+        ));
+    }
+    let differs = |key: &str| keys.iter().any(|k| k == key);
+    let mtu = match differs("mtu") {
+        true => Some(
+            recorded
+                .get("mtu")
+                .and_then(Value::as_u64)
+                .and_then(|m| u32::try_from(m).ok())
+                .ok_or("the recorded state has no mtu")?,
+        ),
+        false => None,
+    };
+    let admin_up = match differs("admin_up") {
+        true => Some(
+            recorded
+                .get("admin_up")
+                .and_then(Value::as_bool)
+                .ok_or("the recorded state has no admin_up")?,
+        ),
+        false => None,
+    };
+    let addresses = |state: &State| -> Result<BTreeSet<(IpAddr, u8)>, String> {
+        state
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let text = a.as_str().unwrap_or_default();
+                let (ip, prefix) = text
+                    .split_once('/')
+                    .ok_or_else(|| format!("address {text:?} is not ADDRESS/PREFIX"))?;
+                Ok((
+                    ip.parse()
+                        .map_err(|_| format!("address {text:?} is not an IP address"))?,
+                    prefix
+                        .parse()
+                        .map_err(|_| format!("address {text:?} has a bad prefix"))?,
+                ))
+            })
+            .collect()
+    };
+    let (want, have) = (addresses(recorded)?, addresses(current)?);
+    Ok(InterfaceChange {
+        name: name.to_owned(),
+        mtu,
+        admin_up,
+        add: want.difference(&have).copied().collect(),
+        remove: have.difference(&want).copied().collect(),
+    })
+}
+
+impl InterfaceSource {
+    /// Writes `change` over rtnetlink: the link's mtu and up/down in one
+    /// request, then each address removed and added, each acknowledged.
+    pub fn apply(&self, change: &InterfaceChange) -> Result<(), HostError> {
+        let socket = self.socket(&[])?;
+        let index = dump(
+            &socket,
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            self.what(),
+        )?
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if link_name(&l).as_deref() == Some(&change.name) => {
+                Some(l.header.index)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| HostError::CannotRestore {
+            element: format!("{KIND}:{}", change.name),
+            why: format!("{} has no interface of that name", self.what()),
+        })?;
+        let what = format!("{} ({})", self.what(), change.describe());
+        if change.mtu.is_some() || change.admin_up.is_some() {
+            let mut link = LinkMessage::default();
+            link.header.index = index;
+            if let Some(up) = change.admin_up {
+                link.header.change_mask = LinkFlags::Up;
+                if up {
+                    link.header.flags = LinkFlags::Up;
+                }
+            }
+            if let Some(mtu) = change.mtu {
+                link.attributes.push(LinkAttribute::Mtu(mtu));
+            }
+            request(&socket, RouteNetlinkMessage::SetLink(link), 0, &what)?;
+        }
+        for (ip, prefix) in &change.remove {
+            let message = address_message(index, *ip, *prefix);
+            request(&socket, RouteNetlinkMessage::DelAddress(message), 0, &what)?;
+        }
+        for (ip, prefix) in &change.add {
+            let message = address_message(index, *ip, *prefix);
+            request(
+                &socket,
+                RouteNetlinkMessage::NewAddress(message),
+                NLM_F_CREATE | NLM_F_EXCL,
+                &what,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn address_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header.family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    message.header.prefix_len = prefix_len;
+    message.header.index = index;
+    message.attributes = vec![AddressAttribute::Local(ip), AddressAttribute::Address(ip)];
+    message
+}
+
+/// Sends one request and waits for the kernel's acknowledgement.
+fn request(
+    socket: &Socket,
+    message: RouteNetlinkMessage,
+    flags: u16,
+    what: &str,
+) -> Result<(), HostError> {
+    let failed = |source: std::io::Error| HostError::Netlink {
+        what: what.to_owned(),
+        source,
+    };
+    let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
+    packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    packet.header.sequence_number = 2;
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    socket.send(&buf, 0).map_err(failed)?;
+    let mut receive = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket.recv(&mut &mut receive[..], 0).map_err(failed)?;
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[..size])
+            .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
+        if let NetlinkPayload::Error(e) = reply.payload {
+            return match e.code {
+                None => Ok(()),
+                Some(_) => Err(failed(e.to_io())),
+            };
+        }
     }
 }
 
@@ -474,5 +666,27 @@ mod tests {
             json!(["10.0.0.1/24", "fd00::1/64"])
         );
         assert_eq!(states["br0"]["addresses"], json!([]));
+    }
+
+    #[test]
+    fn a_restore_writes_only_what_differs_and_refuses_other_keys() {
+        let state = |v: Value| v.as_object().unwrap().clone();
+        let recorded = state(json!({"kind": "veth", "mtu": 1500, "admin_up": true,
+            "addresses": ["10.0.0.1/24", "fd00::1/64"]}));
+        let current = state(json!({"kind": "veth", "mtu": 1400, "admin_up": true,
+            "addresses": ["10.0.0.1/24", "10.0.9.9/16"]}));
+        let change = plan_change("v0", &recorded, &current).unwrap();
+        assert_eq!(change.mtu, Some(1400 + 100));
+        assert_eq!(change.admin_up, None);
+        assert_eq!(change.add, vec![("fd00::1".parse().unwrap(), 64)]);
+        assert_eq!(change.remove, vec![("10.0.9.9".parse().unwrap(), 16)]);
+        assert_eq!(
+            change.describe(),
+            "interface v0: mtu 1500, add fd00::1/64, remove 10.0.9.9/16"
+        );
+        let moved = state(json!({"kind": "veth", "mtu": 1500, "admin_up": true,
+            "addresses": ["10.0.0.1/24", "fd00::1/64"], "master": "br0"}));
+        let why = plan_change("v0", &recorded, &moved).unwrap_err();
+        assert!(why.starts_with("its master differs"), "{why}");
     }
 }

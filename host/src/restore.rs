@@ -11,6 +11,7 @@ use base64::Engine;
 use fschain_schema::{ElementId, State};
 
 use crate::files;
+use crate::interfaces::{self, plan_change, InterfaceChange};
 use crate::sources::Sources;
 use crate::sysctl;
 use crate::HostError;
@@ -45,6 +46,7 @@ pub enum Step {
         key: String,
         value: String,
     },
+    Interface(InterfaceChange),
 }
 
 impl Step {
@@ -73,6 +75,7 @@ impl Step {
             }
             Step::Remove { path } => format!("remove {}", path.display()),
             Step::Sysctl { key, value } => format!("sysctl {key} = {value}"),
+            Step::Interface(change) => change.describe(),
         }
     }
 }
@@ -120,6 +123,26 @@ pub fn plan(
                 key: element.name().to_owned(),
                 value: text(element, recorded, "value")?.to_owned(),
             })
+        }
+        interfaces::KIND => {
+            if sources.interfaces.is_none() {
+                return Err(refuse(element, "no [interfaces] source is configured"));
+            }
+            match (recorded, current) {
+                (None, _) => Err(refuse(
+                    element,
+                    "fschain does not remove interfaces; delete it with `ip link del`",
+                )),
+                (Some(_), None) => Err(refuse(
+                    element,
+                    "it no longer exists; fschain does not create interfaces (`ip link add`), it restores their mtu, up/down and addresses",
+                )),
+                (Some(recorded), Some(current)) => {
+                    plan_change(element.name(), recorded, current)
+                        .map(Step::Interface)
+                        .map_err(|why| refuse(element, why))
+                }
+            }
         }
         "package" => Err(refuse(
             element,
@@ -257,6 +280,13 @@ pub fn apply(sources: &Sources, step: &Step) -> Result<(), HostError> {
             }
             .map_err(|e| HostError::io(path, e))
         }
+        Step::Interface(change) => match &sources.interfaces {
+            Some(i) => i.apply(change),
+            None => Err(HostError::CannotRestore {
+                element: format!("{}:{}", interfaces::KIND, change.name),
+                why: "no [interfaces] source is configured".into(),
+            }),
+        },
         Step::Sysctl { key, value } => match &sources.sysctl {
             Some((s, _)) => s.write(key, value),
             None => Err(HostError::CannotRestore {
@@ -291,6 +321,10 @@ pub fn current(sources: &Sources, element: &ElementId) -> Result<Option<State>, 
         },
         sysctl::KIND => match &sources.sysctl {
             Some((s, _)) => Ok(s.read(element.name())?.map(|(_, state)| state)),
+            None => Ok(None),
+        },
+        interfaces::KIND => match &sources.interfaces {
+            Some(i) => Ok(i.scan()?.remove(element)),
             None => Ok(None),
         },
         _ => Ok(sources.scan(&mut Vec::new()).remove(element)),
