@@ -549,6 +549,156 @@ fn interfaces_of_a_network_namespace_followed_over_netlink() {
     );
 }
 
+/// A real ovsdb-server on a fresh Open_vSwitch database in `dir`,
+/// stopped when dropped.
+struct Ovsdb {
+    dir: std::path::PathBuf,
+    server: Option<std::process::Child>,
+}
+
+impl Ovsdb {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let created = Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(dir.join("conf.db"))
+            .arg("/usr/share/openvswitch/vswitch.ovsschema")
+            .status()
+            .expect("ovsdb-tool (Debian's openvswitch-switch) is needed");
+        assert!(created.success());
+        let mut db = Ovsdb {
+            dir: dir.to_owned(),
+            server: None,
+        };
+        db.run();
+        db.vsctl(&["init"]);
+        db
+    }
+
+    fn socket(&self) -> String {
+        self.dir.join("db.sock").display().to_string()
+    }
+
+    fn run(&mut self) {
+        let server = Command::new("ovsdb-server")
+            .arg(self.dir.join("conf.db"))
+            .arg(format!("--remote=punix:{}", self.socket()))
+            .arg(format!("--unixctl={}", self.dir.join("ctl").display()))
+            .arg("--no-chdir")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(server);
+        let socket = self.socket();
+        wait_for("ovsdb-server's socket", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = Command::new("kill").arg(server.id().to_string()).status();
+            let _ = server.wait();
+        }
+    }
+
+    /// `ovs-vsctl --no-wait` (no vswitchd runs) on this database.
+    fn vsctl(&self, args: &[&str]) {
+        let status = Command::new("ovs-vsctl")
+            .arg(format!("--db=unix:{}", self.socket()))
+            .arg("--no-wait")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ovs-vsctl {args:?}");
+    }
+}
+
+impl Drop for Ovsdb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn open_vswitch_followed_over_ovsdb_across_a_server_restart() {
+    let Some(s) = scratch("host-ovs") else {
+        return;
+    };
+    let mut db = Ovsdb::start(&s.dir.join("ovs"));
+    db.vsctl(&["add-br", "br0"]);
+    db.vsctl(&[
+        "add-port",
+        "br0",
+        "vnet3",
+        "tag=10",
+        "--",
+        "set",
+        "Port",
+        "vnet3",
+        "external_ids:vm-id=vm-42",
+        "--",
+        "set",
+        "Interface",
+        "vnet3",
+        "external_ids:iface-id=abc",
+    ]);
+    let extra = format!("[ovs]\ndb = \"unix:{}\"\n", db.socket());
+    let (root, etc, sources) = setup(&s.dir, &extra);
+    let mut watch = start_watch(&root, &etc, &sources);
+    let state = |element: &str| {
+        history(&root, element)
+            .last()
+            .map_or(Value::Null, |op| op["state"].clone())
+    };
+    let vnet3 = state("ovs-port:br0/vnet3");
+    assert_eq!(vnet3["tag"], 10);
+    assert_eq!(vnet3["external_ids"]["vm-id"], "vm-42");
+    assert_eq!(vnet3["interfaces"][0]["external_ids"]["iface-id"], "abc");
+    assert_eq!(
+        state("ovs-bridge:br0")["ports"],
+        serde_json::json!(["br0", "vnet3"])
+    );
+
+    // Changed with ovs-vsctl while the watch follows.
+    db.vsctl(&["set", "Port", "vnet3", "tag=20"]);
+    db.vsctl(&["add-port", "br0", "vnet4"]);
+    wait_for("the tag and the new port", Duration::from_secs(20), || {
+        state("ovs-port:br0/vnet3")["tag"] == 20
+            && state("ovs-port:br0/vnet4")["tag"].is_null()
+            && !history(&root, "ovs-port:br0/vnet4").is_empty()
+    });
+    db.vsctl(&["del-port", "br0", "vnet4"]);
+    wait_for("the deleted port", Duration::from_secs(20), || {
+        history(&root, "ovs-port:br0/vnet4")
+            .last()
+            .is_some_and(|op| op["action"] == "delete")
+    });
+    let last = history(&root, "ovs-port:br0/vnet3")
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(last["reason"], "observed by fschain watch (ovs)");
+
+    // ovsdb-server restarts: the watch resynchronises, records nothing
+    // twice, and goes on following.
+    let before = history(&root, "ovs-port:br0/vnet3").len();
+    db.stop();
+    db.run();
+    db.vsctl(&["add-port", "br0", "vnet5"]);
+    wait_for(
+        "a port added after the restart",
+        Duration::from_secs(20),
+        || !history(&root, "ovs-port:br0/vnet5").is_empty(),
+    );
+    assert_eq!(history(&root, "ovs-port:br0/vnet3").len(), before);
+    let _ = Command::new("kill").arg(watch.id().to_string()).status();
+    assert!(watch.wait().unwrap().success());
+    fschain(&["drift", "--root", &root, "--sources", &sources]).code_is(0);
+    fschain(&["verify", "--root", &root]).ok();
+}
+
 #[test]
 fn an_overflowing_inotify_queue_is_answered_by_a_rescan_not_a_loss() {
     let Some(s) = scratch("host-overflow") else {

@@ -55,6 +55,7 @@ pub struct SourcesConfig {
     pub packages: Option<PackagesConfig>,
     pub services: Option<ServicesConfig>,
     pub interfaces: Option<InterfacesConfig>,
+    pub ovs: Option<OvsConfig>,
     /// Changes of one element within this window become one operation.
     #[serde(default = "default_coalesce", with = "duration")]
     pub coalesce: Duration,
@@ -158,6 +159,19 @@ pub struct InterfacesConfig {
     pub netns: Option<String>,
 }
 
+/// Open vSwitch, over the OVSDB management protocol.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvsConfig {
+    /// `unix:PATH` or `tcp:HOST:PORT`.
+    #[serde(default = "default_ovs_db")]
+    pub db: String,
+}
+
+fn default_ovs_db() -> String {
+    "unix:/var/run/openvswitch/db.sock".into()
+}
+
 impl SourcesConfig {
     /// Reads a sources file: either the tables themselves or a main config
     /// whose `[sources]` table holds them.
@@ -190,9 +204,10 @@ impl SourcesConfig {
             &self.packages,
             &self.services,
             &self.interfaces,
+            &self.ovs,
         ) {
             (Some(files), ..) => Some(files.clone()),
-            (None, None, None, None, None) => Some(FilesConfig::default()),
+            (None, None, None, None, None, None) => Some(FilesConfig::default()),
             _ => None,
         }
     }

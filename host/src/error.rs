@@ -32,6 +32,12 @@ pub enum HostError {
         what: String,
         source: std::io::Error,
     },
+    #[error("OVSDB {db}: {what}: {source}")]
+    Ovsdb {
+        db: String,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("network namespace {name:?} does not exist (no {}); make it with `ip netns add {name}` or fix [interfaces] netns", path.display())]
     NoNetns { name: String, path: PathBuf },
     #[error("{what}: {source}")]
@@ -64,6 +70,7 @@ impl HostError {
                 std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
             ),
             HostError::Watch { .. } | HostError::Netlink { .. } => true,
+            HostError::Ovsdb { source, .. } => source.kind() != std::io::ErrorKind::InvalidInput,
             HostError::Producer(e) => e.is_transient(),
             HostError::Store(e) => e.is_transient(),
             _ => false,

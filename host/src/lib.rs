@@ -1,7 +1,7 @@
 //! Sources that observe a Linux host and turn its changes into operations
 //! on its chain: files (inotify, with fanotify naming the writer), sysctls
 //! (polled), dpkg's packages, systemd's unit enablement and network
-//! interfaces (rtnetlink); drift and restore.
+//! interfaces (rtnetlink) and Open vSwitch (OVSDB); drift and restore.
 //!
 //! Architecture Invariant: what changed is decided by observing an element
 //! and comparing it with the chain's state ([`reconcile`]), never by
@@ -17,6 +17,7 @@ mod error;
 pub mod files;
 mod inotify;
 pub mod interfaces;
+pub mod ovs;
 pub mod packages;
 pub mod reconcile;
 pub mod restore;

@@ -11,6 +11,7 @@ use fschain_store::ChainDir;
 use crate::config::SourcesConfig;
 use crate::files::{self, FileSource};
 use crate::interfaces::{self, InterfaceSource};
+use crate::ovs::{self, OvsSource};
 use crate::packages::{self, PackageSource};
 use crate::reconcile::Scan;
 use crate::services::{self, ServiceSource};
@@ -24,6 +25,7 @@ pub struct Sources {
     pub packages: Option<PackageSource>,
     pub services: Option<ServiceSource>,
     pub interfaces: Option<InterfaceSource>,
+    pub ovs: Option<OvsSource>,
     pub coalesce: Duration,
     /// Name the writing process (fanotify) when possible.
     pub attribute: bool,
@@ -52,6 +54,7 @@ impl Sources {
                 .interfaces
                 .as_ref()
                 .map(|i| InterfaceSource::new(i.netns.clone())),
+            ovs: config.ovs.as_ref().map(|o| OvsSource::new(&o.db)),
             coalesce: config.coalesce,
         })
     }
@@ -64,6 +67,7 @@ impl Sources {
             packages::KIND => self.packages.is_some(),
             services::KIND => self.services.is_some(),
             interfaces::KIND => self.interfaces.is_some(),
+            ovs::BRIDGE_KIND | ovs::PORT_KIND => self.ovs.is_some(),
             _ => false,
         }
     }
@@ -76,6 +80,7 @@ impl Sources {
             packages::KIND => "packages",
             services::KIND => "services",
             interfaces::KIND => "interfaces",
+            ovs::BRIDGE_KIND | ovs::PORT_KIND => "ovs",
             _ => "host",
         }
     }
@@ -111,6 +116,12 @@ impl Sources {
         }
         if let Some(interfaces) = &self.interfaces {
             match interfaces.scan() {
+                Ok(s) => scan.append(Scan::of(s)),
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(ovs) = &self.ovs {
+            match ovs.scan() {
                 Ok(s) => scan.append(Scan::of(s)),
                 Err(e) => problems.push(e),
             }

@@ -21,6 +21,7 @@ use crate::coalesce::Coalescer;
 use crate::files::FileSource;
 use crate::inotify::{wait_readable, DirWatcher, FsEvent};
 use crate::interfaces::InterfaceMonitor;
+use crate::ovs::OvsMonitor;
 use crate::reconcile::{compare_hashes, differs, operation, Scan};
 use crate::sources::{head_state_hashes, Sources};
 use crate::HostError;
@@ -56,6 +57,7 @@ enum Key {
     Packages,
     Services,
     Interfaces,
+    Ovs,
 }
 
 /// Called after every seal (publishing, with `--brokers`).
@@ -71,6 +73,9 @@ struct Watch<'a> {
     watcher: Option<DirWatcher>,
     attributor: Option<Attributor>,
     interfaces: Option<InterfaceMonitor>,
+    ovs: Option<OvsMonitor>,
+    /// The newest states the OVSDB monitor handed out, not yet recorded.
+    ovs_states: Option<BTreeMap<ElementId, State>>,
     opened: Option<Instant>,
     summary: WatchSummary,
 }
@@ -95,6 +100,8 @@ pub fn run<'a>(
         watcher: None,
         attributor: None,
         interfaces: None,
+        ovs: None,
+        ovs_states: None,
         opened: None,
         summary: WatchSummary::default(),
     };
@@ -148,6 +155,12 @@ impl Watch<'_> {
             // Subscribed before the first dump, so no change falls between.
             match interfaces.monitor() {
                 Ok(m) => self.interfaces = Some(m),
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(ovs) = &self.sources.ovs {
+            match ovs.monitor() {
+                Ok(m) => self.ovs = Some(m),
                 Err(e) => problems.push(e),
             }
         }
@@ -288,6 +301,9 @@ impl Watch<'_> {
         if let Some(m) = &self.interfaces {
             fds.push(m.fd());
         }
+        if let Some(m) = &self.ovs {
+            fds.push(m.fd());
+        }
         if fds.is_empty() {
             std::thread::sleep(timeout);
             return Ok(());
@@ -306,6 +322,16 @@ impl Watch<'_> {
                 Ok(true) => coalescer.touch(Key::Interfaces, Instant::now()),
                 Ok(false) => {}
                 Err(e) => warn!("{e}; the rest of the watch goes on"),
+            }
+        }
+        if let Some(m) = &mut self.ovs {
+            match m.take() {
+                Some(Ok(states)) => {
+                    self.ovs_states = Some(states);
+                    coalescer.touch(Key::Ovs, Instant::now());
+                }
+                Some(Err(e)) => warn!("{e}; the rest of the watch goes on"),
+                None => {}
             }
         }
         let Some(watcher) = &mut self.watcher else {
@@ -400,6 +426,10 @@ impl Watch<'_> {
                             ..
                         },
                     ) => ("interfaces", i.scan()),
+                    (Key::Ovs, _) => match self.ovs_states.take() {
+                        Some(states) => ("ovs", Ok(states)),
+                        None => return Ok(()),
+                    },
                     _ => return Ok(()),
                 };
                 report(&problems);
