@@ -696,6 +696,36 @@ fn open_vswitch_followed_over_ovsdb_across_a_server_restart() {
     let _ = Command::new("kill").arg(watch.id().to_string()).status();
     assert!(watch.wait().unwrap().success());
     fschain(&["drift", "--root", &root, "--sources", &sources]).code_is(0);
+
+    // Restored with one OVSDB transaction each: a port changed by hand,
+    // then a port deleted by hand, made again with its tag and ids.
+    db.vsctl(&["set", "Port", "vnet3", "tag=99", "external_ids:vm-id=other"]);
+    let restore = |element: &str| {
+        fschain(&["restore", "--root", &root, "--sources", &sources, element]).ok();
+    };
+    restore("ovs-port:br0/vnet3");
+    let get = |what: &[&str]| {
+        let out = Command::new("ovs-vsctl")
+            .arg(format!("--db=unix:{}", db.socket()))
+            .args(what)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(get(&["get", "Port", "vnet3", "tag"]), "20");
+    assert_eq!(
+        get(&["get", "Port", "vnet3", "external_ids:vm-id"]),
+        "vm-42"
+    );
+    db.vsctl(&["del-port", "br0", "vnet3"]);
+    restore("ovs-port:br0/vnet3");
+    assert_eq!(get(&["get", "Port", "vnet3", "tag"]), "20");
+    assert_eq!(
+        get(&["get", "Interface", "vnet3", "external_ids:iface-id"]),
+        "abc"
+    );
+    assert_eq!(get(&["list-ports", "br0"]), "vnet3\nvnet5");
+    fschain(&["drift", "--root", &root, "--sources", &sources]).code_is(0);
     fschain(&["verify", "--root", &root]).ok();
 }
 

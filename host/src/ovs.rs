@@ -198,6 +198,183 @@ impl OvsSource {
     }
 }
 
+/// What `restore` does to one port, as one OVSDB transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OvsChange {
+    /// Set these Port columns (OVSDB notation) back.
+    Update {
+        bridge: String,
+        port: String,
+        row: Map<String, Value>,
+    },
+    /// Make the port again, with its interfaces, on its bridge.
+    Create {
+        bridge: String,
+        port: String,
+        state: State,
+    },
+    /// Take the port off its bridge (OVSDB then drops the unreferenced
+    /// Port and Interface rows).
+    Remove { bridge: String, port: String },
+}
+
+impl OvsChange {
+    pub fn describe(&self) -> String {
+        match self {
+            OvsChange::Update { bridge, port, row } => format!(
+                "set {} of port {port} on {bridge}",
+                row.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            OvsChange::Create { bridge, port, .. } => {
+                format!("add port {port} to {bridge} with its recorded columns")
+            }
+            OvsChange::Remove { bridge, port } => format!("remove port {port} from {bridge}"),
+        }
+    }
+}
+
+/// Port columns a restore writes.
+const RESTORED_PORT_KEYS: &[&str] = &["tag", "trunks", "vlan_mode", "external_ids"];
+
+/// How to bring `ovs-port:BRIDGE/PORT` back to `recorded` (`None`: it did
+/// not exist), or why it cannot be.
+pub fn plan_port(
+    element: &ElementId,
+    recorded: Option<&State>,
+    current: Option<&State>,
+) -> Result<OvsChange, String> {
+    if element.kind() != PORT_KIND {
+        return Err("fschain restores ports; make bridges with `ovs-vsctl add-br`".into());
+    }
+    let (bridge, port) = element
+        .name()
+        .split_once('/')
+        .ok_or("a port is named BRIDGE/PORT")?;
+    let (bridge, port) = (bridge.to_owned(), port.to_owned());
+    match (recorded, current) {
+        (None, None) => Err("it neither exists nor was recorded".into()),
+        (None, Some(_)) => Ok(OvsChange::Remove { bridge, port }),
+        (Some(state), None) => Ok(OvsChange::Create {
+            bridge,
+            port,
+            state: state.clone(),
+        }),
+        (Some(recorded), Some(current)) => {
+            let keys = crate::reconcile::changed_keys(recorded, current);
+            if let Some(key) = keys
+                .iter()
+                .find(|k| !RESTORED_PORT_KEYS.contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "its {key} differ, and fschain restores a port's tag, trunks, vlan_mode, external_ids and existence"
+                ));
+            }
+            let row = keys
+                .iter()
+                .map(|k| (k.clone(), port_column(k, recorded.get(k))))
+                .collect();
+            Ok(OvsChange::Update { bridge, port, row })
+        }
+    }
+}
+
+/// A port state's key in OVSDB notation.
+fn port_column(key: &str, value: Option<&Value>) -> Value {
+    match (key, value) {
+        ("external_ids" | "options", Some(Value::Object(map))) => ovs_map(map),
+        ("trunks", Some(Value::Array(items))) => json!(["set", items]),
+        (_, None | Some(Value::Null)) => json!(["set", []]),
+        (_, Some(atom)) => atom.clone(),
+    }
+}
+
+fn ovs_map(map: &Map<String, Value>) -> Value {
+    let pairs: Vec<Value> = map.iter().map(|(k, v)| json!([k, v])).collect();
+    json!(["map", pairs])
+}
+
+impl OvsSource {
+    /// Applies `change` as one `transact`.
+    pub fn apply(&self, change: &OvsChange) -> Result<(), HostError> {
+        let mut connection = self.connect()?;
+        let failed = |e| self.error(&change.describe(), e);
+        let by_name = |name: &str| json!([["name", "==", name]]);
+        let operations: Vec<Value> = match change {
+            OvsChange::Update { port, row, .. } => {
+                vec![json!({"op": "update", "table": "Port", "where": by_name(port), "row": row})]
+            }
+            OvsChange::Create {
+                bridge,
+                port,
+                state,
+            } => {
+                let mut operations = Vec::new();
+                let mut interfaces = Vec::new();
+                for (i, interface) in state
+                    .get("interfaces")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let uuid_name = format!("interface{i}");
+                    let column = |k: &str| port_column(k, interface.get(k));
+                    operations.push(json!({"op": "insert", "table": "Interface", "uuid-name": uuid_name,
+                        "row": {"name": interface.get("name"), "type": interface.get("type"),
+                                "options": column("options"), "external_ids": column("external_ids")}}));
+                    interfaces.push(json!(["named-uuid", uuid_name]));
+                }
+                let mut row: Map<String, Value> = RESTORED_PORT_KEYS
+                    .iter()
+                    .map(|k| ((*k).to_owned(), port_column(k, state.get(*k))))
+                    .collect();
+                row.insert("name".into(), json!(port));
+                row.insert("interfaces".into(), json!(["set", interfaces]));
+                operations.push(
+                    json!({"op": "insert", "table": "Port", "uuid-name": "port", "row": row}),
+                );
+                operations.push(
+                    json!({"op": "mutate", "table": "Bridge", "where": by_name(bridge),
+                    "mutations": [["ports", "insert", ["set", [["named-uuid", "port"]]]]]}),
+                );
+                operations
+            }
+            OvsChange::Remove { bridge, port } => {
+                let found = connection
+                    .call(
+                        "transact",
+                        json!([DATABASE, {"op": "select", "table": "Port", "where": by_name(port), "columns": ["_uuid"]}]),
+                    )
+                    .map_err(failed)?;
+                let uuid = found[0]["rows"][0]["_uuid"].clone();
+                if uuid.is_null() {
+                    return Ok(());
+                }
+                vec![
+                    json!({"op": "mutate", "table": "Bridge", "where": by_name(bridge),
+                    "mutations": [["ports", "delete", ["set", [uuid]]]]}),
+                ]
+            }
+        };
+        let mut params = vec![json!(DATABASE)];
+        params.extend(operations);
+        let results = connection
+            .call("transact", Value::Array(params))
+            .map_err(failed)?;
+        if let Some(error) = results
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r.get("error").is_some_and(|e| !e.is_null()))
+        {
+            return Err(failed(std::io::Error::other(format!(
+                "the transaction was refused: {error}"
+            ))));
+        }
+        Ok(())
+    }
+}
+
 type Snapshot = Result<BTreeMap<ElementId, State>, HostError>;
 
 /// The states of the followed database, newest first; a readable socket

@@ -12,6 +12,7 @@ use fschain_schema::{ElementId, State};
 
 use crate::files;
 use crate::interfaces::{self, plan_change, InterfaceChange};
+use crate::ovs::{self, OvsChange};
 use crate::sources::Sources;
 use crate::sysctl;
 use crate::HostError;
@@ -47,6 +48,7 @@ pub enum Step {
         value: String,
     },
     Interface(InterfaceChange),
+    Ovs(OvsChange),
 }
 
 impl Step {
@@ -76,6 +78,7 @@ impl Step {
             Step::Remove { path } => format!("remove {}", path.display()),
             Step::Sysctl { key, value } => format!("sysctl {key} = {value}"),
             Step::Interface(change) => change.describe(),
+            Step::Ovs(change) => change.describe(),
         }
     }
 }
@@ -143,6 +146,14 @@ pub fn plan(
                         .map_err(|why| refuse(element, why))
                 }
             }
+        }
+        ovs::BRIDGE_KIND | ovs::PORT_KIND => {
+            if sources.ovs.is_none() {
+                return Err(refuse(element, "no [ovs] source is configured"));
+            }
+            ovs::plan_port(element, recorded, current)
+                .map(Step::Ovs)
+                .map_err(|why| refuse(element, why))
         }
         "package" => Err(refuse(
             element,
@@ -287,6 +298,13 @@ pub fn apply(sources: &Sources, step: &Step) -> Result<(), HostError> {
                 why: "no [interfaces] source is configured".into(),
             }),
         },
+        Step::Ovs(change) => match &sources.ovs {
+            Some(o) => o.apply(change),
+            None => Err(HostError::CannotRestore {
+                element: change.describe(),
+                why: "no [ovs] source is configured".into(),
+            }),
+        },
         Step::Sysctl { key, value } => match &sources.sysctl {
             Some((s, _)) => s.write(key, value),
             None => Err(HostError::CannotRestore {
@@ -325,6 +343,10 @@ pub fn current(sources: &Sources, element: &ElementId) -> Result<Option<State>, 
         },
         interfaces::KIND => match &sources.interfaces {
             Some(i) => Ok(i.scan()?.remove(element)),
+            None => Ok(None),
+        },
+        ovs::BRIDGE_KIND | ovs::PORT_KIND => match &sources.ovs {
+            Some(o) => Ok(o.scan()?.remove(element)),
             None => Ok(None),
         },
         _ => Ok(sources.scan(&mut Vec::new()).remove(element)),
