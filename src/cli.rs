@@ -53,9 +53,12 @@ pub(crate) struct SourcesArg {
     /// TOML sources file (default: the config file's [sources] table; without either, /etc).
     #[arg(long, value_name = "FILE")]
     pub sources: Option<PathBuf>,
+    /// Observe the interfaces of this network namespace (`ip netns add NAME`), as [interfaces] netns does.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
 }
 
-/// Watching the host itself: files, sysctls, packages, services.
+/// Watching the host itself: files, sysctls, packages, services, interfaces, Open vSwitch.
 #[derive(Debug, Subcommand)]
 pub(crate) enum HostCommand {
     /// Record what differs from the head as one catch-up block, then follow the host's changes.

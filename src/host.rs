@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fschain_host::config::InterfacesConfig;
 use fschain_host::reconcile::{compare, Change};
 use fschain_host::restore::{self, Step};
 use fschain_host::watch::{self, WatchOptions};
@@ -68,11 +69,18 @@ pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
 }
 
 fn load_sources(arg: &SourcesArg, inv: &Invocation) -> Result<Sources> {
-    let config = match (&arg.sources, &inv.settings.sources) {
+    let mut config = match (&arg.sources, &inv.settings.sources) {
         (Some(path), _) => SourcesConfig::read(path)?,
         (None, Some(config)) => config.clone(),
         (None, None) => SourcesConfig::default(),
     };
+    if let Some(netns) = &arg.netns {
+        // Added to what is configured, the default files included.
+        config.files = config.files_or_default();
+        config.interfaces = Some(InterfacesConfig {
+            netns: Some(netns.clone()),
+        });
+    }
     Ok(Sources::new(&config)?)
 }
 

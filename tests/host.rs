@@ -547,6 +547,18 @@ fn interfaces_of_a_network_namespace_followed_over_netlink() {
         .len(),
         1
     );
+    // --netns names the namespace on the command line, over the file's.
+    let drift = fschain(&[
+        "drift",
+        "--root",
+        &root2,
+        "--sources",
+        &sources2,
+        "--netns",
+        &ns.0,
+    ])
+    .code_is(1);
+    assert!(drift.stdout().contains("+ iface:v0"), "{}", drift.stdout());
 }
 
 /// A real ovsdb-server on a fresh Open_vSwitch database in `dir`,
