@@ -180,51 +180,21 @@ fn first_scan(tree: &Path, s: &Scale, bytes: u64, report: &mut Report) -> Result
 fn write_to_seal(work: &Path, tree: &Path, s: &Scale, report: &mut Report) -> Result<()> {
     let probes = tree.join("latency");
     std::fs::create_dir_all(&probes)?;
-    let root = work.join("latency-root");
-    let mut writer = new_root(&root, "bench-watch")?;
     let sources = sources_for(&[tree], "20ms")?;
-    let options = WatchOptions {
-        block_interval: Duration::from_millis(50),
-        block_ops: 10_000,
-        once: false,
-        host: "bench".into(),
-    };
-    let shutdown = AtomicBool::new(false);
-    let (sealed_tx, sealed_rx) = mpsc::channel::<Instant>();
-    let mut times = std::thread::scope(|scope| -> Result<Vec<Duration>> {
-        let watching = scope.spawn(|| {
-            let mut after_seal = move |_: &ChainWriter| -> Result<(), HostError> {
-                let _ = sealed_tx.send(Instant::now());
-                Ok(())
-            };
-            watch::run(&mut writer, &sources, &options, &mut after_seal, &shutdown)
-        });
-        let probing = (|| -> Result<Vec<Duration>> {
-            sealed_rx
-                .recv_timeout(Duration::from_secs(300))
-                .context("the watch sealed no catch-up block")?;
-            let mut rng = Rng(7);
-            let mut times = Vec::with_capacity(s.latency_writes);
-            for i in 0..s.latency_writes {
-                std::thread::sleep(Duration::from_millis(30 + rng.below(40) as u64));
-                while sealed_rx.try_recv().is_ok() {}
-                let t = Instant::now();
-                std::fs::write(probes.join(format!("p{}", i % 8)), format!("value = {i}\n"))?;
-                let sealed = sealed_rx
-                    .recv_timeout(Duration::from_secs(10))
-                    .context("no block sealed within 10 s of a write")?;
-                times.push(sealed.saturating_duration_since(t));
-            }
-            Ok(times)
-        })();
-        shutdown.store(true, Ordering::SeqCst);
-        let summary = watching
-            .join()
-            .map_err(|_| anyhow::anyhow!("the watch thread panicked"))??;
-        if summary.rescans > 0 {
-            bail!("the watch rescanned during the latency run");
+    let mut times = with_watch(&work.join("latency-root"), &sources, |sealed| {
+        let mut rng = Rng(7);
+        let mut times = Vec::with_capacity(s.latency_writes);
+        for i in 0..s.latency_writes {
+            std::thread::sleep(Duration::from_millis(30 + rng.below(40) as u64));
+            while sealed.try_recv().is_ok() {}
+            let t = Instant::now();
+            std::fs::write(probes.join(format!("p{}", i % 8)), format!("value = {i}\n"))?;
+            let (at, _) = sealed
+                .recv_timeout(Duration::from_secs(10))
+                .context("no block sealed within 10 s of a write")?;
+            times.push(at.saturating_duration_since(t));
         }
-        probing
+        Ok(times)
     })?;
     let mut kernel = inotify_latency(&probes, s.latency_writes)?;
     report.row(Row {
@@ -242,6 +212,49 @@ fn write_to_seal(work: &Path, tree: &Path, s: &Scale, report: &mut Report) -> Re
         met: Some(pct(&mut times, 99) <= Duration::from_millis(100)),
     });
     Ok(())
+}
+
+/// Each seal of an in-process watch: when, and how many events.
+pub(crate) type Seals = mpsc::Receiver<(Instant, u64)>;
+
+/// Runs a watch in this process over `sources` on a new root (50 ms
+/// blocks), hands `probe` its seals once the catch-up block is sealed,
+/// then stops it.
+pub(crate) fn with_watch<T>(
+    root: &Path,
+    sources: &Sources,
+    probe: impl FnOnce(&Seals) -> Result<T>,
+) -> Result<T> {
+    let mut writer = new_root(root, "bench-watch")?;
+    let options = WatchOptions {
+        block_interval: Duration::from_millis(50),
+        block_ops: 100_000,
+        once: false,
+        host: "bench".into(),
+    };
+    let shutdown = AtomicBool::new(false);
+    let (sealed_tx, sealed_rx) = mpsc::channel();
+    std::thread::scope(|scope| -> Result<T> {
+        let watching = scope.spawn(|| {
+            let mut after_seal = move |w: &ChainWriter| -> Result<(), HostError> {
+                let _ = sealed_tx.send((Instant::now(), w.head().event_count));
+                Ok(())
+            };
+            watch::run(&mut writer, sources, &options, &mut after_seal, &shutdown)
+        });
+        let probed = sealed_rx
+            .recv_timeout(Duration::from_secs(300))
+            .context("the watch sealed no catch-up block")
+            .and_then(|_| probe(&sealed_rx));
+        shutdown.store(true, Ordering::SeqCst);
+        let summary = watching
+            .join()
+            .map_err(|_| anyhow::anyhow!("the watch thread panicked"))??;
+        if summary.rescans > 0 {
+            bail!("the watch rescanned during the measurement");
+        }
+        probed
+    })
 }
 
 /// Write → IN_CLOSE_WRITE read by a bare inotify watch on the directory.
@@ -319,12 +332,8 @@ fn measure_watch(
     }
     // The catch-up block's write-back, then rest.
     settle(root)?;
-    let peak = proc_status_bytes(pid, "VmHWM:")?;
-    let before = cpu_seconds(pid)?;
-    let t = Instant::now();
-    std::thread::sleep(s.idle);
-    let cpu = (cpu_seconds(pid)? - before) / t.elapsed().as_secs_f64() * 100.0;
-    let rss = proc_status_bytes(pid, "VmRSS:")?;
+    let rest = at_rest(pid, s.idle)?;
+    let (peak, cpu, rss) = (rest.peak, rest.cpu_percent, rest.rss);
     report.row(Row {
         what: format!(
             "fschain watch over {} files at rest for {} s: CPU",
@@ -399,7 +408,28 @@ fn measure_watch(
     Ok(())
 }
 
-fn head_height(layout: &RootLayout) -> Result<u64> {
+/// A process left alone for `idle`: its CPU (percent of a core), its
+/// resident memory at the end, and its peak before.
+pub(crate) struct AtRest {
+    pub(crate) cpu_percent: f64,
+    pub(crate) rss: u64,
+    pub(crate) peak: u64,
+}
+
+pub(crate) fn at_rest(pid: u32, idle: Duration) -> Result<AtRest> {
+    let peak = proc_status_bytes(pid, "VmHWM:")?;
+    let before = cpu_seconds(pid)?;
+    let t = Instant::now();
+    std::thread::sleep(idle);
+    let cpu_percent = (cpu_seconds(pid)? - before) / t.elapsed().as_secs_f64() * 100.0;
+    Ok(AtRest {
+        cpu_percent,
+        rss: proc_status_bytes(pid, "VmRSS:")?,
+        peak,
+    })
+}
+
+pub(crate) fn head_height(layout: &RootLayout) -> Result<u64> {
     Ok(layout
         .snapshot_heights()?
         .into_iter()

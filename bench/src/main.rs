@@ -7,6 +7,7 @@
 mod host;
 mod index;
 mod local;
+mod network;
 mod quality;
 mod replication;
 mod report;
@@ -41,11 +42,14 @@ struct Args {
     /// Only the host source measurements (watch, first scan).
     #[arg(long, conflicts_with_all = ["replication_only", "index_only"])]
     host_only: bool,
+    /// Only the network source measurements (interfaces, Open vSwitch).
+    #[arg(long, requires = "brokers", conflicts_with_all = ["replication_only", "index_only", "host_only"])]
+    network_only: bool,
     /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
     #[arg(long = "model", value_name = "DIR")]
     model_dir: Option<PathBuf>,
     /// Only the search quality measurements (needs --model).
-    #[arg(long, requires = "model_dir", conflicts_with_all = ["replication_only", "index_only", "host_only"])]
+    #[arg(long, requires = "model_dir", conflicts_with_all = ["replication_only", "index_only", "host_only", "network_only"])]
     quality_only: bool,
     /// Write the figures as the table of this Markdown file
     /// (docs/performance.md).
@@ -89,6 +93,10 @@ fn run(args: &Args) -> Result<()> {
         host::run(dir, args.quick, &mut report)?;
         return finish(&report, args);
     }
+    if let Some(brokers) = args.brokers.as_deref().filter(|_| args.network_only) {
+        network::run(dir, args.quick, brokers, &mut report)?;
+        return finish(&report, args);
+    }
     let local = !args.replication_only && !args.index_only;
     if local {
         local::run(dir, args.quick, &mut report)?;
@@ -101,6 +109,9 @@ fn run(args: &Args) -> Result<()> {
     // the latency runs.
     if let Some(brokers) = args.brokers.as_deref().filter(|_| !args.index_only) {
         replication::run(dir, args.quick, brokers, &mut report)?;
+        if !args.replication_only {
+            network::run(dir, args.quick, brokers, &mut report)?;
+        }
     }
     if !args.replication_only {
         let work = dir.join(format!("bench-index-{}", std::process::id()));

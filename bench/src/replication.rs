@@ -56,14 +56,14 @@ pub(crate) fn run(dir: &Path, quick: bool, brokers: &str, report: &mut Report) -
     result
 }
 
-struct Bin {
-    exe: PathBuf,
-    brokers: String,
-    prefix: String,
+pub(crate) struct Bin {
+    pub(crate) exe: PathBuf,
+    pub(crate) brokers: String,
+    pub(crate) prefix: String,
 }
 
 impl Bin {
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
         c.args(args)
             .args(["--brokers", &self.brokers, "--prefix", &self.prefix])
@@ -73,7 +73,7 @@ impl Bin {
         c
     }
     /// Runs fschain to the end: how long it took, its peak RSS, its stdout.
-    fn run(&self, args: &[&str]) -> Result<(Duration, u64, String)> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<(Duration, u64, String)> {
         let t = Instant::now();
         let child = self.cmd(args).spawn()?;
         let (out, peak) = wait_measuring(child)?;
