@@ -4,7 +4,9 @@
 # loop-mounted btrfs, operations published to the ops topic and applied by
 # the agent, and two sites that receive, verify and hold the same chain;
 # then a watch of a file tree and of a network namespace's sysctls, a
-# drift and a restore.
+# drift and a restore; then interfaces in that namespace and Open vSwitch
+# ports on a bridge (an ovsdb-server of its own), and a site answering
+# "who moved vnet3 to VLAN 20" with a proof.
 # scripts/demo-local.sh shows the local chain alone (time travel, rollback,
 # a tamper that verify catches).
 set -euo pipefail
@@ -19,6 +21,7 @@ missing=()
 command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v ovsdb-server >/dev/null || missing+=(openvswitch-switch)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
@@ -28,7 +31,8 @@ step() { printf '\n\033[1m$ fschain %s\033[0m\n' "$*"; fschain "$@"; }
 
 BROKERS=$(scripts/kafka.sh up --port "$PORT")
 NS=fschain-demo-$$
-trap 'scripts/kafka.sh down --port "$PORT"; ip netns del "$NS" 2>/dev/null || true' EXIT
+trap 'scripts/kafka.sh down --port "$PORT"; ip netns del "$NS" 2>/dev/null || true
+      [ -f "$MNT/ovs/pid" ] && kill "$(cat "$MNT/ovs/pid")" 2>/dev/null || true' EXIT
 K=(--brokers "$BROKERS" --prefix "demo$$")
 
 # A clean btrfs for the producer and both sites.
@@ -80,9 +84,34 @@ ip netns exec "$NS" ./target/release/fschain watch --root "$MNT/producer" --sour
 ip netns exec "$NS" sysctl -qw net.ipv4.ip_forward=1
 ip netns exec "$NS" ./target/release/fschain drift --root "$MNT/producer" --sources "$MNT/sysctl.toml" || true
 ip netns exec "$NS" ./target/release/fschain watch --root "$MNT/producer" --sources "$MNT/sysctl.toml" --once
+
+printf '\n\033[1m# and the network: interfaces in that namespace, Open vSwitch ports on a bridge\033[0m\n'
+OVS="$MNT/ovs"
+mkdir -p "$OVS"
+ovsdb-tool create "$OVS/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+ovsdb-server "$OVS/conf.db" --remote=punix:"$OVS/db.sock" --unixctl="$OVS/ctl" \
+  --pidfile="$OVS/pid" --log-file="$OVS/log" --no-chdir --detach
+vsctl() { ovs-vsctl --db=unix:"$OVS/db.sock" --no-wait "$@"; }
+vsctl init
+vsctl add-br br0
+vsctl add-port br0 vnet3 tag=10 -- set Port vnet3 external_ids:vm-id=vm-42
+ip -n "$NS" link add v0 type veth peer name v1
+ip -n "$NS" addr add 10.9.0.1/24 dev v0
+printf '[interfaces]\nnetns = "%s"\n[ovs]\ndb = "unix:%s/db.sock"\n' "$NS" "$OVS" > "$MNT/network.toml"
+SINCE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+./target/release/fschain watch --root "$MNT/producer" --sources "$MNT/network.toml" --block-interval 200 "${K[@]}" &
+WATCH=$!
+sleep 2
+vsctl set Port vnet3 tag=20
+ip -n "$NS" link set v0 mtu 1400 up
+sleep 2
+kill -TERM "$WATCH" && wait "$WATCH"
+step history --root "$MNT/producer" ovs-port:br0/vnet3
+step drift --root "$MNT/producer" --sources "$MNT/network.toml"
 step publish --root "$MNT/producer" "${K[@]}"
 step consume --site east --root "$MNT/east" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
 step consume --site west --root "$MNT/west" --trust "$MNT/producer.pub" --until-idle "${K[@]}"
+step search --root "$MNT/west" "who moved vnet3 to VLAN 20" --since "$SINCE" --limit 1 --proof
 if grep -rq demo-private-key "$MNT/producer" "$MNT/east" "$MNT/west"; then
   echo "the secret left the host" >&2
   exit 1
