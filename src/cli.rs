@@ -15,8 +15,17 @@ pub(crate) struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG also works.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text, or as JSON objects for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the chain lives.
@@ -45,6 +54,37 @@ pub(crate) enum Command {
     Search(SearchCommand),
     #[command(flatten)]
     Host(HostCommand),
+    #[command(flatten)]
+    Operate(OperateCommand),
+    #[command(flatten)]
+    Tool(ToolCommand),
+}
+
+/// Seeing whether it works.
+#[derive(Debug, Subcommand)]
+pub(crate) enum OperateCommand {
+    /// A chain's (or each chain of a site's) head, last seal, published height, pending blocks and key.
+    Status {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+/// For packagers: shell completions and man pages.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ToolCommand {
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (fschain.1 and one per command) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// The sources file: `--sources FILE`, else the config's `[sources]`.

@@ -3,7 +3,7 @@
 //! Architecture Invariant: this file and `context::invocation` are the only
 //! places that read argv and the environment. Everything below them takes
 //! plain values. No two modules here import each other: `local`,
-//! `replication`, `search` and `host` use `cli` and `context` only.
+//! `replication`, `search`, `host`, `status` and `tools` use `cli` and `context` only.
 
 mod cli;
 mod context;
@@ -11,12 +11,14 @@ mod host;
 mod local;
 mod replication;
 mod search;
+mod status;
+mod tools;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 
 /// mimalloc keeps small and large allocations on separate pages, so the
 /// memory a large block or a first scan frees can go back to the system
@@ -27,7 +29,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.log_format);
     let invocation = match context::invocation(&cli) {
         Ok(i) => i,
         Err(e) => return fail(&e),
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
         Command::Replication(c) => replication::run(c, &invocation),
         Command::Search(c) => search::run(c, &invocation),
         Command::Host(c) => host::run(c, &invocation),
+        Command::Operate(c) => status::run(c, &invocation),
+        Command::Tool(c) => tools::run(c),
     };
     match outcome {
         Ok(code) => code,
@@ -49,7 +53,7 @@ fn fail(error: &anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, format: LogFormat) {
     let default = match verbose {
         // qdrant-edge warns about internals it never set up in process.
         0 => "warn,qdrant_edge=error",
@@ -58,10 +62,14 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 }

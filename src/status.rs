@@ -1,0 +1,118 @@
+//! `fschain status`: what a producer's or a site's chains hold, read from
+//! their roots alone.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use fschain_store::RootLayout;
+use serde_json::{json, Value};
+
+use crate::cli::OperateCommand;
+use crate::context::{open_chain, print_json, root_dir, Invocation};
+
+pub(crate) fn run(command: OperateCommand, inv: &Invocation) -> Result<ExitCode> {
+    match command {
+        OperateCommand::Status { root, json } => {
+            let root = root_dir(&root, inv)?;
+            let chains = chain_roots(&root)?;
+            let now_micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            let statuses = chains
+                .iter()
+                .map(|c| chain_status(c, now_micros))
+                .collect::<Result<Vec<Value>>>()?;
+            if json.json {
+                print_json(&json!({ "root": root, "chains": statuses }));
+            } else {
+                for s in &statuses {
+                    print_text(s);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root itself when it is a chain, else each chain of a site under it.
+fn chain_roots(root: &Path) -> Result<Vec<std::path::PathBuf>> {
+    if RootLayout::new(root).marker().exists() {
+        return Ok(vec![root.to_owned()]);
+    }
+    let mut chains: Vec<_> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| RootLayout::new(p).marker().exists())
+        .collect();
+    chains.sort();
+    if chains.is_empty() {
+        bail!(
+            "{} is neither a chain's root nor a site holding chains",
+            root.display()
+        );
+    }
+    Ok(chains)
+}
+
+fn chain_status(root: &Path, now_micros: i64) -> Result<Value> {
+    let chain = open_chain(root)?;
+    let layout = chain.layout();
+    let head = chain.head();
+    let site = layout.replica().exists();
+    let published = if site {
+        None
+    } else {
+        fschain_producer::outbox::published_height(layout)?
+    };
+    let key = std::fs::read_to_string(layout.signing_pub())
+        .ok()
+        .map(|k| k.trim().to_owned());
+    let since_seal = (now_micros - head.time.as_micros()) / 1_000_000;
+    // Blocks sealed and not on the topic yet (genesis included).
+    let pending = (!site).then(|| match published {
+        Some(p) => head.height.saturating_sub(p),
+        None => head.height + 1,
+    });
+    Ok(json!({
+        "chain": chain.meta().chain,
+        "root": root,
+        "role": if site { "site" } else { "producer" },
+        "head": head.height,
+        "head_hash": head.hash.to_hex(),
+        "last_seal": head.time.to_string(),
+        "seconds_since_seal": since_seal,
+        "published_height": published,
+        "pending_blocks": pending,
+        "key": key,
+    }))
+}
+
+fn print_text(s: &Value) {
+    println!(
+        "{} ({}) at {}",
+        s["chain"].as_str().unwrap_or("?"),
+        s["role"].as_str().unwrap_or("?"),
+        s["root"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  head        block {} {}",
+        s["head"],
+        s["head_hash"].as_str().map_or("", |h| &h[..16])
+    );
+    println!(
+        "  last seal   {} ({} s ago)",
+        s["last_seal"].as_str().unwrap_or("?"),
+        s["seconds_since_seal"]
+    );
+    if s["role"] == "producer" {
+        match s["published_height"].as_u64() {
+            Some(p) => println!("  published   block {p}, {} pending", s["pending_blocks"]),
+            None => println!("  published   nothing yet, {} pending", s["pending_blocks"]),
+        }
+    }
+    if let Some(key) = s["key"].as_str() {
+        println!("  key         {key}");
+    }
+}
