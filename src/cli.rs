@@ -63,10 +63,24 @@ pub(crate) enum Command {
 /// Seeing whether it works.
 #[derive(Debug, Subcommand)]
 pub(crate) enum OperateCommand {
-    /// A chain's (or each chain of a site's) head, last seal, published height, pending blocks and key.
+    /// A chain's (or a site's chains') head, last seal, published height and key; with --brokers or --site, every site's verified height and lag, from Kafka alone. Exit 0: within thresholds; 1: a site over one or behind retention; 2: could not ask.
     Status {
         #[command(flatten)]
         root: RootArg,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// A site to report on (its group fschain-site-NAME); repeatable. Default: every fschain site group.
+        #[arg(long = "site", value_name = "NAME")]
+        sites: Vec<String>,
+        /// Only manifests signed by these keys count (as consume's --trust). Default: trusted_keys, else any.
+        #[arg(long = "trust", value_name = "KEY|FILE")]
+        trust: Vec<String>,
+        /// Exit 1 when a site is more than N blocks behind a chain.
+        #[arg(long, value_name = "N")]
+        max_lag_blocks: Option<u64>,
+        /// Exit 1 when a site's newest verified block was sealed more than S seconds before the chain's newest.
+        #[arg(long, value_name = "S")]
+        max_lag_seconds: Option<i64>,
         #[command(flatten)]
         json: JsonArg,
     },

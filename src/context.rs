@@ -201,3 +201,30 @@ pub(crate) fn extra(inv: &Invocation) -> Vec<(String, String)> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
+
+/// The producers' public keys a site trusts: `--trust KEY|FILE` items and
+/// `trusted_keys`, each 64 hex digits or a file of them.
+pub(crate) fn trusted_keys(
+    given: &[String],
+    inv: &Invocation,
+) -> Result<Vec<fschain_schema::wire::PublicKey>> {
+    use fschain_schema::wire::PublicKey;
+    let mut keys = Vec::new();
+    for item in given.iter().chain(inv.settings.trusted_keys.iter()) {
+        if item.len() == 64 && item.bytes().all(|b| b.is_ascii_hexdigit()) {
+            keys.push(PublicKey::from_hex(item)?);
+            continue;
+        }
+        let text = std::fs::read_to_string(item).with_context(|| {
+            format!("--trust {item}: neither 64 hex digits nor a readable key file")
+        })?;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            keys.push(PublicKey::from_hex(line).with_context(|| format!("key file {item}"))?);
+        }
+    }
+    Ok(keys)
+}

@@ -18,7 +18,7 @@ use fschain_store::{Chain, RootLayout};
 
 use crate::cli::{KafkaArgs, KeyAction, ReplicationCommand, SiteArgs, StreamArgs, TopicsAction};
 use crate::context::{
-    brokers, extra, open_chain, parse_size, root_dir, target, topics, Invocation,
+    brokers, extra, open_chain, parse_size, root_dir, target, topics, trusted_keys, Invocation,
 };
 
 /// Runs one of the replication commands.
@@ -206,24 +206,7 @@ pub(crate) fn publish(
 }
 
 fn trusted(site: &SiteArgs, inv: &Invocation) -> Result<Vec<PublicKey>> {
-    let mut keys = Vec::new();
-    for item in site.trust.iter().chain(inv.settings.trusted_keys.iter()) {
-        if item.len() == 64 && item.bytes().all(|b| b.is_ascii_hexdigit()) {
-            keys.push(PublicKey::from_hex(item)?);
-            continue;
-        }
-        let text = std::fs::read_to_string(item).with_context(|| {
-            format!("--trust {item}: neither 64 hex digits nor a readable key file")
-        })?;
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            keys.push(PublicKey::from_hex(line).with_context(|| format!("key file {item}"))?);
-        }
-    }
-    Ok(keys)
+    trusted_keys(&site.trust, inv)
 }
 
 fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<Ingest> {

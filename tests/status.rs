@@ -59,3 +59,132 @@ fn a_producer_shows_its_pending_blocks_and_a_site_its_chains() {
         .stderr()
         .contains("neither a chain's root nor a site"));
 }
+
+/// Runs fschain with `args` plus the test's brokers and prefix.
+fn on_topics(args: &[&str], brokers: &str, prefix: &str) -> common::Run {
+    let all = common::with_topics(args, brokers, prefix);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    fschain(&all)
+}
+
+#[test]
+fn a_site_stopped_midway_shows_its_lag_then_catches_up() {
+    let Some(s) = scratch("status-fleet") else {
+        return;
+    };
+    let Some(brokers) = common::broker("status-fleet") else {
+        return;
+    };
+    let prefix = common::unique("status");
+    let (east, west) = (common::unique("east"), common::unique("west"));
+    on_topics(
+        &["topics", "create", "--partitions", "1"],
+        &brokers,
+        &prefix,
+    )
+    .ok();
+    let (producer, key) = producer_root(&s.dir);
+    let publish = |ops: usize| {
+        for i in 0..ops {
+            fschain(&[
+                "set",
+                "--root",
+                &producer,
+                "iface:eth0",
+                &format!("mtu={}", 1400 + i),
+            ])
+            .ok();
+        }
+        on_topics(&["publish", "--root", &producer], &brokers, &prefix).ok();
+    };
+    let consume = |site: &str| {
+        let root = s.dir.join(site).display().to_string();
+        on_topics(
+            &[
+                "consume",
+                "--site",
+                site,
+                "--root",
+                &root,
+                "--trust",
+                &key,
+                "--until-idle",
+            ],
+            &brokers,
+            &prefix,
+        )
+        .ok();
+    };
+    let status = |extra: &[&str]| {
+        let mut args = vec![
+            "status", "--site", &east, "--site", &west, "--trust", &key, "--json",
+        ];
+        args.extend(extra);
+        on_topics(&args, &brokers, &prefix)
+    };
+    let lag = |run: &common::Run, site: &str| -> serde_json::Value {
+        run.json()["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["site"] == site)
+            .cloned()
+            .unwrap()
+    };
+
+    publish(2); // blocks 0..=2
+    consume(&east);
+    consume(&west);
+    let both = status(&["--max-lag-blocks", "0"]).code_is(0);
+    assert_eq!(lag(&both, &west)["verified_height"], 2);
+    assert_eq!(lag(&both, &west)["lag_blocks"], 0);
+
+    // West stops; the producer goes on: west's lag grows, exit 1.
+    publish(3); // blocks 3..=5
+    consume(&east);
+    let behind = status(&["--max-lag-blocks", "1"]).code_is(1);
+    let w = lag(&behind, &west);
+    assert_eq!(
+        (w["verified_height"].clone(), w["lag_blocks"].clone()),
+        (2.into(), 3.into())
+    );
+    assert!(w["lag_seconds"].as_i64().unwrap() >= 0);
+    assert_eq!(w["behind_retention"], false);
+    assert_eq!(lag(&behind, &east)["lag_blocks"], 0);
+    // Without a threshold, lag alone is not an alert.
+    status(&[]).code_is(0);
+
+    // West catches up: back to 0.
+    consume(&west);
+    status(&["--max-lag-blocks", "0"]).code_is(0);
+
+    // The records west needs next are deleted: behind retention, exit 1.
+    publish(2);
+    let topic = format!("{prefix}.blocks");
+    assert_eq!(lag(&status(&[]), &west)["verified_height"], 5);
+    // Everything before the last block (its manifest and one chunk) is
+    // deleted.
+    common::delete_records(&brokers, &topic, 0, high_watermark(&brokers, &topic) - 2);
+    let gone = status(&[]).code_is(1);
+    assert_eq!(lag(&gone, &west)["behind_retention"], true);
+    let text = on_topics(
+        &["status", "--site", &west, "--trust", &key],
+        &brokers,
+        &prefix,
+    )
+    .code_is(1)
+    .stdout();
+    assert!(text.contains("behind the topic's retention"), "{text}");
+}
+
+fn high_watermark(brokers: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, 0, std::time::Duration::from_secs(10))
+        .unwrap()
+        .1
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
-use fschain_schema::wire::{decode_frame, frame_kind, Frame, FrameKind, PublicKey, Topics};
+use fschain_schema::wire::{PublicKey, Topics};
 use fschain_schema::ChainName;
 use fschain_store::crash::{crash_point, CrashPoint};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -37,7 +37,7 @@ pub fn site_group(site: &str) -> String {
     format!("fschain-site-{site}")
 }
 
-fn kafka_error(e: KafkaError) -> ConsumerError {
+pub(crate) fn kafka_error(e: KafkaError) -> ConsumerError {
     fschain_kafka::kafka("talking to the brokers")(e).into()
 }
 
@@ -46,14 +46,17 @@ type SiteConsumer = BaseConsumer<QuietEof>;
 
 /// A consumer for `group`; its poll also reports reaching the end of a
 /// partition (`KafkaError::PartitionEOF`).
-fn client(source: &KafkaSource, group: &str) -> Result<SiteConsumer, ConsumerError> {
+pub(crate) fn client(source: &KafkaSource, group: &str) -> Result<SiteConsumer, ConsumerError> {
     client_config(Role::Site, &source.brokers, &source.extra)?
         .set("group.id", group)
         .create_with_context(QuietEof::default())
         .map_err(kafka_error)
 }
 
-fn partitions_of(consumer: &SiteConsumer, topic: &str) -> Result<Vec<i32>, ConsumerError> {
+pub(crate) fn partitions_of(
+    consumer: &SiteConsumer,
+    topic: &str,
+) -> Result<Vec<i32>, ConsumerError> {
     Ok(fschain_kafka::partitions(consumer, topic)?)
 }
 
@@ -171,52 +174,24 @@ pub fn replay(
     // decoded), reading every partition to the end its fetches report (not
     // the broker's ListOffsets: tansu 0.6 answers that with the last record
     // batch's first offset + 1).
-    let scanner = client(source, &format!("{group}-scan"))?;
-    let partitions = partitions_of(&scanner, topic)?;
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(kafka_error)?;
+    let view = crate::fleet::scan_manifests(source, trusted, &format!("{group}-scan"), shutdown)?;
+    if shutdown.load(Ordering::SeqCst) {
+        return Ok(ConsumeSummary::default());
     }
-    scanner.assign(&tpl).map_err(kafka_error)?;
     let mut latest_full: BTreeMap<ChainName, (u64, i32, i64)> = BTreeMap::new();
     let mut last_height: BTreeMap<ChainName, u64> = BTreeMap::new();
-    let mut at_end: BTreeSet<i32> = BTreeSet::new();
-    while at_end.len() < partitions.len() {
-        if shutdown.load(Ordering::SeqCst) {
-            return Ok(ConsumeSummary::default());
-        }
-        let msg = match scanner.poll(Duration::from_millis(500)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-                continue;
-            }
-            Some(msg) => msg.map_err(kafka_error)?,
-        };
-        let (p, o) = (msg.partition(), msg.offset());
-        at_end.remove(&p);
-        let Some(bytes) = msg.payload() else { continue };
-        if frame_kind(bytes) != Some(FrameKind::Manifest) {
-            continue;
-        }
-        if let Ok(Frame::Manifest(m)) = decode_frame(bytes) {
-            tracing::debug!(chain = %m.chain, height = m.height, full = m.parent.is_none(), partition = p, offset = o, "manifest on the topic");
-            if m.verify(trusted).is_ok() {
-                let h = last_height.entry(m.chain.clone()).or_insert(m.height);
-                *h = (*h).max(m.height);
-                if m.parent.is_none() {
-                    let e = latest_full
-                        .entry(m.chain.clone())
-                        .or_insert((m.height, p, o));
-                    if m.height >= e.0 {
-                        *e = (m.height, p, o);
-                    }
-                }
+    for m in &view.manifests {
+        let h = last_height.entry(m.chain.clone()).or_insert(m.height);
+        *h = (*h).max(m.height);
+        if m.full {
+            let e = latest_full
+                .entry(m.chain.clone())
+                .or_insert((m.height, m.partition, m.offset));
+            if m.height >= e.0 {
+                *e = (m.height, m.partition, m.offset);
             }
         }
     }
-    drop(scanner);
     // Pass 2: from each partition's earliest needed checkpoint.
     let mut start: BTreeMap<i32, i64> = BTreeMap::new();
     for (chain, &(height, p, o)) in &latest_full {

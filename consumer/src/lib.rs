@@ -9,6 +9,7 @@
 
 pub mod assembler;
 mod error;
+pub mod fleet;
 pub mod import;
 pub mod indexer;
 pub mod ingest;
