@@ -28,6 +28,14 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// Prometheus metrics.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct MetricsArg {
+    /// Serve /metrics (Prometheus/OpenMetrics text) at HOST:PORT; a bare PORT binds 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
 /// Where the chain lives.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct RootArg {
@@ -136,6 +144,8 @@ pub(crate) enum HostCommand {
         /// Scan, seal the catch-up block, exit.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Compare the host with the head: + added, ~ changed, - removed. Exit 0: in sync; 1: drift; 2: could not run.
     Drift {
@@ -345,6 +355,8 @@ pub(crate) enum ReplicationCommand {
         /// Exit 0 once the site has caught up with the topic.
         #[arg(long)]
         until_idle: bool,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Rebuild an empty site from the topic, starting at each chain's latest full checkpoint.
     Replay {

@@ -228,3 +228,44 @@ pub(crate) fn trusted_keys(
     }
     Ok(keys)
 }
+
+/// Starts serving /metrics when asked (`--metrics-addr`; a bare port binds
+/// loopback) until the invocation's shutdown.
+pub(crate) fn serve_metrics(
+    arg: &crate::cli::MetricsArg,
+    inv: &Invocation,
+) -> Result<Option<Arc<fschain_metrics::Metrics>>> {
+    let Some(addr) = &arg.metrics_addr else {
+        return Ok(None);
+    };
+    let addr = if addr.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{addr}")
+    } else {
+        addr.clone()
+    };
+    let (metrics, registry) = fschain_metrics::Metrics::new();
+    let bound = fschain_metrics::serve(&addr, registry, inv.shutdown.clone())?;
+    tracing::info!(%bound, "serving /metrics");
+    Ok(Some(metrics))
+}
+
+/// When the newest block of a chain copy was sealed, from the last line of
+/// its head snapshot's headers.log (read from the end: the log grows with
+/// the chain).
+pub(crate) fn head_sealed_micros(layout: &RootLayout, height: u64) -> Option<i64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = layout
+        .snapshot(height)
+        .join(fschain_store::layout::HEADERS_LOG);
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(8192))).ok()?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail).ok()?;
+    let line = tail.lines().rev().find(|l| !l.trim().is_empty())?;
+    let header: Value = serde_json::from_str(line).ok()?;
+    let time = header.get("time")?.as_str()?;
+    fschain_schema::Timestamp::parse_canonical(time)
+        .ok()
+        .map(|t| t.as_micros())
+}

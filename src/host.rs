@@ -17,7 +17,9 @@ use fschain_schema::{BlockRef, ElementId};
 use serde_json::{json, Value};
 
 use crate::cli::{HostCommand, KafkaArgs, SourcesArg};
-use crate::context::{open_chain, open_writer, print_json, root_dir, target, Invocation};
+use crate::context::{
+    open_chain, open_writer, print_json, root_dir, serve_metrics, target, Invocation,
+};
 
 pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
     match command {
@@ -29,6 +31,7 @@ pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
             block_interval,
             block_ops,
             once,
+            metrics,
         } => {
             let root = root_dir(&root, inv)?;
             let sources = load_sources(&sources, inv)?;
@@ -42,7 +45,15 @@ pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
                 brokers: Some(b),
                 prefix,
             });
-            watch(&root, &sources, &options, kafka.as_ref(), inv)
+            let metrics = serve_metrics(&metrics, inv)?;
+            watch(
+                &root,
+                &sources,
+                &options,
+                kafka.as_ref(),
+                metrics.as_deref(),
+                inv,
+            )
         }
         HostCommand::Drift {
             root,
@@ -107,6 +118,7 @@ fn watch(
     sources: &Sources,
     options: &WatchOptions,
     kafka: Option<&KafkaArgs>,
+    metrics: Option<&fschain_metrics::Metrics>,
     inv: &Invocation,
 ) -> Result<ExitCode> {
     let mut writer = writer(root)?;
@@ -122,6 +134,18 @@ fn watch(
         None => None,
     };
     let mut after_seal = |w: &ChainWriter| -> Result<(), HostError> {
+        if let Some(m) = metrics {
+            let label = fschain_metrics::ChainLabel {
+                chain: w.chain().to_string(),
+            };
+            m.blocks_sealed.get_or_create(&label).inc();
+            m.operations_recorded
+                .get_or_create(&label)
+                .inc_by(w.head().event_count);
+            m.height
+                .get_or_create(&label)
+                .set(i64::try_from(w.head().height).unwrap_or(i64::MAX));
+        }
         if w.head().event_count >= LARGE_BLOCK_EVENTS {
             release_freed_memory();
         }

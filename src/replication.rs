@@ -16,9 +16,12 @@ use fschain_schema::wire::PublicKey;
 use fschain_schema::{BlockRef, ChainName};
 use fschain_store::{Chain, RootLayout};
 
-use crate::cli::{KafkaArgs, KeyAction, ReplicationCommand, SiteArgs, StreamArgs, TopicsAction};
+use crate::cli::{
+    KafkaArgs, KeyAction, MetricsArg, ReplicationCommand, SiteArgs, StreamArgs, TopicsAction,
+};
 use crate::context::{
-    brokers, extra, open_chain, parse_size, root_dir, target, topics, trusted_keys, Invocation,
+    brokers, extra, head_sealed_micros, open_chain, parse_size, root_dir, serve_metrics, target,
+    topics, trusted_keys, Invocation,
 };
 
 /// Runs one of the replication commands.
@@ -58,7 +61,8 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
             kafka,
             chains,
             until_idle,
-        } => consume(&site, &kafka, &chains, until_idle, inv),
+            metrics,
+        } => consume(&site, &kafka, &chains, until_idle, &metrics, inv),
         ReplicationCommand::Replay {
             site,
             kafka,
@@ -265,18 +269,84 @@ pub(crate) fn consume(
     kafka: &KafkaArgs,
     chains: &[String],
     until_idle: bool,
+    metrics: &MetricsArg,
     inv: &Invocation,
 ) -> Result<ExitCode> {
     let mut ingest = open_ingest(site, chains, inv)?;
+    let metrics = serve_metrics(metrics, inv)?;
+    let mut seen = SiteSeen::default();
+    if let Some(m) = &metrics {
+        // What the site held before this run is not counted as verified by it.
+        seen.record(m, &ingest, false);
+    }
     let summary = fschain_consumer::kafka::consume(
         &mut ingest,
         &source(kafka, inv)?,
         ConsumeOptions { until_idle },
         &inv.shutdown,
-        &mut |_| {},
+        &mut |ingest| {
+            if let Some(m) = &metrics {
+                seen.record(m, ingest, true);
+            }
+        },
     )?;
     report("consume", &summary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a site's metrics were last set from.
+#[derive(Default)]
+struct SiteSeen {
+    heights: std::collections::BTreeMap<ChainName, u64>,
+    rejected: u64,
+}
+
+impl SiteSeen {
+    fn record(&mut self, metrics: &fschain_metrics::Metrics, ingest: &Ingest, count: bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for (chain, head) in ingest.heads() {
+            let Some(head) = head else { continue };
+            let label = fschain_metrics::ChainLabel {
+                chain: chain.to_string(),
+            };
+            let before = self.heights.insert(chain.clone(), head);
+            let new_blocks = match (count, before) {
+                (false, _) => 0,
+                (true, Some(b)) => head.saturating_sub(b),
+                (true, None) => head + 1,
+            };
+            metrics
+                .blocks_verified
+                .get_or_create(&label)
+                .inc_by(new_blocks);
+            metrics
+                .height
+                .get_or_create(&label)
+                .set(i64::try_from(head).unwrap_or(i64::MAX));
+            let layout = RootLayout::new(ingest.site().root().join(chain.as_str()));
+            if let Some(sealed) = head_sealed_micros(&layout, head) {
+                let sealed = sealed as f64 / 1e6;
+                metrics
+                    .last_verified_block_timestamp
+                    .get_or_create(&label)
+                    .set(sealed as i64);
+                metrics
+                    .lag_seconds
+                    .get_or_create(&label)
+                    .set((now - sealed).max(0.0) as i64);
+            }
+        }
+        let rejected = ingest.stats.rejected.saturating_sub(self.rejected);
+        self.rejected = ingest.stats.rejected;
+        metrics
+            .frames_rejected
+            .get_or_create(&fschain_metrics::ReasonLabel {
+                reason: "bad_forged_or_foreign".into(),
+            })
+            .inc_by(rejected);
+    }
 }
 
 pub(crate) fn replay(

@@ -1,0 +1,225 @@
+//! fschain's metrics in the Prometheus/OpenMetrics text format
+//! (`prometheus-client`), and a small HTTP endpoint that serves
+//! `GET /metrics` on a thread of its own until shutdown.
+//!
+//! Names and units follow Prometheus conventions: `_total` counters,
+//! `_seconds` and `_bytes` units, a `chain` label.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("serving metrics on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl MetricsError {
+    /// A port in use may be free later; nothing else here is.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MetricsError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChainLabel {
+    pub chain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every metric fschain exports; a command sets those it has.
+#[derive(Debug)]
+pub struct Metrics {
+    pub blocks_sealed: Family<ChainLabel, Counter>,
+    pub blocks_verified: Family<ChainLabel, Counter>,
+    pub operations_recorded: Family<ChainLabel, Counter>,
+    pub height: Family<ChainLabel, Gauge>,
+    pub last_verified_block_timestamp: Family<ChainLabel, Gauge>,
+    pub lag_seconds: Family<ChainLabel, Gauge>,
+    pub frames_rejected: Family<ReasonLabel, Counter>,
+    pub seal_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
+}
+
+fn seal_buckets() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    /// The metrics, registered under `fschain_`.
+    pub fn new() -> (Arc<Metrics>, Registry) {
+        let metrics = Metrics {
+            blocks_sealed: Family::default(),
+            blocks_verified: Family::default(),
+            operations_recorded: Family::default(),
+            height: Family::default(),
+            last_verified_block_timestamp: Family::default(),
+            lag_seconds: Family::default(),
+            frames_rejected: Family::default(),
+            seal_duration: Family::new_with_constructor(seal_buckets),
+        };
+        let mut registry = Registry::with_prefix("fschain");
+        registry.register(
+            "blocks_sealed",
+            "Blocks sealed by this process",
+            metrics.blocks_sealed.clone(),
+        );
+        registry.register(
+            "blocks_verified",
+            "Blocks received and verified by this site",
+            metrics.blocks_verified.clone(),
+        );
+        registry.register(
+            "operations_recorded",
+            "Operations in the blocks this process sealed",
+            metrics.operations_recorded.clone(),
+        );
+        registry.register(
+            "height",
+            "The chain's newest block here",
+            metrics.height.clone(),
+        );
+        registry.register_with_unit(
+            "last_verified_block_timestamp",
+            "When the newest verified block was sealed (Unix time)",
+            Unit::Seconds,
+            metrics.last_verified_block_timestamp.clone(),
+        );
+        registry.register_with_unit(
+            "lag",
+            "How long before now the newest verified block was sealed",
+            Unit::Seconds,
+            metrics.lag_seconds.clone(),
+        );
+        registry.register(
+            "frames_rejected",
+            "Frames refused by this site, by reason",
+            metrics.frames_rejected.clone(),
+        );
+        registry.register_with_unit(
+            "seal_duration",
+            "Time to seal a block",
+            Unit::Seconds,
+            metrics.seal_duration.clone(),
+        );
+        (Arc::new(metrics), registry)
+    }
+}
+
+/// Serves `GET /metrics` at `addr` until `shutdown` is set. Returns the
+/// address bound (port 0 picks one).
+pub fn serve(
+    addr: &str,
+    registry: Registry,
+    shutdown: Arc<AtomicBool>,
+) -> Result<SocketAddr, MetricsError> {
+    let bind_error = |source| MetricsError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    let registry = Mutex::new(registry);
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !shutdown.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Err(e) = answer(stream, &registry) {
+                            tracing::debug!(error = %e, "a metrics request failed");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accepting a metrics request"),
+                }
+            }
+        })
+        .map_err(bind_error)?;
+    Ok(bound)
+}
+
+fn answer(stream: TcpStream, registry: &Mutex<Registry>) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(&stream);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // The headers, up to the blank line.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut out = &stream;
+    let path = request.split_whitespace().nth(1).unwrap_or("");
+    if !request.starts_with("GET ") || path != "/metrics" {
+        return out.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\nConnection: close\r\n\r\nonly GET /metrics here",
+        );
+    }
+    let mut body = String::new();
+    if let Ok(registry) = registry.lock() {
+        encode(&mut body, &registry).map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_scrape_sees_what_was_counted() {
+        let (metrics, registry) = Metrics::new();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let addr = serve("127.0.0.1:0", registry, shutdown.clone()).unwrap();
+        let chain = ChainLabel {
+            chain: "host1".into(),
+        };
+        metrics.blocks_verified.get_or_create(&chain).inc_by(3);
+        metrics.height.get_or_create(&chain).set(2);
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(
+            reply.contains("fschain_blocks_verified_total{chain=\"host1\"} 3"),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("fschain_height{chain=\"host1\"} 2"),
+            "{reply}"
+        );
+        assert!(reply.trim_end().ends_with("# EOF"));
+        shutdown.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,197 @@
+//! `--metrics-addr` on a running site and a running watch, scraped and
+//! parsed by the Prometheus project's own OpenMetrics parser (Python's
+//! prometheus_client, Debian's python3-prometheus-client).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{fschain, producer_root, scratch, wait_for, with_topics};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `name{chain}` → value, as the reference parser reads the scrape; empty
+/// while nothing listens.
+fn scrape(port: u16) -> BTreeMap<String, f64> {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return BTreeMap::new();
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let body = reply.split_once("\r\n\r\n").unwrap().1.to_owned();
+    let mut parser = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+             for f in parse(sys.stdin.read()):\n\
+             \x20   for s in f.samples:\n\
+             \x20       print(s.name + '{' + s.labels.get('chain', '') + '}', s.value)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (python3-prometheus-client)");
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = parser.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the reference parser refused the scrape: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
+    let Some(s) = scratch("metrics") else {
+        return;
+    };
+    let Some(brokers) = common::broker("metrics") else {
+        return;
+    };
+    let prefix = common::unique("metrics");
+    let run = |args: &[&str]| {
+        let all = with_topics(args, &brokers, &prefix);
+        fschain(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    run(&["topics", "create", "--partitions", "1"]).ok();
+    let (producer, key) = producer_root(&s.dir);
+    let publish = |n: usize| {
+        for i in 0..n {
+            fschain(&[
+                "set",
+                "--root",
+                &producer,
+                "iface:eth0",
+                &format!("mtu={}", 1400 + i),
+            ])
+            .ok();
+        }
+        run(&["publish", "--root", &producer]).ok();
+    };
+    publish(2); // blocks 0..=2
+
+    let site_port = free_port();
+    let site_root = s.dir.join("site").display().to_string();
+    let port_arg = site_port.to_string();
+    let consume = with_topics(
+        &[
+            "consume",
+            "--site",
+            &common::unique("m"),
+            "--root",
+            &site_root,
+            "--trust",
+            &key,
+            "--metrics-addr",
+            &port_arg,
+        ],
+        &brokers,
+        &prefix,
+    );
+    let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(&consume)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let height = |port| scrape(port).get("fschain_height{host1}").copied();
+    wait_for(
+        "the site's metrics at block 2",
+        Duration::from_secs(60),
+        || height(site_port) == Some(2.0),
+    );
+    let first = scrape(site_port);
+    assert_eq!(first["fschain_blocks_verified_total{host1}"], 3.0);
+    assert!(first["fschain_last_verified_block_timestamp_seconds{host1}"] > 1.7e9);
+    assert!(first.contains_key("fschain_lag_seconds{host1}"));
+    publish(2); // blocks 3..=4
+    wait_for(
+        "the site's metrics at block 4",
+        Duration::from_secs(60),
+        || height(site_port) == Some(4.0),
+    );
+    assert_eq!(
+        scrape(site_port)["fschain_blocks_verified_total{host1}"],
+        5.0
+    );
+    let _ = Command::new("kill").arg(site.id().to_string()).status();
+    assert!(site.wait().unwrap().success());
+
+    // A watch: a block sealed for its catch-up, then one per change.
+    let tree = s.dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a.conf"), "a = 1\n").unwrap();
+    let sources = s.dir.join("sources.toml");
+    std::fs::write(
+        &sources,
+        format!(
+            "coalesce = \"20ms\"\n[files]\npaths = [\"{}\"]\n",
+            tree.display()
+        ),
+    )
+    .unwrap();
+    let watch_root = s.dir.join("watched").display().to_string();
+    fschain(&["init", "--root", &watch_root, "--chain", "host2"]).ok();
+    let watch_port = free_port();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_fschain"))
+        .args(["watch", "--root", &watch_root, "--sources"])
+        .arg(&sources)
+        .args([
+            "--block-interval",
+            "50",
+            "--metrics-addr",
+            &watch_port.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sealed = || {
+        scrape(watch_port)
+            .get("fschain_blocks_sealed_total{host2}")
+            .copied()
+    };
+    wait_for(
+        "the catch-up block's metrics",
+        Duration::from_secs(30),
+        || sealed() == Some(1.0),
+    );
+    std::fs::write(tree.join("a.conf"), "a = 2\n").unwrap();
+    wait_for("the change's block", Duration::from_secs(30), || {
+        sealed() == Some(2.0)
+    });
+    let last = scrape(watch_port);
+    assert_eq!(last["fschain_height{host2}"], 2.0);
+    assert_eq!(
+        last["fschain_operations_recorded_total{host2}"], 3.0,
+        "2 at start (dir, file), 1 change"
+    );
+    let _ = Command::new("kill").arg(watch.id().to_string()).status();
+    assert!(watch.wait().unwrap().success());
+}
