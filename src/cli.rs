@@ -322,6 +322,8 @@ pub(crate) enum ReplicationCommand {
         /// Exit once the ops topic is consumed to its end and all is published.
         #[arg(long)]
         until_idle: bool,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Publish operations (JSON Lines) to <prefix>.ops for CHAIN's agent; any Kafka client can do the same.
     Submit {

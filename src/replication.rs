@@ -37,6 +37,7 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
             block_interval,
             stream,
             until_idle,
+            metrics,
         } => {
             let root = root_dir(&root, inv)?;
             let options = fschain_producer::agent::AgentOptions {
@@ -45,7 +46,7 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
                 policy: policy(&stream)?,
                 until_idle,
             };
-            agent(&root, &kafka, chain, options, inv)
+            agent(&root, &kafka, chain, options, &metrics, inv)
         }
         ReplicationCommand::Submit { chain, kafka, file } => submit(&chain, &kafka, &file, inv),
         ReplicationCommand::Publish {
@@ -136,6 +137,7 @@ pub(crate) fn agent(
     kafka: &KafkaArgs,
     chain: Option<String>,
     options: AgentOptions,
+    metrics: &MetricsArg,
     inv: &Invocation,
 ) -> Result<ExitCode> {
     let mut writer = ChainWriter::open(RootLayout::new(root))
@@ -147,12 +149,35 @@ pub(crate) fn agent(
         }
     }
     let key = load_signing_key(writer.layout())?;
+    let metrics = serve_metrics(metrics, inv)?;
     let summary = run_agent(
         &mut writer,
         &target(kafka, inv)?,
         &options,
         &key,
         &inv.shutdown,
+        &mut |w, seal_took| {
+            if let Some(m) = &metrics {
+                let label = fschain_metrics::ChainLabel {
+                    chain: w.chain().to_string(),
+                };
+                m.blocks_sealed.get_or_create(&label).inc();
+                m.operations_recorded
+                    .get_or_create(&label)
+                    .inc_by(w.head().event_count);
+                m.height
+                    .get_or_create(&label)
+                    .set(i64::try_from(w.head().height).unwrap_or(i64::MAX));
+                m.seal_duration
+                    .get_or_create(&label)
+                    .observe(seal_took.as_secs_f64());
+                if let Ok(Some(p)) = fschain_producer::outbox::published_height(w.layout()) {
+                    m.published_height
+                        .get_or_create(&label)
+                        .set(i64::try_from(p).unwrap_or(i64::MAX));
+                }
+            }
+        },
     )?;
     writer.close()?;
     eprintln!(

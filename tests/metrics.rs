@@ -13,6 +13,28 @@ use std::time::Duration;
 
 use common::{fschain, producer_root, scratch, wait_for, with_topics};
 
+/// A running fschain, killed if the test fails before it stops it.
+struct Running(std::process::Child);
+
+impl Running {
+    fn spawn(command: &mut Command) -> Self {
+        Running(command.stderr(Stdio::null()).spawn().unwrap())
+    }
+
+    /// SIGTERM, and the clean exit it must lead to.
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -116,11 +138,7 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
         &brokers,
         &prefix,
     );
-    let mut site = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(&consume)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let site = Running::spawn(Command::new(env!("CARGO_BIN_EXE_fschain")).args(&consume));
     let height = |port| scrape(port).get("fschain_height{host1}").copied();
     wait_for(
         "the site's metrics at block 2",
@@ -141,8 +159,45 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
         scrape(site_port)["fschain_blocks_verified_total{host1}"],
         5.0
     );
-    let _ = Command::new("kill").arg(site.id().to_string()).status();
-    assert!(site.wait().unwrap().success());
+    site.stop();
+
+    // An agent: blocks sealed from the ops topic, published, timed.
+    let agent_root = s.dir.join("agent").display().to_string();
+    fschain(&["init", "--root", &agent_root, "--chain", "host3"]).ok();
+    let agent_port = free_port();
+    let agent_args = with_topics(
+        &[
+            "agent",
+            "--root",
+            &agent_root,
+            "--block-ops",
+            "1",
+            "--metrics-addr",
+            &agent_port.to_string(),
+        ],
+        &brokers,
+        &prefix,
+    );
+    let agent = Running::spawn(Command::new(env!("CARGO_BIN_EXE_fschain")).args(&agent_args));
+    let ops = s.dir.join("ops.jsonl");
+    std::fs::write(
+        &ops,
+        "{\"element\":\"service:a\",\"action\":\"set\",\"state\":{\"on\":true}}\n{\"element\":\"service:b\",\"action\":\"set\",\"state\":{\"on\":true}}\n",
+    )
+    .unwrap();
+    run(&["submit", "--chain", "host3", &ops.display().to_string()]).ok();
+    wait_for(
+        "the agent's two blocks published",
+        Duration::from_secs(60),
+        || scrape(agent_port).get("fschain_published_height{host3}") == Some(&2.0),
+    );
+    let agent_metrics = scrape(agent_port);
+    assert_eq!(agent_metrics["fschain_blocks_sealed_total{host3}"], 2.0);
+    assert_eq!(
+        agent_metrics["fschain_seal_duration_seconds_count{host3}"],
+        2.0
+    );
+    agent.stop();
 
     // A watch: a block sealed for its catch-up, then one per change.
     let tree = s.dir.join("tree");
@@ -160,18 +215,17 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     let watch_root = s.dir.join("watched").display().to_string();
     fschain(&["init", "--root", &watch_root, "--chain", "host2"]).ok();
     let watch_port = free_port();
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_fschain"))
-        .args(["watch", "--root", &watch_root, "--sources"])
-        .arg(&sources)
-        .args([
-            "--block-interval",
-            "50",
-            "--metrics-addr",
-            &watch_port.to_string(),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let watch = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_fschain"))
+            .args(["watch", "--root", &watch_root, "--sources"])
+            .arg(&sources)
+            .args([
+                "--block-interval",
+                "50",
+                "--metrics-addr",
+                &watch_port.to_string(),
+            ]),
+    );
     let sealed = || {
         scrape(watch_port)
             .get("fschain_blocks_sealed_total{host2}")
@@ -192,6 +246,5 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
         last["fschain_operations_recorded_total{host2}"], 3.0,
         "2 at start (dir, file), 1 change"
     );
-    let _ = Command::new("kill").arg(watch.id().to_string()).status();
-    assert!(watch.wait().unwrap().success());
+    watch.stop();
 }

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub blocks_verified: Family<ChainLabel, Counter>,
     pub operations_recorded: Family<ChainLabel, Counter>,
     pub height: Family<ChainLabel, Gauge>,
+    pub published_height: Family<ChainLabel, Gauge>,
     pub last_verified_block_timestamp: Family<ChainLabel, Gauge>,
     pub lag_seconds: Family<ChainLabel, Gauge>,
     pub frames_rejected: Family<ReasonLabel, Counter>,
@@ -71,6 +72,7 @@ impl Metrics {
             blocks_verified: Family::default(),
             operations_recorded: Family::default(),
             height: Family::default(),
+            published_height: Family::default(),
             last_verified_block_timestamp: Family::default(),
             lag_seconds: Family::default(),
             frames_rejected: Family::default(),
@@ -96,6 +98,11 @@ impl Metrics {
             "height",
             "The chain's newest block here",
             metrics.height.clone(),
+        );
+        registry.register(
+            "published_height",
+            "The newest block a producer has on the topic",
+            metrics.published_height.clone(),
         );
         registry.register_with_unit(
             "last_verified_block_timestamp",

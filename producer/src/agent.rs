@@ -72,6 +72,7 @@ pub fn run_agent(
     options: &AgentOptions,
     key: &SigningKey,
     shutdown: &AtomicBool,
+    after_block: &mut dyn FnMut(&ChainWriter, Duration),
 ) -> Result<AgentSummary, ProducerError> {
     let layout = writer.layout().clone();
     let chain = writer.chain().clone();
@@ -149,7 +150,9 @@ pub fn run_agent(
             || (pending > 0 && (stopping || idle));
         if due {
             write_ingest(&layout, &ledger.before_seal(writer.head().height + 1))?;
+            let sealing = Instant::now();
             writer.seal()?;
+            let seal_took = sealing.elapsed();
             write_ingest(&layout, &ledger.after_seal())?;
             crash_point(CrashPoint::AgentSealed);
             summary.blocks += 1;
@@ -161,6 +164,7 @@ pub fn run_agent(
                 }
                 warn!(error = %e, "publish failed; will retry");
             }
+            after_block(writer, seal_took);
         } else if pending == 0 && ledger.has_unrecorded() && (idle || stopping) {
             // Only skipped messages since the last seal: remember that they
             // were read, so a restart does not log them again.
