@@ -229,4 +229,33 @@ mod tests {
         assert!(reply.trim_end().ends_with("# EOF"));
         shutdown.store(true, Ordering::SeqCst);
     }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+        let (_, registry) = Metrics::new();
+        let mut exposed = String::new();
+        encode(&mut exposed, &registry).unwrap();
+        let dashboard = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../contrib/grafana/fschain.json"
+        ))
+        .unwrap();
+        let mut queried = 0;
+        for (i, _) in dashboard.match_indices("fschain_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let family = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                exposed.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which fschain does not export"
+            );
+            queried += 1;
+        }
+        assert!(queried >= 6);
+    }
 }
