@@ -135,16 +135,7 @@ fn watch(
     };
     let mut after_seal = |w: &ChainWriter| -> Result<(), HostError> {
         if let Some(m) = metrics {
-            let label = fschain_metrics::ChainLabel {
-                chain: w.chain().to_string(),
-            };
-            m.blocks_sealed.get_or_create(&label).inc();
-            m.operations_recorded
-                .get_or_create(&label)
-                .inc_by(w.head().event_count);
-            m.height
-                .get_or_create(&label)
-                .set(i64::try_from(w.head().height).unwrap_or(i64::MAX));
+            m.sealed(w.chain().as_str(), w.head().height, w.head().event_count);
         }
         if w.head().event_count >= LARGE_BLOCK_EVENTS {
             release_freed_memory();

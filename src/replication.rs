@@ -158,16 +158,10 @@ pub(crate) fn agent(
         &inv.shutdown,
         &mut |w, seal_took| {
             if let Some(m) = &metrics {
+                m.sealed(w.chain().as_str(), w.head().height, w.head().event_count);
                 let label = fschain_metrics::ChainLabel {
                     chain: w.chain().to_string(),
                 };
-                m.blocks_sealed.get_or_create(&label).inc();
-                m.operations_recorded
-                    .get_or_create(&label)
-                    .inc_by(w.head().event_count);
-                m.height
-                    .get_or_create(&label)
-                    .set(i64::try_from(w.head().height).unwrap_or(i64::MAX));
                 m.seal_duration
                     .get_or_create(&label)
                     .observe(seal_took.as_secs_f64());

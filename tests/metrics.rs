@@ -105,19 +105,7 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     };
     run(&["topics", "create", "--partitions", "1"]).ok();
     let (producer, key) = producer_root(&s.dir);
-    let publish = |n: usize| {
-        for i in 0..n {
-            fschain(&[
-                "set",
-                "--root",
-                &producer,
-                "iface:eth0",
-                &format!("mtu={}", 1400 + i),
-            ])
-            .ok();
-        }
-        run(&["publish", "--root", &producer]).ok();
-    };
+    let publish = |n: usize| common::seal_and_publish(&producer, n, &brokers, &prefix);
     publish(2); // blocks 0..=2
 
     let site_port = free_port();

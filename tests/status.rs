@@ -84,19 +84,7 @@ fn a_site_stopped_midway_shows_its_lag_then_catches_up() {
     )
     .ok();
     let (producer, key) = producer_root(&s.dir);
-    let publish = |ops: usize| {
-        for i in 0..ops {
-            fschain(&[
-                "set",
-                "--root",
-                &producer,
-                "iface:eth0",
-                &format!("mtu={}", 1400 + i),
-            ])
-            .ok();
-        }
-        on_topics(&["publish", "--root", &producer], &brokers, &prefix).ok();
-    };
+    let publish = |n: usize| common::seal_and_publish(&producer, n, &brokers, &prefix);
     let consume = |site: &str| {
         let root = s.dir.join(site).display().to_string();
         on_topics(

@@ -62,8 +62,7 @@ fn run_in(
 ) -> Result<()> {
     report.section(
         &format!(
-            "network sources (namespace {}, ovsdb-server {})",
-            netns.0,
+            "network sources (a network namespace, ovsdb-server {})",
             ovsdb.version()?
         ),
         COMMAND,

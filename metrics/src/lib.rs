@@ -131,6 +131,22 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// A producer sealed block `height` of `chain`, with `events` events.
+    pub fn sealed(&self, chain: &str, height: u64, events: u64) {
+        let label = ChainLabel {
+            chain: chain.to_owned(),
+        };
+        self.blocks_sealed.get_or_create(&label).inc();
+        self.operations_recorded
+            .get_or_create(&label)
+            .inc_by(events);
+        self.height
+            .get_or_create(&label)
+            .set(i64::try_from(height).unwrap_or(i64::MAX));
+    }
+}
+
 /// Serves `GET /metrics` at `addr` until `shutdown` is set. Returns the
 /// address bound (port 0 picks one).
 pub fn serve(

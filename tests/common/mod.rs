@@ -526,3 +526,20 @@ pub(crate) fn host1_ops(from: usize, to: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         .map(|l| (b"host1".to_vec(), l.as_bytes().to_vec()))
         .collect()
 }
+
+/// `n` blocks on `producer` (an mtu set each), then `publish` to the
+/// topics of `brokers` and `prefix`.
+pub(crate) fn seal_and_publish(producer: &str, n: usize, brokers: &str, prefix: &str) {
+    for i in 0..n {
+        fschain(&[
+            "set",
+            "--root",
+            producer,
+            "iface:eth0",
+            &format!("mtu={}", 1400 + i),
+        ])
+        .ok();
+    }
+    let args = with_topics(&["publish", "--root", producer], brokers, prefix);
+    fschain(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+}
