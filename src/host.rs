@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use fschain_host::config::InterfacesConfig;
 use fschain_host::reconcile::{compare, Change};
 use fschain_host::restore::{self, Step};
-use fschain_host::watch::{self, WatchOptions};
+use fschain_host::watch::{self, ChangesBySource, WatchOptions};
 use fschain_host::{head_states, HostError, Sources, SourcesConfig};
 use fschain_producer::outbox::StreamPolicy;
 use fschain_producer::publish::{publish_pending, Publisher};
@@ -133,9 +133,16 @@ fn watch(
         }
         None => None,
     };
-    let mut after_seal = |w: &ChainWriter| -> Result<(), HostError> {
+    let mut after_seal = |w: &ChainWriter, changes: &ChangesBySource| -> Result<(), HostError> {
         if let Some(m) = metrics {
             m.sealed(w.chain().as_str(), w.head().height, w.head().event_count);
+            for (source, n) in changes {
+                m.watch_changes
+                    .get_or_create(&fschain_metrics::SourceLabel {
+                        source: (*source).to_owned(),
+                    })
+                    .inc_by(*n);
+            }
         }
         if w.head().event_count >= LARGE_BLOCK_EVENTS {
             release_freed_memory();

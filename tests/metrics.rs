@@ -62,7 +62,7 @@ fn scrape(port: u16) -> BTreeMap<String, f64> {
              from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
              for f in parse(sys.stdin.read()):\n\
              \x20   for s in f.samples:\n\
-             \x20       print(s.name + '{' + s.labels.get('chain', '') + '}', s.value)",
+             \x20       print(s.name + '{' + s.labels.get('chain', s.labels.get('source', '')) + '}', s.value)",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -230,6 +230,7 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     });
     let last = scrape(watch_port);
     assert_eq!(last["fschain_height{host2}"], 2.0);
+    assert_eq!(last["fschain_watch_changes_total{files}"], 3.0);
     assert_eq!(
         last["fschain_operations_recorded_total{host2}"], 3.0,
         "2 at start (dir, file), 1 change"

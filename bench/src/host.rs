@@ -236,7 +236,7 @@ pub(crate) fn with_watch<T>(
     let (sealed_tx, sealed_rx) = mpsc::channel();
     std::thread::scope(|scope| -> Result<T> {
         let watching = scope.spawn(|| {
-            let mut after_seal = move |w: &ChainWriter| -> Result<(), HostError> {
+            let mut after_seal = move |w: &ChainWriter, _: &_| -> Result<(), HostError> {
                 let _ = sealed_tx.send((Instant::now(), w.head().event_count));
                 Ok(())
             };

@@ -60,8 +60,12 @@ enum Key {
     Ovs,
 }
 
-/// Called after every seal (publishing, with `--brokers`).
-pub type AfterSeal<'a> = dyn FnMut(&ChainWriter) -> Result<(), HostError> + 'a;
+/// Changes recorded in one block, by source (`files`, `sysctl`, …).
+pub type ChangesBySource = BTreeMap<&'static str, u64>;
+
+/// Called after every seal (publishing, with `--brokers`), with the
+/// block's changes by source.
+pub type AfterSeal<'a> = dyn FnMut(&ChainWriter, &ChangesBySource) -> Result<(), HostError> + 'a;
 
 struct Watch<'a> {
     writer: &'a mut ChainWriter,
@@ -74,6 +78,8 @@ struct Watch<'a> {
     attributor: Option<Attributor>,
     interfaces: Option<InterfaceMonitor>,
     ovs: Option<OvsMonitor>,
+    /// The open block's changes by source.
+    changes: ChangesBySource,
     /// The newest states the OVSDB monitor handed out, not yet recorded.
     ovs_states: Option<BTreeMap<ElementId, State>>,
     opened: Option<Instant>,
@@ -101,6 +107,7 @@ pub fn run<'a>(
         attributor: None,
         interfaces: None,
         ovs: None,
+        changes: ChangesBySource::new(),
         ovs_states: None,
         opened: None,
         summary: WatchSummary::default(),
@@ -214,6 +221,10 @@ impl Watch<'_> {
                     Some(h) => self.known.insert(element.clone(), h),
                     None => self.known.remove(element),
                 };
+                *self
+                    .changes
+                    .entry(Sources::source_name(element))
+                    .or_default() += 1;
                 self.opened.get_or_insert_with(Instant::now);
                 true
             }
@@ -228,7 +239,8 @@ impl Watch<'_> {
         self.opened = None;
         if self.writer.seal()?.is_some() {
             self.summary.blocks += 1;
-            if let Err(e) = (self.after_seal)(self.writer) {
+            let changes = std::mem::take(&mut self.changes);
+            if let Err(e) = (self.after_seal)(self.writer, &changes) {
                 if !e.is_transient() {
                     return Err(e);
                 }

@@ -41,6 +41,11 @@ pub struct ChainLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -56,6 +61,7 @@ pub struct Metrics {
     pub last_verified_block_timestamp: Family<ChainLabel, Gauge>,
     pub lag_seconds: Family<ChainLabel, Gauge>,
     pub frames_rejected: Family<ReasonLabel, Counter>,
+    pub watch_changes: Family<SourceLabel, Counter>,
     pub seal_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -76,6 +82,7 @@ impl Metrics {
             last_verified_block_timestamp: Family::default(),
             lag_seconds: Family::default(),
             frames_rejected: Family::default(),
+            watch_changes: Family::default(),
             seal_duration: Family::new_with_constructor(seal_buckets),
         };
         let mut registry = Registry::with_prefix("fschain");
@@ -115,6 +122,11 @@ impl Metrics {
             "How long before now the newest verified block was sealed",
             Unit::Seconds,
             metrics.lag_seconds.clone(),
+        );
+        registry.register(
+            "watch_changes",
+            "Changes a watch recorded, by source",
+            metrics.watch_changes.clone(),
         );
         registry.register(
             "frames_rejected",
