@@ -44,6 +44,26 @@ pub(crate) struct RootArg {
     pub root: Option<PathBuf>,
 }
 
+/// A retention policy; when no option is given, the config's `[retention]`.
+#[derive(Debug, Args)]
+pub(crate) struct KeepArgs {
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the newest N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// ... of each of the newest N days (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// ... of each of the newest N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// ... of each of the newest N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct JsonArg {
     /// Print JSON instead of text.
@@ -277,6 +297,21 @@ pub(crate) enum LocalCommand {
         reference: String,
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Delete block snapshots by a retention policy (the newest of each hour, day, ...). Never the head, the newest checkpoint, or a block not yet published or indexed; headers and events of every block stay, and pruned blocks' states are rebuilt on demand.
+    Prune {
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// This chain is never published: do not keep blocks for a publish that will not come.
+        #[arg(long)]
+        unpublished: bool,
         #[command(flatten)]
         json: JsonArg,
     },

@@ -43,6 +43,8 @@ pub(crate) struct Settings {
     /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
     #[serde(default)]
     pub(crate) kafka: std::collections::BTreeMap<String, String>,
+    /// Which snapshots `prune`, `agent` and `consume` keep.
+    pub(crate) retention: Option<fschain_store::retention::RetentionPolicy>,
     /// What `watch` and `drift` observe (the tables of a sources file).
     pub(crate) sources: Option<fschain_host::SourcesConfig>,
 }
@@ -125,6 +127,27 @@ pub(crate) fn root_dir(arg: &RootArg, inv: &Invocation) -> Result<PathBuf> {
                 "no root given: pass --root DIR, set FSCHAIN_ROOT, or set root in the config file"
             )
         })
+}
+
+/// The root itself when it is a chain, else each chain of a site under it.
+pub(crate) fn chain_roots(root: &Path) -> Result<Vec<std::path::PathBuf>> {
+    if RootLayout::new(root).marker().exists() {
+        return Ok(vec![root.to_owned()]);
+    }
+    let mut chains: Vec<_> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| RootLayout::new(p).marker().exists())
+        .collect();
+    chains.sort();
+    if chains.is_empty() {
+        bail!(
+            "{} is neither a chain's root nor a site holding chains",
+            root.display()
+        );
+    }
+    Ok(chains)
 }
 
 pub(crate) fn open_writer(root: &Path) -> Result<ChainWriter> {
@@ -268,4 +291,48 @@ pub(crate) fn head_sealed_micros(layout: &RootLayout, height: u64) -> Option<i64
     fschain_schema::Timestamp::parse_canonical(time)
         .ok()
         .map(|t| t.as_micros())
+}
+
+/// The config's `[retention]`, applied by a long-running command at most
+/// once a minute, after a block (the command holds the root's lock).
+#[derive(Debug)]
+pub(crate) struct RetentionRun {
+    policy: Option<fschain_store::retention::RetentionPolicy>,
+    last: std::collections::BTreeMap<PathBuf, std::time::Instant>,
+}
+
+impl RetentionRun {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    pub(crate) fn new(inv: &Invocation) -> Self {
+        RetentionRun {
+            policy: inv.settings.retention.clone().filter(|p| !p.is_empty()),
+            last: Default::default(),
+        }
+    }
+
+    /// Prunes `layout` when a policy is set and a minute has passed. A
+    /// failure is logged, never fatal: retention must not stop replication.
+    pub(crate) fn after_block(&mut self, layout: &RootLayout) {
+        let Some(policy) = &self.policy else { return };
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .get(layout.root())
+            .is_some_and(|t| now.duration_since(*t) < Self::EVERY)
+        {
+            return;
+        }
+        self.last.insert(layout.root().to_owned(), now);
+        match fschain_store::retention::prune_root(layout, policy, Default::default()) {
+            Ok(o) if o.deleted > 0 => tracing::info!(
+                root = %layout.root().display(),
+                pruned = %fschain_store::retention::ranges(&o.plan.prune),
+                kept = o.plan.keep.len(),
+                "retention pruned snapshots"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(root = %layout.root().display(), "retention failed: {e}"),
+        }
+    }
 }

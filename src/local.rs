@@ -10,11 +10,16 @@ use fschain_producer::{
     init_root, make_loop_filesystem, recover_if_interrupted, ChainWriter, SealedBlock, SystemClock,
 };
 use fschain_schema::{Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, State};
+use fschain_store::retention::{
+    prune_root, KeepReason, PruneOptions, PruneOutcome, RetentionPolicy,
+};
 use fschain_store::{verify_root, RootLayout};
 use serde_json::{json, Value};
 
-use crate::cli::LocalCommand;
-use crate::context::{open_chain, open_writer, parse_size, print_json, root_dir, Invocation};
+use crate::cli::{KeepArgs, LocalCommand};
+use crate::context::{
+    chain_roots, open_chain, open_writer, parse_size, print_json, root_dir, Invocation,
+};
 
 pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
     match command {
@@ -233,6 +238,7 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
                     "blocks": report.blocks,
                     "events": report.events,
                     "snapshots": report.snapshots,
+                    "pruned": report.pruned,
                     "bytes": report.bytes,
                     "problems": report.problems.iter().map(|p| {
                         let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
@@ -242,11 +248,12 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
                 }));
             } else if report.is_clean() {
                 println!(
-                    "ok: chain {} verified: {} blocks, {} events, {} snapshots, {} bytes checked ({} of them shared on disk with bytes read)",
+                    "ok: chain {} verified: {} blocks, {} events, {} snapshots{}, {} bytes checked ({} of them shared on disk with bytes read)",
                     report.chain,
                     report.blocks,
                     report.events,
                     report.snapshots,
+                    pruned_note(&report.pruned),
                     report.bytes,
                     report.shared
                 );
@@ -287,6 +294,39 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
             }
             writer.close()?;
         }
+        LocalCommand::Prune {
+            root,
+            keep,
+            dry_run,
+            unpublished,
+            json,
+        } => {
+            let policy = retention_policy(&keep, inv)?;
+            let mut outcomes = Vec::new();
+            for root in chain_roots(&root_dir(&root, inv)?)? {
+                let layout = RootLayout::new(&root);
+                let _lock = fschain_store::layout::lock(&layout)
+                    .with_context(|| format!("locking {}", root.display()))?;
+                let chain = layout.read_marker()?.chain;
+                let options = PruneOptions {
+                    dry_run,
+                    unpublished_ok: unpublished,
+                };
+                let outcome = prune_root(&layout, &policy, options)
+                    .with_context(|| format!("pruning {}", root.display()))?;
+                outcomes.push((chain, outcome));
+            }
+            if json.json {
+                print_json(&json!({ "chains": outcomes.iter().map(|(chain, o)| json!({
+                    "chain": chain, "dry_run": o.dry_run, "pruned": o.plan.prune,
+                    "deleted": o.deleted, "kept": o.plan.keep,
+                })).collect::<Vec<_>>() }));
+            } else {
+                for (chain, o) in &outcomes {
+                    print_prune(chain, o);
+                }
+            }
+        }
         LocalCommand::Checkout {
             root,
             reference,
@@ -304,6 +344,80 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy of `prune`'s options, else of the config's `[retention]`.
+fn retention_policy(keep: &KeepArgs, inv: &Invocation) -> Result<RetentionPolicy> {
+    let given = RetentionPolicy {
+        keep_last: keep.keep_last.unwrap_or(0),
+        keep_hourly: keep.keep_hourly.unwrap_or(0),
+        keep_daily: keep.keep_daily.unwrap_or(0),
+        keep_weekly: keep.keep_weekly.unwrap_or(0),
+        keep_monthly: keep.keep_monthly.unwrap_or(0),
+    };
+    let any = [
+        keep.keep_last,
+        keep.keep_hourly,
+        keep.keep_daily,
+        keep.keep_weekly,
+        keep.keep_monthly,
+    ]
+    .iter()
+    .any(Option::is_some);
+    let policy = if any {
+        given
+    } else {
+        inv.settings.retention.clone().unwrap_or_default()
+    };
+    if policy.is_empty() {
+        bail!("no retention policy: give at least one --keep-* option with N > 0, or a [retention] table in the config");
+    }
+    Ok(policy)
+}
+
+fn print_prune(chain: &ChainName, o: &PruneOutcome) {
+    let verb = if o.dry_run { "would prune" } else { "pruned" };
+    if o.plan.prune.is_empty() {
+        println!(
+            "chain {chain}: nothing to prune ({} snapshots kept)",
+            o.plan.keep.len()
+        );
+    } else {
+        println!(
+            "chain {chain}: {verb} {} snapshots ({}); {} kept",
+            o.plan.prune.len(),
+            fschain_store::retention::ranges(&o.plan.prune),
+            o.plan.keep.len()
+        );
+    }
+    let mut by_reason: std::collections::BTreeMap<KeepReason, Vec<u64>> = Default::default();
+    for (h, reasons) in &o.plan.keep {
+        for r in reasons {
+            by_reason.entry(*r).or_default().push(*h);
+        }
+    }
+    for (reason, heights) in by_reason {
+        println!(
+            "  kept ({}): {}",
+            serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            fschain_store::retention::ranges(&heights)
+        );
+    }
+}
+
+/// ` (N heights pruned: a-b, c)` for a verify line, or nothing.
+fn pruned_note(pruned: &[u64]) -> String {
+    if pruned.is_empty() {
+        return String::new();
+    }
+    format!(
+        " ({} heights pruned: {})",
+        pruned.len(),
+        fschain_store::retention::ranges(pruned)
+    )
 }
 
 fn single_op(mut writer: ChainWriter, op: Operation, json: bool) -> Result<()> {

@@ -21,7 +21,7 @@ use crate::cli::{
 };
 use crate::context::{
     brokers, extra, head_sealed_micros, open_chain, parse_size, root_dir, serve_metrics, target,
-    topics, trusted_keys, Invocation,
+    topics, trusted_keys, Invocation, RetentionRun,
 };
 
 /// Runs one of the replication commands.
@@ -150,6 +150,7 @@ pub(crate) fn agent(
     }
     let key = load_signing_key(writer.layout())?;
     let metrics = serve_metrics(metrics, inv)?;
+    let mut retention = RetentionRun::new(inv);
     let summary = run_agent(
         &mut writer,
         &target(kafka, inv)?,
@@ -157,6 +158,7 @@ pub(crate) fn agent(
         &key,
         &inv.shutdown,
         &mut |w, seal_took| {
+            retention.after_block(w.layout());
             if let Some(m) = &metrics {
                 m.sealed(w.chain().as_str(), w.head().height, w.head().event_count);
                 let label = fschain_metrics::ChainLabel {
@@ -298,6 +300,7 @@ pub(crate) fn consume(
         // What the site held before this run is not counted as verified by it.
         seen.record(m, &ingest, false);
     }
+    let mut retention = RetentionRun::new(inv);
     let summary = fschain_consumer::kafka::consume(
         &mut ingest,
         &source(kafka, inv)?,
@@ -306,6 +309,12 @@ pub(crate) fn consume(
         &mut |ingest| {
             if let Some(m) = &metrics {
                 seen.record(m, ingest, true);
+            }
+            for (chain, head) in ingest.heads() {
+                if head.is_some() {
+                    retention
+                        .after_block(&RootLayout::new(ingest.site().root().join(chain.as_str())));
+                }
             }
         },
     )?;

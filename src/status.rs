@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use fschain_store::RootLayout;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use fschain_consumer::fleet::{committed, scan_manifests, site_lags, site_names, SiteLag};
@@ -13,7 +12,7 @@ use fschain_consumer::kafka::KafkaSource;
 
 use crate::cli::{KafkaArgs, OperateCommand};
 use crate::context::{
-    brokers, extra, open_chain, print_json, root_dir, topics, trusted_keys, Invocation,
+    brokers, chain_roots, extra, open_chain, print_json, root_dir, topics, trusted_keys, Invocation,
 };
 
 pub(crate) fn run(command: OperateCommand, inv: &Invocation) -> Result<ExitCode> {
@@ -53,27 +52,6 @@ pub(crate) fn run(command: OperateCommand, inv: &Invocation) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The root itself when it is a chain, else each chain of a site under it.
-fn chain_roots(root: &Path) -> Result<Vec<std::path::PathBuf>> {
-    if RootLayout::new(root).marker().exists() {
-        return Ok(vec![root.to_owned()]);
-    }
-    let mut chains: Vec<_> = std::fs::read_dir(root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| RootLayout::new(p).marker().exists())
-        .collect();
-    chains.sort();
-    if chains.is_empty() {
-        bail!(
-            "{} is neither a chain's root nor a site holding chains",
-            root.display()
-        );
-    }
-    Ok(chains)
 }
 
 fn chain_status(root: &Path, now_micros: i64) -> Result<Value> {

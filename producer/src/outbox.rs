@@ -171,8 +171,26 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Fails, naming the cause, when block `height`'s snapshot is gone.
+fn require_snapshot(layout: &RootLayout, height: u64) -> Result<(), ProducerError> {
+    if layout.snapshot(height).is_dir() {
+        return Ok(());
+    }
+    let why = if fschain_store::retention::pruned_heights(layout)?.contains(&height) {
+        format!("block {height} was pruned before it was published (`prune --unpublished`), so it cannot be sent; a site can start from a later checkpoint")
+    } else {
+        format!("block {height}'s snapshot is missing; run `fschain verify`")
+    };
+    Err(StoreError::Corrupt {
+        path: layout.snapshot(height),
+        why,
+    }
+    .into())
+}
+
 /// The header of block `height`, from that block's own snapshot.
 pub fn snapshot_header(layout: &RootLayout, height: u64) -> Result<BlockHeader, ProducerError> {
+    require_snapshot(layout, height)?;
     Ok(ChainDir::new(layout.snapshot(height))
         .headers()?
         .into_iter()
@@ -225,6 +243,9 @@ pub fn prepare_block(
         inner: BufWriter::with_capacity(1 << 20, file),
         hasher: StreamHasher::new(policy.chunk_size),
     };
+    if let Some(p) = parent {
+        require_snapshot(layout, p)?;
+    }
     let parent_path = parent.map(|p| layout.snapshot(p));
     // Two stages on two threads: this one compresses what `btrfs send`
     // writes, the other hashes it (whole and chunk by chunk) and spools it.
@@ -315,19 +336,7 @@ pub fn keep_manifest(layout: &RootLayout, manifest: &BlockManifest) -> Result<()
 
 /// Which height is on the topic already (`None`: nothing yet).
 pub fn published_height(layout: &RootLayout) -> Result<Option<u64>, ProducerError> {
-    let path = layout.published();
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
-            Ok(v.get("height").and_then(serde_json::Value::as_u64))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::io(&path, e).into()),
-    }
+    Ok(fschain_store::layout::published_height(layout)?)
 }
 
 pub fn record_published(layout: &RootLayout, height: u64) -> Result<(), ProducerError> {

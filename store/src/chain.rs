@@ -9,6 +9,7 @@ use fschain_schema::{jcs, state_hash, BlockHeader, BlockRef, ElementId, Event, S
 use serde::Serialize;
 
 use crate::layout::{ChainMeta, RootLayout};
+use crate::state_path::state_path;
 use crate::{btrfs, ChainDir, IoContext, StoreError};
 
 /// A chain as its snapshots hold it.
@@ -24,16 +25,20 @@ pub struct Chain {
 }
 
 /// Where a block's states are read from: its snapshot, when the snapshot's
-/// states hash to the header's state root; else every state rebuilt from
-/// the events log (each snapshot carries the whole log) and checked
-/// against the same root.
+/// states hash to the header's state root; else rebuilt from the newest
+/// retained snapshot before it that matches its own header (or from
+/// nothing) plus the events after that one, and checked against the same
+/// root.
 #[derive(Debug)]
 pub enum BlockStates {
     Snapshot(ChainDir),
     Rebuilt {
-        /// Each element's canonical state bytes at the block.
-        states: BTreeMap<ElementId, Vec<u8>>,
-        /// Why the snapshot could not be used.
+        /// The snapshot the states start from (`None`: the empty state).
+        base: Option<ChainDir>,
+        /// Each element the events after `base` touched: its canonical
+        /// state bytes at the block, or `None` when it was deleted.
+        changed: BTreeMap<ElementId, Option<Vec<u8>>>,
+        /// Why the block's own snapshot could not be used.
         why: String,
     },
 }
@@ -43,17 +48,25 @@ impl BlockStates {
     pub fn state_bytes(&self, element: &ElementId) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             BlockStates::Snapshot(dir) => dir.state_bytes(element),
-            BlockStates::Rebuilt { states, .. } => Ok(states.get(element).cloned()),
+            BlockStates::Rebuilt { base, changed, .. } => match changed.get(element) {
+                Some(bytes) => Ok(bytes.clone()),
+                None => base.as_ref().map_or(Ok(None), |b| b.state_bytes(element)),
+            },
         }
     }
 
     /// `element`'s state, or `None`.
     pub fn state(&self, element: &ElementId) -> Result<Option<State>, StoreError> {
-        match self {
-            BlockStates::Snapshot(dir) => dir.state(element),
-            BlockStates::Rebuilt { states, .. } => Ok(states
-                .get(element)
-                .and_then(|b| serde_json::from_slice(b).ok())),
+        match self.state_bytes(element)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        path: state_path(element),
+                        why: format!("state of {element} is not JSON: {e}"),
+                    })
+            }
         }
     }
 }
@@ -172,36 +185,40 @@ impl Chain {
     pub fn states_at(&self, height: u64) -> Result<BlockStates, StoreError> {
         let header = self.header(height)?;
         let dir = self.snapshot(height);
-        let known = self
-            .checked
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&height).cloned());
-        let mismatch = match known {
-            Some(verdict) => verdict,
-            None => {
-                let verdict = self.snapshot_mismatch(&dir, header);
-                if let Ok(mut c) = self.checked.lock() {
-                    c.insert(height, verdict.clone());
-                }
-                verdict
-            }
-        };
-        let why = match mismatch {
+        let why = match self.cached_mismatch(&dir, header) {
             None => return Ok(BlockStates::Snapshot(dir)),
             Some(why) => why,
         };
-        tracing::warn!(
-            height,
-            "{why}; rebuilding block {height}'s states from the events log"
-        );
-        let states = self.rebuild_states(height)?;
-        let root = state_root_of(
-            states
-                .iter()
-                .map(|(e, bytes)| (e.clone(), fschain_schema::verify::state_file_hash(bytes))),
-        );
-        if root != header.state_root {
+        let pruned = crate::retention::pruned_heights(&self.layout)?;
+        if pruned.contains(&height) {
+            tracing::debug!(height, "block {height} was pruned; rebuilding its states");
+        } else {
+            tracing::warn!(
+                height,
+                "{why}; rebuilding block {height}'s states from the events log"
+            );
+        }
+        let base = self.rebuild_base(height)?;
+        let changed = self.rebuild_changes(base.as_ref(), height)?;
+        let mut hashes: BTreeMap<ElementId, _> = match &base {
+            Some((_, base)) => base
+                .state_hashes_from_tree("base")
+                .states
+                .into_iter()
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        for (element, bytes) in &changed {
+            match bytes {
+                Some(b) => {
+                    hashes.insert(element.clone(), fschain_schema::verify::state_file_hash(b));
+                }
+                None => {
+                    hashes.remove(element);
+                }
+            }
+        }
+        if state_root_of(hashes) != header.state_root {
             return Err(StoreError::Corrupt {
                 path: dir.path().to_owned(),
                 why: format!(
@@ -209,7 +226,43 @@ impl Chain {
                 ),
             });
         }
-        Ok(BlockStates::Rebuilt { states, why })
+        Ok(BlockStates::Rebuilt {
+            base: base.map(|(_, dir)| dir),
+            changed,
+            why,
+        })
+    }
+
+    /// The newest snapshot before block `height` whose states match its own
+    /// header, to rebuild block `height`'s states from (`None`: none does,
+    /// start from the empty state).
+    fn rebuild_base(&self, height: u64) -> Result<Option<(u64, ChainDir)>, StoreError> {
+        let heights = self.layout.snapshot_heights()?;
+        for &h in heights.iter().rev().filter(|&&h| h < height) {
+            let dir = self.snapshot(h);
+            if self.cached_mismatch(&dir, self.header(h)?).is_none() {
+                return Ok(Some((h, dir)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Chain::snapshot_mismatch`], once per height.
+    fn cached_mismatch(&self, dir: &ChainDir, header: &BlockHeader) -> Option<String> {
+        let height = header.height;
+        let known = self
+            .checked
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&height).cloned());
+        if let Some(verdict) = known {
+            return verdict;
+        }
+        let verdict = self.snapshot_mismatch(dir, header);
+        if let Ok(mut c) = self.checked.lock() {
+            c.insert(height, verdict.clone());
+        }
+        verdict
     }
 
     fn header(&self, height: u64) -> Result<&BlockHeader, StoreError> {
@@ -259,44 +312,68 @@ impl Chain {
             })
     }
 
-    /// Every element's canonical state bytes after block `height`, by
-    /// replaying the events log of the newest snapshot that exists.
-    fn rebuild_states(&self, height: u64) -> Result<BTreeMap<ElementId, Vec<u8>>, StoreError> {
-        let upto = self.headers[..=height as usize]
-            .iter()
-            .filter_map(|h| h.last_seq)
-            .max()
-            .unwrap_or(0);
+    /// The states of the elements that the events after `base` (up to
+    /// block `height`) touched, replayed from `base`'s states, each checked
+    /// against its event's state hash.
+    fn rebuild_changes(
+        &self,
+        base: Option<&(u64, ChainDir)>,
+        height: u64,
+    ) -> Result<BTreeMap<ElementId, Option<Vec<u8>>>, StoreError> {
+        let last_seq = |h: u64| {
+            self.headers[..=h as usize]
+                .iter()
+                .filter_map(|h| h.last_seq)
+                .max()
+        };
+        let upto = last_seq(height);
+        let after = base.and_then(|(h, _)| last_seq(*h));
         let log = self.log_dir(height)?;
-        let mut states: BTreeMap<ElementId, State> = BTreeMap::new();
+        let mut states: BTreeMap<ElementId, Option<State>> = BTreeMap::new();
+        let Some(upto) = upto else {
+            return Ok(BTreeMap::new());
+        };
         for event in log.events(None)? {
+            if after.is_some_and(|a| event.chain_seq <= a) {
+                continue;
+            }
             if event.chain_seq > upto {
                 break;
             }
             let place = || format!("event {} of {}", event.chain_seq, event.element);
-            let before = states.remove(&event.element);
+            let before = match states.remove(&event.element) {
+                Some(state) => state,
+                None => match base {
+                    Some((_, dir)) => dir.state(&event.element)?,
+                    None => None,
+                },
+            };
             let after = event
                 .op
                 .apply_owned(before)
                 .map_err(|e| StoreError::schema(place(), e))?;
-            if let Some(state) = after {
-                let hash = state_hash(&state).map_err(|e| StoreError::schema(place(), e))?;
-                if event.state_hash != Some(hash) {
-                    return Err(StoreError::Corrupt {
-                        path: log.path().to_owned(),
-                        why: format!(
-                            "{}: the replayed state does not match the event's state hash",
-                            place()
-                        ),
-                    });
-                }
-                states.insert(event.element.clone(), state);
+            let hash = after
+                .as_ref()
+                .map(state_hash)
+                .transpose()
+                .map_err(|e| StoreError::schema(place(), e))?;
+            if after.is_some() && event.state_hash != hash {
+                return Err(StoreError::Corrupt {
+                    path: log.path().to_owned(),
+                    why: format!(
+                        "{}: the replayed state does not match the event's state hash",
+                        place()
+                    ),
+                });
             }
+            states.insert(event.element.clone(), after);
         }
         states
             .into_iter()
             .map(|(element, state)| {
-                let bytes = jcs::canonical_object(&state)
+                let bytes = state
+                    .map(|s| jcs::canonical_object(&s))
+                    .transpose()
                     .map_err(|e| StoreError::schema(element.to_string(), e))?;
                 Ok((element, bytes))
             })
@@ -351,19 +428,77 @@ impl Chain {
                 std::io::Error::new(std::io::ErrorKind::AlreadyExists, "destination exists"),
             ));
         }
-        let source = self.layout.snapshot(height);
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => std::path::PathBuf::from("."),
+        let (base, changed) = match self.states_at(height)? {
+            BlockStates::Snapshot(dir) => (Some(dir), None),
+            BlockStates::Rebuilt { base, changed, .. } => (base, Some(changed)),
         };
-        // A snapshot when it can be one (same btrfs filesystem), else a copy.
-        if btrfs::is_btrfs(&parent).unwrap_or(false)
-            && btrfs::snapshot(&source, dest, false).is_ok()
-        {
-            return Ok(());
+        match &base {
+            Some(source) => clone_tree(source.path(), dest)?,
+            None => std::fs::create_dir_all(dest).at(dest)?,
         }
-        copy_tree(&source, dest)
+        let Some(changed) = changed else {
+            return Ok(());
+        };
+        // Rebuilt: the logs up to the block, then each changed state.
+        let write = |path: std::path::PathBuf, bytes: &[u8]| -> Result<(), StoreError> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).at(dir)?;
+            }
+            std::fs::write(&path, bytes).at(&path)
+        };
+        write(dest.join(crate::layout::CHAIN_FILE), &self.meta.to_bytes())?;
+        let log = self.log_dir(height)?;
+        let mut headers = Vec::new();
+        for line in log
+            .headers_bytes()?
+            .split_inclusive(|&b| b == b'\n')
+            .take(height as usize + 1)
+        {
+            headers.extend_from_slice(line);
+        }
+        write(dest.join(crate::layout::HEADERS_LOG), &headers)?;
+        let mut remaining: u64 = self.headers[..=height as usize]
+            .iter()
+            .map(|h| h.event_count)
+            .sum();
+        let mut events = Vec::new();
+        log.for_event_lines(|line| {
+            if remaining == 0 {
+                return Ok::<bool, StoreError>(false);
+            }
+            remaining -= 1;
+            events.extend_from_slice(line);
+            events.push(b'\n');
+            Ok(true)
+        })?;
+        write(dest.join(crate::layout::EVENTS_LOG), &events)?;
+        for (element, bytes) in changed {
+            let path = dest.join(state_path(&element));
+            match bytes {
+                Some(bytes) => write(path, &bytes)?,
+                None => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::io(&path, e))
+                    }
+                    _ => {}
+                },
+            }
+        }
+        Ok(())
     }
+}
+
+/// A writable copy of `source` at `dest`: a btrfs snapshot when it can be
+/// one (same file system), else a plain copy.
+fn clone_tree(source: &Path, dest: &Path) -> Result<(), StoreError> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if btrfs::is_btrfs(&parent).unwrap_or(false) && btrfs::snapshot(source, dest, false).is_ok() {
+        return Ok(());
+    }
+    copy_tree(source, dest)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@
 //!   meta/ingest         which offsets of the ops topic the sealed blocks hold
 //!   meta/replica        on a site: {"site":..,"base":N}, the first block held
 //!   meta/manifests/     the signed manifest of every block published or received
+//!   meta/pruned         heights whose snapshots retention deleted, one per line
 //!   index/              the event index (qdrant-edge shard and index.json)
 //! ```
 //!
@@ -142,6 +143,11 @@ impl RootLayout {
         self.meta_dir().join("published")
     }
 
+    /// Heights whose snapshots retention deleted (`retention::prune`).
+    pub fn pruned(&self) -> PathBuf {
+        self.meta_dir().join("pruned")
+    }
+
     pub fn outbox(&self) -> PathBuf {
         self.meta_dir().join("outbox")
     }
@@ -196,6 +202,23 @@ impl RootLayout {
         }
         heights.sort_unstable();
         Ok(heights)
+    }
+}
+
+/// Which height is on the topic already (`meta/published`; `None`: nothing yet).
+pub fn published_height(layout: &RootLayout) -> Result<Option<u64>, StoreError> {
+    let path = layout.published();
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+            Ok(v.get("height").and_then(serde_json::Value::as_u64))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(&path, e)),
     }
 }
 

@@ -1,10 +1,12 @@
 //! IO that both sides of fschain need: the btrfs adapter, the on-disk
 //! layout of a chain, and reading and verifying a chain from its snapshots.
 //!
-//! Architecture Invariant: this crate never writes a chain. Creating the
-//! layer and sealing blocks is the producer's; receiving snapshots is the
-//! consumer's. Both read chains back through here, so a site's copy reads
-//! exactly like the producer's.
+//! Architecture Invariant: this crate never creates or changes a block.
+//! Creating the layer and sealing blocks is the producer's; receiving
+//! snapshots is the consumer's. Both read chains back through here, so a
+//! site's copy reads exactly like the producer's. Its one write to a chain
+//! is retention's, shared by both sides: recording a pruned height, then
+//! deleting that snapshot (`retention::prune`).
 
 pub mod btrfs;
 pub mod btrfs_tree;
@@ -15,6 +17,7 @@ mod error;
 pub mod extents;
 pub mod layout;
 mod log_file;
+pub mod retention;
 pub mod send_stream;
 pub mod state_path;
 pub mod verify;

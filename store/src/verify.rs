@@ -37,6 +37,9 @@ pub struct VerifyReport {
     /// Of `bytes`, those known without reading them: log bytes that btrfs
     /// stores once for a snapshot and the copy it was compared with.
     pub shared: u64,
+    /// Heights whose snapshots retention deleted: their headers and events
+    /// are checked in the newer snapshots' logs, their states are not.
+    pub pruned: Vec<u64>,
     pub problems: Vec<Problem>,
 }
 
@@ -54,6 +57,7 @@ impl VerifyReport {
             snapshots: 0,
             bytes: 0,
             shared: 0,
+            pruned: Vec::new(),
             problems: Vec::new(),
         }
     }
@@ -114,8 +118,13 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
     report.head = Some(head);
     // A site rebuilt from a checkpoint holds blocks from that one on.
     let base = crate::layout::replica_base(layout)?.unwrap_or(0);
+    let pruned = crate::retention::pruned_heights(layout)?;
     for h in base..=head {
         if heights.binary_search(&h).is_err() {
+            if pruned.contains(&h) && h != head {
+                report.pruned.push(h);
+                continue;
+            }
             report.problems.push(Problem::BadSnapshot {
                 place: place(h),
                 height: h,
