@@ -20,6 +20,7 @@ use crate::cli::{HostCommand, KafkaArgs, SourcesArg};
 use crate::context::{
     open_chain, open_writer, print_json, root_dir, serve_metrics, target, Invocation,
 };
+use crate::progress::{Progress, Unit};
 
 pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
     match command {
@@ -34,7 +35,22 @@ pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
             metrics,
         } => {
             let root = root_dir(&root, inv)?;
-            let sources = load_sources(&sources, inv)?;
+            let mut sources = load_sources(&sources, inv)?;
+            // --once is a scan someone waits for: show how far it got.
+            let bar = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
+                "watch --once: files read",
+                Unit::Files,
+                None,
+            )));
+            if let (true, Some(files)) = (once, sources.files.as_mut()) {
+                let bar = bar.clone();
+                files.set_progress(std::sync::Arc::new(move |n, total| {
+                    if let Ok(mut bar) = bar.lock() {
+                        bar.set_total(total);
+                        bar.set(n, "");
+                    }
+                }));
+            }
             let options = WatchOptions {
                 block_interval: Duration::from_millis(block_interval),
                 block_ops: block_ops.max(1),
@@ -46,14 +62,19 @@ pub(crate) fn run(command: HostCommand, inv: &Invocation) -> Result<ExitCode> {
                 prefix,
             });
             let metrics = serve_metrics(&metrics, inv)?;
-            watch(
+            let outcome = watch(
                 &root,
                 &sources,
                 &options,
                 kafka.as_ref(),
                 metrics.as_deref(),
                 inv,
-            )
+            );
+            drop(sources);
+            if let Some(bar) = std::sync::Arc::into_inner(bar).and_then(|m| m.into_inner().ok()) {
+                bar.finish();
+            }
+            outcome
         }
         HostCommand::Drift {
             root,

@@ -13,13 +13,14 @@ use fschain_schema::{Action, BlockHeader, BlockRef, ChainName, ElementId, Operat
 use fschain_store::retention::{
     prune_root, KeepReason, PruneOptions, PruneOutcome, RetentionPolicy,
 };
-use fschain_store::{verify_root, RootLayout};
+use fschain_store::{verify_root_with_progress, RootLayout};
 use serde_json::{json, Value};
 
 use crate::cli::{KeepArgs, LocalCommand};
 use crate::context::{
     chain_roots, open_chain, open_writer, parse_size, print_json, root_dir, Invocation,
 };
+use crate::progress::{Progress, Unit};
 
 pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
     match command {
@@ -228,8 +229,17 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
             let layout = RootLayout::new(&root);
             recover_if_interrupted(&layout)
                 .with_context(|| format!("recovering {}", root.display()))?;
-            let report =
-                verify_root(&layout).with_context(|| format!("verifying {}", root.display()))?;
+            let bar = std::sync::Mutex::new(Progress::new("verify", Unit::Snapshots, None));
+            let report = verify_root_with_progress(&layout, &|done, total| {
+                if let Ok(mut bar) = bar.lock() {
+                    bar.set_total(total);
+                    bar.set(done, "");
+                }
+            })
+            .with_context(|| format!("verifying {}", root.display()))?;
+            if let Ok(bar) = bar.into_inner() {
+                bar.finish();
+            }
             if json.json {
                 print_json(&json!({
                     "clean": report.is_clean(),

@@ -3,12 +3,14 @@
 //! Architecture Invariant: this file and `context::invocation` are the only
 //! places that read argv and the environment. Everything below them takes
 //! plain values. No two modules here import each other: `local`,
-//! `replication`, `search`, `host`, `status` and `tools` use `cli` and `context` only.
+//! `replication`, `search`, `host`, `status` and `tools` use `cli`, `context`
+//! and `progress` only.
 
 mod cli;
 mod context;
 mod host;
 mod local;
+mod progress;
 mod replication;
 mod search;
 mod status;

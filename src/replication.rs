@@ -1,7 +1,7 @@
 //! The replication commands: key, topics, agent, publish, consume, replay,
 //! export, import.
 
-use std::io::{IsTerminal as _, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -23,6 +23,7 @@ use crate::context::{
     brokers, extra, head_sealed_micros, open_chain, parse_size, root_dir, serve_metrics, target,
     topics, trusted_keys, Invocation, RetentionRun,
 };
+use crate::progress::{Progress, Unit};
 
 /// Runs one of the replication commands.
 pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitCode> {
@@ -157,7 +158,7 @@ pub(crate) fn agent(
         &options,
         &key,
         &inv.shutdown,
-        &mut |w, seal_took| {
+        &mut |w, done| {
             retention.after_block(w.layout());
             if let Some(m) = &metrics {
                 m.sealed(w.chain().as_str(), w.head().height, w.head().event_count);
@@ -166,7 +167,18 @@ pub(crate) fn agent(
                 };
                 m.seal_duration
                     .get_or_create(&label)
-                    .observe(seal_took.as_secs_f64());
+                    .observe(done.seal.as_secs_f64());
+                if let Some((took, summary)) = &done.published {
+                    m.publish_duration
+                        .get_or_create(&label)
+                        .observe(took.as_secs_f64());
+                    m.blocks_published
+                        .get_or_create(&label)
+                        .inc_by(summary.blocks);
+                    m.published_bytes
+                        .get_or_create(&label)
+                        .inc_by(summary.bytes);
+                }
                 if let Ok(Some(p)) = fschain_producer::outbox::published_height(w.layout()) {
                     m.published_height
                         .get_or_create(&label)
@@ -327,6 +339,8 @@ pub(crate) fn consume(
 struct SiteSeen {
     heights: std::collections::BTreeMap<ChainName, u64>,
     rejected: u64,
+    timed: u64,
+    bytes: u64,
 }
 
 impl SiteSeen {
@@ -366,6 +380,25 @@ impl SiteSeen {
                     .set((now - sealed).max(0.0) as i64);
             }
         }
+        let (timings, timed) = ingest.timings_since(self.timed);
+        for t in timings {
+            let label = fschain_metrics::ChainLabel {
+                chain: t.chain.to_string(),
+            };
+            metrics
+                .receive_duration
+                .get_or_create(&label)
+                .observe(t.receive.as_secs_f64());
+            metrics
+                .verify_duration
+                .get_or_create(&label)
+                .observe(t.verify.as_secs_f64());
+        }
+        self.timed = timed;
+        metrics
+            .consumed_bytes
+            .inc_by(ingest.stats.bytes.saturating_sub(self.bytes));
+        self.bytes = ingest.stats.bytes;
         let rejected = ingest.stats.rejected.saturating_sub(self.rejected);
         self.rejected = ingest.stats.rejected;
         metrics
@@ -385,24 +418,17 @@ pub(crate) fn replay(
 ) -> Result<ExitCode> {
     let trusted_keys = trusted(site, inv)?;
     let mut ingest = open_ingest(site, chains, inv)?;
-    let tty = std::io::stderr().is_terminal();
+    let mut bar = Progress::new("replay", Unit::Blocks, None);
     let mut progress = |ingest: &Ingest| {
-        let line: Vec<String> = ingest
+        if let Some(total) = ingest.stats.expected {
+            bar.set_total(total);
+        }
+        let heads: Vec<String> = ingest
             .heads()
             .iter()
             .map(|(c, h)| format!("{c} {}", h.map_or("-".into(), |h| h.to_string())))
             .collect();
-        let text = format!(
-            "replay: {} blocks [{}]",
-            ingest.stats.applied,
-            line.join(", ")
-        );
-        if tty {
-            let bar = "#".repeat((ingest.stats.applied % 40) as usize);
-            eprint!("\r{text} {bar:<40}");
-        } else if ingest.stats.applied % 100 == 1 {
-            eprintln!("{text}");
-        }
+        bar.set(ingest.stats.applied, &heads.join(", "));
     };
     let summary = fschain_consumer::kafka::replay(
         &mut ingest,
@@ -411,11 +437,37 @@ pub(crate) fn replay(
         &inv.shutdown,
         &mut progress,
     )?;
-    if tty {
-        eprintln!();
-    }
+    bar.finish();
     report("replay", &summary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reader or writer that reports the bytes through it.
+struct Counted<T> {
+    inner: T,
+    bytes: u64,
+    progress: Progress,
+}
+
+impl<T: Read> Read for Counted<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        self.progress.set(self.bytes, "");
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Counted<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        self.progress.set(self.bytes, "");
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn resolve(chain: &Chain, text: &str) -> Result<u64> {
@@ -436,12 +488,17 @@ pub(crate) fn export(
     if from.is_some_and(|f| f >= to) {
         bail!("--from must be an older block than --to");
     }
-    let mut out: Box<dyn Write> = if output == "-" {
+    let out: Box<dyn Write> = if output == "-" {
         Box::new(std::io::stdout().lock())
     } else {
         Box::new(std::io::BufWriter::new(
             std::fs::File::create(output).with_context(|| format!("creating {output}"))?,
         ))
+    };
+    let mut out = Counted {
+        inner: out,
+        bytes: 0,
+        progress: Progress::new("export", Unit::Bytes, None),
     };
     let layout = chain.layout();
     if raw {
@@ -459,19 +516,26 @@ pub(crate) fn export(
         )?;
         eprintln!("export: {} blocks, {} bytes", summary.blocks, summary.bytes);
     }
+    out.progress.finish();
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn import(site: &SiteArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
     let mut ingest = open_ingest(site, &[], inv)?;
-    let mut input: Box<dyn Read> = if file == "-" {
-        Box::new(std::io::stdin().lock())
+    let (input, total): (Box<dyn Read>, Option<u64>) = if file == "-" {
+        (Box::new(std::io::stdin().lock()), None)
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
-        ))
+        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(std::io::BufReader::new(f)), len)
+    };
+    let mut input = Counted {
+        inner: input,
+        bytes: 0,
+        progress: Progress::new("import", Unit::Bytes, total),
     };
     let frames = fschain_consumer::import::import(&mut ingest, &mut input, file)?;
+    input.progress.finish();
     if let Some((chain, height)) = ingest.gaps().into_iter().next() {
         bail!("{chain}: block {height} is missing from the import; the blocks after it were not applied");
     }

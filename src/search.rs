@@ -11,6 +11,7 @@ use fschain_store::RootLayout;
 
 use crate::cli::{IndexArgs, RootArg, SearchArgs, SearchCommand};
 use crate::context::{open_chain, root_dir, Invocation};
+use crate::progress::{Progress, Unit};
 
 /// Runs one of the search commands.
 pub(crate) fn run(command: SearchCommand, inv: &Invocation) -> Result<ExitCode> {
@@ -71,7 +72,11 @@ pub(crate) fn reindex(
         &store,
     )
     .with_context(|| format!("creating the index of {}", root.display()))?;
-    let done = index.catch_up(&chain, &inv.shutdown, |_, _| {})?;
+    let mut bar = Progress::new("reindex", Unit::Blocks, Some(chain.head().height + 1));
+    let done = index.catch_up(&chain, &inv.shutdown, |height, _| {
+        bar.set(height + 1, "");
+    })?;
+    bar.finish();
     let secs = started.elapsed().as_secs_f64();
     if json {
         println!(

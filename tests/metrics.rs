@@ -143,10 +143,11 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
         Duration::from_secs(60),
         || height(site_port) == Some(4.0),
     );
-    assert_eq!(
-        scrape(site_port)["fschain_blocks_verified_total{host1}"],
-        5.0
-    );
+    let later = scrape(site_port);
+    assert_eq!(later["fschain_blocks_verified_total{host1}"], 5.0);
+    assert!(later["fschain_consumed_bytes_total{}"] > first["fschain_consumed_bytes_total{}"]);
+    assert_eq!(later["fschain_receive_duration_seconds_count{host1}"], 5.0);
+    assert_eq!(later["fschain_verify_duration_seconds_count{host1}"], 5.0);
     site.stop();
 
     // An agent: blocks sealed from the ops topic, published, timed.
@@ -185,6 +186,8 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
         agent_metrics["fschain_seal_duration_seconds_count{host3}"],
         2.0
     );
+    assert!(agent_metrics["fschain_blocks_published_total{host3}"] >= 2.0);
+    assert!(agent_metrics["fschain_published_bytes_total{host3}"] > 0.0);
     agent.stop();
 
     // A watch: a block sealed for its catch-up, then one per change.

@@ -66,7 +66,74 @@ fn run_in(work: &Path, s: &Scale, report: &mut Report) -> Result<()> {
     one_op_latency(work, &root, &mut writer, s, report)?;
     writer.close()?;
     layer_growth(work, s, report)?;
-    verify_speed(work, &root, report)
+    verify_speed(work, &root, report)?;
+    pruning(work, report)
+}
+
+/// `prune` of 1,000 block snapshots against `btrfs subvolume delete` of
+/// 1,000 snapshots of the same layer.
+fn pruning(work: &Path, report: &mut Report) -> Result<()> {
+    const BLOCKS: usize = 1000;
+    let root = work.join("prune");
+    let mut writer = new_root(&root, "prune")?;
+    populate(&mut writer, 10, 10)?;
+    for n in 0..BLOCKS {
+        writer.apply(patch(n % 10, n))?;
+        writer.seal()?;
+    }
+    writer.close()?;
+    let layout = RootLayout::new(&root);
+    let plain = work.join("plain-snapshots");
+    std::fs::create_dir_all(&plain)?;
+    let mut paths = Vec::new();
+    for n in 0..BLOCKS {
+        let path = plain.join(format!("{n:010}"));
+        btrfs::snapshot(&layout.layer(), &path, true)?;
+        paths.push(path);
+    }
+    btrfs::sync_filesystem(&root)?;
+    let started = Instant::now();
+    let out = Command::new("btrfs")
+        .args(["subvolume", "delete"])
+        .args(&paths)
+        .output()
+        .context("running btrfs subvolume delete")?;
+    let baseline = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "btrfs subvolume delete failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let policy = fschain_store::retention::RetentionPolicy {
+        keep_last: 1,
+        ..Default::default()
+    };
+    let options = fschain_store::retention::PruneOptions {
+        dry_run: false,
+        unpublished_ok: true,
+    };
+    let started = Instant::now();
+    let outcome = fschain_store::retention::prune_root(&layout, &policy, options)?;
+    let took = started.elapsed();
+    if outcome.deleted < BLOCKS {
+        bail!("prune deleted {} snapshots, not {BLOCKS}", outcome.deleted);
+    }
+    let x = ratio(took, baseline);
+    report.row(Row {
+        what: format!(
+            "prune {} block snapshots (keep the newest)",
+            outcome.deleted
+        ),
+        fschain: ms(took),
+        baseline: format!(
+            "`btrfs subvolume delete` of {BLOCKS} snapshots: {} ({x:.2}x)",
+            ms(baseline)
+        ),
+        target: "<= 1.5x".into(),
+        met: Some(x <= 1.5),
+    });
+    Ok(())
 }
 
 /// Sealed operations per second, against the same state-file writes,

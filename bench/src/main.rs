@@ -39,6 +39,9 @@ struct Args {
     /// Only the event index measurements.
     #[arg(long, conflicts_with = "replication_only")]
     index_only: bool,
+    /// Only the local chain measurements (seal, verify, prune).
+    #[arg(long, conflicts_with_all = ["replication_only", "index_only", "host_only", "network_only", "quality_only"])]
+    local_only: bool,
     /// Only the host source measurements (watch, first scan).
     #[arg(long, conflicts_with_all = ["replication_only", "index_only"])]
     host_only: bool,
@@ -87,6 +90,10 @@ fn run(args: &Args) -> Result<()> {
                 &mut report,
             )?;
         }
+        return finish(&report, args);
+    }
+    if args.local_only {
+        local::run(dir, args.quick, &mut report)?;
         return finish(&report, args);
     }
     if args.host_only {

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::assembler::{ChunkAssembler, StreamKey, Verdict};
 use crate::indexer::SiteIndexer;
-use crate::site::{Site, SiteChain};
+use crate::site::{BlockTiming, Site, SiteChain};
 use crate::ConsumerError;
 use fschain_index::{Embedders, VectorStore};
 
@@ -45,6 +45,11 @@ pub struct IngestStats {
     pub rejected: u64,
     /// Events put in the site's event index.
     pub indexed: u64,
+    /// Bytes of the frames taken in.
+    pub bytes: u64,
+    /// The blocks a replay will apply, once its first pass has read the
+    /// topic's manifests (for progress).
+    pub expected: Option<u64>,
 }
 
 /// A site taking in frames.
@@ -58,7 +63,14 @@ pub struct Ingest {
     /// When set, each chain's event index follows its verified blocks.
     indexer: Option<SiteIndexer>,
     pub stats: IngestStats,
+    /// The newest blocks' timings (at most [`TIMINGS_KEPT`]), and how many
+    /// blocks were ever timed, so a reader can tell which are new.
+    timings: std::collections::VecDeque<BlockTiming>,
+    timed: u64,
 }
+
+/// How many blocks' timings an [`Ingest`] keeps for its readers.
+const TIMINGS_KEPT: usize = 1024;
 
 impl Ingest {
     pub fn new(site: Site, trusted: Vec<PublicKey>) -> Result<Self, ConsumerError> {
@@ -73,6 +85,8 @@ impl Ingest {
             chains: BTreeMap::new(),
             indexer: None,
             stats: IngestStats::default(),
+            timings: Default::default(),
+            timed: 0,
         })
     }
 
@@ -138,6 +152,19 @@ impl Ingest {
         }
     }
 
+    /// The timings of the blocks verified since `seen` blocks were (at most
+    /// the newest [`TIMINGS_KEPT`]), and the count to pass next time.
+    pub fn timings_since(&self, seen: u64) -> (impl Iterator<Item = &BlockTiming>, u64) {
+        let new = self
+            .timed
+            .saturating_sub(seen)
+            .min(self.timings.len() as u64) as usize;
+        (
+            self.timings.iter().skip(self.timings.len() - new),
+            self.timed,
+        )
+    }
+
     /// Gives up every receive under way and forgets what was assembled:
     /// each chain is read again from disk when its next frame comes (after
     /// a full disk, or when the group hands this member's chains to
@@ -155,6 +182,7 @@ impl Ingest {
         key: Option<&[u8]>,
         origin: &Origin<'_>,
     ) -> Result<Option<ChainName>, ConsumerError> {
+        self.stats.bytes += bytes.len() as u64;
         let frame = match decode_frame(bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -265,7 +293,12 @@ impl Ingest {
                 break;
             };
             match site_chain.finish(&ready) {
-                Ok(()) => {
+                Ok(timing) => {
+                    if self.timings.len() >= TIMINGS_KEPT {
+                        self.timings.pop_front();
+                    }
+                    self.timings.push_back(timing);
+                    self.timed += 1;
                     for key in assembler.applied(ready.key.height) {
                         site_chain.drop_spool(&key);
                     }

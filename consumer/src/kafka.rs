@@ -192,6 +192,16 @@ pub fn replay(
             }
         }
     }
+    ingest.stats.expected = Some(
+        latest_full
+            .iter()
+            .map(|(chain, &(full, _, _))| {
+                last_height
+                    .get(chain)
+                    .map_or(1, |&last| last.saturating_sub(full) + 1)
+            })
+            .sum(),
+    );
     // Pass 2: from each partition's earliest needed checkpoint.
     let mut start: BTreeMap<i32, i64> = BTreeMap::new();
     for (chain, &(height, p, o)) in &latest_full {

@@ -20,4 +20,4 @@ pub use assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
 pub use error::ConsumerError;
 pub use indexer::SiteIndexer;
 pub use ingest::{Ingest, IngestStats, Origin};
-pub use site::{Site, SiteChain};
+pub use site::{BlockTiming, Site, SiteChain};

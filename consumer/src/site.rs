@@ -206,6 +206,15 @@ fn lock_chain(layout: &RootLayout, chain: &ChainName) -> Result<File, ConsumerEr
     }
 }
 
+/// How long one block took at a site: from its receive opening to its
+/// stream's end, then verifying and placing it.
+#[derive(Clone, Debug)]
+pub struct BlockTiming {
+    pub chain: ChainName,
+    pub receive: std::time::Duration,
+    pub verify: std::time::Duration,
+}
+
 /// How many chunks may wait for `btrfs receive` (at 512 KiB each, 4 MiB):
 /// memory stays flat whatever the block size, and a slow receive holds
 /// back the reading of the topic.
@@ -511,7 +520,7 @@ impl SiteChain {
     /// Finishes the open stream, every chunk of it fed: the whole stream
     /// against the signed hash, the received snapshot against the signed
     /// header, then into place.
-    pub fn finish(&mut self, ready: &ReadyBlock) -> Result<(), ConsumerError> {
+    pub fn finish(&mut self, ready: &ReadyBlock) -> Result<BlockTiming, ConsumerError> {
         let height = ready.header.height;
         let Some(mut receiving) = self.receiving.take().filter(|r| r.key == ready.key) else {
             return Err(ConsumerError::Schema(SchemaError::Malformed {
@@ -537,7 +546,7 @@ impl SiteChain {
         early: Option<EarlyLogCheck>,
         staging: &Path,
         started: Instant,
-    ) -> Result<(), ConsumerError> {
+    ) -> Result<BlockTiming, ConsumerError> {
         let height = ready.header.height;
         // 1. The whole stream against the signed hash (each chunk was
         // authenticated on its own before it was fed; this is the whole).
@@ -608,7 +617,11 @@ impl SiteChain {
             "received and verified"
         );
         info!(chain = %self.chain, height, hash = %ready.header.hash, "block verified and in place");
-        Ok(())
+        Ok(BlockTiming {
+            chain: self.chain.clone(),
+            receive: received,
+            verify: total - received,
+        })
     }
 
     /// The header of the newest block held.

@@ -21,13 +21,26 @@ use crate::HostError;
 /// The element kind of this source.
 pub const KIND: &str = "file";
 
+/// Told `(files read, files to read)` as a scan goes (for progress).
+pub type ScanProgress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// The files source, with its globs compiled.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FileSource {
     roots: Vec<PathBuf>,
     exclude: GlobSet,
     redact: GlobSet,
     max_content: u64,
+    progress: Option<ScanProgress>,
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource")
+            .field("roots", &self.roots)
+            .field("max_content", &self.max_content)
+            .finish_non_exhaustive()
+    }
 }
 
 fn glob_set(key: &'static str, defaults: &[&str], extra: &[String]) -> Result<GlobSet, HostError> {
@@ -81,7 +94,13 @@ impl FileSource {
             exclude: glob_set("exclude", DEFAULT_EXCLUDE, &config.exclude)?,
             redact: glob_set("redact", DEFAULT_REDACT, &config.redact)?,
             max_content: config.max_content,
+            progress: None,
         })
+    }
+
+    /// Reports each full scan's progress to `progress`.
+    pub fn set_progress(&mut self, progress: ScanProgress) {
+        self.progress = Some(progress);
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -212,7 +231,13 @@ impl FileSource {
         // are what a scan costs.
         // Each path: its element, and its state if `keep` took it.
         type Observed = Option<(ElementId, Option<State>)>;
+        let total = paths.len() as u64;
+        let read = std::sync::atomic::AtomicU64::new(0);
         let observed: Vec<Result<Observed, HostError>> = parallel_map(paths, |p| {
+            if let Some(progress) = &self.progress {
+                let n = read.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress(n, total);
+            }
             let element = Self::element_of(&p)?;
             Ok(self.observe(&p)?.map(|state| {
                 let kept = keep(&element, &state).then_some(state);

@@ -63,6 +63,12 @@ pub struct Metrics {
     pub frames_rejected: Family<ReasonLabel, Counter>,
     pub watch_changes: Family<SourceLabel, Counter>,
     pub seal_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
+    pub blocks_published: Family<ChainLabel, Counter>,
+    pub published_bytes: Family<ChainLabel, Counter>,
+    pub consumed_bytes: Counter,
+    pub publish_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
+    pub receive_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
+    pub verify_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
 }
 
 fn seal_buckets() -> Histogram {
@@ -84,6 +90,12 @@ impl Metrics {
             frames_rejected: Family::default(),
             watch_changes: Family::default(),
             seal_duration: Family::new_with_constructor(seal_buckets),
+            blocks_published: Family::default(),
+            published_bytes: Family::default(),
+            consumed_bytes: Counter::default(),
+            publish_duration: Family::new_with_constructor(seal_buckets),
+            receive_duration: Family::new_with_constructor(seal_buckets),
+            verify_duration: Family::new_with_constructor(seal_buckets),
         };
         let mut registry = Registry::with_prefix("fschain");
         registry.register(
@@ -139,6 +151,42 @@ impl Metrics {
             Unit::Seconds,
             metrics.seal_duration.clone(),
         );
+        registry.register(
+            "blocks_published",
+            "Blocks this producer published (acknowledged by the brokers)",
+            metrics.blocks_published.clone(),
+        );
+        registry.register_with_unit(
+            "published",
+            "Bytes of frames this producer published",
+            Unit::Bytes,
+            metrics.published_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "consumed",
+            "Bytes of frames this site took in",
+            Unit::Bytes,
+            metrics.consumed_bytes.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "publish_duration",
+                "Time to publish the blocks pending after a seal",
+                &metrics.publish_duration,
+            ),
+            (
+                "receive_duration",
+                "Time from a block's receive opening to its stream's end",
+                &metrics.receive_duration,
+            ),
+            (
+                "verify_duration",
+                "Time to verify a received block and put it in place",
+                &metrics.verify_duration,
+            ),
+        ] {
+            registry.register_with_unit(name, help, Unit::Seconds, family.clone());
+        }
         (Arc::new(metrics), registry)
     }
 }

@@ -64,6 +64,16 @@ pub struct AgentSummary {
     pub blocks: u64,
 }
 
+/// What the agent did for one block (for metrics).
+#[derive(Debug)]
+pub struct BlockDone {
+    /// How long sealing it took.
+    pub seal: Duration,
+    /// How long the publish after it took and what it sent (`None`: it
+    /// failed and will be retried).
+    pub published: Option<(Duration, crate::publish::PublishSummary)>,
+}
+
 /// Runs the agent until `shutdown` is set (or, with `until_idle`, until it
 /// has caught up). Operations consumed when it stops are sealed first.
 pub fn run_agent(
@@ -72,7 +82,7 @@ pub fn run_agent(
     options: &AgentOptions,
     key: &SigningKey,
     shutdown: &AtomicBool,
-    after_block: &mut dyn FnMut(&ChainWriter, Duration),
+    after_block: &mut dyn FnMut(&ChainWriter, &BlockDone),
 ) -> Result<AgentSummary, ProducerError> {
     let layout = writer.layout().clone();
     let chain = writer.chain().clone();
@@ -158,13 +168,22 @@ pub fn run_agent(
             summary.blocks += 1;
             opened = None;
             commit(&consumer, topic, ledger.offsets());
-            if let Err(e) = publish_pending(&layout, &publisher, &options.policy, key) {
-                if !e.is_transient() {
-                    return Err(e);
+            let publishing = Instant::now();
+            let published = match publish_pending(&layout, &publisher, &options.policy, key) {
+                Ok(summary) => Some(summary),
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "publish failed; will retry");
+                    None
                 }
-                warn!(error = %e, "publish failed; will retry");
-            }
-            after_block(writer, seal_took);
+                Err(e) => return Err(e),
+            };
+            after_block(
+                writer,
+                &BlockDone {
+                    seal: seal_took,
+                    published: published.map(|p| (publishing.elapsed(), p)),
+                },
+            );
         } else if pending == 0 && ledger.has_unrecorded() && (idle || stopping) {
             // Only skipped messages since the last seal: remember that they
             // were read, so a restart does not log them again.

@@ -26,4 +26,7 @@ pub use chain::{BlockStates, Chain, StateDiff};
 pub use chain_dir::{for_block_event_lines, ChainDir, StateScan};
 pub use error::{IoContext, StoreError};
 pub use layout::{ChainMeta, RootLayout};
-pub use verify::{verify_received, verify_root, EarlyLogCheck, VerifiedLogs, VerifyReport};
+pub use verify::{
+    verify_received, verify_root, verify_root_with_progress, EarlyLogCheck, VerifiedLogs,
+    VerifyReport,
+};

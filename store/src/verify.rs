@@ -103,6 +103,15 @@ struct LogCompare {
 /// Verifies the root at `layout`. Fails only when it cannot run at all (not
 /// a root); everything wrong with the chain is a [`Problem`] in the report.
 pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
+    verify_root_with_progress(layout, &|_, _| {})
+}
+
+/// [`verify_root`], calling `progress(done, total)` as each copy (and the
+/// head's logs) is checked.
+pub fn verify_root_with_progress(
+    layout: &RootLayout,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport, StoreError> {
     let meta = layout.read_marker()?;
     let chain = meta.chain.clone();
     let mut report = VerifyReport::new(&chain, None);
@@ -159,6 +168,7 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
         .chain(copies.iter().map(Some))
         .collect();
     let started = std::time::Instant::now();
+    let finished = AtomicUsize::new(0);
     let mut done = parallel_map(&jobs, |job| {
         let t = std::time::Instant::now();
         let done = match job {
@@ -171,6 +181,8 @@ pub fn verify_root(layout: &RootLayout) -> Result<VerifyReport, StoreError> {
             took_ms = t.elapsed().as_millis() as u64,
             "verify job done"
         );
+        let n = finished.fetch_add(1, Ordering::Relaxed) + 1;
+        progress(n as u64, jobs.len() as u64);
         done
     })
     .into_iter();
