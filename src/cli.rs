@@ -81,6 +81,8 @@ pub(crate) enum Command {
     #[command(flatten)]
     Search(SearchCommand),
     #[command(flatten)]
+    Proof(ProofCommand),
+    #[command(flatten)]
     Host(HostCommand),
     #[command(flatten)]
     Operate(OperateCommand),
@@ -433,6 +435,42 @@ pub(crate) enum ReplicationCommand {
     },
 }
 
+/// Proofs anyone can check with C2SP tools.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProofCommand {
+    /// Print the chain's head (or REF) as a C2SP tlog-checkpoint signed note: tree over the block hashes.
+    Checkpoint {
+        #[command(flatten)]
+        root: RootArg,
+        #[arg(long, value_name = "REF", default_value = "head")]
+        at: String,
+    },
+    /// Write a proof: --block REF (a C2SP tlog-proof of that block's header in the checkpoint at --at) or --consistency OLD NEW.
+    Prove {
+        #[command(flatten)]
+        root: RootArg,
+        /// The block whose header to prove.
+        #[arg(long, value_name = "REF", conflicts_with = "consistency")]
+        block: Option<String>,
+        /// Prove that the checkpoint at NEW extends the one at OLD.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        consistency: Option<Vec<String>>,
+        /// The checkpoint the block is proven in.
+        #[arg(long, value_name = "REF", default_value = "head")]
+        at: String,
+        /// Write here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a proof written by `prove`, with no chain at hand. Exit 0: it holds; 1: it does not.
+    CheckProof {
+        file: PathBuf,
+        /// The log's verifier key (`key show --vkey`), or a file holding it.
+        #[arg(long, value_name = "VKEY|FILE")]
+        key: String,
+    },
+}
+
 /// The event index.
 #[derive(Debug, Subcommand)]
 pub(crate) enum SearchCommand {
@@ -532,6 +570,9 @@ pub(crate) enum KeyAction {
     Show {
         #[command(flatten)]
         root: RootArg,
+        /// Print it as a C2SP signed-note verifier key (NAME+ID+KEY), named as the chain's checkpoint origin.
+        #[arg(long)]
+        vkey: bool,
     },
     /// Create a key pair for a root made before keys existed.
     Create {

@@ -43,6 +43,10 @@ pub(crate) struct Settings {
     /// Extra librdkafka settings, e.g. `"security.protocol" = "ssl"`.
     #[serde(default)]
     pub(crate) kafka: std::collections::BTreeMap<String, String>,
+    /// Checkpoints name their log `<checkpoint_origin>/<chain>` (default
+    /// `fschain.example`); witnesses and verifier keys depend on it, so it
+    /// must not change once checkpoints are out.
+    pub(crate) checkpoint_origin: Option<String>,
     /// Which snapshots `prune`, `agent` and `consume` keep.
     pub(crate) retention: Option<fschain_store::retention::RetentionPolicy>,
     /// What `watch` and `drift` observe (the tables of a sources file).
@@ -335,4 +339,14 @@ impl RetentionRun {
             Err(e) => tracing::warn!(root = %layout.root().display(), "retention failed: {e}"),
         }
     }
+}
+
+/// The origin line of `chain`'s checkpoints (and its verifier key's name).
+pub(crate) fn log_origin(inv: &Invocation, chain: &fschain_schema::ChainName) -> String {
+    let prefix = inv
+        .settings
+        .checkpoint_origin
+        .as_deref()
+        .unwrap_or("fschain.example");
+    format!("{}/{chain}", prefix.trim_end_matches('/'))
 }

@@ -3,7 +3,7 @@
 //! Architecture Invariant: this file and `context::invocation` are the only
 //! places that read argv and the environment. Everything below them takes
 //! plain values. No two modules here import each other: `local`,
-//! `replication`, `search`, `host`, `status` and `tools` use `cli`, `context`
+//! `replication`, `search`, `proof`, `host`, `status` and `tools` use `cli`, `context`
 //! and `progress` only.
 
 mod cli;
@@ -11,6 +11,7 @@ mod context;
 mod host;
 mod local;
 mod progress;
+mod proof;
 mod replication;
 mod search;
 mod status;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Command::Local(c) => local::run(c, &invocation),
         Command::Replication(c) => replication::run(c, &invocation),
         Command::Search(c) => search::run(c, &invocation),
+        Command::Proof(c) => proof::run(c, &invocation),
         Command::Host(c) => host::run(c, &invocation),
         Command::Operate(c) => status::run(c, &invocation),
         Command::Tool(c) => tools::run(c),

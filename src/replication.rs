@@ -20,8 +20,8 @@ use crate::cli::{
     KafkaArgs, KeyAction, MetricsArg, ReplicationCommand, SiteArgs, StreamArgs, TopicsAction,
 };
 use crate::context::{
-    brokers, extra, head_sealed_micros, open_chain, parse_size, root_dir, serve_metrics, target,
-    topics, trusted_keys, Invocation, RetentionRun,
+    brokers, extra, head_sealed_micros, log_origin, open_chain, parse_size, root_dir,
+    serve_metrics, target, topics, trusted_keys, Invocation, RetentionRun,
 };
 use crate::progress::{Progress, Unit};
 
@@ -87,11 +87,17 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
 
 pub(crate) fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
     match action {
-        KeyAction::Show { root } => {
+        KeyAction::Show { root, vkey } => {
             let layout = RootLayout::new(root_dir(&root, inv)?);
-            layout.read_marker()?;
+            let meta = layout.read_marker()?;
             let key = load_signing_key(&layout)?;
-            println!("{}", key.public());
+            if vkey {
+                let origin = log_origin(inv, &meta.chain);
+                let verifier = fschain_schema::note::Verifier::new(&origin, key.public())?;
+                println!("{}", verifier.to_vkey());
+            } else {
+                println!("{}", key.public());
+            }
         }
         KeyAction::Create { root } => {
             let layout = RootLayout::new(root_dir(&root, inv)?);

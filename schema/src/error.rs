@@ -59,6 +59,10 @@ pub enum SchemaError {
     },
     #[error("the chain has no blocks")]
     EmptyChain,
+    #[error("bad signed note: {why}")]
+    BadNote { why: String },
+    #[error("bad consistency proof: {why}")]
+    BadConsistency { why: String },
     #[error("bad key: {why}")]
     BadKey { why: String },
     #[error("manifest signed by key {key}, which is not among the trusted keys")]

@@ -13,6 +13,7 @@ mod error;
 mod event;
 pub mod jcs;
 pub mod merkle;
+pub mod note;
 mod op;
 mod reference;
 mod state_tree;

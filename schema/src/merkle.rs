@@ -78,6 +78,122 @@ impl InclusionProof {
     }
 }
 
+/// The consistency proof of RFC 9162 section 2.1.4.1 between the tree of
+/// the first `old_size` of `leaves` (leaf hashes) and the tree of all of
+/// them. Empty when the sizes are equal or `old_size` is 0.
+pub fn consistency_proof(leaves: &[Digest], old_size: usize) -> Vec<Digest> {
+    fn subproof(m: usize, d: &[Digest], whole: bool, out: &mut Vec<Digest>) {
+        let n = d.len();
+        if m == n {
+            if !whole {
+                out.push(root_of(d));
+            }
+            return;
+        }
+        let k = split_point(n);
+        if m <= k {
+            subproof(m, &d[..k], whole, out);
+            out.push(root_of(&d[k..]));
+        } else {
+            subproof(m - k, &d[k..], false, out);
+            out.push(root_of(&d[..k]));
+        }
+    }
+    let mut out = Vec::new();
+    if old_size > 0 && old_size < leaves.len() {
+        subproof(old_size, leaves, true, &mut out);
+    }
+    out
+}
+
+/// The largest power of two below `n` (n > 1).
+fn split_point(n: usize) -> usize {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
+/// Checks a consistency proof (RFC 9162 section 2.1.4.2): the tree of
+/// `new_size` leaves with root `new_root` extends the one of `old_size`
+/// with root `old_root`.
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    old_root: &Digest,
+    new_root: &Digest,
+    proof: &[Digest],
+) -> Result<(), SchemaError> {
+    let bad = |why: &str| SchemaError::BadConsistency {
+        why: why.to_owned(),
+    };
+    if old_size > new_size {
+        return Err(bad(&format!(
+            "the tree went backwards: size {new_size} after size {old_size}"
+        )));
+    }
+    if old_size == new_size {
+        return if proof.is_empty() && old_root == new_root {
+            Ok(())
+        } else if old_root != new_root {
+            Err(bad(
+                "two trees of the same size with different roots (a fork)",
+            ))
+        } else {
+            Err(bad("a proof between equal sizes must be empty"))
+        };
+    }
+    if old_size == 0 {
+        return if proof.is_empty() {
+            Ok(())
+        } else {
+            Err(bad("a proof from the empty tree must be empty"))
+        };
+    }
+    if proof.is_empty() {
+        return Err(bad("the proof is empty"));
+    }
+    let mut path: Vec<Digest> = Vec::with_capacity(proof.len() + 1);
+    if old_size.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let (mut f, mut s) = (old_size - 1, new_size - 1);
+    while f & 1 == 1 {
+        f >>= 1;
+        s >>= 1;
+    }
+    let (mut fr, mut sr) = (path[0], path[0]);
+    for c in &path[1..] {
+        if s == 0 {
+            return Err(bad("the proof is longer than the trees are deep"));
+        }
+        if f & 1 == 1 || f == s {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        f >>= 1;
+        s >>= 1;
+    }
+    if s != 0 {
+        return Err(bad("the proof is shorter than the trees are deep"));
+    }
+    if &fr != old_root {
+        return Err(bad("the proof does not lead to the older root"));
+    }
+    if &sr != new_root {
+        return Err(bad("the proof does not lead to the newer root"));
+    }
+    Ok(())
+}
+
 /// A change to one leaf of a [`MerkleLevels`], at its position when made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafEdit {
@@ -264,6 +380,38 @@ fn parent(below: &[Digest], i: usize) -> Digest {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_consistency_proof_checks_and_a_wrong_one_does_not() {
+        let leaves: Vec<Digest> = (0u8..40).map(|i| leaf_hash(&[i])).collect();
+        for n in 1..=leaves.len() {
+            let new_root = root_of(&leaves[..n]);
+            for m in 0..=n {
+                let old_root = root_of(&leaves[..m]);
+                let proof = consistency_proof(&leaves[..n], m);
+                verify_consistency(m as u64, n as u64, &old_root, &new_root, &proof)
+                    .unwrap_or_else(|e| panic!("{m} -> {n}: {e}"));
+                if m > 0 && m < n {
+                    let wrong = leaf_hash(b"x");
+                    assert!(
+                        verify_consistency(m as u64, n as u64, &wrong, &new_root, &proof).is_err()
+                    );
+                    assert!(verify_consistency(
+                        m as u64,
+                        n as u64,
+                        &old_root,
+                        &new_root,
+                        &proof[1..]
+                    )
+                    .is_err());
+                    assert!(
+                        verify_consistency(n as u64, m as u64, &new_root, &old_root, &proof)
+                            .is_err()
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

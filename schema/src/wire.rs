@@ -75,6 +75,19 @@ impl PublicKey {
     pub fn to_hex(&self) -> String {
         Digest::from_bytes(self.0).to_hex()
     }
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        PublicKey(bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// Whether `signature` is this key's ed25519 signature of `message`.
+    pub fn verifies(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0).is_ok_and(|k| {
+            k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+                .is_ok()
+        })
+    }
 }
 
 impl fmt::Display for PublicKey {
@@ -122,6 +135,11 @@ impl SigningKey {
     }
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())
+    }
+    /// The ed25519 signature of `message`.
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.0.sign(message).to_bytes()
     }
 }
 
