@@ -21,13 +21,14 @@ pub type Check = fn(&[u8]);
 
 /// The targets, by name: the name of the corpus folder and of the
 /// `cargo fuzz` target.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("frame", frame),
     ("manifest", manifest),
     ("chunk_meta", chunk_meta),
     ("operation_line", operation_line),
     ("canonical_json", canonical_json),
     ("send_stream_header", send_stream_header),
+    ("signed_note", signed_note),
 ];
 
 /// A Kafka message value read as a frame: whatever decodes re-encodes to
@@ -213,4 +214,79 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
         frames.push(chunk.to_frame().expect("a sample chunk frames"));
     }
     frames
+}
+
+/// A signed note, checkpoint, verifier key or tlog-proof as `check-proof`
+/// reads them: what parses writes back to the same text, and only the
+/// sample key's own signature opens a checkpoint.
+pub fn signed_note(data: &[u8]) {
+    use fschain_schema::note::{Checkpoint, Note, TlogProof, Verifier};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(v) = Verifier::parse(text) {
+        assert_eq!(v.to_vkey(), text.trim(), "a verifier key reads back differently");
+    }
+    if let Ok(note) = Note::parse(text) {
+        let mut again = format!("{}\n", note.body);
+        for sig in &note.signatures {
+            let mut raw = sig.key_id.to_vec();
+            raw.extend_from_slice(&sig.signature);
+            again.push_str(&format!("\u{2014} {} {}\n", sig.name, base64_of(&raw)));
+        }
+        assert_eq!(again, text, "a note reads back differently");
+        if let Ok(cp) = Checkpoint::parse_body(&note.body) {
+            if note.body.lines().count() == 3 {
+                assert_eq!(cp.body(), note.body, "a checkpoint body reads back differently");
+            }
+        }
+    }
+    let log = sample_log();
+    if let Ok(cp) = Checkpoint::open(text, &log) {
+        assert_eq!(cp.origin, log.name);
+    }
+    if let Ok(proof) = TlogProof::parse(text) {
+        let again = fschain_schema::note::tlog_proof(
+            &proof.extra,
+            proof.index,
+            &proof.path,
+            &proof.checkpoint,
+        );
+        let _ = Checkpoint::open(&proof.checkpoint, &log);
+        assert_eq!(
+            TlogProof::parse(&again).ok(),
+            Some(proof),
+            "a tlog-proof reads back differently"
+        );
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The verifier of the sample key, named as the sample checkpoints' origin.
+pub fn sample_log() -> fschain_schema::note::Verifier {
+    fschain_schema::note::Verifier::new("fuzz.example/log", signed_sample().1.public())
+        .expect("a valid key name")
+}
+
+/// A signed checkpoint, a tlog-proof and the verifier key, by the sample key.
+pub fn sample_notes() -> Vec<Vec<u8>> {
+    use fschain_schema::note::{tlog_proof, Checkpoint};
+    let log = sample_log();
+    let checkpoint = Checkpoint {
+        origin: log.name.clone(),
+        size: 5,
+        root: fschain_schema::Digest::of_parts(&[b"fuzz"]),
+    }
+    .sign(&signed_sample().1)
+    .expect("the sample checkpoint signs");
+    let path = [fschain_schema::Digest::of_parts(&[b"a"]), fschain_schema::Digest::of_parts(&[b"b"])];
+    vec![
+        checkpoint.clone().into_bytes(),
+        tlog_proof(b"{}", 3, &path, &checkpoint).into_bytes(),
+        log.to_vkey().into_bytes(),
+    ]
 }

@@ -69,6 +69,7 @@ fn main() -> std::io::Result<()> {
     write(&corpus, "canonical_json", &json)?;
 
     write(&corpus, "send_stream_header", &[send_head(1, "7"), send_head(2, "12")])?;
+    write(&corpus, "signed_note", &fschain_fuzz::sample_notes())?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ seconds=${1:-600}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame manifest chunk_meta operation_line canonical_json send_stream_header)
+  targets=(frame manifest chunk_meta operation_line canonical_json send_stream_header signed_note)
 fi
 
 cargo +nightly run --quiet --manifest-path fuzz/Cargo.toml --bin seed -- . >/dev/null
