@@ -225,7 +225,11 @@ pub fn signed_note(data: &[u8]) {
         return;
     };
     if let Ok(v) = Verifier::parse(text) {
-        assert_eq!(v.to_vkey(), text.trim(), "a verifier key reads back differently");
+        assert_eq!(
+            v.to_vkey(),
+            text.trim(),
+            "a verifier key reads back differently"
+        );
     }
     if let Ok(note) = Note::parse(text) {
         let mut again = format!("{}\n", note.body);
@@ -237,7 +241,11 @@ pub fn signed_note(data: &[u8]) {
         assert_eq!(again, text, "a note reads back differently");
         if let Ok(cp) = Checkpoint::parse_body(&note.body) {
             if note.body.lines().count() == 3 {
-                assert_eq!(cp.body(), note.body, "a checkpoint body reads back differently");
+                assert_eq!(
+                    cp.body(),
+                    note.body,
+                    "a checkpoint body reads back differently"
+                );
             }
         }
     }
@@ -283,7 +291,10 @@ pub fn sample_notes() -> Vec<Vec<u8>> {
     }
     .sign(&signed_sample().1)
     .expect("the sample checkpoint signs");
-    let path = [fschain_schema::Digest::of_parts(&[b"a"]), fschain_schema::Digest::of_parts(&[b"b"])];
+    let path = [
+        fschain_schema::Digest::of_parts(&[b"a"]),
+        fschain_schema::Digest::of_parts(&[b"b"]),
+    ];
     vec![
         checkpoint.clone().into_bytes(),
         tlog_proof(b"{}", 3, &path, &checkpoint).into_bytes(),

@@ -445,11 +445,14 @@ pub(crate) enum ProofCommand {
         #[arg(long, value_name = "REF", default_value = "head")]
         at: String,
     },
-    /// Write a proof: --block REF (a C2SP tlog-proof of that block's header in the checkpoint at --at) or --consistency OLD NEW.
+    /// Write an offline proof: ELEMENT's state (or with --block alone, a block header) in the signed checkpoint at --at, as a C2SP tlog-proof; or --consistency OLD NEW.
     Prove {
         #[command(flatten)]
         root: RootArg,
-        /// The block whose header to prove.
+        /// The element whose state to prove (at --block).
+        #[arg(conflicts_with = "consistency")]
+        element: Option<String>,
+        /// The block whose header (and ELEMENT's state in it) to prove; default: --at.
         #[arg(long, value_name = "REF", conflicts_with = "consistency")]
         block: Option<String>,
         /// Prove that the checkpoint at NEW extends the one at OLD.

@@ -6,12 +6,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use fschain_schema::merkle::{consistency_proof, leaf_hash, verify_consistency, MerkleLevels};
-use fschain_schema::note::{
-    block_leaves, chain_checkpoint, tlog_proof, Checkpoint, TlogProof, Verifier,
-};
-use fschain_schema::{BlockHeader, BlockRef, Digest};
-use serde_json::{json, Value};
+use fschain_schema::bundle::{check_bundle, ConsistencyProof, ProofExtra, StateProof};
+use fschain_schema::merkle::{consistency_proof, MerkleLevels};
+use fschain_schema::note::{block_leaves, chain_checkpoint, Verifier};
+use fschain_schema::{BlockRef, ElementId, StateTree};
 
 use crate::cli::ProofCommand;
 use crate::context::{log_origin, open_chain, root_dir, Invocation};
@@ -25,42 +23,38 @@ pub(crate) fn run(command: ProofCommand, inv: &Invocation) -> Result<ExitCode> {
         }
         ProofCommand::Prove {
             root,
+            element,
             block,
             consistency,
             at,
             output,
         } => {
             let signed = Signed::open(&root_dir(&root, inv)?, inv)?;
-            let text = match (block, consistency) {
-                (Some(block), None) => {
-                    let at = signed.resolve(&at)?;
-                    let block = signed.resolve(&block)?;
-                    if block > at {
-                        bail!("block {block} is newer than the checkpoint at block {at}");
-                    }
-                    let headers = &signed.chain.headers()[..=at as usize];
-                    let proof = MerkleLevels::from_leaves(block_leaves(headers))
-                        .proof(block as usize)
-                        .ok_or_else(|| anyhow!("no proof for block {block}"))?;
-                    let header = headers[block as usize].to_canonical()?;
-                    tlog_proof(&header, block, &proof.path, &signed.checkpoint(at)?)
-                }
-                (None, Some(refs)) => {
+            let text = match consistency {
+                Some(refs) => {
                     let (old, new) = (signed.resolve(&refs[0])?, signed.resolve(&refs[1])?);
                     if old > new {
                         bail!("OLD (block {old}) must not be newer than NEW (block {new})");
                     }
                     let leaves = block_leaves(&signed.chain.headers()[..=new as usize]);
-                    let proof = consistency_proof(&leaves, old as usize + 1);
-                    let doc = json!({
-                        "type": "fschain consistency proof v1",
-                        "old": signed.checkpoint(old)?,
-                        "new": signed.checkpoint(new)?,
-                        "proof": proof.iter().map(base64_of).collect::<Vec<_>>(),
-                    });
-                    format!("{}\n", serde_json::to_string_pretty(&doc)?)
+                    let doc = ConsistencyProof {
+                        old: signed.checkpoint(old)?,
+                        new: signed.checkpoint(new)?,
+                        proof: consistency_proof(&leaves, old as usize + 1),
+                    };
+                    format!("{}\n", serde_json::to_string_pretty(&doc.to_json())?)
                 }
-                _ => bail!("give --block REF or --consistency OLD NEW"),
+                None => {
+                    let at = signed.resolve(&at)?;
+                    let block = match &block {
+                        Some(b) => signed.resolve(b)?,
+                        None => at,
+                    };
+                    if block > at {
+                        bail!("block {block} is newer than the checkpoint at block {at}");
+                    }
+                    signed.bundle(element.as_deref(), block, at)?
+                }
             };
             match output {
                 Some(path) => std::fs::write(&path, text)
@@ -112,6 +106,39 @@ impl Signed {
         Ok(self.chain.resolve(&BlockRef::parse(text)?)?)
     }
 
+    /// The tlog-proof of block `block` (and `element`'s state in it) in
+    /// the checkpoint at block `at`.
+    fn bundle(&self, element: Option<&str>, block: u64, at: u64) -> Result<String> {
+        let headers = &self.chain.headers()[..=at as usize];
+        let header = headers[block as usize].clone();
+        let state = match element {
+            None => None,
+            Some(text) => {
+                let element = ElementId::parse(text)?;
+                let states = self.chain.states_at(block)?;
+                let state = states.state(&element)?.ok_or_else(|| {
+                    anyhow!("{element} has no state at block {block}: a proof shows a state that is there")
+                })?;
+                let tree = StateTree::from_entries(states.state_hashes());
+                let (_, proof) = tree
+                    .proof(&element)
+                    .ok_or_else(|| anyhow!("{element} is not in block {block}'s state tree"))?;
+                Some(StateProof {
+                    element,
+                    state,
+                    proof,
+                })
+            }
+        };
+        let extra = ProofExtra { header, state };
+        extra.check_state()?;
+        let path = MerkleLevels::from_leaves(block_leaves(headers))
+            .proof(block as usize)
+            .ok_or_else(|| anyhow!("no proof for block {block}"))?
+            .path;
+        Ok(extra.tlog_proof(&path, &self.checkpoint(at)?)?)
+    }
+
     /// The signed checkpoint of the chain up to block `height`.
     fn checkpoint(&self, height: u64) -> Result<String> {
         let headers = &self.chain.headers()[..=height as usize];
@@ -119,73 +146,27 @@ impl Signed {
     }
 }
 
-fn base64_of(d: &Digest) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(d.as_bytes())
-}
-
-fn digest_of(text: &str) -> Result<Digest> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(text)?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| anyhow!("{text:?} is not base64 of 32 bytes"))?;
-    Ok(Digest::from_bytes(bytes))
-}
-
 /// Checks a proof file against the log's key; says what it proved.
 fn check(text: &str, log: &Verifier) -> Result<String> {
     if text.trim_start().starts_with('{') {
-        let doc: Value = serde_json::from_str(text).context("reading the consistency proof")?;
-        let note = |k: &str| {
-            doc.get(k)
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("no {k} checkpoint"))
-        };
-        let old = Checkpoint::open(note("old")?, log).context("the old checkpoint")?;
-        let new = Checkpoint::open(note("new")?, log).context("the new checkpoint")?;
-        let proof = doc
-            .get("proof")
-            .and_then(Value::as_array)
-            .ok_or_else(|| anyhow!("no proof"))?
-            .iter()
-            .map(|h| digest_of(h.as_str().unwrap_or_default()))
-            .collect::<Result<Vec<_>>>()?;
-        verify_consistency(old.size, new.size, &old.root, &new.root, &proof)?;
+        let (old, new) = ConsistencyProof::parse(text)?.check(log)?;
         return Ok(format!(
             "{}: the tree of size {} extends the tree of size {}",
             log.name, new.size, old.size
         ));
     }
-    let proof = TlogProof::parse(text)?;
-    let checkpoint = Checkpoint::open(&proof.checkpoint, log).context("the checkpoint")?;
-    let header = BlockHeader::from_canonical(&proof.extra).context("the block header (extra)")?;
-    let computed = header.computed_hash()?;
-    if computed != header.hash {
-        bail!(
-            "block {}'s header hashes to {computed}, not the {} it carries",
-            header.height,
-            header.hash
-        );
-    }
-    if header.height != proof.index {
-        bail!(
-            "the header is block {}'s, the proof is for index {}",
-            header.height,
-            proof.index
-        );
-    }
-    let inclusion = fschain_schema::merkle::InclusionProof {
-        leaf_index: proof.index,
-        tree_size: checkpoint.size,
-        path: proof.path,
-    };
-    inclusion.verify(
-        &leaf_hash(header.hash.digest().as_bytes()),
-        &checkpoint.root,
-    )?;
-    Ok(format!(
+    let proven = check_bundle(text, log)?;
+    let header = &proven.extra.header;
+    let block = format!(
         "block {} ({}) of {} is in {}'s checkpoint of size {}",
-        header.height, header.hash, header.chain, log.name, checkpoint.size
-    ))
+        header.height, header.hash, header.chain, log.name, proven.checkpoint.size
+    );
+    Ok(match &proven.extra.state {
+        Some(s) => format!(
+            "{} = {} at {block}",
+            s.element,
+            serde_json::Value::Object(s.state.clone())
+        ),
+        None => block,
+    })
 }

@@ -61,6 +61,8 @@ pub enum SchemaError {
     EmptyChain,
     #[error("bad signed note: {why}")]
     BadNote { why: String },
+    #[error("bad proof bundle: {why}")]
+    BadBundle { why: String },
     #[error("bad consistency proof: {why}")]
     BadConsistency { why: String },
     #[error("bad key: {why}")]

@@ -7,6 +7,7 @@
 //! testable without a filesystem, and usable by any site.
 
 mod block;
+pub mod bundle;
 mod digest;
 mod element;
 mod error;

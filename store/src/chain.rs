@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use fschain_schema::verify::state_root_of;
-use fschain_schema::{jcs, state_hash, BlockHeader, BlockRef, ElementId, Event, State};
+use fschain_schema::{jcs, state_hash, BlockHeader, BlockRef, ElementId, Event, State, StateHash};
 use serde::Serialize;
 
 use crate::layout::{ChainMeta, RootLayout};
@@ -44,6 +44,36 @@ pub enum BlockStates {
 }
 
 impl BlockStates {
+    /// Every live element's state hash: what the block's state root is
+    /// the tree of.
+    pub fn state_hashes(&self) -> BTreeMap<ElementId, StateHash> {
+        let dir = match self {
+            BlockStates::Snapshot(dir) => Some(dir),
+            BlockStates::Rebuilt { base, .. } => base.as_ref(),
+        };
+        let mut hashes: BTreeMap<ElementId, StateHash> = dir
+            .map(|d| {
+                d.state_hashes_from_tree("block")
+                    .states
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let BlockStates::Rebuilt { changed, .. } = self {
+            for (element, bytes) in changed {
+                match bytes {
+                    Some(b) => {
+                        hashes.insert(element.clone(), fschain_schema::verify::state_file_hash(b));
+                    }
+                    None => {
+                        hashes.remove(element);
+                    }
+                }
+            }
+        }
+        hashes
+    }
+
     /// The raw (canonical) bytes of `element`'s state, or `None`.
     pub fn state_bytes(&self, element: &ElementId) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
@@ -200,25 +230,12 @@ impl Chain {
         }
         let base = self.rebuild_base(height)?;
         let changed = self.rebuild_changes(base.as_ref(), height)?;
-        let mut hashes: BTreeMap<ElementId, _> = match &base {
-            Some((_, base)) => base
-                .state_hashes_from_tree("base")
-                .states
-                .into_iter()
-                .collect(),
-            None => BTreeMap::new(),
+        let rebuilt = BlockStates::Rebuilt {
+            base: base.map(|(_, dir)| dir),
+            changed,
+            why: why.clone(),
         };
-        for (element, bytes) in &changed {
-            match bytes {
-                Some(b) => {
-                    hashes.insert(element.clone(), fschain_schema::verify::state_file_hash(b));
-                }
-                None => {
-                    hashes.remove(element);
-                }
-            }
-        }
-        if state_root_of(hashes) != header.state_root {
+        if state_root_of(rebuilt.state_hashes()) != header.state_root {
             return Err(StoreError::Corrupt {
                 path: dir.path().to_owned(),
                 why: format!(
@@ -226,11 +243,7 @@ impl Chain {
                 ),
             });
         }
-        Ok(BlockStates::Rebuilt {
-            base: base.map(|(_, dir)| dir),
-            changed,
-            why,
-        })
+        Ok(rebuilt)
     }
 
     /// The newest snapshot before block `height` whose states match its own
