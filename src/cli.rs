@@ -237,6 +237,9 @@ pub(crate) enum LocalCommand {
         assignments: Vec<String>,
         #[arg(long)]
         reason: Option<String>,
+        /// Sign the operation with this SSH key (ssh-keygen -Y sign; a .pub file signs with the ssh-agent's key).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -247,8 +250,16 @@ pub(crate) enum LocalCommand {
         element: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Sign the operation with this SSH key (ssh-keygen -Y sign; a .pub file signs with the ssh-agent's key).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         json: JsonArg,
+    },
+    /// Signed operations: the bytes to sign, or sign JSON Lines with an SSH key.
+    Op {
+        #[command(subcommand)]
+        action: OpAction,
     },
     /// List the blocks.
     Log {
@@ -372,6 +383,9 @@ pub(crate) enum ReplicationCommand {
         /// JSON Lines file, or - for stdin.
         #[arg(default_value = "-")]
         file: String,
+        /// Sign each operation with this SSH key first (as `op sign`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
     /// Publish every sealed block not yet on the topics, then exit.
     Publish {
@@ -636,4 +650,23 @@ pub(crate) struct SiteArgs {
     /// Do not keep the event index (search then needs `fschain reindex` first).
     #[arg(long)]
     pub no_index: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OpAction {
+    /// Print the bytes an operation's signature covers: pipe them to `ssh-keygen -Y sign -n fschain-op -f KEY`.
+    Canonical {
+        /// One operation (JSON), or - for stdin.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Sign each operation of a JSON Lines file with an SSH key and print them with their `signature`.
+    Sign {
+        /// The private key, or a .pub file whose key the ssh-agent holds.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// JSON Lines file, or - for stdin.
+        #[arg(default_value = "-")]
+        file: String,
+    },
 }

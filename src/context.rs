@@ -47,6 +47,12 @@ pub(crate) struct Settings {
     /// `fschain.example`); witnesses and verifier keys depend on it, so it
     /// must not change once checkpoints are out.
     pub(crate) checkpoint_origin: Option<String>,
+    /// An OpenSSH allowed_signers file: who may sign operations
+    /// (namespace `fschain-op`).
+    pub(crate) allowed_signers: Option<PathBuf>,
+    /// Refuse unsigned operations in `agent` and `apply`.
+    #[serde(default)]
+    pub(crate) require_signed_ops: bool,
     /// Which snapshots `prune`, `agent` and `consume` keep.
     pub(crate) retention: Option<fschain_store::retention::RetentionPolicy>,
     /// What `watch` and `drift` observe (the tables of a sources file).
@@ -349,4 +355,29 @@ pub(crate) fn log_origin(inv: &Invocation, chain: &fschain_schema::ChainName) ->
         .as_deref()
         .unwrap_or("fschain.example");
     format!("{}/{chain}", prefix.trim_end_matches('/'))
+}
+
+/// The signature policy of `agent` and `apply`, from `allowed_signers` and
+/// `require_signed_ops`.
+pub(crate) fn signature_policy(
+    inv: &Invocation,
+) -> Result<fschain_schema::sshsig::SignaturePolicy> {
+    let settings = &inv.settings;
+    let allowed = match &settings.allowed_signers {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading allowed_signers {}", path.display()))?;
+            let allowed = fschain_schema::sshsig::AllowedSigners::parse(&text)
+                .with_context(|| format!("in allowed_signers {}", path.display()))?;
+            Some(allowed)
+        }
+        None if settings.require_signed_ops => {
+            bail!("require_signed_ops is set, but no allowed_signers file says who may sign")
+        }
+        None => None,
+    };
+    Ok(fschain_schema::sshsig::SignaturePolicy {
+        allowed,
+        require: settings.require_signed_ops,
+    })
 }

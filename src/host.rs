@@ -291,6 +291,7 @@ fn restore_elements(
             state: now,
             reason: Some(reason.clone()),
             actor: Some(inv.actor.clone()),
+            signature: None,
         };
         // Recorded even when the chain already held this state: the
         // restore itself is part of the history.

@@ -6,9 +6,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
+use fschain_producer::Clock as _;
 use fschain_producer::{
     init_root, make_loop_filesystem, recover_if_interrupted, ChainWriter, SealedBlock, SystemClock,
 };
+use fschain_schema::sshsig::SignaturePolicy;
 use fschain_schema::{Action, BlockHeader, BlockRef, ChainName, ElementId, Operation, State};
 use fschain_store::retention::{
     prune_root, KeepReason, PruneOptions, PruneOutcome, RetentionPolicy,
@@ -18,7 +20,8 @@ use serde_json::{json, Value};
 
 use crate::cli::{KeepArgs, LocalCommand};
 use crate::context::{
-    chain_roots, open_chain, open_writer, parse_size, print_json, root_dir, Invocation,
+    chain_roots, open_chain, open_writer, parse_size, print_json, root_dir, signature_policy,
+    Invocation,
 };
 use crate::progress::{Progress, Unit};
 
@@ -66,13 +69,23 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
             } else {
                 Box::new(std::fs::File::open(&file).with_context(|| format!("opening {file}"))?)
             };
-            apply(&root, block_ops.max(1), input, &file, json.json)?;
+            let signatures = signature_policy(inv)?;
+            apply(
+                &root,
+                block_ops.max(1),
+                input,
+                &file,
+                &signatures,
+                json.json,
+            )?;
         }
+        LocalCommand::Op { action } => op_command(action)?,
         LocalCommand::Set {
             root,
             element,
             assignments,
             reason,
+            sign,
             json,
         } => {
             let root = root_dir(&root, inv)?;
@@ -98,13 +111,15 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
                 state: Some(state),
                 reason,
                 actor: Some(inv.actor.clone()),
+                signature: None,
             };
-            single_op(writer, op, json.json)?;
+            single_op(writer, op, sign.as_deref(), inv, json.json)?;
         }
         LocalCommand::Delete {
             root,
             element,
             reason,
+            sign,
             json,
         } => {
             let root = root_dir(&root, inv)?;
@@ -116,8 +131,9 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
                 state: None,
                 reason,
                 actor: Some(inv.actor.clone()),
+                signature: None,
             };
-            single_op(writer, op, json.json)?;
+            single_op(writer, op, sign.as_deref(), inv, json.json)?;
         }
         LocalCommand::Log { root, json } => {
             let chain = open_chain(&root_dir(&root, inv)?)?;
@@ -165,7 +181,7 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
             } else {
                 for (height, e) in &events {
                     println!(
-                        "block {height:<5} #{:<4} {}  {:<6}  {}{}",
+                        "block {height:<5} #{:<4} {}  {:<6}  {}{}{}",
                         e.element_seq,
                         e.time,
                         e.op.action,
@@ -173,6 +189,9 @@ pub(crate) fn run(command: LocalCommand, inv: &Invocation) -> Result<ExitCode> {
                         e.op.actor
                             .as_deref()
                             .map(|a| format!("  ({a})"))
+                            .unwrap_or_default(),
+                        e.op.signer()
+                            .map(|s| format!("  signed by {s}"))
                             .unwrap_or_default()
                     );
                 }
@@ -430,7 +449,21 @@ fn pruned_note(pruned: &[u64]) -> String {
     )
 }
 
-fn single_op(mut writer: ChainWriter, op: Operation, json: bool) -> Result<()> {
+/// Applies one operation of `set` or `delete`, signed with `sign` when
+/// given (then the signer, not the login, is who it records), under the
+/// configured signature policy.
+fn single_op(
+    mut writer: ChainWriter,
+    mut op: Operation,
+    sign: Option<&Path>,
+    inv: &Invocation,
+    json: bool,
+) -> Result<()> {
+    if let Some(key) = sign {
+        op.actor = None;
+        crate::signing::sign_operation(&mut op, key)?;
+    }
+    signature_policy(inv)?.check(&mut op, SystemClock.now())?;
     writer.apply(op)?;
     let sealed = writer
         .seal()?
@@ -447,6 +480,7 @@ fn apply(
     block_ops: usize,
     input: Box<dyn Read>,
     name: &str,
+    signatures: &SignaturePolicy,
     json: bool,
 ) -> Result<()> {
     let mut writer = open_writer(root)?;
@@ -455,6 +489,7 @@ fn apply(
     // Whatever stops the input (a line that is not an operation, not
     // UTF-8, or cannot be read), the operations before it are sealed.
     let mut failure: Option<(u64, String)> = None;
+    let mut refused: Vec<u64> = Vec::new();
     let mut reader = BufReader::new(input);
     let mut bytes = Vec::new();
     let mut line_no = 0u64;
@@ -476,10 +511,20 @@ fn apply(
         if line.trim().is_empty() {
             continue;
         }
-        let applied_op = match Operation::from_json(line) {
-            Ok(op) => writer.apply(op).map(|_| ()),
-            Err(e) => Err(e.into()),
+        let mut op = match Operation::from_json(line) {
+            Ok(op) => op,
+            Err(e) => {
+                failure = Some((line_no, e.to_string()));
+                break;
+            }
         };
+        // A refused signature skips that operation only: the rest goes on.
+        if let Err(e) = signatures.check(&mut op, SystemClock.now()) {
+            tracing::warn!(file = name, line = line_no, error = %e, "operation not applied");
+            refused.push(line_no);
+            continue;
+        }
+        let applied_op = writer.apply(op).map(|_| ());
         if let Err(e) = applied_op {
             failure = Some((line_no, e.to_string()));
             break;
@@ -494,6 +539,14 @@ fn apply(
     writer.close()?;
     if !sealed.is_empty() || failure.is_none() {
         report_blocks(&sealed, applied, json, &head);
+    }
+    if !refused.is_empty() && failure.is_none() {
+        bail!(
+            "{name}: {} operation(s) refused for their signature (lines {}), each logged above; the other {applied} are sealed, head is block {}",
+            refused.len(),
+            refused.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            head.height
+        );
     }
     if let Some((line, e)) = failure {
         bail!(
@@ -537,4 +590,27 @@ fn event_json(e: &fschain_schema::Event) -> Value {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null)
+}
+
+fn op_command(action: crate::cli::OpAction) -> Result<()> {
+    use std::io::Write as _;
+    let open = |file: &str| -> Result<Box<dyn BufRead>> {
+        Ok(if file == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(BufReader::new(
+                std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
+            ))
+        })
+    };
+    match action {
+        crate::cli::OpAction::Canonical { file } => {
+            let bytes = crate::signing::canonical(open(&file)?)?;
+            std::io::stdout().write_all(&bytes)?;
+        }
+        crate::cli::OpAction::Sign { key, file } => {
+            crate::signing::sign_lines(open(&file)?, &key, std::io::stdout().lock())?;
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ mod progress;
 mod proof;
 mod replication;
 mod search;
+mod signing;
 mod status;
 mod tools;
 

@@ -21,7 +21,7 @@ use crate::cli::{
 };
 use crate::context::{
     brokers, extra, head_sealed_micros, log_origin, open_chain, parse_size, root_dir,
-    serve_metrics, target, topics, trusted_keys, Invocation, RetentionRun,
+    serve_metrics, signature_policy, target, topics, trusted_keys, Invocation, RetentionRun,
 };
 use crate::progress::{Progress, Unit};
 
@@ -46,10 +46,16 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
                 block_interval: std::time::Duration::from_millis(block_interval),
                 policy: policy(&stream)?,
                 until_idle,
+                signatures: signature_policy(inv)?,
             };
             agent(&root, &kafka, chain, options, &metrics, inv)
         }
-        ReplicationCommand::Submit { chain, kafka, file } => submit(&chain, &kafka, &file, inv),
+        ReplicationCommand::Submit {
+            chain,
+            kafka,
+            file,
+            sign,
+        } => submit(&chain, &kafka, &file, sign.as_deref(), inv),
         ReplicationCommand::Publish {
             root,
             kafka,
@@ -205,6 +211,7 @@ pub(crate) fn submit(
     chain: &str,
     kafka: &KafkaArgs,
     file: &str,
+    sign: Option<&Path>,
     inv: &Invocation,
 ) -> Result<ExitCode> {
     let chain = ChainName::parse(chain)?;
@@ -215,6 +222,11 @@ pub(crate) fn submit(
             std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
         ))
     };
+    if let Some(key) = sign {
+        let mut signed = Vec::new();
+        crate::signing::sign_lines(input, key, &mut signed)?;
+        input = Box::new(std::io::Cursor::new(signed));
+    }
     let publisher = Publisher::new(&target(kafka, inv)?)?;
     let n = fschain_producer::publish::submit_operations(&publisher, &chain, &mut input)
         .with_context(|| format!("submitting {file}"))?;

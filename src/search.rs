@@ -220,6 +220,9 @@ fn print_hit(hit: &SearchHit) {
     if let Some(actor) = &hit.actor {
         println!("        actor:   {actor}");
     }
+    if let Some(signer) = &hit.signer {
+        println!("        signed:  {signer}");
+    }
     println!("        event:   {}", hit.event_hash);
     if let Some(at) = &hit.state_at {
         let state = at.state.as_ref().map_or_else(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fschain, root_with_sample, scratch};
+use common::{fschain, on_topics, root_with_sample, scratch};
 use serde_json::Value;
 
 fn heights(v: &Value) -> Vec<u64> {
@@ -170,13 +170,6 @@ fn hourly_policy_keeps_the_newest_of_each_hour() {
         fschain(&["verify", "--root", &root, "--json"]).ok().json()["clean"],
         true
     );
-}
-
-/// Runs fschain with `args` plus the test's brokers and prefix.
-fn on_topics(args: &[&str], brokers: &str, prefix: &str) -> common::Run {
-    let all = common::with_topics(args, brokers, prefix);
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    fschain(&all)
 }
 
 #[test]

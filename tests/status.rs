@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fschain, fschain_with_input, producer_root, scratch};
+use common::{fschain, fschain_with_input, on_topics, producer_root, scratch};
 
 #[test]
 fn a_producer_shows_its_pending_blocks_and_a_site_its_chains() {
@@ -58,13 +58,6 @@ fn a_producer_shows_its_pending_blocks_and_a_site_its_chains() {
     assert!(refused
         .stderr()
         .contains("neither a chain's root nor a site"));
-}
-
-/// Runs fschain with `args` plus the test's brokers and prefix.
-fn on_topics(args: &[&str], brokers: &str, prefix: &str) -> common::Run {
-    let all = common::with_topics(args, brokers, prefix);
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    fschain(&all)
 }
 
 #[test]

@@ -152,6 +152,7 @@ fn run_in(work: &Path, quick: bool, model: Option<&Path>, report: &mut Report) -
             state: Some(state),
             reason: Some(REASONS[rng.below(REASONS.len())].to_owned()),
             actor: Some(format!("op{}@host", rng.below(50))),
+            signature: None,
         })?;
         if writer.pending_len() >= 1000 {
             writer.seal()?;

@@ -524,6 +524,7 @@ fn patch(i: usize, n: usize) -> Operation {
         state: Some(state),
         reason: Some("bench".into()),
         actor: None,
+        signature: None,
     }
 }
 
@@ -535,6 +536,7 @@ pub(crate) fn populate(writer: &mut ChainWriter, n: usize, block: usize) -> Resu
             state: Some(state(i)),
             reason: Some("inventory".into()),
             actor: None,
+            signature: None,
         };
         writer.apply(op)?;
         if writer.pending_len() >= block {
@@ -562,6 +564,7 @@ fn one_op_block(
             state: Some(state(id)),
             reason: None,
             actor: None,
+            signature: None,
         }
     } else {
         patch(rng.below(n), i)

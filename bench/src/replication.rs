@@ -420,6 +420,7 @@ fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<()> {
             state: Some(state),
             reason: Some("bulk".into()),
             actor: None,
+            signature: None,
         })?;
     }
     writer.seal()?;

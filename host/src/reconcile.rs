@@ -65,6 +65,7 @@ pub fn operation(
         state,
         reason: Some(reason.to_owned()),
         actor: Some(actor.to_owned()),
+        signature: None,
     }
 }
 

@@ -160,6 +160,11 @@ impl EventDocument {
             text.push_str(actor);
             text.push('.');
         }
+        if let Some(signer) = op.signer() {
+            text.push_str(" Signed by: ");
+            text.push_str(&signer.principal);
+            text.push('.');
+        }
         text
     }
 
@@ -213,6 +218,7 @@ impl EventDocument {
             fields::EVENT_HASH: self.event.hash.to_hex(),
             fields::REASON: op.reason,
             fields::ACTOR: op.actor,
+            fields::SIGNER: op.signer().map(ToString::to_string),
             fields::CHANGES: self.changes,
         })
     }
@@ -232,6 +238,8 @@ pub mod fields {
     pub const EVENT_HASH: &str = "event_hash";
     pub const REASON: &str = "reason";
     pub const ACTOR: &str = "actor";
+    /// `principal (SHA256:key)` of a signed operation.
+    pub const SIGNER: &str = "signer";
     pub const CHANGES: &str = "changes";
 
     /// Fields with a keyword index.

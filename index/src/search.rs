@@ -24,6 +24,9 @@ pub struct SearchHit {
     pub changes: Vec<Change>,
     pub reason: Option<String>,
     pub actor: Option<String>,
+    /// Who signed the operation: `principal (SHA256:key)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
     pub chain_seq: u64,
     pub event_hash: String,
     /// With `--at`: the element's state at that block (`null`: absent).
@@ -84,6 +87,7 @@ impl SearchHit {
                 .unwrap_or_default(),
             reason: text(fields::REASON),
             actor: text(fields::ACTOR),
+            signer: text(fields::SIGNER),
             chain_seq: number(fields::CHAIN_SEQ).ok_or_else(|| bad(fields::CHAIN_SEQ))?,
             event_hash: text(fields::EVENT_HASH).ok_or_else(|| bad(fields::EVENT_HASH))?,
             state_at: None,

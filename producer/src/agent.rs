@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
+use fschain_schema::sshsig::SignaturePolicy;
 use fschain_schema::wire::SigningKey;
 use fschain_schema::Operation;
 use fschain_store::crash::{crash_point, CrashPoint};
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 use crate::ops_ledger::{IngestRecord, OpsLedger};
 use crate::outbox::StreamPolicy;
 use crate::publish::{kafka_error, publish_pending, KafkaTarget, Publisher};
+use crate::writer::Clock as _;
 use crate::{ChainWriter, ProducerError};
 
 /// How the agent cuts blocks.
@@ -32,6 +34,8 @@ pub struct AgentOptions {
     /// Exit once every ops partition is consumed to its end and everything
     /// sealed is published.
     pub until_idle: bool,
+    /// Which operations' signatures are required and who may sign.
+    pub signatures: SignaturePolicy,
 }
 
 fn read_ingest(layout: &RootLayout) -> Result<IngestRecord, ProducerError> {
@@ -121,7 +125,7 @@ pub fn run_agent(
                     at_end.remove(&p);
                     ledger.consumed(p, o);
                     if msg.key().is_some_and(|k| k == chain.as_str().as_bytes()) {
-                        if apply_message(writer, msg.payload(), topic, p, o) {
+                        if apply_message(writer, &options.signatures, msg.payload(), topic, p, o) {
                             summary.applied += 1;
                             opened.get_or_insert_with(Instant::now);
                         } else {
@@ -232,6 +236,7 @@ fn subscribe(
 /// skipped. Returns whether it was applied.
 fn apply_message(
     writer: &mut ChainWriter,
+    signatures: &SignaturePolicy,
     payload: Option<&[u8]>,
     topic: &str,
     partition: i32,
@@ -239,6 +244,10 @@ fn apply_message(
 ) -> bool {
     let text = payload.map(String::from_utf8_lossy).unwrap_or_default();
     let applied = Operation::from_json(&text)
+        .and_then(|mut op| {
+            signatures.check(&mut op, crate::writer::SystemClock.now())?;
+            Ok(op)
+        })
         .map_err(ProducerError::from)
         .and_then(|op| writer.apply(op).map(|_| ()));
     match applied {

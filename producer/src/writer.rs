@@ -645,6 +645,7 @@ impl ChainWriter {
                 state,
                 reason: Some(why.clone()),
                 actor: actor.map(str::to_owned),
+                signature: None,
             };
             if let Err(e) = self.apply(op) {
                 self.discard_pending();

@@ -61,6 +61,10 @@ pub enum SchemaError {
     EmptyChain,
     #[error("bad signed note: {why}")]
     BadNote { why: String },
+    #[error("operation on {element} refused: {why}")]
+    RefusedSignature { element: String, why: String },
+    #[error("allowed_signers line {line}: {why}")]
+    BadAllowedSigners { line: usize, why: String },
     #[error("bad proof bundle: {why}")]
     BadBundle { why: String },
     #[error("bad consistency proof: {why}")]

@@ -185,7 +185,7 @@ impl Event {
             }
             op.insert("element".into(), Value::String(element.to_string()));
         }
-        let op = Operation::from_value(op_value)?;
+        let op = Operation::from_recorded(op_value)?;
         if let Some(extra) = map.keys().next() {
             return Err(malformed(&format!("unknown member {extra:?}")));
         }
@@ -312,9 +312,10 @@ fn read_op(op: &[u8]) -> Option<(Action, Option<&[u8]>)> {
     let mut state = None;
     for &(key, value) in rest {
         match key {
-            b"actor" | b"reason" => {
+            b"actor" | b"reason" | b"signature" => {
                 plain_string(value)?;
             }
+            b"signer" if value.first() == Some(&b'{') => {}
             b"state" if value.first() == Some(&b'{') => state = Some(value),
             _ => return None,
         }

@@ -57,6 +57,17 @@ pub struct Operation {
     pub state: Option<State>,
     pub reason: Option<String>,
     pub actor: Option<String>,
+    /// An OpenSSH signature over [`Operation::signed_bytes`], and once
+    /// checked ([`crate::sshsig::SignaturePolicy::check`]), who signed it.
+    pub signature: Option<OpSignature>,
+}
+
+/// An operation's signature as sent (`signature`: the armored sshsig text)
+/// and, once checked, its signer (`signer`), both recorded in its event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpSignature {
+    pub armored: String,
+    pub signer: Option<crate::sshsig::Signer>,
 }
 
 impl Operation {
@@ -70,6 +81,16 @@ impl Operation {
     }
 
     pub fn from_value(value: Value) -> Result<Self, SchemaError> {
+        Self::read(value, false)
+    }
+
+    /// Reads the operation an event records: as [`Operation::from_value`],
+    /// and a `signer` is taken too.
+    pub fn from_recorded(value: Value) -> Result<Self, SchemaError> {
+        Self::read(value, true)
+    }
+
+    fn read(value: Value, recorded: bool) -> Result<Self, SchemaError> {
         let Value::Object(mut map) = value else {
             return Err(SchemaError::BadOperation {
                 why: "an operation must be a JSON object".into(),
@@ -96,6 +117,18 @@ impl Operation {
         };
         let reason = optional_text(&mut map, "reason")?;
         let actor = optional_text(&mut map, "actor")?;
+        let signer = match map.remove("signer") {
+            None => None,
+            Some(_) if !recorded => return Err(bad_op(
+                "\"signer\" is recorded by fschain from a checked signature; send \"signature\"",
+            )),
+            Some(value) => Some(read_signer(value)?),
+        };
+        let signature = match optional_text(&mut map, "signature")? {
+            Some(armored) => Some(OpSignature { armored, signer }),
+            None if signer.is_some() => return Err(bad_op("a \"signer\" without a \"signature\"")),
+            None => None,
+        };
         if let Some(unknown) = map.keys().next() {
             return Err(bad_op(&format!("unknown member {unknown:?}")));
         }
@@ -105,6 +138,7 @@ impl Operation {
             state,
             reason,
             actor,
+            signature,
         };
         op.check_shape()?;
         Ok(op)
@@ -138,7 +172,32 @@ impl Operation {
         if let Some(state) = &self.state {
             map.insert("state".into(), Value::Object(state.clone()));
         }
+        if let Some(sig) = &self.signature {
+            map.insert("signature".into(), Value::String(sig.armored.clone()));
+            if let Some(signer) = &sig.signer {
+                let mut who = Map::new();
+                who.insert("key".into(), Value::String(signer.key.clone()));
+                who.insert("principal".into(), Value::String(signer.principal.clone()));
+                map.insert("signer".into(), Value::Object(who));
+            }
+        }
         Value::Object(map)
+    }
+
+    /// Who signed the operation, once its signature is checked.
+    pub fn signer(&self) -> Option<&crate::sshsig::Signer> {
+        self.signature.as_ref().and_then(|s| s.signer.as_ref())
+    }
+
+    /// The bytes an operation's signature covers: the canonical JSON of
+    /// the operation with `element` and without `signature` and `signer`
+    /// (what `fschain op canonical` prints).
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, SchemaError> {
+        let unsigned = Operation {
+            signature: None,
+            ..self.clone()
+        };
+        crate::jcs::canonical(&unsigned.to_value())
     }
 
     /// The operation as `fschain apply` reads it.
@@ -180,6 +239,19 @@ fn bad_op(why: &str) -> SchemaError {
     SchemaError::BadOperation {
         why: why.to_owned(),
     }
+}
+
+fn read_signer(value: Value) -> Result<crate::sshsig::Signer, SchemaError> {
+    let bad = || bad_op("\"signer\" must be {\"key\": text, \"principal\": text}");
+    let Value::Object(mut map) = value else {
+        return Err(bad());
+    };
+    let key = optional_text(&mut map, "key")?.ok_or_else(bad)?;
+    let principal = optional_text(&mut map, "principal")?.ok_or_else(bad)?;
+    if !map.is_empty() {
+        return Err(bad());
+    }
+    Ok(crate::sshsig::Signer { principal, key })
 }
 
 fn optional_text(map: &mut Map<String, Value>, key: &str) -> Result<Option<String>, SchemaError> {

@@ -964,6 +964,7 @@ mod tests {
                     state: state.as_object().cloned(),
                     reason: None,
                     actor: None,
+                    signature: None,
                 };
                 let next = op.apply_to(self.states.get(&element)).unwrap();
                 let mut hash = next.as_ref().map(|s| crate::state_hash(s).unwrap());

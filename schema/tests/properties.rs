@@ -58,6 +58,7 @@ fn operation() -> impl Strategy<Value = Operation> {
                 state,
                 reason,
                 actor,
+                signature: None,
             }
         })
 }

@@ -518,6 +518,13 @@ pub(crate) fn with_topics(args: &[&str], brokers: &str, prefix: &str) -> Vec<Str
     v
 }
 
+/// Runs fschain with `args` plus the test's brokers and prefix.
+pub(crate) fn on_topics(args: &[&str], brokers: &str, prefix: &str) -> Run {
+    let all = with_topics(args, brokers, prefix);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    fschain(&all)
+}
+
 /// Operations `from..to` of the sample, keyed `host1`, as the ops topic
 /// carries them (for [`produce_raw`]).
 pub(crate) fn host1_ops(from: usize, to: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
