@@ -107,9 +107,19 @@ pub fn chunk_meta(data: &[u8]) {
 /// events log holds it.
 pub fn operation_line(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(op) = Operation::from_json(text) {
+        if let Ok(mut op) = Operation::from_json(text) {
             let again = Operation::from_value(op.to_value()).expect("an operation re-reads");
             assert_eq!(again.to_value(), op.to_value());
+            // A signature no allowed key made never checks.
+            let policy = fschain_schema::sshsig::SignaturePolicy {
+                allowed: Some(fschain_schema::sshsig::AllowedSigners::default()),
+                require: false,
+            };
+            if op.signature.is_some() {
+                assert!(policy
+                    .check(&mut op, fschain_schema::Timestamp::from_micros(0))
+                    .is_err());
+            }
             let _ = op.apply_to(None);
             let _ = op.to_event_value();
         }
@@ -224,6 +234,9 @@ pub fn signed_note(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Ok(allowed) = fschain_schema::sshsig::AllowedSigners::parse(text) {
+        assert!(allowed.len() <= text.lines().count());
+    }
     if let Ok(v) = Verifier::parse(text) {
         assert_eq!(
             v.to_vkey(),
