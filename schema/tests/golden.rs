@@ -229,3 +229,165 @@ fn replication_frames_are_pinned() {
     }
     assert!(manifest.verify(&[key.public()]).is_ok());
 }
+
+/// The checkpoint, proof bundle, consistency proof and signed operation of
+/// docs/encoding.md, byte for byte: ed25519 and sshsig over ed25519 are
+/// deterministic, so the signatures are pinned too.
+struct ProofVectors {
+    vkey: String,
+    checkpoint: String,
+    bundle: String,
+    consistency: String,
+    op_canonical: String,
+    op_signature: String,
+    signed_event_line: String,
+}
+
+fn compute_proofs() -> ProofVectors {
+    use fschain_schema::bundle::{ConsistencyProof, ProofExtra, StateProof};
+    use fschain_schema::merkle::{consistency_proof, MerkleLevels};
+    use fschain_schema::note::{block_leaves, chain_checkpoint, Verifier};
+    use fschain_schema::sshsig::{AllowedSigners, SignaturePolicy, OP_NAMESPACE};
+    use fschain_schema::wire::SigningKey;
+    use fschain_schema::{OpSignature, StateTree};
+
+    let chain = ChainName::parse("host1").unwrap();
+    let t0 = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let t1 = Timestamp::parse_rfc3339("2026-01-01T00:00:01.5Z").unwrap();
+    let key = SigningKey::from_seed([7; 32]);
+    let origin = "fschain.example/host1";
+    let log = Verifier::new(origin, key.public()).unwrap();
+
+    // The signed operation: an ed25519 SSH key from seed [9; 32].
+    let ssh_key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[9; 32]));
+    let mut op = Operation::from_json(
+        r#"{"element":"iface:eth0","action":"set","state":{"mtu":9000},"actor":"alice@example.com"}"#,
+    )
+    .unwrap();
+    let canonical = op.signed_bytes().unwrap();
+    let signature = ssh_key
+        .sign(OP_NAMESPACE, ssh_key::HashAlg::Sha512, &canonical)
+        .unwrap()
+        .to_pem(ssh_key::LineEnding::LF)
+        .unwrap();
+    op.signature = Some(OpSignature {
+        armored: signature.clone(),
+        signer: None,
+    });
+    let allowed = AllowedSigners::parse(&format!(
+        "alice@example.com {}",
+        ssh_key.public_key().to_openssh().unwrap()
+    ))
+    .unwrap();
+    SignaturePolicy {
+        allowed: Some(allowed),
+        require: true,
+    }
+    .check(&mut op, t0)
+    .unwrap();
+    let state = op.state.clone().unwrap();
+    let (event, line) = EventDraft {
+        chain: chain.clone(),
+        element_seq: 1,
+        prev: None,
+        chain_seq: 1,
+        op,
+        state_hash: Some(state_hash(&state).unwrap()),
+        time: t0,
+    }
+    .seal_with_line()
+    .unwrap();
+
+    // Genesis, then block 1 holding that event.
+    let tree = StateTree::from_entries([(event.element.clone(), event.state_hash.unwrap())]);
+    let genesis = HeaderDraft::genesis(chain.clone(), t0).seal().unwrap();
+    let block1 = HeaderDraft {
+        chain,
+        height: 1,
+        prev: Some(genesis.hash),
+        time: t1,
+        state_root: tree.root(),
+        events_root: EventsRoot(root_of(&[leaf_hash(event.hash.digest().as_bytes())])),
+        event_count: 1,
+        first_seq: Some(1),
+        last_seq: Some(1),
+    }
+    .seal()
+    .unwrap();
+    let headers = vec![genesis, block1];
+    let checkpoint = chain_checkpoint(origin, &headers).sign(&key).unwrap();
+    let (_, state_proof) = tree.proof(&event.element).unwrap();
+    let extra = ProofExtra {
+        header: headers[1].clone(),
+        state: Some(StateProof {
+            element: event.element.clone(),
+            state,
+            proof: state_proof,
+        }),
+    };
+    let path = MerkleLevels::from_leaves(block_leaves(&headers))
+        .proof(1)
+        .unwrap()
+        .path;
+    let bundle = extra.tlog_proof(&path, &checkpoint).unwrap();
+    let consistency = ConsistencyProof {
+        old: chain_checkpoint(origin, &headers[..1]).sign(&key).unwrap(),
+        new: checkpoint.clone(),
+        proof: consistency_proof(&block_leaves(&headers), 1),
+    };
+    ProofVectors {
+        vkey: log.to_vkey(),
+        checkpoint,
+        bundle,
+        consistency: serde_json::to_string(&consistency.to_json()).unwrap(),
+        op_canonical: String::from_utf8(canonical).unwrap(),
+        op_signature: signature,
+        signed_event_line: String::from_utf8(line).unwrap(),
+    }
+}
+
+#[test]
+fn proof_and_signature_vectors_are_stable_and_documented() {
+    let v = compute_proofs();
+    for (name, text) in [
+        ("vkey", &v.vkey),
+        ("checkpoint", &v.checkpoint),
+        ("bundle", &v.bundle),
+        ("consistency", &v.consistency),
+        ("op_canonical", &v.op_canonical),
+        ("op_signature", &v.op_signature),
+        ("signed_event_line", &v.signed_event_line),
+    ] {
+        assert!(
+            DOC.contains(text.as_str()),
+            "docs/encoding.md lacks {name}:\n{text}"
+        );
+    }
+    let log = fschain_schema::note::Verifier::parse(&v.vkey).unwrap();
+    let proven = fschain_schema::bundle::check_bundle(&v.bundle, &log).unwrap();
+    assert_eq!(proven.checkpoint.size, 2);
+    fschain_schema::bundle::ConsistencyProof::parse(&v.consistency)
+        .unwrap()
+        .check(&log)
+        .unwrap();
+    let event = fschain_schema::Event::from_canonical(v.signed_event_line.as_bytes()).unwrap();
+    assert_eq!(event.op.signer().unwrap().principal, "alice@example.com");
+}
+
+/// `cargo test -p fschain-schema --test golden -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn print_proof_vectors() {
+    let v = compute_proofs();
+    for (name, value) in [
+        ("vkey", &v.vkey),
+        ("checkpoint", &v.checkpoint),
+        ("bundle", &v.bundle),
+        ("consistency", &v.consistency),
+        ("op_canonical", &v.op_canonical),
+        ("op_signature", &v.op_signature),
+        ("signed_event_line", &v.signed_event_line),
+    ] {
+        println!("== {name}\n{value}");
+    }
+}
