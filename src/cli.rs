@@ -458,6 +458,14 @@ pub(crate) enum ProofCommand {
         root: RootArg,
         #[arg(long, value_name = "REF", default_value = "head")]
         at: String,
+        /// Print instead the newest checkpoint at least N of the --witness sites cosigned (read from <prefix>.witness).
+        #[arg(long, value_name = "N", requires = "witnesses")]
+        witnessed_by: Option<usize>,
+        /// A site's witness key (`key show --site`), or a file holding it; repeatable.
+        #[arg(long = "witness", value_name = "VKEY|FILE")]
+        witnesses: Vec<String>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Write an offline proof: ELEMENT's state (or with --block alone, a block header) in the signed checkpoint at --at, as a C2SP tlog-proof; or --consistency OLD NEW.
     Prove {
@@ -590,6 +598,9 @@ pub(crate) enum KeyAction {
         /// Print it as a C2SP signed-note verifier key (NAME+ID+KEY), named as the chain's checkpoint origin.
         #[arg(long)]
         vkey: bool,
+        /// ROOT is site NAME's directory: print the key it cosigns checkpoints with (a C2SP cosignature/v1 verifier key; made on first use).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
     },
     /// Create a key pair for a root made before keys existed.
     Create {
@@ -600,7 +611,7 @@ pub(crate) enum KeyAction {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TopicsAction {
-    /// Create <prefix>.ops, .events and .blocks with fschain's settings.
+    /// Create <prefix>.ops, .events, .blocks and .witness with fschain's settings.
     Create {
         #[command(flatten)]
         kafka: KafkaArgs,

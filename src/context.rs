@@ -53,6 +53,9 @@ pub(crate) struct Settings {
     /// Refuse unsigned operations in `agent` and `apply`.
     #[serde(default)]
     pub(crate) require_signed_ops: bool,
+    /// Where sites share cosigned checkpoints (default `<prefix>.witness`):
+    /// sites following different clusters or prefixes name one topic.
+    pub(crate) witness_topic: Option<String>,
     /// Which snapshots `prune`, `agent` and `consume` keep.
     pub(crate) retention: Option<fschain_store::retention::RetentionPolicy>,
     /// What `watch` and `drift` observe (the tables of a sources file).
@@ -224,7 +227,11 @@ pub(crate) fn topics(args: &KafkaArgs, inv: &Invocation) -> Topics {
         .clone()
         .or_else(|| inv.settings.prefix.clone())
         .unwrap_or_else(|| "fschain".into());
-    Topics::with_prefix(&prefix)
+    let mut topics = Topics::with_prefix(&prefix);
+    if let Some(witness) = &inv.settings.witness_topic {
+        topics.witness = witness.clone();
+    }
+    topics
 }
 
 pub(crate) fn extra(inv: &Invocation) -> Vec<(String, String)> {
@@ -348,13 +355,19 @@ impl RetentionRun {
 }
 
 /// The origin line of `chain`'s checkpoints (and its verifier key's name).
-pub(crate) fn log_origin(inv: &Invocation, chain: &fschain_schema::ChainName) -> String {
-    let prefix = inv
-        .settings
+/// What checkpoints name their logs before `/<chain>`.
+pub(crate) fn checkpoint_origin(inv: &Invocation) -> String {
+    inv.settings
         .checkpoint_origin
         .as_deref()
-        .unwrap_or("fschain.example");
-    format!("{}/{chain}", prefix.trim_end_matches('/'))
+        .unwrap_or("fschain.example")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The origin (and key name) of `chain`'s checkpoints.
+pub(crate) fn log_origin(inv: &Invocation, chain: &fschain_schema::ChainName) -> String {
+    format!("{}/{chain}", checkpoint_origin(inv))
 }
 
 /// The signature policy of `agent` and `apply`, from `allowed_signers` and

@@ -149,8 +149,12 @@ fn watch(
             let key = load_signing_key(writer.layout())?;
             fschain_producer::diverged::check_root(writer.layout(), &target, &key)?;
             let publisher = Publisher::new(&target)?;
-            publish_pending(writer.layout(), &publisher, &StreamPolicy::default(), &key)?;
-            Some((publisher, key))
+            let policy = StreamPolicy {
+                checkpoint_origin: crate::context::checkpoint_origin(inv),
+                ..StreamPolicy::default()
+            };
+            publish_pending(writer.layout(), &publisher, &policy, &key)?;
+            Some((publisher, key, policy))
         }
         None => None,
     };
@@ -168,8 +172,8 @@ fn watch(
         if w.head().event_count >= LARGE_BLOCK_EVENTS {
             release_freed_memory();
         }
-        if let Some((publisher, key)) = &publishing {
-            publish_pending(w.layout(), publisher, &StreamPolicy::default(), key)?;
+        if let Some((publisher, key, policy)) = &publishing {
+            publish_pending(w.layout(), publisher, policy, key)?;
         }
         Ok(())
     };

@@ -16,7 +16,17 @@ use crate::context::{log_origin, open_chain, root_dir, Invocation};
 
 pub(crate) fn run(command: ProofCommand, inv: &Invocation) -> Result<ExitCode> {
     match command {
-        ProofCommand::Checkpoint { root, at } => {
+        ProofCommand::Checkpoint {
+            root,
+            at,
+            witnessed_by: Some(n),
+            witnesses,
+            kafka,
+        } => {
+            let _ = at;
+            return witnessed(&root_dir(&root, inv)?, n, &witnesses, &kafka, inv);
+        }
+        ProofCommand::Checkpoint { root, at, .. } => {
             let signed = Signed::open(&root_dir(&root, inv)?, inv)?;
             let height = signed.resolve(&at)?;
             print!("{}", signed.checkpoint(height)?);
@@ -169,4 +179,66 @@ fn check(text: &str, log: &Verifier) -> Result<String> {
         ),
         None => block,
     })
+}
+
+/// `checkpoint --witnessed-by N`: the newest checkpoint of the chain at
+/// `root` (a producer's root or a site's copy) that N of `witnesses`
+/// cosigned on the witness topic. Exit 1 when there is none.
+fn witnessed(
+    root: &std::path::Path,
+    n: usize,
+    witnesses: &[String],
+    kafka: &crate::cli::KafkaArgs,
+    inv: &Invocation,
+) -> Result<ExitCode> {
+    let chain = open_chain(root)?;
+    let key = match fschain_producer::load_signing_key(chain.layout()) {
+        Ok(key) => key.public(),
+        Err(_) => newest_manifest_key(&chain)?,
+    };
+    let log = Verifier::new(&log_origin(inv, &chain.meta().chain), key)?;
+    let witnesses = witnesses
+        .iter()
+        .map(|w| {
+            let text = std::fs::read_to_string(w).unwrap_or_else(|_| w.clone());
+            fschain_schema::note::Witness::parse(&text).with_context(|| format!("--witness {w}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let source = fschain_consumer::kafka::KafkaSource {
+        brokers: crate::context::brokers(kafka, inv)?,
+        topics: crate::context::topics(kafka, inv),
+        extra: crate::context::extra(inv),
+    };
+    let notes =
+        fschain_consumer::kafka::witness_notes(&source, std::time::Duration::from_secs(30))?;
+    match fschain_consumer::witness::witnessed_checkpoint(&notes, &log, &witnesses, n) {
+        Some((_, text)) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "no checkpoint of {} is cosigned by {n} of the {} witnesses given ({} cosigned checkpoints on {})",
+                log.name,
+                witnesses.len(),
+                notes.len(),
+                source.topics.witness
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// The producer's key, from the newest manifest a site's copy holds.
+fn newest_manifest_key(chain: &fschain_store::Chain) -> Result<fschain_schema::wire::PublicKey> {
+    for height in (0..=chain.head().height).rev() {
+        if let Ok(bytes) = std::fs::read(chain.layout().manifest(height)) {
+            let manifest: fschain_schema::wire::BlockManifest = serde_json::from_slice(&bytes)?;
+            return Ok(manifest.key);
+        }
+    }
+    bail!(
+        "no signing key and no manifest in {}: run this on a producer's root or a site's copy",
+        chain.layout().root().display()
+    )
 }

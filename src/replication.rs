@@ -44,7 +44,7 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
             let options = fschain_producer::agent::AgentOptions {
                 block_ops: block_ops.max(1),
                 block_interval: std::time::Duration::from_millis(block_interval),
-                policy: policy(&stream)?,
+                policy: policy(&stream, inv)?,
                 until_idle,
                 signatures: signature_policy(inv)?,
             };
@@ -85,7 +85,7 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
             stream,
         } => {
             let root = root_dir(&root, inv)?;
-            export(&root, from.as_deref(), &to, &output, raw, &stream)
+            export(&root, from.as_deref(), &to, &output, raw, &stream, inv)
         }
         ReplicationCommand::Import { site, file } => import(&site, &file, inv),
     }
@@ -93,7 +93,17 @@ pub(crate) fn run(command: ReplicationCommand, inv: &Invocation) -> Result<ExitC
 
 pub(crate) fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
     match action {
-        KeyAction::Show { root, vkey } => {
+        KeyAction::Show {
+            root,
+            site: Some(site),
+            ..
+        } => {
+            let key = site_witness_key(&root_dir(&root, inv)?)?;
+            let witness =
+                fschain_schema::note::Witness::new(&witness_name(inv, &site), key.public())?;
+            println!("{}", witness.to_vkey());
+        }
+        KeyAction::Show { root, vkey, .. } => {
             let layout = RootLayout::new(root_dir(&root, inv)?);
             let meta = layout.read_marker()?;
             let key = load_signing_key(&layout)?;
@@ -114,7 +124,7 @@ pub(crate) fn key(action: KeyAction, inv: &Invocation) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn policy(args: &StreamArgs) -> Result<StreamPolicy> {
+pub(crate) fn policy(args: &StreamArgs, inv: &Invocation) -> Result<StreamPolicy> {
     let chunk = parse_size(&args.chunk_size)?;
     if !(1024..=u64::from(fschain_schema::wire::MAX_CHUNK_LEN)).contains(&chunk) {
         bail!("--chunk-size must be between 1K and 16M");
@@ -122,6 +132,7 @@ pub(crate) fn policy(args: &StreamArgs) -> Result<StreamPolicy> {
     Ok(StreamPolicy {
         checkpoint_every: args.checkpoint_every,
         chunk_size: chunk as u32,
+        checkpoint_origin: crate::context::checkpoint_origin(inv),
         ..StreamPolicy::default()
     })
 }
@@ -252,7 +263,7 @@ pub(crate) fn publish(
     let target = target(kafka, inv)?;
     fschain_producer::diverged::check_root(&layout, &target, &key)?;
     let publisher = Publisher::new(&target)?;
-    let summary = publish_pending(&layout, &publisher, &policy(stream)?, &key)?;
+    let summary = publish_pending(&layout, &publisher, &policy(stream, inv)?, &key)?;
     println!(
         "published {} blocks ({} events, {} chunks, {} bytes); head {}",
         summary.blocks, summary.events, summary.chunks, summary.bytes, summary.head
@@ -264,7 +275,28 @@ fn trusted(site: &SiteArgs, inv: &Invocation) -> Result<Vec<PublicKey>> {
     trusted_keys(&site.trust, inv)
 }
 
-fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<Ingest> {
+/// The name a site cosigns as: `<checkpoint_origin>/site/<site>`.
+fn witness_name(inv: &Invocation, site: &str) -> String {
+    format!("{}/site/{site}", crate::context::checkpoint_origin(inv))
+}
+
+/// The site's witness key (made on first use, in `<site>/meta/`).
+fn site_witness_key(root: &Path) -> Result<fschain_schema::wire::SigningKey> {
+    let layout = RootLayout::new(root);
+    std::fs::create_dir_all(layout.meta_dir())
+        .with_context(|| format!("creating {}", layout.meta_dir().display()))?;
+    if !layout.signing_key().exists() {
+        create_signing_key(&layout)?;
+    }
+    Ok(load_signing_key(&layout)?)
+}
+
+fn open_ingest(
+    site: &SiteArgs,
+    chains: &[String],
+    witness: bool,
+    inv: &Invocation,
+) -> Result<Ingest> {
     let name = site
         .site
         .clone()
@@ -277,7 +309,15 @@ fn open_ingest(site: &SiteArgs, chains: &[String], inv: &Invocation) -> Result<I
         .iter()
         .map(|c| ChainName::parse(c))
         .collect::<Result<Vec<_>, _>>()?;
-    let ingest = Ingest::new(opened, trusted(site, inv)?)?.only_chains(chains);
+    let mut ingest = Ingest::new(opened, trusted(site, inv)?)?.only_chains(chains);
+    if witness {
+        let key = site_witness_key(&root)?;
+        ingest = ingest.with_witness(fschain_consumer::witness::SiteWitness::new(
+            root.clone(),
+            &witness_name(inv, &name),
+            key,
+        )?);
+    }
     if site.no_index {
         return Ok(ingest);
     }
@@ -315,6 +355,18 @@ fn report(what: &str, summary: &ConsumeSummary) {
     );
 }
 
+/// Exit 1 when a chain was stopped by a fork (each was logged).
+fn forks(summary: &ConsumeSummary) -> ExitCode {
+    for (chain, why) in &summary.forked {
+        eprintln!("FORK {chain}: {why}");
+    }
+    if summary.forked.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 pub(crate) fn consume(
     site: &SiteArgs,
     kafka: &KafkaArgs,
@@ -323,7 +375,7 @@ pub(crate) fn consume(
     metrics: &MetricsArg,
     inv: &Invocation,
 ) -> Result<ExitCode> {
-    let mut ingest = open_ingest(site, chains, inv)?;
+    let mut ingest = open_ingest(site, chains, true, inv)?;
     let metrics = serve_metrics(metrics, inv)?;
     let mut seen = SiteSeen::default();
     if let Some(m) = &metrics {
@@ -349,7 +401,7 @@ pub(crate) fn consume(
         },
     )?;
     report("consume", &summary);
-    Ok(ExitCode::SUCCESS)
+    Ok(forks(&summary))
 }
 
 /// What a site's metrics were last set from.
@@ -435,7 +487,7 @@ pub(crate) fn replay(
     inv: &Invocation,
 ) -> Result<ExitCode> {
     let trusted_keys = trusted(site, inv)?;
-    let mut ingest = open_ingest(site, chains, inv)?;
+    let mut ingest = open_ingest(site, chains, true, inv)?;
     let mut bar = Progress::new("replay", Unit::Blocks, None);
     let mut progress = |ingest: &Ingest| {
         if let Some(total) = ingest.stats.expected {
@@ -457,7 +509,7 @@ pub(crate) fn replay(
     )?;
     bar.finish();
     report("replay", &summary);
-    Ok(ExitCode::SUCCESS)
+    Ok(forks(&summary))
 }
 
 /// A reader or writer that reports the bytes through it.
@@ -499,6 +551,7 @@ pub(crate) fn export(
     output: &str,
     raw: bool,
     stream: &StreamArgs,
+    inv: &Invocation,
 ) -> Result<ExitCode> {
     let chain = open_chain(root)?;
     let to = resolve(&chain, to)?;
@@ -528,7 +581,7 @@ pub(crate) fn export(
             layout,
             from,
             to,
-            &policy(stream)?,
+            &policy(stream, inv)?,
             &key,
             &mut out,
         )?;
@@ -539,7 +592,7 @@ pub(crate) fn export(
 }
 
 pub(crate) fn import(site: &SiteArgs, file: &str, inv: &Invocation) -> Result<ExitCode> {
-    let mut ingest = open_ingest(site, &[], inv)?;
+    let mut ingest = open_ingest(site, &[], false, inv)?;
     let (input, total): (Box<dyn Read>, Option<u64>) = if file == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {

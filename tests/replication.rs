@@ -761,37 +761,6 @@ fn a_broker_restart_loses_nothing() {
     }
 }
 
-/// A copy of a producer root as a backup would hold it: its marker, its
-/// meta/ (with the signing key), its layer and every block snapshot.
-fn backup_root(from: &Path, to: &Path) {
-    let btrfs = |args: &[&str], a: &Path, b: &Path| {
-        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|x| x.as_ref()).collect();
-        all.extend([a.as_os_str(), b.as_os_str()]);
-        common::btrfs(&all);
-    };
-    std::fs::create_dir_all(to.join("blocks")).unwrap();
-    std::fs::copy(from.join("fschain.root"), to.join("fschain.root")).unwrap();
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from.join("meta"))
-        .arg(to.join("meta"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    btrfs(
-        &["subvolume", "snapshot"],
-        &from.join("layer"),
-        &to.join("layer"),
-    );
-    for entry in std::fs::read_dir(from.join("blocks")).unwrap().flatten() {
-        btrfs(
-            &["subvolume", "snapshot", "-r"],
-            &entry.path(),
-            &to.join("blocks").join(entry.file_name()),
-        );
-    }
-}
-
 /// Row 12 of the fault matrix: a producer root restored from an older
 /// backup (its head behind the topic, then a different block at a height
 /// the topic holds) is refused by publish and by the agent, which say why;
@@ -803,7 +772,7 @@ fn a_root_restored_from_an_old_backup_is_not_published() {
     };
     t.apply(&sample_ops(20), 10);
     let backup = t.s.dir.join("backup");
-    backup_root(Path::new(&t.producer), &backup);
+    common::backup_root(Path::new(&t.producer), &backup);
     t.apply(&common::sample_ops_between(20, 40), 10);
     t.publish(&[]).ok();
     let backup = backup.display().to_string();

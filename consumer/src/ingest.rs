@@ -13,9 +13,10 @@ use fschain_schema::wire::{decode_frame, Frame, PublicKey};
 use fschain_schema::ChainName;
 use tracing::{debug, warn};
 
-use crate::assembler::{ChunkAssembler, StreamKey, Verdict};
+use crate::assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
 use crate::indexer::SiteIndexer;
 use crate::site::{BlockTiming, Site, SiteChain};
+use crate::witness::SiteWitness;
 use crate::ConsumerError;
 use fschain_index::{Embedders, VectorStore};
 
@@ -67,6 +68,8 @@ pub struct Ingest {
     /// blocks were ever timed, so a reader can tell which are new.
     timings: std::collections::VecDeque<BlockTiming>,
     timed: u64,
+    /// When set, the site checks and cosigns its producers' checkpoints.
+    witness: Option<SiteWitness>,
 }
 
 /// How many blocks' timings an [`Ingest`] keeps for its readers.
@@ -87,6 +90,7 @@ impl Ingest {
             stats: IngestStats::default(),
             timings: Default::default(),
             timed: 0,
+            witness: None,
         })
     }
 
@@ -105,6 +109,66 @@ impl Ingest {
     ) -> Result<Self, ConsumerError> {
         self.indexer = Some(SiteIndexer::start(embedders, store)?);
         Ok(self)
+    }
+
+    /// Checks each block's checkpoint against the blocks held and the
+    /// checkpoints other sites cosigned, and cosigns it ([`SiteWitness`]).
+    pub fn with_witness(mut self, witness: SiteWitness) -> Self {
+        self.witness = Some(witness);
+        self
+    }
+
+    /// The site's witness, when it has one.
+    pub fn witness(&self) -> Option<&SiteWitness> {
+        self.witness.as_ref()
+    }
+
+    /// The cosigned checkpoints to send to the witness topic.
+    pub fn take_cosignatures(&mut self) -> Vec<(ChainName, String)> {
+        self.witness
+            .as_mut()
+            .map(SiteWitness::take_outbox)
+            .unwrap_or_default()
+    }
+
+    /// A message of the witness topic: a checkpoint signed by a trusted
+    /// producer key disagreeing with what this site holds stops its chain.
+    pub fn witnessed(&mut self, text: &[u8], origin: &Origin<'_>) {
+        let Some(witness) = &mut self.witness else {
+            return;
+        };
+        let opened = std::str::from_utf8(text)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::witness::open_witnessed(t, &self.trusted));
+        let (chain, checkpoint, note) = match opened {
+            Ok(opened) => opened,
+            Err(why) => {
+                debug!(at = %origin, why, "skipping a witness message");
+                return;
+            }
+        };
+        if witness.stopped.contains_key(&chain) {
+            return;
+        }
+        if !witness.book.loaded(&chain) && self.site.chains().is_ok_and(|c| c.contains(&chain)) {
+            match held_leaves(&self.site, &chain) {
+                Ok(leaves) => {
+                    if let Err(fork) = witness.book.load(&chain, leaves) {
+                        witness.stop(&fork);
+                        return;
+                    }
+                }
+                Err(e) => warn!(chain = %chain, error = %e, "could not read the chain's headers"),
+            }
+        }
+        let by: Vec<&str> = note.signatures.iter().map(|s| s.name.as_str()).collect();
+        let shown_by = format!("the checkpoint signed by {} ({})", by.join(", "), origin);
+        if let Err(fork) = witness
+            .book
+            .observe(&chain, checkpoint.size, checkpoint.root, &shown_by)
+        {
+            witness.stop(&fork);
+        }
     }
 
     /// Waits until the event index holds every block applied so far. The
@@ -208,11 +272,31 @@ impl Ingest {
             warn!(at = %origin, chain = %chain, "skipping a stream for a chain this site does not take");
             return Ok(None);
         }
+        if self
+            .witness
+            .as_ref()
+            .is_some_and(|w| w.stopped.contains_key(&chain))
+        {
+            self.stats.rejected += 1;
+            debug!(at = %origin, chain = %chain, "skipping a frame of a chain stopped by a fork");
+            return Ok(Some(chain));
+        }
         let (site_chain, assembler) =
             chain_state(&self.site, &self.floors, &mut self.chains, &chain)?;
         let verdict = match frame {
             Frame::Manifest(m) => match m.verify(&self.trusted) {
-                Ok(header) => assembler.manifest(m, header, origin.offset),
+                Ok(header) => {
+                    if let (Some(w), Ok(Some((cp, _)))) = (&mut self.witness, m.checkpoint()) {
+                        if let Err(fork) = w.book.admit(&chain, cp.size, cp.root) {
+                            self.stats.rejected += 1;
+                            w.stop(&fork);
+                            site_chain.abort();
+                            self.chains.remove(&chain);
+                            return Ok(Some(chain));
+                        }
+                    }
+                    assembler.manifest(m, header, origin.offset)
+                }
                 Err(e) => {
                     self.stats.rejected += 1;
                     warn!(at = %origin, chain = %chain, height = m.height, error = %e, "rejecting a manifest");
@@ -294,6 +378,9 @@ impl Ingest {
             };
             match site_chain.finish(&ready) {
                 Ok(timing) => {
+                    if let Some(w) = &mut self.witness {
+                        witness_applied(w, &self.site, chain, &ready);
+                    }
                     if self.timings.len() >= TIMINGS_KEPT {
                         self.timings.pop_front();
                     }
@@ -405,4 +492,64 @@ fn feed_spooled(
         }
     }
     Ok(Ok(()))
+}
+
+/// The leaf hashes of the blocks the site holds of `chain`.
+fn held_leaves(
+    site: &Site,
+    chain: &ChainName,
+) -> Result<Vec<fschain_schema::Digest>, ConsumerError> {
+    let copy = fschain_store::Chain::open(&site.root().join(chain.as_str()))?;
+    Ok(fschain_schema::note::block_leaves(copy.headers()))
+}
+
+/// After block `ready` of `chain` is in place: checks its checkpoint
+/// against the blocks held and cosigns it, or stops the chain.
+fn witness_applied(w: &mut SiteWitness, site: &Site, chain: &ChainName, ready: &ReadyBlock) {
+    if w.stopped.contains_key(chain) {
+        return;
+    }
+    let height = ready.header.height;
+    if !w.book.loaded(chain) {
+        // The leaves of the blocks before this one.
+        match held_leaves(site, chain) {
+            Ok(mut leaves) => {
+                leaves.truncate(height as usize);
+                if let Err(fork) = w.book.load(chain, leaves) {
+                    w.stop(&fork);
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(chain = %chain, error = %e, "could not read the chain's headers; not cosigning");
+                return;
+            }
+        }
+    }
+    let checkpoint = match ready.manifest.checkpoint() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(chain = %chain, height, error = %e, "the manifest's checkpoint does not check; not cosigning");
+            None
+        }
+    };
+    let leaf = fschain_schema::merkle::leaf_hash(ready.header.hash.digest().as_bytes());
+    let shown = checkpoint.as_ref().map(|(cp, _)| (cp.size, cp.root));
+    match w.book.applied(
+        chain,
+        leaf,
+        shown,
+        &format!("the producer's checkpoint of block {height}"),
+    ) {
+        Ok(true) => {
+            if let (Some((cp, _)), Some(note)) = (&checkpoint, &ready.manifest.checkpoint) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                w.cosign(chain, note, &cp.body(), now);
+            }
+        }
+        Ok(false) => {}
+        Err(fork) => w.stop(&fork),
+    }
 }

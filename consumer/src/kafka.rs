@@ -67,6 +67,8 @@ pub struct ConsumeSummary {
     pub rejected: u64,
     pub duplicates: u64,
     pub heads: Vec<(ChainName, Option<u64>)>,
+    /// Chains this site stopped: their producer's key signed two histories.
+    pub forked: Vec<(ChainName, String)>,
 }
 
 /// Options of a consume run.
@@ -86,6 +88,7 @@ pub fn consume(
 ) -> Result<ConsumeSummary, ConsumerError> {
     let group = site_group(ingest.site().name());
     let mut backoff = DiskFullBackoff::default();
+    let mut link = WitnessLink::open(ingest, source, &group)?;
     loop {
         let consumer = client(source, &group)?;
         partitions_of(&consumer, &source.topics.blocks)?;
@@ -105,7 +108,10 @@ pub fn consume(
             options,
             StartGuard::default(),
             shutdown,
-            on_block,
+            Hooks {
+                on_block,
+                witness: link.as_mut(),
+            },
         ) {
             // Nothing of the block was kept and its offset was not
             // committed: a new member of the group reads it again from
@@ -224,6 +230,7 @@ pub fn replay(
             .map_err(kafka_error)?;
     }
     consumer.assign(&tpl).map_err(kafka_error)?;
+    let mut link = WitnessLink::open(ingest, source, &group)?;
     run(
         ingest,
         &consumer,
@@ -231,8 +238,19 @@ pub fn replay(
         ConsumeOptions { until_idle: true },
         StartGuard::at(start.into_iter().map(|(p, o)| (p, Some(o)))),
         shutdown,
-        on_block,
+        Hooks {
+            on_block,
+            witness: link.as_mut(),
+        },
     )
+}
+
+/// What a consume loop calls besides its own work.
+struct Hooks<'a> {
+    /// After each block applied.
+    on_block: &'a mut dyn FnMut(&Ingest),
+    /// The witness topic, when the site witnesses.
+    witness: Option<&'a mut WitnessLink>,
 }
 
 fn run(
@@ -242,10 +260,17 @@ fn run(
     options: ConsumeOptions,
     mut guard: StartGuard,
     shutdown: &AtomicBool,
-    on_block: &mut dyn FnMut(&Ingest),
+    hooks: Hooks<'_>,
 ) -> Result<ConsumeSummary, ConsumerError> {
+    let Hooks {
+        on_block,
+        witness: mut link,
+    } = hooks;
     let mut progress = Progress::default();
     loop {
+        if let Some(link) = link.as_deref_mut() {
+            link.pump(ingest);
+        }
         if consumer.context().take_rebalanced() {
             // Chains of partitions this member no longer holds may be
             // moved on by another; those it now holds start from the
@@ -258,6 +283,9 @@ fn run(
         }
         if shutdown.load(Ordering::SeqCst) {
             progress.commit(ingest, consumer, topic, CommitMode::Sync);
+            if let Some(link) = link.as_deref_mut() {
+                link.catch_up(ingest);
+            }
             return Ok(summary(ingest));
         }
         match consumer.poll(Duration::from_millis(100)) {
@@ -292,7 +320,7 @@ fn run(
                 progress.at_end.insert(p);
                 if options.until_idle && progress.all_at_end(consumer)? {
                     tracing::debug!(topic, "every assigned partition read to its end");
-                    return finish_idle(ingest, consumer, topic, &mut progress);
+                    return finish_idle(ingest, consumer, topic, &mut progress, link);
                 }
             }
             Some(Err(e)) => {
@@ -313,7 +341,7 @@ fn run(
                     progress.next.contains_key(&p) || progress.at_end.contains(&p)
                 })?;
                 if options.until_idle && caught_up(consumer, topic, &progress.next)? {
-                    return finish_idle(ingest, consumer, topic, &mut progress);
+                    return finish_idle(ingest, consumer, topic, &mut progress, link);
                 }
             }
         }
@@ -327,8 +355,12 @@ fn finish_idle(
     consumer: &SiteConsumer,
     topic: &str,
     progress: &mut Progress,
+    link: Option<&mut WitnessLink>,
 ) -> Result<ConsumeSummary, ConsumerError> {
     progress.commit(ingest, consumer, topic, CommitMode::Sync);
+    if let Some(link) = link {
+        link.catch_up(ingest);
+    }
     ingest.settle_index();
     if let Some((chain, height)) = ingest.gaps().into_iter().next() {
         return Err(ConsumerError::Gap {
@@ -348,7 +380,161 @@ fn summary(ingest: &Ingest) -> ConsumeSummary {
         rejected: ingest.stats.rejected,
         duplicates: ingest.stats.duplicates,
         heads: ingest.heads(),
+        forked: ingest
+            .witness()
+            .map(|w| w.stopped.clone().into_iter().collect())
+            .unwrap_or_default(),
     }
+}
+
+/// A site's link to `<prefix>.witness`: it reads every cosigned
+/// checkpoint there (no group: every member reads all of it) and sends its
+/// own cosignatures.
+pub(crate) struct WitnessLink {
+    topic: String,
+    reader: SiteConsumer,
+    writer: rdkafka::producer::BaseProducer,
+    partitions: BTreeSet<i32>,
+    at_end: BTreeSet<i32>,
+}
+
+impl WitnessLink {
+    /// `None` when the ingest does not witness, or the topic is missing
+    /// (created by `fschain topics create`; logged).
+    fn open(
+        ingest: &mut Ingest,
+        source: &KafkaSource,
+        group: &str,
+    ) -> Result<Option<Self>, ConsumerError> {
+        if ingest.witness().is_none() {
+            return Ok(None);
+        }
+        let topic = source.topics.witness.clone();
+        let reader = client(source, &format!("{group}-witness"))?;
+        let partitions: BTreeSet<i32> = match partitions_of(&reader, &topic) {
+            Ok(p) => p.into_iter().collect(),
+            Err(e) => {
+                warn!(topic, error = %e, "no witness topic: this site neither cosigns nor checks others' cosignatures (run `fschain topics create`)");
+                return Ok(None);
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .map_err(kafka_error)?;
+        }
+        reader.assign(&tpl).map_err(kafka_error)?;
+        let writer = client_config(Role::Publisher, &source.brokers, &source.extra)?
+            .create()
+            .map_err(kafka_error)?;
+        let mut link = WitnessLink {
+            topic,
+            reader,
+            writer,
+            partitions,
+            at_end: BTreeSet::new(),
+        };
+        // What other sites cosigned is known before any block is taken.
+        link.catch_up(ingest);
+        Ok(Some(link))
+    }
+
+    /// Takes what the witness topic holds now, and sends this site's
+    /// cosignatures.
+    fn pump(&mut self, ingest: &mut Ingest) {
+        for _ in 0..256 {
+            if !self.read_one(ingest, Duration::ZERO) {
+                break;
+            }
+        }
+        self.send(ingest);
+    }
+
+    /// Reads one message (or an end of partition); false when none came.
+    fn read_one(&mut self, ingest: &mut Ingest, wait: Duration) -> bool {
+        match self.reader.poll(wait) {
+            Some(Ok(msg)) => {
+                self.at_end.remove(&msg.partition());
+                let origin = Origin {
+                    topic: &self.topic,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                };
+                ingest.witnessed(msg.payload().unwrap_or_default(), &origin);
+                true
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                self.at_end.insert(p);
+                true
+            }
+            Some(Err(e)) => {
+                warn!(topic = self.topic, error = %e, "reading the witness topic");
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn send(&mut self, ingest: &mut Ingest) {
+        use rdkafka::producer::BaseRecord;
+        for (chain, note) in ingest.take_cosignatures() {
+            let record = BaseRecord::to(&self.topic)
+                .key(chain.as_str())
+                .payload(note.as_str());
+            if let Err((e, _)) = self.writer.send(record) {
+                warn!(topic = self.topic, chain = %chain, error = %e, "could not send a cosignature");
+            }
+        }
+        self.writer.poll(Duration::ZERO);
+    }
+
+    /// Reads the witness topic to its end (up to 10 s) and flushes this
+    /// site's cosignatures: before an idle run reports what it holds.
+    fn catch_up(&mut self, ingest: &mut Ingest) {
+        use rdkafka::producer::Producer as _;
+        self.send(ingest);
+        if let Err(e) = self.writer.flush(Duration::from_secs(10)) {
+            warn!(topic = self.topic, error = %e, "cosignatures not acknowledged");
+        }
+        // Read to the end as it is now, past what was just sent.
+        self.at_end.clear();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.partitions.is_subset(&self.at_end) && std::time::Instant::now() < until {
+            self.read_one(ingest, Duration::from_millis(100));
+        }
+    }
+}
+
+/// Every message of `<prefix>.witness`, read from its start to its end
+/// (at most `wait`).
+pub fn witness_notes(source: &KafkaSource, wait: Duration) -> Result<Vec<String>, ConsumerError> {
+    let topic = &source.topics.witness;
+    let reader = client(source, "fschain-witness-read")?;
+    let partitions: BTreeSet<i32> = partitions_of(&reader, topic)?.into_iter().collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka_error)?;
+    }
+    reader.assign(&tpl).map_err(kafka_error)?;
+    let mut notes = Vec::new();
+    let mut at_end = BTreeSet::new();
+    let until = std::time::Instant::now() + wait;
+    while !partitions.is_subset(&at_end) && std::time::Instant::now() < until {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                if let Some(text) = msg.payload().and_then(|p| std::str::from_utf8(p).ok()) {
+                    notes.push(text.to_owned());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) if fschain_kafka::stops_a_consumer(&e) => return Err(kafka_error(e)),
+            _ => {}
+        }
+    }
+    Ok(notes)
 }
 
 /// What this member has read of each partition, and what it committed.

@@ -15,6 +15,7 @@ pub mod indexer;
 pub mod ingest;
 pub mod kafka;
 pub mod site;
+pub mod witness;
 
 pub use assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
 pub use error::ConsumerError;

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
+use fschain_schema::note::chain_checkpoint;
 use fschain_schema::wire::{BlockManifest, Chunk, ChunkTree, SigningKey, StreamHasher};
 use fschain_schema::BlockHeader;
 use fschain_store::layout::{write_atomic, RootLayout};
@@ -17,12 +18,15 @@ use fschain_store::{btrfs, ChainDir, IoContext, StoreError};
 use crate::ProducerError;
 
 /// How blocks are cut into streams.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamPolicy {
     /// A full stream every this many blocks (and at genesis); 0: genesis only.
     pub checkpoint_every: u64,
     pub chunk_size: u32,
     pub zstd_level: i32,
+    /// Each manifest carries the chain's checkpoint, its log named
+    /// `<checkpoint_origin>/<chain>`.
+    pub checkpoint_origin: String,
 }
 
 impl Default for StreamPolicy {
@@ -31,6 +35,7 @@ impl Default for StreamPolicy {
             checkpoint_every: 1000,
             chunk_size: fschain_schema::wire::DEFAULT_CHUNK_SIZE,
             zstd_level: 1,
+            checkpoint_origin: "fschain.example".to_owned(),
         }
     }
 }
@@ -284,7 +289,14 @@ pub fn prepare_block(
     drop(file);
     std::fs::rename(&tmp, &stream_path).at(&stream_path)?;
     let (stream, tree) = hasher.finish();
-    let manifest = BlockManifest::sign(&header, parent, stream, key)?;
+    let headers = ChainDir::new(layout.snapshot(height)).headers()?;
+    let checkpoint = chain_checkpoint(
+        &format!("{}/{}", policy.checkpoint_origin, header.chain),
+        headers.get(..=height as usize).unwrap_or(&headers),
+    )
+    .sign(key)?;
+    let manifest =
+        BlockManifest::sign_with_checkpoint(&header, parent, stream, Some(checkpoint), key)?;
     write_atomic(
         &manifest_path,
         &serde_json::to_vec(&manifest).map_err(|e| StoreError::Corrupt {

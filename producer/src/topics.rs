@@ -59,6 +59,16 @@ pub fn topic_specs(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
                 ("max.message.bytes", MAX_MESSAGE_BYTES_TEXT),
             ],
         },
+        TopicSpec {
+            name: topics.witness.clone(),
+            partitions: 1,
+            // Every site reads every cosignature: one partition, kept as
+            // long as the blocks they cosign.
+            configs: vec![
+                ("retention.ms", RETAIN_FOREVER_MS),
+                ("cleanup.policy", "delete"),
+            ],
+        },
     ]
 }
 

@@ -43,6 +43,8 @@ pub struct Topics {
     pub ops: String,
     pub events: String,
     pub blocks: String,
+    /// Sites' cosigned checkpoints (keyed by chain).
+    pub witness: String,
 }
 
 impl Topics {
@@ -51,6 +53,7 @@ impl Topics {
             ops: format!("{prefix}.ops"),
             events: format!("{prefix}.events"),
             blocks: format!("{prefix}.blocks"),
+            witness: format!("{prefix}.witness"),
         }
     }
 }
@@ -298,6 +301,11 @@ pub struct BlockManifest {
     pub header: Value,
     pub stream: StreamInfo,
     pub key: PublicKey,
+    /// The signed C2SP checkpoint of the chain up to this block (tree size
+    /// height + 1), as `fschain checkpoint` prints it; sites check it and
+    /// cosign it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     pub signature: String,
 }
 
@@ -309,6 +317,17 @@ impl BlockManifest {
         stream: StreamInfo,
         key: &SigningKey,
     ) -> Result<Self, SchemaError> {
+        Self::sign_with_checkpoint(header, parent, stream, None, key)
+    }
+
+    /// Builds and signs a manifest that carries the chain's checkpoint.
+    pub fn sign_with_checkpoint(
+        header: &BlockHeader,
+        parent: Option<u64>,
+        stream: StreamInfo,
+        checkpoint: Option<String>,
+        key: &SigningKey,
+    ) -> Result<Self, SchemaError> {
         let mut manifest = BlockManifest {
             version: MANIFEST_VERSION,
             chain: header.chain.clone(),
@@ -317,6 +336,7 @@ impl BlockManifest {
             header: header.body_value_with_hash(),
             stream,
             key: key.public(),
+            checkpoint,
             signature: String::new(),
         };
         let message = manifest.signed_bytes()?;
@@ -336,6 +356,38 @@ impl BlockManifest {
         let mut out = SIGNATURE_CONTEXT.to_vec();
         out.extend(jcs::canonical(&value)?);
         Ok(out)
+    }
+
+    /// The checkpoint the manifest carries, checked: signed by the
+    /// manifest's key under its origin (`.../<chain>`), of tree size
+    /// height + 1. Its root is checked by whoever holds the headers.
+    pub fn checkpoint(
+        &self,
+    ) -> Result<Option<(crate::note::Checkpoint, crate::note::Verifier)>, SchemaError> {
+        let Some(text) = &self.checkpoint else {
+            return Ok(None);
+        };
+        let bad = |why: String| SchemaError::BadNote { why };
+        let note = crate::note::Note::parse(text)?;
+        let body = crate::note::Checkpoint::parse_body(&note.body)?;
+        if !body.origin.ends_with(&format!("/{}", self.chain)) {
+            return Err(bad(format!(
+                "the checkpoint of {} block {} names the log {:?}",
+                self.chain, self.height, body.origin
+            )));
+        }
+        if body.size != self.height + 1 {
+            return Err(bad(format!(
+                "the checkpoint of {} block {} has tree size {}, not {}",
+                self.chain,
+                self.height,
+                body.size,
+                self.height + 1
+            )));
+        }
+        let log = crate::note::Verifier::new(&body.origin, self.key)?;
+        let checkpoint = crate::note::Checkpoint::open(text, &log)?;
+        Ok(Some((checkpoint, log)))
     }
 
     /// The block header the manifest carries, its hash checked.
@@ -397,6 +449,7 @@ impl BlockManifest {
                 ),
             });
         }
+        self.checkpoint()?;
         self.block_header()
     }
 

@@ -550,3 +550,34 @@ pub(crate) fn seal_and_publish(producer: &str, n: usize, brokers: &str, prefix: 
     let args = with_topics(&["publish", "--root", producer], brokers, prefix);
     fschain(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
 }
+
+/// A copy of a producer root as a backup would hold it: its marker, its
+/// meta/ (with the signing key), its layer and every block snapshot.
+pub(crate) fn backup_root(from: &Path, to: &Path) {
+    let snapshot = |args: &[&str], a: &Path, b: &Path| {
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|x| x.as_ref()).collect();
+        all.extend([a.as_os_str(), b.as_os_str()]);
+        btrfs(&all);
+    };
+    std::fs::create_dir_all(to.join("blocks")).unwrap();
+    std::fs::copy(from.join("fschain.root"), to.join("fschain.root")).unwrap();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from.join("meta"))
+        .arg(to.join("meta"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    snapshot(
+        &["subvolume", "snapshot"],
+        &from.join("layer"),
+        &to.join("layer"),
+    );
+    for entry in std::fs::read_dir(from.join("blocks")).unwrap().flatten() {
+        snapshot(
+            &["subvolume", "snapshot", "-r"],
+            &entry.path(),
+            &to.join("blocks").join(entry.file_name()),
+        );
+    }
+}
