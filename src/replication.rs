@@ -450,6 +450,16 @@ impl SiteSeen {
                     .set((now - sealed).max(0.0) as i64);
             }
         }
+        if let Some(witness) = ingest.witness() {
+            for chain in witness.stopped.keys() {
+                metrics
+                    .forked
+                    .get_or_create(&fschain_metrics::ChainLabel {
+                        chain: chain.to_string(),
+                    })
+                    .set(1);
+            }
+        }
         let (timings, timed) = ingest.timings_since(self.timed);
         for t in timings {
             let label = fschain_metrics::ChainLabel {

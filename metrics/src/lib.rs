@@ -69,6 +69,9 @@ pub struct Metrics {
     pub publish_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
     pub receive_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
     pub verify_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
+    /// 1 for a chain this site stopped because its producer's key signed
+    /// two histories.
+    pub forked: Family<ChainLabel, Gauge>,
 }
 
 fn seal_buckets() -> Histogram {
@@ -96,6 +99,7 @@ impl Metrics {
             publish_duration: Family::new_with_constructor(seal_buckets),
             receive_duration: Family::new_with_constructor(seal_buckets),
             verify_duration: Family::new_with_constructor(seal_buckets),
+            forked: Family::default(),
         };
         let mut registry = Registry::with_prefix("fschain");
         registry.register(
@@ -134,6 +138,11 @@ impl Metrics {
             "How long before now the newest verified block was sealed",
             Unit::Seconds,
             metrics.lag_seconds.clone(),
+        );
+        registry.register(
+            "forked",
+            "1 for a chain this site stopped: its producer's key signed two histories (a fork)",
+            metrics.forked.clone(),
         );
         registry.register(
             "watch_changes",
