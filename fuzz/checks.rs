@@ -237,6 +237,10 @@ pub fn signed_note(data: &[u8]) {
     if let Ok(allowed) = fschain_schema::sshsig::AllowedSigners::parse(text) {
         assert!(allowed.len() <= text.lines().count());
     }
+    if let Ok(w) = fschain_schema::note::Witness::parse(text) {
+        let again = fschain_schema::note::Witness::parse(&w.to_vkey());
+        assert_eq!(again.ok(), Some(w), "a witness key reads back differently");
+    }
     if let Ok(v) = Verifier::parse(text) {
         assert_eq!(
             v.to_vkey(),
@@ -252,6 +256,9 @@ pub fn signed_note(data: &[u8]) {
             again.push_str(&format!("\u{2014} {} {}\n", sig.name, base64_of(&raw)));
         }
         assert_eq!(again, text, "a note reads back differently");
+        let witness = fschain_schema::note::Witness::new("fuzz.example/site/a", sample_log().key)
+            .expect("a valid witness name");
+        let _ = witness.cosigned(&note);
         if let Ok(cp) = Checkpoint::parse_body(&note.body) {
             if note.body.lines().count() == 3 {
                 assert_eq!(

@@ -241,6 +241,8 @@ struct ProofVectors {
     op_canonical: String,
     op_signature: String,
     signed_event_line: String,
+    witness_vkey: String,
+    cosigned: String,
 }
 
 fn compute_proofs() -> ProofVectors {
@@ -335,7 +337,18 @@ fn compute_proofs() -> ProofVectors {
         new: checkpoint.clone(),
         proof: consistency_proof(&block_leaves(&headers), 1),
     };
+    // Site east cosigns it at 2026-01-01T00:00:00Z with the key of seed [5; 32].
+    let site_key = SigningKey::from_seed([5; 32]);
+    let witness =
+        fschain_schema::note::Witness::new("fschain.example/site/east", site_key.public()).unwrap();
+    let body = chain_checkpoint(origin, &headers).body();
+    let cosigned = format!(
+        "{checkpoint}{}",
+        witness.cosign(&body, 1_767_225_600, &site_key).unwrap()
+    );
     ProofVectors {
+        witness_vkey: witness.to_vkey(),
+        cosigned,
         vkey: log.to_vkey(),
         checkpoint,
         bundle,
@@ -357,6 +370,8 @@ fn proof_and_signature_vectors_are_stable_and_documented() {
         ("op_canonical", &v.op_canonical),
         ("op_signature", &v.op_signature),
         ("signed_event_line", &v.signed_event_line),
+        ("witness_vkey", &v.witness_vkey),
+        ("cosigned", &v.cosigned),
     ] {
         assert!(
             DOC.contains(text.as_str()),
@@ -387,6 +402,8 @@ fn print_proof_vectors() {
         ("op_canonical", &v.op_canonical),
         ("op_signature", &v.op_signature),
         ("signed_event_line", &v.signed_event_line),
+        ("witness_vkey", &v.witness_vkey),
+        ("cosigned", &v.cosigned),
     ] {
         println!("== {name}\n{value}");
     }
