@@ -417,20 +417,31 @@ impl Witness {
     pub fn parse(vkey: &str) -> Result<Self, SchemaError> {
         let vkey = vkey.trim();
         let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(_id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("a witness key is NAME+KEYID+KEY"));
         };
         let typed = STANDARD
             .decode(key)
             .map_err(|e| bad(format!("witness key is not base64: {e}")))?;
-        let (Some(&(COSIGNATURE_V1 | ED25519)), Some(Ok(bytes))) =
+        let (Some(&kind @ (COSIGNATURE_V1 | ED25519)), Some(Ok(bytes))) =
             (typed.first(), typed.get(1..).map(<[u8; 32]>::try_from))
         else {
             return Err(bad(
                 "witness key is not an ed25519 key (type 0x04 or 0x01, 32 bytes)",
             ));
         };
-        Witness::new(name, PublicKey::from_bytes(bytes))
+        let witness = Witness::new(name, PublicKey::from_bytes(bytes))?;
+        let expected = match kind {
+            COSIGNATURE_V1 => witness.key_id(),
+            _ => key_id(name, &witness.key),
+        };
+        let expected = format!("{:08x}", u32::from_be_bytes(expected));
+        if id != expected {
+            return Err(bad(format!(
+                "witness key ID {id} does not match its key (expected {expected})"
+            )));
+        }
+        Ok(witness)
     }
 
     /// The message a cosignature at `time` (Unix seconds) signs.
