@@ -4,6 +4,7 @@
 //! Kept out of the production binary; it runs the `fschain` binary built
 //! beside it for the commands it times end to end.
 
+mod fleet;
 mod host;
 mod index;
 mod local;
@@ -48,6 +49,12 @@ struct Args {
     /// Only the network source measurements (interfaces, Open vSwitch).
     #[arg(long, requires = "brokers", conflicts_with_all = ["replication_only", "index_only", "host_only"])]
     network_only: bool,
+    /// Only the fleet measurements (one site following many chains).
+    #[arg(long, requires = "brokers", conflicts_with_all = ["replication_only", "index_only", "host_only", "network_only", "local_only", "quality_only"])]
+    fleet_only: bool,
+    /// Fleet sizes, in chains (default: 30,100 with --quick, else 100,300,1000).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    fleet_chains: Vec<usize>,
     /// all-MiniLM-L6-v2 directory, to measure MiniLM indexing too.
     #[arg(long = "model", value_name = "DIR")]
     model_dir: Option<PathBuf>,
@@ -92,6 +99,17 @@ fn run(args: &Args) -> Result<()> {
         }
         return finish(&report, args);
     }
+    let fleet_sizes = if !args.fleet_chains.is_empty() {
+        args.fleet_chains.clone()
+    } else if args.quick {
+        vec![30, 100]
+    } else {
+        vec![100, 300, 1000]
+    };
+    if let Some(brokers) = args.brokers.as_deref().filter(|_| args.fleet_only) {
+        fleet::run(dir, &fleet_sizes, brokers, &mut report)?;
+        return finish(&report, args);
+    }
     if args.local_only {
         local::run(dir, args.quick, &mut report)?;
         return finish(&report, args);
@@ -118,6 +136,7 @@ fn run(args: &Args) -> Result<()> {
         replication::run(dir, args.quick, brokers, &mut report)?;
         if !args.replication_only {
             network::run(dir, args.quick, brokers, &mut report)?;
+            fleet::run(dir, &fleet_sizes, brokers, &mut report)?;
         }
     }
     if !args.replication_only {

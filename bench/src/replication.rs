@@ -357,8 +357,7 @@ fn against_plain_pipeline(
         None,
         &work.join(format!("{name}-plain")),
     )?;
-    let (bare_prod, bare_cons) =
-        raw_bulk(brokers, &format!("{raw_prefix}.blocks"), on_topic)?;
+    let (bare_prod, bare_cons) = raw_bulk(brokers, &format!("{raw_prefix}.blocks"), on_topic)?;
     let btrfs_alone = send_receive(&layout.snapshot(head), &work.join(format!("{name}-raw")))?;
     let fs = t_pub + t_con;
     let plain = plain_prod + plain_cons;

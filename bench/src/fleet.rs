@@ -1,0 +1,315 @@
+//! Fleet scale: one site following many chains (one per host).
+//!
+//! For each fleet size, prepared roots (one producer process seals and
+//! publishes them all, in process) put `BLOCKS` blocks of every chain on
+//! fresh topics; then one site (`fschain consume --until-idle`) catches
+//! them all up. Reported against a bare consumer reading the same bytes:
+//! the site's time, its peak resident memory and open files as the number
+//! of chains grows (and the growth per chain), the subvolumes on its file
+//! system, and the time to verify every chain it holds.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fschain_producer::outbox::StreamPolicy;
+use fschain_producer::publish::{publish_pending, KafkaTarget, Publisher};
+use fschain_schema::wire::Topics;
+use fschain_schema::{Action, Operation};
+use fschain_store::RootLayout;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+use crate::host::proc_status_bytes;
+use crate::local::{cleanup, new_root};
+use crate::replication::{drain, fschain_exe};
+use crate::report::{Report, Row};
+
+/// Blocks each chain has beyond its genesis.
+const BLOCKS: usize = 10;
+/// Operations per block.
+const OPS_PER_BLOCK: usize = 10;
+
+/// What one fleet size measured.
+struct Fleet {
+    chains: usize,
+    blocks: usize,
+    bytes: u64,
+    site: Duration,
+    raw: Duration,
+    peak_rss: u64,
+    peak_fds: usize,
+    subvolumes: usize,
+    verify: Duration,
+}
+
+pub(crate) fn run(dir: &Path, sizes: &[usize], brokers: &str, report: &mut Report) -> Result<()> {
+    let command = format!(
+        "fschain-bench --dir DIR --fleet-only --fleet-chains {} --brokers LIST",
+        sizes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    report.section(
+        &format!(
+            "fleet scale (Apache Kafka at {brokers}; each chain {BLOCKS} blocks of {OPS_PER_BLOCK} operations, one site)"
+        ),
+        &command,
+    );
+    let mut measured = Vec::new();
+    for &n in sizes {
+        let work = dir.join(format!("bench-fleet-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        let result = one_fleet(&work, n, brokers);
+        cleanup(&work);
+        measured.push(result?);
+    }
+    for f in &measured {
+        report.row(Row {
+            what: format!(
+                "{} chains: the site catches up {} blocks ({:.1} MB on the topic), no indexing",
+                f.chains,
+                f.blocks,
+                f.bytes as f64 / 1e6
+            ),
+            fschain: format!(
+                "{:.2} s ({:.1} ms a block)",
+                f.site.as_secs_f64(),
+                f.site.as_secs_f64() * 1e3 / f.blocks as f64
+            ),
+            baseline: format!(
+                "a bare consumer reading the same bytes: {:.2} s",
+                f.raw.as_secs_f64()
+            ),
+            target: "–".into(),
+            met: None,
+        });
+        report.row(Row {
+            what: format!(
+                "{} chains: the site's peak resident memory and open files; its file system's subvolumes",
+                f.chains
+            ),
+            fschain: format!(
+                "{:.1} MB, {} files; {} subvolumes",
+                f.peak_rss as f64 / 1e6,
+                f.peak_fds,
+                f.subvolumes
+            ),
+            baseline: "–".into(),
+            target: "–".into(),
+            met: None,
+        });
+        report.row(Row {
+            what: format!(
+                "{} chains: `fschain verify` of every chain the site holds",
+                f.chains
+            ),
+            fschain: format!("{:.2} s", f.verify.as_secs_f64()),
+            baseline: "–".into(),
+            target: "–".into(),
+            met: None,
+        });
+    }
+    if let (Some(first), Some(last)) = (measured.first(), measured.last()) {
+        if last.chains > first.chains {
+            let per_chain = (last.peak_rss as f64 - first.peak_rss as f64)
+                / (last.chains - first.chains) as f64;
+            report.row(Row {
+                what: format!(
+                    "the site's memory growth per chain, {} to {} chains",
+                    first.chains, last.chains
+                ),
+                fschain: format!("{:.0} KiB a chain", per_chain / 1024.0),
+                baseline: format!(
+                    "{:.1} MB at {} chains",
+                    first.peak_rss as f64 / 1e6,
+                    first.chains
+                ),
+                target: "<= 256 KiB a chain".into(),
+                met: Some(per_chain <= 256.0 * 1024.0),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
+    let exe = fschain_exe()?;
+    let prefix = format!("bench-fleet-{}-{n}", std::process::id());
+    let status = Command::new(&exe)
+        .args([
+            "topics",
+            "create",
+            "--brokers",
+            brokers,
+            "--prefix",
+            &prefix,
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("fschain topics create failed");
+    }
+    // The producers: n roots, sealed and published by this process.
+    let target = KafkaTarget {
+        brokers: brokers.to_owned(),
+        topics: Topics::with_prefix(&prefix),
+        extra: Vec::new(),
+    };
+    let publisher = Publisher::new(&target)?;
+    let mut keys = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for c in 0..n {
+        let root = work.join("roots").join(format!("host{c}"));
+        std::fs::create_dir_all(root.parent().context("a parent")?)?;
+        let mut writer = new_root(&root, &format!("host{c}"))?;
+        for b in 0..BLOCKS {
+            for o in 0..OPS_PER_BLOCK {
+                let state = json!({"mtu": 1500 + b, "up": true, "addresses": [format!("10.{c}.{b}.{o}/24")]});
+                writer.apply(Operation {
+                    element: fschain_schema::ElementId::parse(&format!("iface:eth{o}"))?,
+                    action: Action::Set,
+                    state: state.as_object().cloned(),
+                    reason: Some(format!("renumbered host{c} for block {b}")),
+                    actor: Some("bench@fleet".into()),
+                    signature: None,
+                })?;
+            }
+            writer.seal()?;
+        }
+        writer.close()?;
+        let layout = RootLayout::new(&root);
+        let key = fschain_producer::load_signing_key(&layout)?;
+        let summary = publish_pending(&layout, &publisher, &StreamPolicy::default(), &key)?;
+        bytes += summary.bytes;
+        keys.push(key.public().to_string());
+    }
+    let blocks = n * (BLOCKS + 1);
+
+    // The site, trusting every producer's key.
+    let config = work.join("site.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "trusted_keys = [{}]\n",
+            keys.iter()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )?;
+    let site = work.join("site");
+    let t = Instant::now();
+    let mut child = Command::new(&exe)
+        .arg("--config")
+        .arg(&config)
+        .args(["consume", "--site", "fleet", "--root"])
+        .arg(&site)
+        .args([
+            "--until-idle",
+            "--no-index",
+            "--brokers",
+            brokers,
+            "--prefix",
+            &prefix,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let (mut peak_rss, mut peak_fds) = (0, 0);
+    let status = loop {
+        if let Ok(b) = proc_status_bytes(pid, "VmHWM:") {
+            peak_rss = peak_rss.max(b);
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            peak_fds = peak_fds.max(fds.count());
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let site_time = t.elapsed();
+    let _ = out.join();
+    let stderr = err.join().unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "the fleet site failed: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+    }
+    let raw = raw_read(brokers, &target.topics.blocks)?;
+
+    let mut subvolumes = 0;
+    let t = Instant::now();
+    for c in 0..n {
+        let copy = site.join(format!("host{c}"));
+        subvolumes += std::fs::read_dir(copy.join("blocks"))?.count();
+        let ok = Command::new(&exe)
+            .args(["verify", "--root"])
+            .arg(&copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !ok.success() {
+            bail!("verify of {} failed", copy.display());
+        }
+    }
+    Ok(Fleet {
+        chains: n,
+        blocks,
+        bytes,
+        site: site_time,
+        raw,
+        peak_rss,
+        peak_fds,
+        subvolumes,
+        verify: t.elapsed(),
+    })
+}
+
+/// A bare consumer reading every message of `topic` from its start.
+fn raw_read(brokers: &str, topic: &str) -> Result<Duration> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-raw"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("fetch.message.max.bytes", "4194304")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    let t = Instant::now();
+    consumer.assign(&tpl)?;
+    let mut ended = std::collections::BTreeSet::new();
+    let mut bytes = 0usize;
+    while ended.len() < partitions.len() {
+        match consumer.poll(Duration::from_secs(30)) {
+            Some(Ok(m)) => bytes += m.payload().map_or(0, <[u8]>::len),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => bail!("raw read: {e}"),
+            None => bail!("raw read stalled after {bytes} bytes"),
+        }
+    }
+    Ok(t.elapsed())
+}
