@@ -116,22 +116,23 @@ fn sites_cosign_what_they_verified_and_a_forked_history_is_stopped() {
         .trim()
         .to_owned();
 
+    let witnessed_by = |n: &str, vkey: &str| {
+        on_topics(
+            &[
+                "checkpoint",
+                "--root",
+                &producer,
+                "--witnessed-by",
+                n,
+                "--witness",
+                vkey,
+            ],
+            &brokers,
+            &prefix,
+        )
+    };
     // The newest checkpoint east cosigned: the head, size 5.
-    let witnessed = on_topics(
-        &[
-            "checkpoint",
-            "--root",
-            &producer,
-            "--witnessed-by",
-            "1",
-            "--witness",
-            &east_vkey,
-        ],
-        &brokers,
-        &prefix,
-    )
-    .ok()
-    .stdout();
+    let witnessed = witnessed_by("1", &east_vkey).ok().stdout();
     assert!(
         witnessed.starts_with("fschain.example/host1\n5\n"),
         "{witnessed}"
@@ -149,20 +150,7 @@ fn sites_cosign_what_they_verified_and_a_forked_history_is_stopped() {
         assert_eq!(go_cosigned(&log_vkey, &east_vkey, &file), Some(false));
     }
     // Two cosigners asked for, one given: none.
-    let none = on_topics(
-        &[
-            "checkpoint",
-            "--root",
-            &producer,
-            "--witnessed-by",
-            "2",
-            "--witness",
-            &east_vkey,
-        ],
-        &brokers,
-        &prefix,
-    )
-    .code_is(1);
+    let none = witnessed_by("2", &east_vkey).code_is(1);
     assert!(none.stderr().contains("no checkpoint"), "{}", none.stderr());
 
     // The forked copy publishes to topics of its own; site west follows
@@ -198,21 +186,7 @@ fn sites_cosign_what_they_verified_and_a_forked_history_is_stopped() {
         .stdout()
         .trim()
         .to_owned();
-    let by_west = on_topics(
-        &[
-            "checkpoint",
-            "--root",
-            &producer,
-            "--witnessed-by",
-            "1",
-            "--witness",
-            &west_vkey,
-        ],
-        &brokers,
-        &prefix,
-    )
-    .code_is(0)
-    .stdout();
+    let by_west = witnessed_by("1", &west_vkey).code_is(0).stdout();
     // West cosigned the common checkpoints (sizes 1 to 3), which are the
     // producer's too.
     assert!(

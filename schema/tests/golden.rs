@@ -245,6 +245,23 @@ struct ProofVectors {
     cosigned: String,
 }
 
+impl ProofVectors {
+    /// Each vector by the name `print_proof_vectors` prints it under.
+    fn named(&self) -> [(&'static str, &String); 9] {
+        [
+            ("vkey", &self.vkey),
+            ("checkpoint", &self.checkpoint),
+            ("bundle", &self.bundle),
+            ("consistency", &self.consistency),
+            ("op_canonical", &self.op_canonical),
+            ("op_signature", &self.op_signature),
+            ("signed_event_line", &self.signed_event_line),
+            ("witness_vkey", &self.witness_vkey),
+            ("cosigned", &self.cosigned),
+        ]
+    }
+}
+
 fn compute_proofs() -> ProofVectors {
     use fschain_schema::bundle::{ConsistencyProof, ProofExtra, StateProof};
     use fschain_schema::merkle::{consistency_proof, MerkleLevels};
@@ -362,17 +379,7 @@ fn compute_proofs() -> ProofVectors {
 #[test]
 fn proof_and_signature_vectors_are_stable_and_documented() {
     let v = compute_proofs();
-    for (name, text) in [
-        ("vkey", &v.vkey),
-        ("checkpoint", &v.checkpoint),
-        ("bundle", &v.bundle),
-        ("consistency", &v.consistency),
-        ("op_canonical", &v.op_canonical),
-        ("op_signature", &v.op_signature),
-        ("signed_event_line", &v.signed_event_line),
-        ("witness_vkey", &v.witness_vkey),
-        ("cosigned", &v.cosigned),
-    ] {
+    for (name, text) in v.named() {
         assert!(
             DOC.contains(text.as_str()),
             "docs/encoding.md lacks {name}:\n{text}"
@@ -394,17 +401,7 @@ fn proof_and_signature_vectors_are_stable_and_documented() {
 #[ignore]
 fn print_proof_vectors() {
     let v = compute_proofs();
-    for (name, value) in [
-        ("vkey", &v.vkey),
-        ("checkpoint", &v.checkpoint),
-        ("bundle", &v.bundle),
-        ("consistency", &v.consistency),
-        ("op_canonical", &v.op_canonical),
-        ("op_signature", &v.op_signature),
-        ("signed_event_line", &v.signed_event_line),
-        ("witness_vkey", &v.witness_vkey),
-        ("cosigned", &v.cosigned),
-    ] {
+    for (name, value) in v.named() {
         println!("== {name}\n{value}");
     }
 }
