@@ -3,8 +3,9 @@
 //!
 //! - operation published → verified at a site (agent and site running),
 //!   p50/p99, against a bare produce → consume round trip;
-//! - a large change replicated (publish, then consume at a fresh site)
-//!   against producing and consuming the same bytes raw;
+//! - a large change, and a full checkpoint of realistic states, replicated
+//!   (publish, then consume at a fresh site) against the plain pipeline
+//!   `btrfs send | zstd | produce`, `consume | zstd -d | btrfs receive`;
 //! - bytes on the topic for a block that changes one element of a large
 //!   layer;
 //! - peak resident memory of `fschain publish` and `fschain consume` while
@@ -261,8 +262,8 @@ fn latency(work: &Path, s: &Scale, bin: &Bin, raw_prefix: &str, report: &mut Rep
     Ok(())
 }
 
-/// A large change: publish + consume against a raw produce + consume of
-/// the same bytes, and the peak memory of both sides.
+/// A large change and a realistic full checkpoint, each against the plain
+/// pipeline, and the peak memory of both sides for the large change.
 fn large_change_section(
     work: &Path,
     s: &Scale,
@@ -447,7 +448,6 @@ pub(crate) fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.
 /// Times `btrfs send SNAPSHOT | btrfs receive DIR`, the stock tools piped,
 /// with the send options fschain uses.
 fn send_receive(snapshot: &Path, dir: &Path) -> Result<Duration> {
@@ -593,6 +593,7 @@ fn plain_pipeline(
     Ok((produced, t.elapsed()))
 }
 
+/// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.
 fn large_change(writer: &mut ChainWriter, mb: usize) -> Result<()> {
     let mut rng = Rng(12345);
     for i in 0..mb {
