@@ -24,7 +24,7 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 
 use crate::host::proc_status_bytes;
-use crate::local::{cleanup, new_root};
+use crate::local::{cleanup, ms, new_root, pct};
 use crate::replication::{drain, fschain_exe};
 use crate::report::{Report, Row};
 
@@ -44,6 +44,9 @@ struct Fleet {
     peak_fds: usize,
     subvolumes: usize,
     verify: Duration,
+    /// Steady state: seal → in place at the site, per block; and how many
+    /// sealed blocks never arrived.
+    steady: (Vec<Duration>, usize),
 }
 
 pub(crate) fn run(dir: &Path, sizes: &[usize], brokers: &str, report: &mut Report) -> Result<()> {
@@ -113,6 +116,23 @@ pub(crate) fn run(dir: &Path, sizes: &[usize], brokers: &str, report: &mut Repor
             baseline: "–".into(),
             target: "–".into(),
             met: None,
+        });
+    }
+    for f in &mut measured {
+        let (times, missing) = &mut f.steady;
+        let n = times.len();
+        let (p50, p99) = (pct(times, 50), pct(times, 99));
+        report.row(Row {
+            what: format!(
+                "{} chains, each sealing a block every {} s: operation -> its block in place at the site, p50 / p99 ({n} blocks over {} s)",
+                f.chains,
+                STEADY_EVERY.as_secs(),
+                STEADY_FOR.as_secs()
+            ),
+            fschain: format!("{} / {}", ms(p50), ms(p99)),
+            baseline: format!("{missing} sealed blocks not in place at the end"),
+            target: "p99 <= 1 s".into(),
+            met: Some(*missing == 0 && p99 <= Duration::from_secs(1)),
         });
     }
     if let (Some(first), Some(last)) = (measured.first(), measured.last()) {
@@ -264,7 +284,10 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
             bail!("verify of {} failed", copy.display());
         }
     }
+    let verify = t.elapsed();
+    let steady = steady_state(work, n, &exe, &config, &site, &prefix, brokers, &publisher)?;
     Ok(Fleet {
+        steady,
         chains: n,
         blocks,
         bytes,
@@ -273,7 +296,7 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
         peak_rss,
         peak_fds,
         subvolumes,
-        verify: t.elapsed(),
+        verify,
     })
 }
 
@@ -312,4 +335,132 @@ fn raw_read(brokers: &str, topic: &str) -> Result<Duration> {
         }
     }
     Ok(t.elapsed())
+}
+
+/// How often each chain seals a block in the steady state.
+const STEADY_EVERY: Duration = Duration::from_secs(10);
+/// How long the steady state is measured.
+const STEADY_FOR: Duration = Duration::from_secs(30);
+
+/// Every chain seals a block every [`STEADY_EVERY`] (spread evenly),
+/// published at once, while the site runs; a block counts as arrived when
+/// the site renames it into its chain's `blocks/` (an inotify watch on
+/// each). Returns the seal → in place time of each block, and how many
+/// never arrived.
+#[allow(clippy::too_many_arguments)]
+fn steady_state(
+    work: &Path,
+    n: usize,
+    exe: &Path,
+    config: &Path,
+    site: &Path,
+    prefix: &str,
+    brokers: &str,
+    publisher: &Publisher,
+) -> Result<(Vec<Duration>, usize)> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+    let mut chain_of = std::collections::HashMap::new();
+    for c in 0..n {
+        let wd = inotify.add_watch(
+            &site.join(format!("host{c}")).join("blocks"),
+            AddWatchFlags::IN_MOVED_TO,
+        )?;
+        chain_of.insert(wd, c);
+    }
+    let mut child = Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .args(["consume", "--site", "fleet", "--root"])
+        .arg(site)
+        .args(["--no-index", "--brokers", brokers, "--prefix", prefix])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let arrived = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (arrived, stop) = (arrived.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match inotify.read_events() {
+                    Ok(events) => {
+                        let now = Instant::now();
+                        for e in events {
+                            let height = e
+                                .name
+                                .and_then(|n| n.to_str().and_then(|s| s.parse::<u64>().ok()));
+                            if let (Some(c), Some(h)) = (chain_of.get(&e.wd), height) {
+                                if let Ok(mut a) = arrived.lock() {
+                                    a.insert((*c, h), now);
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        })
+    };
+    // Let the site join its group and read its chains before timing.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut writers = Vec::with_capacity(n);
+    for c in 0..n {
+        let layout = RootLayout::new(work.join("roots").join(format!("host{c}")));
+        let key = fschain_producer::load_signing_key(&layout)?;
+        writers.push((fschain_producer::ChainWriter::open(layout)?, key));
+    }
+    let gap = STEADY_EVERY / n as u32;
+    let started = Instant::now();
+    let mut sealed = Vec::new();
+    let mut i = 0usize;
+    while started.elapsed() < STEADY_FOR {
+        let due = started + gap * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let c = i % n;
+        let (writer, key) = &mut writers[c];
+        let t = Instant::now();
+        writer.apply(Operation {
+            element: fschain_schema::ElementId::parse("service:nginx")?,
+            action: Action::Set,
+            state: json!({"active": true, "round": i}).as_object().cloned(),
+            reason: Some("steady state".into()),
+            actor: None,
+            signature: None,
+        })?;
+        let block = writer.seal()?.context("a block sealed")?;
+        publish_pending(writer.layout(), publisher, &StreamPolicy::default(), key)?;
+        sealed.push(((c, block.header.height), t));
+        i += 1;
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = arrived
+            .lock()
+            .map(|a| sealed.iter().all(|(k, _)| a.contains_key(k)))
+            .unwrap_or(false);
+        if all || Instant::now() > until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watcher.join();
+    crate::replication::terminate(&mut child);
+    for (writer, _) in writers {
+        writer.close()?;
+    }
+    let arrived = arrived.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut times = Vec::new();
+    let mut missing = 0;
+    for (k, t) in &sealed {
+        match arrived.get(k) {
+            Some(at) => times.push(at.saturating_duration_since(*t)),
+            None => missing += 1,
+        }
+    }
+    Ok((times, missing))
 }
