@@ -150,7 +150,12 @@ impl Ingest {
         if witness.stopped.contains_key(&chain) {
             return;
         }
-        if !witness.book.loaded(&chain) && self.site.chains().is_ok_and(|c| c.contains(&chain)) {
+        let held = || {
+            fschain_store::layout::RootLayout::new(self.site.root().join(chain.as_str()))
+                .marker()
+                .exists()
+        };
+        if !witness.book.loaded(&chain) && held() {
             match held_leaves(&self.site, &chain) {
                 Ok(leaves) => {
                     if let Err(fork) = witness.book.load(&chain, leaves) {

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fschain_schema::merkle::root_of;
+use fschain_schema::merkle::{root_of, LeafEdit, MerkleLevels};
 use fschain_schema::note::{Checkpoint, Note, Verifier, Witness};
 use fschain_schema::wire::{PublicKey, SigningKey};
 use fschain_schema::{ChainName, Digest};
@@ -43,12 +43,54 @@ impl std::fmt::Display for Fork {
     }
 }
 
+/// How many of the newest tree sizes' roots a log view remembers (what
+/// other sites cosign is mostly recent).
+const RECENT_ROOTS: usize = 256;
+
+/// The tree over the blocks a site holds of one chain: appending a block
+/// costs O(log n) hashes; the roots of the newest sizes are remembered, an
+/// older one is computed again from the leaves.
+#[derive(Debug)]
+struct HeldTree {
+    tree: MerkleLevels,
+    recent: BTreeMap<u64, Digest>,
+}
+
+impl HeldTree {
+    fn new(leaves: Vec<Digest>) -> Self {
+        let tree = MerkleLevels::from_leaves(leaves);
+        let mut recent = BTreeMap::new();
+        recent.insert(tree.len() as u64, tree.root());
+        HeldTree { tree, recent }
+    }
+
+    fn len(&self) -> u64 {
+        self.tree.len() as u64
+    }
+
+    fn push(&mut self, leaf: Digest) {
+        self.tree.edit(&[LeafEdit::Insert(self.tree.len(), leaf)]);
+        self.recent.insert(self.len(), self.tree.root());
+        while self.recent.len() > RECENT_ROOTS {
+            self.recent.pop_first();
+        }
+    }
+
+    /// The root of the first `size` blocks (`size` <= [`Self::len`]).
+    fn root(&self, size: u64) -> Digest {
+        match self.recent.get(&size) {
+            Some(root) => *root,
+            None => root_of(&self.tree.leaves()[..size as usize]),
+        }
+    }
+}
+
 /// What a site knows of one chain's log.
 #[derive(Debug, Default)]
 struct LogView {
-    /// Leaf hashes of the blocks this site holds (block hashes), loaded
-    /// from its copy on first use.
-    leaves: Option<Vec<Digest>>,
+    /// The blocks this site holds (their hashes), loaded from its copy on
+    /// first use.
+    leaves: Option<HeldTree>,
     /// Producer-signed roots seen elsewhere for sizes this site does not
     /// hold yet: size → (root, who showed it).
     ahead: BTreeMap<u64, (Digest, String)>,
@@ -73,7 +115,7 @@ impl WitnessBook {
     /// checks them against every root seen ahead of them.
     pub fn load(&mut self, chain: &ChainName, leaves: Vec<Digest>) -> Result<(), Fork> {
         let log = self.logs.entry(chain.clone()).or_default();
-        log.leaves = Some(leaves);
+        log.leaves = Some(HeldTree::new(leaves));
         Self::settle(chain, log)
     }
 
@@ -107,11 +149,11 @@ impl WitnessBook {
         let Some(leaves) = &log.leaves else {
             return Ok(());
         };
-        let held = leaves.len() as u64;
+        let held = leaves.len();
         let covered: Vec<u64> = log.ahead.range(..=held).map(|(s, _)| *s).collect();
         for size in covered {
             if let Some((root, by)) = log.ahead.remove(&size) {
-                let ours = root_of(&leaves[..size as usize]);
+                let ours = leaves.root(size);
                 if ours != root {
                     return Err(Fork {
                         chain: chain.clone(),
@@ -152,11 +194,11 @@ impl WitnessBook {
         shown_by: &str,
     ) -> Result<bool, Fork> {
         let log = self.logs.entry(chain.clone()).or_default();
-        let leaves = log.leaves.get_or_insert_with(Vec::new);
+        let leaves = log.leaves.get_or_insert_with(|| HeldTree::new(Vec::new()));
         leaves.push(leaf);
-        let held = leaves.len() as u64;
+        let held = leaves.len();
         if let Some((size, root)) = checkpoint {
-            let ours = root_of(&leaves[..(size.min(held)) as usize]);
+            let ours = leaves.root(size.min(held));
             if size != held || ours != root {
                 return Err(Fork {
                     chain: chain.clone(),
