@@ -350,15 +350,22 @@ fn against_plain_pipeline(
         .with_context(|| format!("no byte count in publish's report: {published}"))?;
     let layout = RootLayout::new(&root);
     let head = *layout.snapshot_heights()?.last().unwrap_or(&0);
+    // Topics of this comparison's own (the baselines read from the start).
+    let raw = Bin {
+        exe: bin.exe.clone(),
+        brokers: bin.brokers.clone(),
+        prefix: format!("{raw_prefix}-{name}"),
+    };
+    raw.run(&["topics", "create", "--partitions", "1"])?;
     // The same block as fschain sent it: a full stream (--checkpoint-every 1).
     let (plain_prod, plain_cons) = plain_pipeline(
         brokers,
-        &format!("{raw_prefix}.events"),
+        &format!("{}.events", raw.prefix),
         &layout.snapshot(head),
         None,
         &work.join(format!("{name}-plain")),
     )?;
-    let (bare_prod, bare_cons) = raw_bulk(brokers, &format!("{raw_prefix}.blocks"), on_topic)?;
+    let (bare_prod, bare_cons) = raw_bulk(brokers, &format!("{}.blocks", raw.prefix), on_topic)?;
     let btrfs_alone = send_receive(&layout.snapshot(head), &work.join(format!("{name}-raw")))?;
     let fs = t_pub + t_con;
     let plain = plain_prod + plain_cons;
