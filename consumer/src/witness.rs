@@ -310,7 +310,18 @@ pub fn open_witnessed(
         .unwrap_or_default()
         .parse()
         .map_err(|e: fschain_schema::SchemaError| e.to_string())?;
+    // Only a key whose ID the note's log signature names is tried: one
+    // signature check, not one per trusted key.
+    let ids: Vec<[u8; 4]> = note
+        .signatures
+        .iter()
+        .filter(|s| s.name == body.origin)
+        .map(|s| s.key_id)
+        .collect();
     for key in trusted {
+        if !ids.contains(&fschain_schema::note::key_id(&body.origin, key)) {
+            continue;
+        }
         let Ok(log) = Verifier::new(&body.origin, *key) else {
             continue;
         };
