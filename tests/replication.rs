@@ -1172,7 +1172,7 @@ fn two_members_of_a_site_one_killed_the_other_takes_its_chains_over() {
     let (mut a, a_log) = member("a");
     let (mut b, b_log) = member("b");
     // Both in the group (each has been given partitions) before the blocks.
-    common::wait_for("both members to join", Duration::from_secs(30), || {
+    common::wait_for("both members to join", Duration::from_secs(60), || {
         [&a_log, &b_log].iter().all(|l| {
             std::fs::read_to_string(l)
                 .unwrap_or_default()

@@ -369,7 +369,7 @@ fn compute_proofs() -> ProofVectors {
         vkey: log.to_vkey(),
         checkpoint,
         bundle,
-        consistency: serde_json::to_string(&consistency.to_json()).unwrap(),
+        consistency: String::from_utf8(jcs::canonical(&consistency.to_json()).unwrap()).unwrap(),
         op_canonical: String::from_utf8(canonical).unwrap(),
         op_signature: signature,
         signed_event_line: String::from_utf8(line).unwrap(),
