@@ -78,31 +78,46 @@ impl Verifier {
 
     /// Reads a verifier key, checking its key ID.
     pub fn parse(vkey: &str) -> Result<Self, SchemaError> {
-        let vkey = vkey.trim();
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("a verifier key is NAME+KEYID+KEY"));
-        };
-        check_name(name)?;
-        let typed = STANDARD
-            .decode(key)
-            .map_err(|e| bad(format!("verifier key is not base64: {e}")))?;
-        let (Some(&ED25519), Some(Ok(bytes))) =
-            (typed.first(), typed.get(1..).map(<[u8; 32]>::try_from))
-        else {
-            return Err(bad(
-                "verifier key is not an ed25519 key (type 0x01, 32 bytes)",
-            ));
-        };
-        let verifier = Verifier::new(name, PublicKey::from_bytes(bytes))?;
-        let expected = format!("{:08x}", u32::from_be_bytes(key_id(name, &verifier.key)));
-        if id != expected {
-            return Err(bad(format!(
-                "verifier key ID {id} does not match its key (expected {expected})"
-            )));
-        }
-        Ok(verifier)
+        let (name, key, _) = parse_vkey(vkey, "verifier", &[ED25519], |name, key, _| {
+            key_id(name, key)
+        })?;
+        Verifier::new(name, key)
     }
+}
+
+/// Splits `NAME+KEYID+base64(type ‖ key)` for an ed25519 key of one of
+/// `kinds`, checking the ID against `id_of(name, key, type)`.
+fn parse_vkey<'a>(
+    vkey: &'a str,
+    what: &str,
+    kinds: &[u8],
+    id_of: impl Fn(&str, &PublicKey, u8) -> [u8; 4],
+) -> Result<(&'a str, PublicKey, u8), SchemaError> {
+    let mut parts = vkey.trim().splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad(format!("a {what} key is NAME+KEYID+KEY")));
+    };
+    check_name(name)?;
+    let typed = STANDARD
+        .decode(key)
+        .map_err(|e| bad(format!("{what} key is not base64: {e}")))?;
+    let (Some(&kind), Some(Ok(bytes))) = (typed.first(), typed.get(1..).map(<[u8; 32]>::try_from))
+    else {
+        return Err(bad(format!("{what} key is not an ed25519 key (32 bytes)")));
+    };
+    if !kinds.contains(&kind) {
+        return Err(bad(format!(
+            "{what} key has type {kind:#04x}, not {kinds:02x?}"
+        )));
+    }
+    let key = PublicKey::from_bytes(bytes);
+    let expected = format!("{:08x}", u32::from_be_bytes(id_of(name, &key, kind)));
+    if id != expected {
+        return Err(bad(format!(
+            "{what} key ID {id} does not match its key (expected {expected})"
+        )));
+    }
+    Ok((name, key, kind))
 }
 
 /// Signs `body` (each line ending in a newline) as a note by `name`.
@@ -415,35 +430,21 @@ impl Witness {
     /// Reads a witness key (type 0x04, or a plain ed25519 key, 0x01, taken
     /// as its cosignature key as the transparency-dev libraries do).
     pub fn parse(vkey: &str) -> Result<Self, SchemaError> {
-        let vkey = vkey.trim();
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("a witness key is NAME+KEYID+KEY"));
-        };
-        let typed = STANDARD
-            .decode(key)
-            .map_err(|e| bad(format!("witness key is not base64: {e}")))?;
-        let (Some(&kind @ (COSIGNATURE_V1 | ED25519)), Some(Ok(bytes))) =
-            (typed.first(), typed.get(1..).map(<[u8; 32]>::try_from))
-        else {
-            return Err(bad(
-                "witness key is not an ed25519 key (type 0x04 or 0x01, 32 bytes)",
-            ));
-        };
-        let witness = Witness::new(name, PublicKey::from_bytes(bytes))?;
-        let expected = match kind {
-            COSIGNATURE_V1 => witness.key_id(),
-            _ => key_id(name, &witness.key),
-        };
-        let expected = format!("{:08x}", u32::from_be_bytes(expected));
-        if id != expected {
-            return Err(bad(format!(
-                "witness key ID {id} does not match its key (expected {expected})"
-            )));
-        }
-        Ok(witness)
+        let (name, key, _) = parse_vkey(
+            vkey,
+            "witness",
+            &[COSIGNATURE_V1, ED25519],
+            |name, key, kind| match kind {
+                COSIGNATURE_V1 => Witness {
+                    name: name.to_owned(),
+                    key: *key,
+                }
+                .key_id(),
+                _ => key_id(name, key),
+            },
+        )?;
+        Witness::new(name, key)
     }
-
     /// The message a cosignature at `time` (Unix seconds) signs.
     fn message(time: u64, body: &str) -> Vec<u8> {
         format!("cosignature/v1\ntime {time}\n{body}").into_bytes()
