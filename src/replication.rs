@@ -285,8 +285,14 @@ fn site_witness_key(root: &Path) -> Result<fschain_schema::wire::SigningKey> {
     let layout = RootLayout::new(root);
     std::fs::create_dir_all(layout.meta_dir())
         .with_context(|| format!("creating {}", layout.meta_dir().display()))?;
+    // Two members of one site may start together: whichever makes the key
+    // first, both use it.
     if !layout.signing_key().exists() {
-        create_signing_key(&layout)?;
+        if let Err(e) = create_signing_key(&layout) {
+            if !layout.signing_key().exists() {
+                return Err(e.into());
+            }
+        }
     }
     Ok(load_signing_key(&layout)?)
 }
