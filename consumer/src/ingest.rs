@@ -155,7 +155,7 @@ impl Ingest {
                 .marker()
                 .exists()
         };
-        if !witness.book.loaded(&chain) && held() {
+        if witness.book.held(&chain).is_none() && held() {
             match held_leaves(&self.site, &chain) {
                 Ok(leaves) => {
                     if let Err(fork) = witness.book.load(&chain, leaves) {
@@ -515,7 +515,9 @@ fn witness_applied(w: &mut SiteWitness, site: &Site, chain: &ChainName, ready: &
         return;
     }
     let height = ready.header.height;
-    if !w.book.loaded(chain) {
+    // Loaded leaves may stop short of this block: another member of the
+    // site's group applied the blocks between while it held the chain.
+    if w.book.held(chain) != Some(height) {
         // The leaves of the blocks before this one.
         match held_leaves(site, chain) {
             Ok(mut leaves) => {

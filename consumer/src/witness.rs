@@ -106,9 +106,14 @@ pub struct WitnessBook {
 }
 
 impl WitnessBook {
-    /// Whether `chain`'s held leaves are loaded.
-    pub fn loaded(&self, chain: &ChainName) -> bool {
-        self.logs.get(chain).is_some_and(|l| l.leaves.is_some())
+    /// How many of `chain`'s blocks the loaded leaves cover, when loaded.
+    /// Another member of the site's group may have applied blocks since,
+    /// so this can be fewer than the site's copy holds.
+    pub fn held(&self, chain: &ChainName) -> Option<u64> {
+        self.logs
+            .get(chain)
+            .and_then(|l| l.leaves.as_ref())
+            .map(HeldTree::len)
     }
 
     /// Sets the leaves of the blocks held of `chain` (block 0 first), and

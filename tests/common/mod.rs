@@ -54,6 +54,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("FSCHAIN_TEST_KEEP_FAILED").is_some() {
+            eprintln!("kept {} for inspection", self.dir.display());
+            return;
+        }
         fschain_store::btrfs::delete_subvolumes_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
