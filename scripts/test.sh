@@ -3,6 +3,8 @@
 # the system tests against a real loop-mounted btrfs and a real
 # Apache Kafka broker on loopback, both set up here (as root), and
 # the real all-MiniLM-L6-v2 model (scripts/fetch-model.sh).
+# FSCHAIN_TEST_KEEP_FAILED=1 keeps a failed test's scratch directory (its
+# roots and the consumers' logs) under the btrfs mount for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FSCHAIN_TEST_BTRFS=$(scripts/btrfs-loop.sh up /mnt/fschain-test 8G)
