@@ -1161,7 +1161,7 @@ fn two_members_of_a_site_one_killed_the_other_takes_its_chains_over() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        (child, log)
+        (common::KillOnDrop(child), log)
     };
     let caught_up = || {
         producers

@@ -285,7 +285,12 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
         }
     }
     let verify = t.elapsed();
-    let steady = steady_state(work, n, &exe, &config, &site, &prefix, brokers, &publisher)?;
+    // The site's log is kept beside the work directory, for a profile of
+    // where its time went.
+    let log = work.with_extension("steady-site.log");
+    let steady = steady_state(
+        work, n, &exe, &config, &site, &prefix, brokers, &publisher, &log,
+    )?;
     Ok(Fleet {
         steady,
         chains: n,
@@ -357,6 +362,7 @@ fn steady_state(
     prefix: &str,
     brokers: &str,
     publisher: &Publisher,
+    log: &Path,
 ) -> Result<(Vec<Duration>, usize)> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
@@ -374,9 +380,10 @@ fn steady_state(
         .args(["consume", "--site", "fleet", "--root"])
         .arg(site)
         .args(["--no-index", "--brokers", brokers, "--prefix", prefix])
+        .env("RUST_LOG", "info,fschain_consumer=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
         .spawn()?;
     let arrived = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
