@@ -56,7 +56,18 @@ fn full_and_incremental_streams_land_under_the_staging_name() {
     btrfs::receive(&dst, ".incoming-0000000000", &mut &full[..]).unwrap();
     let staged = dst.join(".incoming-0000000000");
     assert!(btrfs::is_readonly(&staged).unwrap());
-    assert!(btrfs::received_uuid(&staged).unwrap().is_some());
+    // The ioctl reads what `btrfs subvolume show` prints: the UUID of the
+    // subvolume sent.
+    let shown = std::process::Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(src.join("0000000000"))
+        .output()
+        .unwrap();
+    let sent_uuid = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .find_map(|l| Some(l.trim().strip_prefix("UUID:")?.trim().to_owned()))
+        .unwrap();
+    assert_eq!(btrfs::received_uuid(&staged).unwrap(), Some(sent_uuid));
     assert_eq!(std::fs::read(staged.join("a")).unwrap(), b"one");
     std::fs::rename(&staged, dst.join("0000000000")).unwrap();
     assert!(btrfs::received_uuid(&dst.join("0000000000"))
