@@ -44,6 +44,8 @@ struct Fleet {
     peak_fds: usize,
     subvolumes: usize,
     verify: Duration,
+    /// The same catch-up by two members of one site's group.
+    two: Duration,
     /// Steady state: seal → in place at the site, per block; and how many
     /// sealed blocks never arrived.
     steady: (Vec<Duration>, usize),
@@ -88,6 +90,20 @@ pub(crate) fn run(dir: &Path, sizes: &[usize], brokers: &str, report: &mut Repor
             baseline: format!(
                 "a bare consumer reading the same bytes: {:.2} s",
                 f.raw.as_secs_f64()
+            ),
+            target: "–".into(),
+            met: None,
+        });
+        report.row(Row {
+            what: format!(
+                "{} chains: the same catch-up by two members of the site's group (two processes, one site root)",
+                f.chains
+            ),
+            fschain: format!("{:.2} s", f.two.as_secs_f64()),
+            baseline: format!(
+                "one member: {:.2} s ({:.2}x its throughput)",
+                f.site.as_secs_f64(),
+                f.site.as_secs_f64() / f.two.as_secs_f64()
             ),
             target: "–".into(),
             met: None,
@@ -288,10 +304,12 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
     // The site's log is kept beside the work directory, for a profile of
     // where its time went.
     let log = work.with_extension("steady-site.log");
+    let two = two_members(work, n, &exe, &config, &prefix, brokers, blocks)?;
     let steady = steady_state(
         work, n, &exe, &config, &site, &prefix, brokers, &publisher, &log,
     )?;
     Ok(Fleet {
+        two,
         steady,
         chains: n,
         blocks,
@@ -303,6 +321,58 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
         subvolumes,
         verify,
     })
+}
+
+/// The catch-up of every chain by two members of one site's group, each
+/// its own process on one site root (as two machines would share a
+/// site's chains); both run `--until-idle` and the time is until both are
+/// done. Fails unless the site then holds every block.
+fn two_members(
+    work: &Path,
+    n: usize,
+    exe: &Path,
+    config: &Path,
+    prefix: &str,
+    brokers: &str,
+    blocks: usize,
+) -> Result<Duration> {
+    let site = work.join("site-two");
+    let t = Instant::now();
+    let members: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(exe)
+                .arg("--config")
+                .arg(config)
+                .args(["consume", "--site", "fleet-two", "--root"])
+                .arg(&site)
+                .args([
+                    "--until-idle",
+                    "--no-index",
+                    "--brokers",
+                    brokers,
+                    "--prefix",
+                    prefix,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    for mut member in members {
+        if !member.wait()?.success() {
+            bail!("a member of the two-member site failed");
+        }
+    }
+    let took = t.elapsed();
+    let mut held = 0;
+    for c in 0..n {
+        held += std::fs::read_dir(site.join(format!("host{c}")).join("blocks"))?.count();
+    }
+    if held != blocks {
+        bail!("the two members hold {held} blocks of {blocks}");
+    }
+    Ok(took)
 }
 
 /// A bare consumer reading every message of `topic` from its start.
