@@ -241,19 +241,8 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
     )?;
     let site = work.join("site");
     let t = Instant::now();
-    let mut child = Command::new(&exe)
-        .arg("--config")
-        .arg(&config)
-        .args(["consume", "--site", "fleet", "--root"])
-        .arg(&site)
-        .args([
-            "--until-idle",
-            "--no-index",
-            "--brokers",
-            brokers,
-            "--prefix",
-            &prefix,
-        ])
+    let mut child = site_command(&exe, &config, "fleet", &site, brokers, &prefix)
+        .arg("--until-idle")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -323,6 +312,25 @@ fn one_fleet(work: &Path, n: usize, brokers: &str) -> Result<Fleet> {
     })
 }
 
+/// `fschain consume` of the site `name` at `root`, without the index.
+fn site_command(
+    exe: &Path,
+    config: &Path,
+    name: &str,
+    root: &Path,
+    brokers: &str,
+    prefix: &str,
+) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["consume", "--site", name, "--root"])
+        .arg(root)
+        .args(["--no-index", "--brokers", brokers, "--prefix", prefix]);
+    command
+}
+
 /// The catch-up of every chain by two members of one site's group, each
 /// its own process on one site root (as two machines would share a
 /// site's chains); both run `--until-idle` and the time is until both are
@@ -340,19 +348,8 @@ fn two_members(
     let t = Instant::now();
     let members: Vec<_> = (0..2)
         .map(|_| {
-            Command::new(exe)
-                .arg("--config")
-                .arg(config)
-                .args(["consume", "--site", "fleet-two", "--root"])
-                .arg(&site)
-                .args([
-                    "--until-idle",
-                    "--no-index",
-                    "--brokers",
-                    brokers,
-                    "--prefix",
-                    prefix,
-                ])
+            site_command(exe, config, "fleet-two", &site, brokers, prefix)
+                .arg("--until-idle")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -444,12 +441,7 @@ fn steady_state(
         )?;
         chain_of.insert(wd, c);
     }
-    let mut child = Command::new(exe)
-        .arg("--config")
-        .arg(config)
-        .args(["consume", "--site", "fleet", "--root"])
-        .arg(site)
-        .args(["--no-index", "--brokers", brokers, "--prefix", prefix])
+    let mut child = site_command(exe, config, "fleet", site, brokers, prefix)
         .env("RUST_LOG", "info,fschain_consumer=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
