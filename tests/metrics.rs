@@ -14,24 +14,19 @@ use std::time::Duration;
 use common::{fschain, producer_root, scratch, wait_for, with_topics};
 
 /// A running fschain, killed if the test fails before it stops it.
-struct Running(std::process::Child);
+struct Running(common::KillOnDrop);
 
 impl Running {
     fn spawn(command: &mut Command) -> Self {
-        Running(command.stderr(Stdio::null()).spawn().unwrap())
+        Running(common::KillOnDrop(
+            command.stderr(Stdio::null()).spawn().unwrap(),
+        ))
     }
 
     /// SIGTERM, and the clean exit it must lead to.
     fn stop(mut self) {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
         assert!(self.0.wait().unwrap().success());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

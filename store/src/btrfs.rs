@@ -415,8 +415,8 @@ pub fn received_uuid(path: &Path) -> Result<Option<String>, StoreError> {
     let mut info: SubvolInfo = unsafe { std::mem::zeroed() };
     // SAFETY: the kernel writes at most size_of::<SubvolInfo>() bytes,
     // the size encoded in the request number.
-    // It answers 0 or 1 on success (the last tree search's result).
     let rc = unsafe { libc::ioctl(dir.as_raw_fd(), IOC_GET_SUBVOL_INFO, &mut info) };
+    // It answers 0 or 1 on success (its last tree search's result).
     if rc < 0 {
         return Err(StoreError::io(path, io::Error::last_os_error()));
     }
