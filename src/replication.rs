@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use fschain_consumer::kafka::{ConsumeOptions, ConsumeSummary, KafkaSource};
 use fschain_consumer::{Ingest, Site};
-use fschain_producer::agent::{run_agent, AgentOptions};
+use fschain_producer::agent::{run_agent, AgentEvent, AgentOptions, OpRejection};
 use fschain_producer::outbox::StreamPolicy;
 use fschain_producer::publish::{publish_pending, Publisher};
 use fschain_producer::{create_signing_key, load_signing_key, ChainWriter};
@@ -174,6 +174,15 @@ pub(crate) fn agent(
     }
     let key = load_signing_key(writer.layout())?;
     let metrics = serve_metrics(metrics, inv)?;
+    if let Some(m) = &metrics {
+        for why in OpRejection::ALL {
+            m.operations_rejected
+                .get_or_create(&fschain_metrics::ReasonLabel {
+                    reason: why.as_str().into(),
+                })
+                .inc_by(0);
+        }
+    }
     let mut retention = RetentionRun::new(inv);
     let summary = run_agent(
         &mut writer,
@@ -181,7 +190,20 @@ pub(crate) fn agent(
         &options,
         &key,
         &inv.shutdown,
-        &mut |w, done| {
+        &mut |w, event| {
+            let done = match event {
+                AgentEvent::Rejected(why) => {
+                    if let Some(m) = &metrics {
+                        m.operations_rejected
+                            .get_or_create(&fschain_metrics::ReasonLabel {
+                                reason: why.as_str().into(),
+                            })
+                            .inc();
+                    }
+                    return;
+                }
+                AgentEvent::Sealed(done) => done,
+            };
             retention.after_block(w.layout());
             if let Some(m) = &metrics {
                 m.sealed(w.chain().as_str(), w.head().height, w.head().event_count);
@@ -383,15 +405,29 @@ pub(crate) fn consume(
 ) -> Result<ExitCode> {
     let mut ingest = open_ingest(site, chains, true, inv)?;
     let metrics = serve_metrics(metrics, inv)?;
+    let source = source(kafka, inv)?;
     let mut seen = SiteSeen::default();
+    let mut lag_thread = None;
     if let Some(m) = &metrics {
         // What the site held before this run is not counted as verified by it.
         seen.record(m, &ingest, false);
+        lag_thread = Some(follow_lag(
+            m.clone(),
+            &source,
+            ingest.site().name(),
+            trusted(site, inv)?,
+            chains
+                .iter()
+                .map(|c| ChainName::parse(c))
+                .collect::<Result<Vec<_>, _>>()?,
+            seen.verified.clone(),
+            inv.shutdown.clone(),
+        ));
     }
     let mut retention = RetentionRun::new(inv);
     let summary = fschain_consumer::kafka::consume(
         &mut ingest,
-        &source(kafka, inv)?,
+        &source,
         ConsumeOptions { until_idle },
         &inv.shutdown,
         &mut |ingest| {
@@ -407,29 +443,103 @@ pub(crate) fn consume(
         },
     )?;
     report("consume", &summary);
+    if let Some(t) = lag_thread {
+        inv.shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = t.join();
+    }
     Ok(forks(&summary))
+}
+
+fn now() -> fschain_schema::Timestamp {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    fschain_schema::Timestamp::from_micros(micros)
+}
+
+/// How often a site's lag metrics are brought up to date with the topic.
+const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A thread that follows the blocks topic's manifests ahead of the site
+/// and sets each chain's `lag_blocks` and `lag_seconds`, so a site that
+/// stopped applying shows a lag that grows (and a chain merely idle, none).
+fn follow_lag(
+    metrics: std::sync::Arc<fschain_metrics::Metrics>,
+    source: &KafkaSource,
+    site: &str,
+    trusted: Vec<PublicKey>,
+    only: Vec<ChainName>,
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<ChainName, u64>>>,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (source, site) = (source.clone(), site.to_owned());
+    std::thread::spawn(move || {
+        let stopping = || shutdown.load(std::sync::atomic::Ordering::SeqCst);
+        let mut tail = None;
+        while !stopping() {
+            if tail.is_none() {
+                match fschain_consumer::fleet::ManifestTail::open(&source, &site, trusted.clone()) {
+                    Ok(t) => tail = Some(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lag metrics: cannot read the blocks topic")
+                    }
+                }
+            }
+            if let Some(t) = &mut tail {
+                match t.follow(&shutdown) {
+                    Ok(()) => {
+                        let verified = verified.lock().map(|v| v.clone()).unwrap_or_default();
+                        for (chain, lag) in t.lags(&verified, now()) {
+                            if !only.is_empty() && !only.contains(&chain) {
+                                continue;
+                            }
+                            let label = fschain_metrics::ChainLabel {
+                                chain: chain.to_string(),
+                            };
+                            metrics
+                                .lag_blocks
+                                .get_or_create(&label)
+                                .set(i64::try_from(lag.blocks).unwrap_or(i64::MAX));
+                            metrics.lag_seconds.get_or_create(&label).set(lag.seconds);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lag metrics: reading the blocks topic");
+                        tail = None;
+                    }
+                }
+            }
+            let until = std::time::Instant::now() + LAG_EVERY;
+            while !stopping() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    })
 }
 
 /// What a site's metrics were last set from.
 #[derive(Default)]
 struct SiteSeen {
     heights: std::collections::BTreeMap<ChainName, u64>,
-    rejected: u64,
+    /// The same, shared with the thread that sets the lag metrics.
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<ChainName, u64>>>,
+    rejected: [u64; fschain_consumer::Rejection::ALL.len()],
     timed: u64,
     bytes: u64,
 }
 
 impl SiteSeen {
     fn record(&mut self, metrics: &fschain_metrics::Metrics, ingest: &Ingest, count: bool) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
         for (chain, head) in ingest.heads() {
             let Some(head) = head else { continue };
             let label = fschain_metrics::ChainLabel {
                 chain: chain.to_string(),
             };
             let before = self.heights.insert(chain.clone(), head);
+            if let Ok(mut verified) = self.verified.lock() {
+                verified.insert(chain.clone(), head);
+            }
             let new_blocks = match (count, before) {
                 (false, _) => 0,
                 (true, Some(b)) => head.saturating_sub(b),
@@ -450,10 +560,6 @@ impl SiteSeen {
                     .last_verified_block_timestamp
                     .get_or_create(&label)
                     .set(sealed as i64);
-                metrics
-                    .lag_seconds
-                    .get_or_create(&label)
-                    .set((now - sealed).max(0.0) as i64);
             }
         }
         if let Some(witness) = ingest.witness() {
@@ -485,14 +591,18 @@ impl SiteSeen {
             .consumed_bytes
             .inc_by(ingest.stats.bytes.saturating_sub(self.bytes));
         self.bytes = ingest.stats.bytes;
-        let rejected = ingest.stats.rejected.saturating_sub(self.rejected);
-        self.rejected = ingest.stats.rejected;
-        metrics
-            .frames_rejected
-            .get_or_create(&fschain_metrics::ReasonLabel {
-                reason: "bad_forged_or_foreign".into(),
-            })
-            .inc_by(rejected);
+        // Every reason is exported, at 0 until it happens, so an alert on
+        // its rate has a series to watch.
+        for why in fschain_consumer::Rejection::ALL {
+            let now = ingest.stats.rejected_for(why);
+            let before = std::mem::replace(&mut self.rejected[why as usize], now);
+            metrics
+                .frames_rejected
+                .get_or_create(&fschain_metrics::ReasonLabel {
+                    reason: why.as_str().into(),
+                })
+                .inc_by(now.saturating_sub(before));
+        }
     }
 }
 

@@ -57,7 +57,7 @@ fn scrape(port: u16) -> BTreeMap<String, f64> {
              from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
              for f in parse(sys.stdin.read()):\n\
              \x20   for s in f.samples:\n\
-             \x20       print(s.name + '{' + s.labels.get('chain', s.labels.get('source', '')) + '}', s.value)",
+             \x20       print(s.name + '{' + s.labels.get('chain', s.labels.get('source', s.labels.get('reason', ''))) + '}', s.value)",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -131,7 +131,20 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     let first = scrape(site_port);
     assert_eq!(first["fschain_blocks_verified_total{host1}"], 3.0);
     assert!(first["fschain_last_verified_block_timestamp_seconds{host1}"] > 1.7e9);
-    assert!(first.contains_key("fschain_lag_seconds{host1}"));
+    // The lag comes from the topic's manifests, read by a thread of its
+    // own: none once the site holds the newest block.
+    wait_for("the site's lag metrics", Duration::from_secs(30), || {
+        let m = scrape(site_port);
+        m.get("fschain_lag_blocks{host1}") == Some(&0.0)
+            && m.get("fschain_lag_seconds{host1}") == Some(&0.0)
+    });
+    // Every reason is exported before it happens.
+    assert_eq!(first["fschain_frames_rejected_total{not_a_frame}"], 0.0);
+    common::produce_raw(
+        &brokers,
+        &format!("{prefix}.blocks"),
+        &[(b"host1".to_vec(), b"not a frame".to_vec())],
+    );
     publish(2); // blocks 3..=4
     wait_for(
         "the site's metrics at block 4",
@@ -143,6 +156,8 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     assert!(later["fschain_consumed_bytes_total{}"] > first["fschain_consumed_bytes_total{}"]);
     assert_eq!(later["fschain_receive_duration_seconds_count{host1}"], 5.0);
     assert_eq!(later["fschain_verify_duration_seconds_count{host1}"], 5.0);
+    assert_eq!(later["fschain_frames_rejected_total{not_a_frame}"], 1.0);
+    assert_eq!(later["fschain_frames_rejected_total{bad_manifest}"], 0.0);
     site.stop();
 
     // An agent: blocks sealed from the ops topic, published, timed.
@@ -170,6 +185,11 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     )
     .unwrap();
     run(&["submit", "--chain", "host3", &ops.display().to_string()]).ok();
+    common::produce_raw(
+        &brokers,
+        &format!("{prefix}.ops"),
+        &[(b"host3".to_vec(), b"{not json".to_vec())],
+    );
     wait_for(
         "the agent's two blocks published",
         Duration::from_secs(60),
@@ -183,6 +203,15 @@ fn a_site_and_a_watch_expose_metrics_that_move_as_blocks_flow() {
     );
     assert!(agent_metrics["fschain_blocks_published_total{host3}"] >= 2.0);
     assert!(agent_metrics["fschain_published_bytes_total{host3}"] > 0.0);
+    wait_for(
+        "the malformed operation counted",
+        Duration::from_secs(30),
+        || scrape(agent_port).get("fschain_operations_rejected_total{malformed}") == Some(&1.0),
+    );
+    assert_eq!(
+        scrape(agent_port)["fschain_operations_rejected_total{signature}"],
+        0.0
+    );
     agent.stop();
 
     // A watch: a block sealed for its catch-up, then one per change.

@@ -20,7 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::kafka::{client, kafka_error, partitions_of, site_group, KafkaSource};
+use crate::kafka::{client, kafka_error, partitions_of, site_group, KafkaSource, SiteConsumer};
 use crate::ConsumerError;
 
 /// A block's manifest on the topic.
@@ -82,30 +82,175 @@ pub fn scan_manifests(
         };
         let (partition, offset) = (msg.partition(), msg.offset());
         at_end.remove(&partition);
-        let Some(bytes) = msg.payload() else { continue };
-        if frame_kind(bytes) != Some(FrameKind::Manifest) {
-            continue;
-        }
-        if let Ok(Frame::Manifest(m)) = decode_frame(bytes) {
-            // No keys given: status counts every manifest (replay never
-            // gets here without keys).
-            if trusted.is_empty() || m.verify(trusted).is_ok() {
-                view.manifests.push(ManifestSeen {
-                    partition,
-                    offset,
-                    chain: m.chain.clone(),
-                    height: m.height,
-                    full: m.parent.is_none(),
-                    sealed: m
-                        .header
-                        .get("time")
-                        .and_then(|t| t.as_str())
-                        .and_then(|t| Timestamp::parse_canonical(t).ok()),
-                });
-            }
+        if let Some(seen) = manifest_seen(msg.payload(), partition, offset, trusted) {
+            view.manifests.push(seen);
         }
     }
     Ok(view)
+}
+
+/// The manifest in a record, if it is one signed by a trusted key (any
+/// manifest, given no keys: status counts every one; replay never gets
+/// here without keys).
+fn manifest_seen(
+    payload: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+    trusted: &[PublicKey],
+) -> Option<ManifestSeen> {
+    let bytes = payload?;
+    if frame_kind(bytes) != Some(FrameKind::Manifest) {
+        return None;
+    }
+    let Ok(Frame::Manifest(m)) = decode_frame(bytes) else {
+        return None;
+    };
+    if !trusted.is_empty() && m.verify(trusted).is_err() {
+        return None;
+    }
+    Some(ManifestSeen {
+        partition,
+        offset,
+        chain: m.chain.clone(),
+        height: m.height,
+        full: m.parent.is_none(),
+        sealed: m
+            .header
+            .get("time")
+            .and_then(|t| t.as_str())
+            .and_then(|t| Timestamp::parse_canonical(t).ok()),
+    })
+}
+
+/// What a running site knows of the blocks topic ahead of it, for its
+/// `lag_blocks` and `lag_seconds` metrics: a reader of its own (no group,
+/// no commits) that starts at the site group's committed offsets and
+/// follows the topic, decoding manifests only.
+pub struct ManifestTail {
+    reader: SiteConsumer,
+    partitions: usize,
+    trusted: Vec<PublicKey>,
+    /// Per chain, the heights announced and when each was sealed; heights
+    /// the site has verified are dropped by [`ManifestTail::lags`].
+    announced: BTreeMap<ChainName, BTreeMap<u64, Option<Timestamp>>>,
+}
+
+impl std::fmt::Debug for ManifestTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestTail")
+            .field("partitions", &self.partitions)
+            .field("chains", &self.announced.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManifestTail {
+    pub fn open(
+        source: &KafkaSource,
+        site: &str,
+        trusted: Vec<PublicKey>,
+    ) -> Result<ManifestTail, ConsumerError> {
+        let topic = &source.topics.blocks;
+        let reader = client(source, &format!("{}-lag", site_group(site)))?;
+        let partitions = partitions_of(&reader, topic)?;
+        let from = committed(source, site, partitions.iter().copied())?;
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            let offset = match from.get(&p).copied().flatten() {
+                Some(o) => Offset::Offset(o),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(kafka_error)?;
+        }
+        reader.assign(&tpl).map_err(kafka_error)?;
+        Ok(ManifestTail {
+            reader,
+            partitions: partitions.len(),
+            trusted,
+            announced: BTreeMap::new(),
+        })
+    }
+
+    /// Reads what the topic gained, up to its end (or `shutdown`).
+    pub fn follow(&mut self, shutdown: &AtomicBool) -> Result<(), ConsumerError> {
+        let mut at_end: BTreeSet<i32> = BTreeSet::new();
+        while at_end.len() < self.partitions && !shutdown.load(Ordering::SeqCst) {
+            match self.reader.poll(Duration::from_millis(500)) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => return Err(kafka_error(e)),
+                Some(Ok(msg)) => {
+                    at_end.remove(&msg.partition());
+                    if let Some(m) =
+                        manifest_seen(msg.payload(), msg.partition(), msg.offset(), &self.trusted)
+                    {
+                        self.announced
+                            .entry(m.chain)
+                            .or_default()
+                            .insert(m.height, m.sealed);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each chain's lag, given what the site has verified of it, at `now`;
+    /// forgets the heights verified.
+    pub fn lags(
+        &mut self,
+        verified: &BTreeMap<ChainName, u64>,
+        now: Timestamp,
+    ) -> Vec<(ChainName, ChainLag)> {
+        self.announced
+            .iter_mut()
+            .map(|(chain, announced)| {
+                let verified = verified.get(chain).copied();
+                if let Some(v) = verified {
+                    *announced = announced.split_off(&(v + 1));
+                }
+                (chain.clone(), chain_lag(verified, announced, now))
+            })
+            .collect()
+    }
+}
+
+/// A chain's lag at a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainLag {
+    /// Blocks announced on the topic above the verified height.
+    pub blocks: u64,
+    /// How long ago the oldest of those was sealed (0: none).
+    pub seconds: i64,
+}
+
+/// The lag of a chain whose site verified up to `verified`, given the
+/// heights `announced` on the topic (with when each was sealed): what a
+/// site stuck behind shows as growing, and a chain merely idle as 0.
+pub fn chain_lag(
+    verified: Option<u64>,
+    announced: &BTreeMap<u64, Option<Timestamp>>,
+    now: Timestamp,
+) -> ChainLag {
+    let above = |h: &u64| verified.is_none_or(|v| *h > v);
+    let newest = announced.keys().next_back().copied().filter(above);
+    let blocks = match (newest, verified) {
+        (None, _) => 0,
+        (Some(n), Some(v)) => n - v,
+        (Some(n), None) => n + 1,
+    };
+    let oldest_sealed = announced
+        .iter()
+        .find(|(h, _)| above(h))
+        .and_then(|(_, sealed)| *sealed);
+    let seconds = match (blocks, oldest_sealed) {
+        (0, _) | (_, None) => 0,
+        (_, Some(t)) => ((now.as_micros() - t.as_micros()) / 1_000_000).max(0),
+    };
+    ChainLag { blocks, seconds }
 }
 
 /// The sites that have a consumer group on the brokers.
@@ -118,7 +263,7 @@ pub fn site_names(source: &KafkaSource) -> Result<Vec<String>, ConsumerError> {
         .groups()
         .iter()
         .filter_map(|g| g.name().strip_prefix("fschain-site-"))
-        .filter(|s| !s.ends_with("-scan"))
+        .filter(|s| !s.ends_with("-scan") && !s.ends_with("-lag"))
         .map(str::to_owned)
         .collect();
     sites.sort();
@@ -227,6 +372,57 @@ mod tests {
             full: height == 0,
             sealed: Some(Timestamp::from_micros(second * 1_000_000)),
         }
+    }
+
+    #[test]
+    fn a_chain_lags_by_the_blocks_above_its_verified_height_since_the_oldest_sealed() {
+        let at = |s: i64| Some(Timestamp::from_micros(s * 1_000_000));
+        let announced: BTreeMap<u64, Option<Timestamp>> =
+            [(3, at(100)), (4, at(110)), (5, at(130))].into();
+        let now = Timestamp::from_micros(200 * 1_000_000);
+        let lag = |v| chain_lag(v, &announced, now);
+        assert_eq!(
+            lag(Some(5)),
+            ChainLag {
+                blocks: 0,
+                seconds: 0
+            }
+        );
+        assert_eq!(
+            lag(Some(9)),
+            ChainLag {
+                blocks: 0,
+                seconds: 0
+            }
+        );
+        assert_eq!(
+            lag(Some(4)),
+            ChainLag {
+                blocks: 1,
+                seconds: 70
+            }
+        );
+        assert_eq!(
+            lag(Some(2)),
+            ChainLag {
+                blocks: 3,
+                seconds: 100
+            }
+        );
+        assert_eq!(
+            lag(None),
+            ChainLag {
+                blocks: 6,
+                seconds: 100
+            }
+        );
+        assert_eq!(
+            chain_lag(Some(1), &BTreeMap::new(), now),
+            ChainLag {
+                blocks: 0,
+                seconds: 0
+            }
+        );
     }
 
     #[test]

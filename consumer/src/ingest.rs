@@ -38,12 +38,67 @@ impl fmt::Display for Origin<'_> {
     }
 }
 
+/// Why a site refused a frame or a stream (the `reason` label of the
+/// `frames_rejected` metric).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not an fschain frame at all.
+    NotAFrame,
+    /// The record's key is not the frame's chain.
+    KeyNotChain,
+    /// A chain this site was told not to take.
+    ChainNotTaken,
+    /// A chain this site stopped because its key signed two histories.
+    ChainStopped,
+    /// The manifest that showed the fork.
+    Fork,
+    /// A manifest whose signature or header does not check out.
+    BadManifest,
+    /// A chunk whose hash or proof does not check out.
+    BadChunk,
+    /// A chunk that contradicts its manifest.
+    ChunkContradicts,
+    /// A whole stream that did not receive or verify.
+    BadStream,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 9] = [
+        Rejection::NotAFrame,
+        Rejection::KeyNotChain,
+        Rejection::ChainNotTaken,
+        Rejection::ChainStopped,
+        Rejection::Fork,
+        Rejection::BadManifest,
+        Rejection::BadChunk,
+        Rejection::ChunkContradicts,
+        Rejection::BadStream,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::NotAFrame => "not_a_frame",
+            Rejection::KeyNotChain => "key_not_chain",
+            Rejection::ChainNotTaken => "chain_not_taken",
+            Rejection::ChainStopped => "chain_stopped",
+            Rejection::Fork => "fork",
+            Rejection::BadManifest => "bad_manifest",
+            Rejection::BadChunk => "bad_chunk",
+            Rejection::ChunkContradicts => "chunk_contradicts_manifest",
+            Rejection::BadStream => "bad_stream",
+        }
+    }
+}
+
 /// Counters for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IngestStats {
     pub applied: u64,
     pub duplicates: u64,
+    /// Every rejection, whatever its reason.
     pub rejected: u64,
+    /// Rejections by reason, in the order of [`Rejection::ALL`].
+    pub rejected_by: [u64; Rejection::ALL.len()],
     /// Events put in the site's event index.
     pub indexed: u64,
     /// Bytes of the frames taken in.
@@ -51,6 +106,18 @@ pub struct IngestStats {
     /// The blocks a replay will apply, once its first pass has read the
     /// topic's manifests (for progress).
     pub expected: Option<u64>,
+}
+
+impl IngestStats {
+    fn reject(&mut self, why: Rejection, n: u64) {
+        self.rejected += n;
+        self.rejected_by[why as usize] += n;
+    }
+
+    /// How many were rejected for `why`.
+    pub fn rejected_for(&self, why: Rejection) -> u64 {
+        self.rejected_by[why as usize]
+    }
 }
 
 /// A site taking in frames.
@@ -255,7 +322,7 @@ impl Ingest {
         let frame = match decode_frame(bytes) {
             Ok(f) => f,
             Err(e) => {
-                self.stats.rejected += 1;
+                self.stats.reject(Rejection::NotAFrame, 1);
                 warn!(at = %origin, error = %e, "skipping a message that is not an fschain frame");
                 return Ok(None);
             }
@@ -263,7 +330,7 @@ impl Ingest {
         let chain = frame.chain().clone();
         if let Some(k) = key {
             if k != chain.as_str().as_bytes() {
-                self.stats.rejected += 1;
+                self.stats.reject(Rejection::KeyNotChain, 1);
                 warn!(at = %origin, chain = %chain, key = %String::from_utf8_lossy(k), "skipping a frame whose key is not its chain");
                 return Ok(None);
             }
@@ -273,7 +340,7 @@ impl Ingest {
             .as_ref()
             .is_some_and(|only| !only.contains(&chain))
         {
-            self.stats.rejected += 1;
+            self.stats.reject(Rejection::ChainNotTaken, 1);
             warn!(at = %origin, chain = %chain, "skipping a stream for a chain this site does not take");
             return Ok(None);
         }
@@ -282,7 +349,7 @@ impl Ingest {
             .as_ref()
             .is_some_and(|w| w.stopped.contains_key(&chain))
         {
-            self.stats.rejected += 1;
+            self.stats.reject(Rejection::ChainStopped, 1);
             debug!(at = %origin, chain = %chain, "skipping a frame of a chain stopped by a fork");
             return Ok(Some(chain));
         }
@@ -293,7 +360,7 @@ impl Ingest {
                 Ok(header) => {
                     if let (Some(w), Ok(Some((cp, _)))) = (&mut self.witness, m.checkpoint()) {
                         if let Err(fork) = w.book.admit(&chain, cp.size, cp.root) {
-                            self.stats.rejected += 1;
+                            self.stats.reject(Rejection::Fork, 1);
                             w.stop(&fork);
                             site_chain.abort();
                             self.chains.remove(&chain);
@@ -303,7 +370,7 @@ impl Ingest {
                     assembler.manifest(m, header, origin.offset)
                 }
                 Err(e) => {
-                    self.stats.rejected += 1;
+                    self.stats.reject(Rejection::BadManifest, 1);
                     warn!(at = %origin, chain = %chain, height = m.height, error = %e, "rejecting a manifest");
                     return Ok(Some(chain));
                 }
@@ -321,7 +388,7 @@ impl Ingest {
                     None => c.check(),
                 };
                 if let Err(e) = checked {
-                    self.stats.rejected += 1;
+                    self.stats.reject(Rejection::BadChunk, 1);
                     warn!(at = %origin, chain = %chain, height = c.meta.height, index = c.meta.index, error = %e, "rejecting a chunk");
                     return Ok(Some(chain));
                 }
@@ -340,7 +407,7 @@ impl Ingest {
                 debug!(at = %origin, chain = %chain, ?why, "dropping a frame");
             }
             Verdict::Reject { why } => {
-                self.stats.rejected += 1;
+                self.stats.reject(Rejection::ChunkContradicts, 1);
                 warn!(at = %origin, chain = %chain, why, "rejecting a chunk");
             }
             Verdict::Spool { .. } | Verdict::Pipe { .. } | Verdict::Noted => {}
@@ -406,7 +473,7 @@ impl Ingest {
             }
         }
         self.stats.applied += applied;
-        self.stats.rejected += rejected;
+        self.stats.reject(Rejection::BadStream, rejected);
         if applied > 0 {
             if let Some(indexer) = &self.indexer {
                 indexer.chain_moved(site_chain.layout());

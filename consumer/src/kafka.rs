@@ -42,7 +42,7 @@ pub(crate) fn kafka_error(e: KafkaError) -> ConsumerError {
 }
 
 /// A site's Kafka consumer.
-type SiteConsumer = BaseConsumer<QuietEof>;
+pub(crate) type SiteConsumer = BaseConsumer<QuietEof>;
 
 /// A consumer for `group`; its poll also reports reaching the end of a
 /// partition (`KafkaError::PartitionEOF`).

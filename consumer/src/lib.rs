@@ -20,5 +20,5 @@ pub mod witness;
 pub use assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
 pub use error::ConsumerError;
 pub use indexer::SiteIndexer;
-pub use ingest::{Ingest, IngestStats, Origin};
+pub use ingest::{Ingest, IngestStats, Origin, Rejection};
 pub use site::{BlockTiming, Site, SiteChain};

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub last_verified_block_timestamp: Family<ChainLabel, Gauge>,
     pub lag_seconds: Family<ChainLabel, Gauge>,
     pub frames_rejected: Family<ReasonLabel, Counter>,
+    pub operations_rejected: Family<ReasonLabel, Counter>,
+    /// Blocks of a chain on the topic that this site has not verified yet.
+    pub lag_blocks: Family<ChainLabel, Gauge>,
     pub watch_changes: Family<SourceLabel, Counter>,
     pub seal_duration: Family<ChainLabel, Histogram, fn() -> Histogram>,
     pub blocks_published: Family<ChainLabel, Counter>,
@@ -91,6 +94,8 @@ impl Metrics {
             last_verified_block_timestamp: Family::default(),
             lag_seconds: Family::default(),
             frames_rejected: Family::default(),
+            operations_rejected: Family::default(),
+            lag_blocks: Family::default(),
             watch_changes: Family::default(),
             seal_duration: Family::new_with_constructor(seal_buckets),
             blocks_published: Family::default(),
@@ -135,7 +140,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "lag",
-            "How long before now the newest verified block was sealed",
+            "How long ago the oldest block of the chain this site has not verified was sealed (0: caught up)",
             Unit::Seconds,
             metrics.lag_seconds.clone(),
         );
@@ -153,6 +158,16 @@ impl Metrics {
             "frames_rejected",
             "Frames refused by this site, by reason",
             metrics.frames_rejected.clone(),
+        );
+        registry.register(
+            "operations_rejected",
+            "Operations the agent read but did not apply, by reason",
+            metrics.operations_rejected.clone(),
+        );
+        registry.register(
+            "lag_blocks",
+            "Blocks of the chain on the topic that this site has not verified yet",
+            metrics.lag_blocks.clone(),
         );
         registry.register_with_unit(
             "seal_duration",

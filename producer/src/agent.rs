@@ -68,6 +68,42 @@ pub struct AgentSummary {
     pub blocks: u64,
 }
 
+/// Why the agent did not apply an operation it read (the `reason` label of
+/// the `operations_rejected` metric).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpRejection {
+    /// Not an operation's JSON.
+    Malformed,
+    /// Unsigned where signatures are required, or a signature that does not
+    /// check out or is not allowed for the element.
+    Signature,
+    /// A well-formed operation the chain refused (see the log line).
+    Refused,
+}
+
+impl OpRejection {
+    pub const ALL: [OpRejection; 3] = [
+        OpRejection::Malformed,
+        OpRejection::Signature,
+        OpRejection::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpRejection::Malformed => "malformed",
+            OpRejection::Signature => "signature",
+            OpRejection::Refused => "refused",
+        }
+    }
+}
+
+/// What the agent tells its caller as it goes (for metrics).
+#[derive(Debug)]
+pub enum AgentEvent<'a> {
+    Sealed(&'a BlockDone),
+    Rejected(OpRejection),
+}
+
 /// What the agent did for one block (for metrics).
 #[derive(Debug)]
 pub struct BlockDone {
@@ -86,7 +122,7 @@ pub fn run_agent(
     options: &AgentOptions,
     key: &SigningKey,
     shutdown: &AtomicBool,
-    after_block: &mut dyn FnMut(&ChainWriter, &BlockDone),
+    observe: &mut dyn FnMut(&ChainWriter, AgentEvent<'_>),
 ) -> Result<AgentSummary, ProducerError> {
     let layout = writer.layout().clone();
     let chain = writer.chain().clone();
@@ -125,11 +161,16 @@ pub fn run_agent(
                     at_end.remove(&p);
                     ledger.consumed(p, o);
                     if msg.key().is_some_and(|k| k == chain.as_str().as_bytes()) {
-                        if apply_message(writer, &options.signatures, msg.payload(), topic, p, o) {
-                            summary.applied += 1;
-                            opened.get_or_insert_with(Instant::now);
-                        } else {
-                            summary.rejected += 1;
+                        match apply_message(writer, &options.signatures, msg.payload(), topic, p, o)
+                        {
+                            Ok(()) => {
+                                summary.applied += 1;
+                                opened.get_or_insert_with(Instant::now);
+                            }
+                            Err(why) => {
+                                summary.rejected += 1;
+                                observe(writer, AgentEvent::Rejected(why));
+                            }
                         }
                     }
                 }
@@ -181,12 +222,12 @@ pub fn run_agent(
                 }
                 Err(e) => return Err(e),
             };
-            after_block(
+            observe(
                 writer,
-                &BlockDone {
+                AgentEvent::Sealed(&BlockDone {
                     seal: seal_took,
                     published: published.map(|p| (publishing.elapsed(), p)),
-                },
+                }),
             );
         } else if pending == 0 && ledger.has_unrecorded() && (idle || stopping) {
             // Only skipped messages since the last seal: remember that they
@@ -241,22 +282,21 @@ fn apply_message(
     topic: &str,
     partition: i32,
     offset: i64,
-) -> bool {
+) -> Result<(), OpRejection> {
     let text = payload.map(String::from_utf8_lossy).unwrap_or_default();
-    let applied = Operation::from_json(&text)
-        .and_then(|mut op| {
-            signatures.check(&mut op, crate::writer::SystemClock.now())?;
-            Ok(op)
-        })
-        .map_err(ProducerError::from)
-        .and_then(|op| writer.apply(op).map(|_| ()));
-    match applied {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(topic, partition, offset, error = %e, "operation not applied");
-            false
-        }
-    }
+    let not_applied = |why: OpRejection, e: &dyn std::fmt::Display| {
+        warn!(topic, partition, offset, reason = why.as_str(), error = %e, "operation not applied");
+        why
+    };
+    let mut op =
+        Operation::from_json(&text).map_err(|e| not_applied(OpRejection::Malformed, &e))?;
+    signatures
+        .check(&mut op, crate::writer::SystemClock.now())
+        .map_err(|e| not_applied(OpRejection::Signature, &e))?;
+    writer
+        .apply(op)
+        .map(|_| ())
+        .map_err(|e| not_applied(OpRejection::Refused, &e))
 }
 
 fn commit(consumer: &BaseConsumer<QuietEof>, topic: &str, offsets: &BTreeMap<i32, i64>) {
