@@ -11,7 +11,7 @@ use fschain_consumer::{Ingest, Site};
 use fschain_producer::agent::{run_agent, AgentEvent, AgentOptions, OpRejection};
 use fschain_producer::outbox::StreamPolicy;
 use fschain_producer::publish::{publish_pending, Publisher};
-use fschain_producer::{create_signing_key, load_signing_key, ChainWriter};
+use fschain_producer::{create_signing_key, load_signing_key, ChainWriter, Clock, SystemClock};
 use fschain_schema::wire::PublicKey;
 use fschain_schema::{BlockRef, ChainName};
 use fschain_store::{Chain, RootLayout};
@@ -408,6 +408,7 @@ pub(crate) fn consume(
     let source = source(kafka, inv)?;
     let mut seen = SiteSeen::default();
     let mut lag_thread = None;
+    let lag_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(m) = &metrics {
         // What the site held before this run is not counted as verified by it.
         seen.record(m, &ingest, false);
@@ -421,7 +422,7 @@ pub(crate) fn consume(
                 .map(|c| ChainName::parse(c))
                 .collect::<Result<Vec<_>, _>>()?,
             seen.verified.clone(),
-            inv.shutdown.clone(),
+            lag_stop.clone(),
         ));
     }
     let mut retention = RetentionRun::new(inv);
@@ -444,18 +445,10 @@ pub(crate) fn consume(
     )?;
     report("consume", &summary);
     if let Some(t) = lag_thread {
-        inv.shutdown
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lag_stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = t.join();
     }
     Ok(forks(&summary))
-}
-
-fn now() -> fschain_schema::Timestamp {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    fschain_schema::Timestamp::from_micros(micros)
 }
 
 /// How often a site's lag metrics are brought up to date with the topic.
@@ -490,7 +483,7 @@ fn follow_lag(
                 match t.follow(&shutdown) {
                     Ok(()) => {
                         let verified = verified.lock().map(|v| v.clone()).unwrap_or_default();
-                        for (chain, lag) in t.lags(&verified, now()) {
+                        for (chain, lag) in t.lags(&verified, SystemClock.now()) {
                             if !only.is_empty() && !only.contains(&chain) {
                                 continue;
                             }
