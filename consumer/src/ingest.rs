@@ -137,18 +137,7 @@ pub struct Ingest {
     timed: u64,
     /// When set, the site checks and cosigns its producers' checkpoints.
     witness: Option<SiteWitness>,
-    /// Blocks being checked and placed on threads of their own, and the
-    /// channel down which each thread names its chain when it is done.
-    finishing: usize,
-    finished_tx: std::sync::mpsc::Sender<ChainName>,
-    finished_rx: std::sync::mpsc::Receiver<ChainName>,
 }
-
-/// How many blocks (of as many chains) a site checks and places at once.
-/// Their file system flushes land in shared btrfs transaction commits, so
-/// a site with many chains pays a commit per batch instead of per block;
-/// the bound keeps the threads and open receives in hand.
-const FINISHING_AT_ONCE: usize = 16;
 
 /// How many blocks' timings an [`Ingest`] keeps for its readers.
 const TIMINGS_KEPT: usize = 1024;
@@ -158,7 +147,6 @@ impl Ingest {
         if trusted.is_empty() {
             return Err(ConsumerError::NoTrustedKeys);
         }
-        let (finished_tx, finished_rx) = std::sync::mpsc::channel();
         Ok(Ingest {
             site,
             trusted,
@@ -170,9 +158,6 @@ impl Ingest {
             timings: Default::default(),
             timed: 0,
             witness: None,
-            finishing: 0,
-            finished_tx,
-            finished_rx,
         })
     }
 
@@ -291,63 +276,7 @@ impl Ingest {
         key: Option<&[u8]>,
         origin: &Origin<'_>,
     ) -> Result<Option<ChainName>, ConsumerError> {
-        let taken = self.take_frame(bytes, key, origin);
-        self.unless_disk_full(taken)
-    }
-
-    /// Takes in the blocks whose check and placing finished since the last
-    /// call, and goes on with their chains (without waiting for any).
-    /// Errors as [`Self::frame`] does.
-    pub fn poll(&mut self) -> Result<(), ConsumerError> {
-        let polled = self.finish_down_to(None);
-        self.unless_disk_full(polled)
-    }
-
-    /// Waits until no block is being checked and placed, taking each in
-    /// as it finishes (its chain may open the next block from the spool,
-    /// which is waited for too). Errors as [`Self::frame`] does.
-    pub fn settle(&mut self) -> Result<(), ConsumerError> {
-        let settled = self.finish_down_to(Some(0));
-        self.unless_disk_full(settled)
-    }
-
-    /// How many blocks are being checked and placed.
-    pub fn finishing(&self) -> usize {
-        self.finishing
-    }
-
-    /// Takes in every finished block; with `wait_until`, also waits until
-    /// at most that many are being finished.
-    fn finish_down_to(&mut self, wait_until: Option<usize>) -> Result<(), ConsumerError> {
-        loop {
-            let next = match wait_until {
-                Some(n) if self.finishing > n => self.finished_rx.recv().ok(),
-                _ => self.finished_rx.try_recv().ok(),
-            };
-            let Some(chain) = next else {
-                return Ok(());
-            };
-            // A chain forgotten since (a rebalance) stays forgotten. Its
-            // thread said it is done: wait for it to return, so the drive
-            // takes its block in.
-            if let Some((c, _)) = self
-                .chains
-                .get_mut(&chain)
-                .filter(|(c, _)| c.is_finishing())
-            {
-                c.wait_finished();
-                self.drive(&chain)?;
-            }
-        }
-    }
-
-    /// A site that ran out of disk gives up what it was receiving (see
-    /// [`Self::frame`]).
-    fn unless_disk_full<T>(
-        &mut self,
-        result: Result<T, ConsumerError>,
-    ) -> Result<T, ConsumerError> {
-        match result {
+        match self.take_frame(bytes, key, origin) {
             Err(e) if e.is_disk_full() => {
                 self.forget_progress();
                 Err(ConsumerError::DiskFull {
@@ -379,10 +308,8 @@ impl Ingest {
     pub fn forget_progress(&mut self) {
         for (site_chain, _) in self.chains.values_mut() {
             site_chain.abort();
-            site_chain.wait_finished();
         }
         self.chains.clear();
-        self.finishing = 0;
     }
 
     fn take_frame(
@@ -486,67 +413,18 @@ impl Ingest {
             Verdict::Spool { .. } | Verdict::Pipe { .. } | Verdict::Noted => {}
         }
         self.drive(&chain)?;
-        // Bounded: past the bound, wait for the oldest to finish.
-        self.finish_down_to(Some(FINISHING_AT_ONCE))?;
         Ok(Some(chain))
     }
 
-    /// Does what `chain`'s assembler says: takes in the block whose check
-    /// and placing finished, gives up streams replaced by newer ones, opens
-    /// the next stream's receive, feeds it the chunks that were spooled,
-    /// and starts finishing a stream fed whole. Nothing of the chain moves
-    /// while one of its blocks is being finished.
+    /// Does what `chain`'s assembler says: gives up streams replaced by
+    /// newer ones, opens the next stream's receive, feeds it the chunks
+    /// that were spooled, and applies every stream fed whole.
     fn drive(&mut self, chain: &ChainName) -> Result<(), ConsumerError> {
         let (site_chain, assembler) =
             chain_state(&self.site, &self.floors, &mut self.chains, chain)?;
         let mut applied = 0;
         let mut rejected = 0;
         loop {
-            if site_chain.is_finishing() {
-                let taken = site_chain.take_finished();
-                if site_chain.is_finishing() {
-                    break;
-                }
-                self.finishing -= 1;
-                let Some(finished) = taken else {
-                    return Err(ConsumerError::Schema(
-                        fschain_schema::SchemaError::Malformed {
-                            why: format!("{chain}: the thread checking a block stopped"),
-                        },
-                    ));
-                };
-                let ready = finished.ready;
-                match finished.outcome {
-                    Ok(timing) => {
-                        if let Some(w) = &mut self.witness {
-                            witness_applied(w, &self.site, chain, &ready);
-                        }
-                        if self.timings.len() >= TIMINGS_KEPT {
-                            self.timings.pop_front();
-                        }
-                        self.timings.push_back(timing);
-                        self.timed += 1;
-                        for key in assembler.applied(ready.key.height) {
-                            site_chain.drop_spool(&key);
-                        }
-                        applied += 1;
-                    }
-                    Err(e) if e.is_bad_stream() => {
-                        warn!(chain = %chain, height = ready.key.height, error = %e, "dropping a stream that does not check out; waiting for a good copy");
-                        assembler.discard(&ready.key);
-                        site_chain.drop_spool(&ready.key);
-                        rejected += 1;
-                    }
-                    Err(e) => {
-                        // The site cannot go on (its disk, btrfs): the
-                        // stream stays its chain's oldest need, so its
-                        // offset is not committed past.
-                        self.stats.applied += applied;
-                        self.stats.reject(Rejection::BadStream, rejected);
-                        return Err(e);
-                    }
-                }
-            }
             for key in assembler.take_aborted() {
                 warn!(chain = %chain, height = key.height, "a new stream of the block being received replaces it");
                 site_chain.abort();
@@ -570,8 +448,29 @@ impl Ingest {
             let Some(ready) = assembler.open_complete() else {
                 break;
             };
-            site_chain.start_finish(ready, self.finished_tx.clone())?;
-            self.finishing += 1;
+            match site_chain.finish(&ready) {
+                Ok(timing) => {
+                    if let Some(w) = &mut self.witness {
+                        witness_applied(w, &self.site, chain, &ready);
+                    }
+                    if self.timings.len() >= TIMINGS_KEPT {
+                        self.timings.pop_front();
+                    }
+                    self.timings.push_back(timing);
+                    self.timed += 1;
+                    for key in assembler.applied(ready.key.height) {
+                        site_chain.drop_spool(&key);
+                    }
+                    applied += 1;
+                }
+                Err(e) if e.is_bad_stream() => {
+                    warn!(chain = %chain, height = ready.key.height, error = %e, "dropping a stream that does not check out; waiting for a good copy");
+                    assembler.discard(&ready.key);
+                    site_chain.drop_spool(&ready.key);
+                    rejected += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.stats.applied += applied;
         self.stats.reject(Rejection::BadStream, rejected);

@@ -281,28 +281,14 @@ fn run(
             progress = Progress::default();
             guard = StartGuard::default();
         }
-        let applied_before = ingest.stats.applied;
-        ingest.poll()?;
         if shutdown.load(Ordering::SeqCst) {
-            ingest.settle()?;
             progress.commit(ingest, consumer, topic, CommitMode::Sync);
             if let Some(link) = link.as_deref_mut() {
                 link.catch_up(ingest);
             }
             return Ok(summary(ingest));
         }
-        if ingest.stats.applied > applied_before {
-            on_block(ingest);
-            crash_point(CrashPoint::SiteApplied);
-            progress.commit(ingest, consumer, topic, CommitMode::Async);
-        }
-        // Blocks being finished are taken in as soon as they are done.
-        let wait = if ingest.finishing() > 0 {
-            Duration::from_millis(2)
-        } else {
-            Duration::from_millis(100)
-        };
-        match consumer.poll(wait) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 let (p, o) = (msg.partition(), msg.offset());
                 if !progress.next.contains_key(&p) && !guard.first_read(consumer, topic, p, o)? {
@@ -334,7 +320,7 @@ fn run(
                 progress.at_end.insert(p);
                 if options.until_idle && progress.all_at_end(consumer)? {
                     tracing::debug!(topic, "every assigned partition read to its end");
-                    return finish_idle(ingest, consumer, topic, &mut progress, link, on_block);
+                    return finish_idle(ingest, consumer, topic, &mut progress, link);
                 }
             }
             Some(Err(e)) => {
@@ -355,7 +341,7 @@ fn run(
                     progress.next.contains_key(&p) || progress.at_end.contains(&p)
                 })?;
                 if options.until_idle && caught_up(consumer, topic, &progress.next)? {
-                    return finish_idle(ingest, consumer, topic, &mut progress, link, on_block);
+                    return finish_idle(ingest, consumer, topic, &mut progress, link);
                 }
             }
         }
@@ -370,13 +356,7 @@ fn finish_idle(
     topic: &str,
     progress: &mut Progress,
     link: Option<&mut WitnessLink>,
-    on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
-    let applied_before = ingest.stats.applied;
-    ingest.settle()?;
-    if ingest.stats.applied > applied_before {
-        on_block(ingest);
-    }
     progress.commit(ingest, consumer, topic, CommitMode::Sync);
     if let Some(link) = link {
         link.catch_up(ingest);
