@@ -911,10 +911,17 @@ fn a_site_killed_between_its_receive_and_its_offset_commit_applies_nothing_twice
     );
     let copy = t.copy_of("north");
     fschain(&["verify", "--root", &copy]).ok();
-    assert_eq!(block_hashes(&copy).len(), 3);
+    // The third block is in place; the next may have been finishing on
+    // its own thread when the process died, and be in place too.
+    let held = block_hashes(&copy).len() as u64;
+    assert!(
+        held >= 3,
+        "{held} blocks in place after the third was applied"
+    );
     let run = t.consume("north").ok();
     let total = block_hashes(&t.producer).len() as u64;
-    assert_eq!(count_in(&run.stderr(), "blocks applied"), total - 3);
+    assert!(held < total, "the crash came after the last block");
+    assert_eq!(count_in(&run.stderr(), "blocks applied"), total - held);
     assert!(
         count_in(&run.stderr(), "duplicates dropped") >= 1,
         "the uncommitted block was not read again: {}",

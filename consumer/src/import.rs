@@ -46,6 +46,7 @@ pub fn import(ingest: &mut Ingest, input: &mut dyn Read, name: &str) -> Result<u
         ingest.frame(&frame, None, &origin)?;
         count += 1;
     }
+    ingest.settle()?;
     ingest.settle_index();
     // A stream that ends inside a block (a broken `export | ssh ... import`
     // pipe, a file cut short at a frame boundary) is no success.

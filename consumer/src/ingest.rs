@@ -8,9 +8,11 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use fschain_schema::wire::{decode_frame, Frame, PublicKey};
 use fschain_schema::ChainName;
+use fschain_store::crash::{crash_point, CrashPoint};
 use tracing::{debug, warn};
 
 use crate::assembler::{ChunkAssembler, ReadyBlock, StreamKey, Verdict};
@@ -137,7 +139,18 @@ pub struct Ingest {
     timed: u64,
     /// When set, the site checks and cosigns its producers' checkpoints.
     witness: Option<SiteWitness>,
+    /// Blocks being checked and placed on threads of their own, and the
+    /// channel down which each thread names its chain when it is done.
+    finishing: usize,
+    finished_tx: std::sync::mpsc::Sender<ChainName>,
+    finished_rx: std::sync::mpsc::Receiver<ChainName>,
 }
+
+/// How many blocks (of as many chains) a site checks and places at once.
+/// Their file system flushes land in shared btrfs transaction commits, so
+/// a site with many chains pays a commit per batch instead of per block;
+/// the bound keeps the threads and open receives in hand.
+const FINISHING_AT_ONCE: usize = 16;
 
 /// How many blocks' timings an [`Ingest`] keeps for its readers.
 const TIMINGS_KEPT: usize = 1024;
@@ -147,6 +160,7 @@ impl Ingest {
         if trusted.is_empty() {
             return Err(ConsumerError::NoTrustedKeys);
         }
+        let (finished_tx, finished_rx) = std::sync::mpsc::channel();
         Ok(Ingest {
             site,
             trusted,
@@ -158,6 +172,9 @@ impl Ingest {
             timings: Default::default(),
             timed: 0,
             witness: None,
+            finishing: 0,
+            finished_tx,
+            finished_rx,
         })
     }
 
@@ -276,7 +293,82 @@ impl Ingest {
         key: Option<&[u8]>,
         origin: &Origin<'_>,
     ) -> Result<Option<ChainName>, ConsumerError> {
-        match self.take_frame(bytes, key, origin) {
+        let taken = self.take_frame(bytes, key, origin);
+        self.unless_disk_full(taken)
+    }
+
+    /// Takes in the blocks whose check and placing finished since the last
+    /// call, and goes on with their chains (without waiting for any).
+    /// Errors as [`Self::frame`] does.
+    pub fn poll(&mut self) -> Result<(), ConsumerError> {
+        let polled = self.finish_down_to(None);
+        self.unless_disk_full(polled)
+    }
+
+    /// Waits until no block is being checked and placed, taking each in
+    /// as it finishes (its chain may open the next block from the spool,
+    /// which is waited for too). Errors as [`Self::frame`] does.
+    pub fn settle(&mut self) -> Result<(), ConsumerError> {
+        let settled = self.finish_down_to(Some(0));
+        self.unless_disk_full(settled)
+    }
+
+    /// How many blocks are being checked and placed.
+    pub fn finishing(&self) -> usize {
+        self.finishing
+    }
+
+    /// Takes in every finished block; with `wait_until`, also waits until
+    /// at most that many are being finished.
+    fn finish_down_to(&mut self, wait_until: Option<usize>) -> Result<(), ConsumerError> {
+        loop {
+            let next = match wait_until {
+                Some(n) if self.finishing > n => {
+                    match self.finished_rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(chain) => Some(chain),
+                        Err(_) => {
+                            // Every finish announces itself; a count
+                            // gone wrong must not wait forever.
+                            self.finishing = self
+                                .chains
+                                .values()
+                                .filter(|(c, _)| c.is_finishing())
+                                .count();
+                            continue;
+                        }
+                    }
+                }
+                _ => self.finished_rx.try_recv().ok(),
+            };
+            let Some(chain) = next else {
+                return Ok(());
+            };
+            // A chain forgotten since (a rebalance) stays forgotten. Its
+            // thread said it is done: wait for it to return, so the drive
+            // takes its block in.
+            self.finish_one(&chain)?;
+        }
+    }
+
+    /// Waits for the block of `chain` being finished, if one is, and
+    /// takes it in (which may start finishing the next). Says whether one
+    /// was.
+    fn finish_one(&mut self, chain: &ChainName) -> Result<bool, ConsumerError> {
+        let Some((c, _)) = self.chains.get_mut(chain).filter(|(c, _)| c.is_finishing()) else {
+            return Ok(false);
+        };
+        c.wait_finished();
+        self.drive(chain)?;
+        Ok(true)
+    }
+
+    /// A site that ran out of disk gives up what it was receiving (see
+    /// [`Self::frame`]).
+    fn unless_disk_full<T>(
+        &mut self,
+        result: Result<T, ConsumerError>,
+    ) -> Result<T, ConsumerError> {
+        match result {
             Err(e) if e.is_disk_full() => {
                 self.forget_progress();
                 Err(ConsumerError::DiskFull {
@@ -308,8 +400,10 @@ impl Ingest {
     pub fn forget_progress(&mut self) {
         for (site_chain, _) in self.chains.values_mut() {
             site_chain.abort();
+            site_chain.wait_finished();
         }
         self.chains.clear();
+        self.finishing = 0;
     }
 
     fn take_frame(
@@ -353,6 +447,23 @@ impl Ingest {
             debug!(at = %origin, chain = %chain, "skipping a frame of a chain stopped by a fork");
             return Ok(Some(chain));
         }
+        match frame {
+            // Read-ahead of a chain whose block is being finished is
+            // bounded: past the bound, its chunk waits for that block.
+            Frame::Chunk(_)
+                if self
+                    .chains
+                    .get(&chain)
+                    .is_some_and(|(c, _)| c.read_ahead_full()) =>
+            {
+                self.finish_one(&chain)?;
+            }
+            // A witnessing site admits a manifest's checkpoint with the
+            // chain's earlier blocks in: a fork it reveals stops the chain
+            // after the blocks both histories share, not before them.
+            Frame::Manifest(_) if self.witness.is_some() => while self.finish_one(&chain)? {},
+            _ => {}
+        }
         let (site_chain, assembler) =
             chain_state(&self.site, &self.floors, &mut self.chains, &chain)?;
         let verdict = match frame {
@@ -363,6 +474,11 @@ impl Ingest {
                             self.stats.reject(Rejection::Fork, 1);
                             w.stop(&fork);
                             site_chain.abort();
+                            // Dropped, a block being finished is waited for
+                            // (it checked out before the fork was seen).
+                            if site_chain.is_finishing() {
+                                self.finishing -= 1;
+                            }
                             self.chains.remove(&chain);
                             return Ok(Some(chain));
                         }
@@ -413,18 +529,68 @@ impl Ingest {
             Verdict::Spool { .. } | Verdict::Pipe { .. } | Verdict::Noted => {}
         }
         self.drive(&chain)?;
+        // Bounded: past the bound, wait for the oldest to finish.
+        self.finish_down_to(Some(FINISHING_AT_ONCE))?;
         Ok(Some(chain))
     }
 
-    /// Does what `chain`'s assembler says: gives up streams replaced by
-    /// newer ones, opens the next stream's receive, feeds it the chunks
-    /// that were spooled, and applies every stream fed whole.
+    /// Does what `chain`'s assembler says: takes in the block whose check
+    /// and placing finished, gives up streams replaced by newer ones, opens
+    /// the next stream's receive, feeds it the chunks that were spooled,
+    /// and starts finishing a stream fed whole. Nothing of the chain moves
+    /// while one of its blocks is being finished.
     fn drive(&mut self, chain: &ChainName) -> Result<(), ConsumerError> {
         let (site_chain, assembler) =
             chain_state(&self.site, &self.floors, &mut self.chains, chain)?;
         let mut applied = 0;
         let mut rejected = 0;
         loop {
+            if site_chain.is_finishing() {
+                let taken = site_chain.take_finished();
+                if site_chain.is_finishing() {
+                    break;
+                }
+                self.finishing -= 1;
+                let Some(finished) = taken else {
+                    return Err(ConsumerError::Schema(
+                        fschain_schema::SchemaError::Malformed {
+                            why: format!("{chain}: the thread checking a block stopped"),
+                        },
+                    ));
+                };
+                let ready = finished.ready;
+                match finished.outcome {
+                    Ok(timing) => {
+                        if let Some(w) = &mut self.witness {
+                            witness_applied(w, &self.site, chain, &ready);
+                        }
+                        if self.timings.len() >= TIMINGS_KEPT {
+                            self.timings.pop_front();
+                        }
+                        self.timings.push_back(timing);
+                        self.timed += 1;
+                        for key in assembler.applied(ready.key.height) {
+                            site_chain.drop_spool(&key);
+                        }
+                        applied += 1;
+                        crash_point(CrashPoint::SiteApplied);
+                    }
+                    Err(e) if e.is_bad_stream() => {
+                        warn!(chain = %chain, height = ready.key.height, error = %e, "dropping a stream that does not check out; waiting for a good copy");
+                        assembler.discard(&ready.key);
+                        site_chain.drop_spool(&ready.key);
+                        rejected += 1;
+                    }
+                    Err(e) => {
+                        // The site cannot go on (its disk, btrfs): the
+                        // stream stays its chain's oldest need, so its
+                        // offset is not committed past.
+                        self.stats.applied += applied;
+                        self.stats.reject(Rejection::BadStream, rejected);
+                        return Err(e);
+                    }
+                }
+            }
             for key in assembler.take_aborted() {
                 warn!(chain = %chain, height = key.height, "a new stream of the block being received replaces it");
                 site_chain.abort();
@@ -448,29 +614,8 @@ impl Ingest {
             let Some(ready) = assembler.open_complete() else {
                 break;
             };
-            match site_chain.finish(&ready) {
-                Ok(timing) => {
-                    if let Some(w) = &mut self.witness {
-                        witness_applied(w, &self.site, chain, &ready);
-                    }
-                    if self.timings.len() >= TIMINGS_KEPT {
-                        self.timings.pop_front();
-                    }
-                    self.timings.push_back(timing);
-                    self.timed += 1;
-                    for key in assembler.applied(ready.key.height) {
-                        site_chain.drop_spool(&key);
-                    }
-                    applied += 1;
-                }
-                Err(e) if e.is_bad_stream() => {
-                    warn!(chain = %chain, height = ready.key.height, error = %e, "dropping a stream that does not check out; waiting for a good copy");
-                    assembler.discard(&ready.key);
-                    site_chain.drop_spool(&ready.key);
-                    rejected += 1;
-                }
-                Err(e) => return Err(e),
-            }
+            site_chain.start_finish(ready, self.finished_tx.clone())?;
+            self.finishing += 1;
         }
         self.stats.applied += applied;
         self.stats.reject(Rejection::BadStream, rejected);

@@ -14,7 +14,6 @@ use std::time::Duration;
 use fschain_kafka::{client_config, QuietEof, Role, StartGuard};
 use fschain_schema::wire::{PublicKey, Topics};
 use fschain_schema::ChainName;
-use fschain_store::crash::{crash_point, CrashPoint};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -281,14 +280,26 @@ fn run(
             progress = Progress::default();
             guard = StartGuard::default();
         }
+        let applied_before = ingest.stats.applied;
+        ingest.poll()?;
         if shutdown.load(Ordering::SeqCst) {
+            ingest.settle()?;
             progress.commit(ingest, consumer, topic, CommitMode::Sync);
             if let Some(link) = link.as_deref_mut() {
                 link.catch_up(ingest);
             }
             return Ok(summary(ingest));
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        if blocks_applied(ingest, applied_before, on_block) {
+            progress.commit(ingest, consumer, topic, CommitMode::Async);
+        }
+        // Blocks being finished are taken in as soon as they are done.
+        let wait = if ingest.finishing() > 0 {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(100)
+        };
+        match consumer.poll(wait) {
             Some(Ok(msg)) => {
                 let (p, o) = (msg.partition(), msg.offset());
                 if !progress.next.contains_key(&p) && !guard.first_read(consumer, topic, p, o)? {
@@ -303,10 +314,7 @@ fn run(
                 let chain = ingest.frame(msg.payload().unwrap_or_default(), msg.key(), &origin)?;
                 progress.read(p, o, chain);
                 progress.at_end.remove(&p);
-                if ingest.stats.applied > applied_before {
-                    on_block(ingest);
-                    crash_point(CrashPoint::SiteApplied);
-                }
+                blocks_applied(ingest, applied_before, on_block);
                 progress.commit(ingest, consumer, topic, CommitMode::Async);
             }
             // Read to the end of partition p: when that holds for every
@@ -320,7 +328,7 @@ fn run(
                 progress.at_end.insert(p);
                 if options.until_idle && progress.all_at_end(consumer)? {
                     tracing::debug!(topic, "every assigned partition read to its end");
-                    return finish_idle(ingest, consumer, topic, &mut progress, link);
+                    return finish_idle(ingest, consumer, topic, &mut progress, link, on_block);
                 }
             }
             Some(Err(e)) => {
@@ -341,11 +349,21 @@ fn run(
                     progress.next.contains_key(&p) || progress.at_end.contains(&p)
                 })?;
                 if options.until_idle && caught_up(consumer, topic, &progress.next)? {
-                    return finish_idle(ingest, consumer, topic, &mut progress, link);
+                    return finish_idle(ingest, consumer, topic, &mut progress, link, on_block);
                 }
             }
         }
     }
+}
+
+/// Calls `on_block` if blocks were applied since the count was
+/// `applied_before` (one poll may take in several), and says whether.
+fn blocks_applied(ingest: &Ingest, applied_before: u64, on_block: &mut dyn FnMut(&Ingest)) -> bool {
+    let applied = ingest.stats.applied > applied_before;
+    if applied {
+        on_block(ingest);
+    }
+    applied
 }
 
 /// `--until-idle` has caught up: commits, and fails if a chain waits on a
@@ -356,7 +374,11 @@ fn finish_idle(
     topic: &str,
     progress: &mut Progress,
     link: Option<&mut WitnessLink>,
+    on_block: &mut dyn FnMut(&Ingest),
 ) -> Result<ConsumeSummary, ConsumerError> {
+    let applied_before = ingest.stats.applied;
+    ingest.settle()?;
+    blocks_applied(ingest, applied_before, on_block);
     progress.commit(ingest, consumer, topic, CommitMode::Sync);
     if let Some(link) = link {
         link.catch_up(ingest);

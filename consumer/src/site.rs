@@ -141,6 +141,7 @@ impl Site {
             site: self.clone(),
             verified: None,
             receiving: None,
+            finishing: None,
             _writer: writer,
         };
         site_chain.recover()?;
@@ -175,6 +176,9 @@ pub struct SiteChain {
     verified: Option<VerifiedLogs>,
     /// The stream being received, if one is open.
     receiving: Option<Receiving>,
+    /// The block being checked and put in place, if one is (dropped, it
+    /// is waited for: before the writer lock is let go).
+    finishing: Option<Finishing>,
     /// The chain copy's writer lock, held while this member may write it:
     /// two members of a site never apply blocks to one chain at once.
     _writer: File,
@@ -213,6 +217,78 @@ pub struct BlockTiming {
     pub chain: ChainName,
     pub receive: std::time::Duration,
     pub verify: std::time::Duration,
+}
+
+/// A finished block's check and placing, as its thread hands it back.
+#[derive(Debug)]
+pub struct Finished {
+    pub ready: ReadyBlock,
+    pub outcome: Result<BlockTiming, ConsumerError>,
+}
+
+/// What a finishing thread returns: the block, how it went, and the
+/// replayed logs the chain's next block is checked from.
+type FinishedWork = (Finished, Option<VerifiedLogs>);
+
+/// A block's check and placing, under way on a thread of its own, so that
+/// a site checks and places the blocks of many chains at once and their
+/// file system flushes share one btrfs transaction commit.
+#[derive(Debug)]
+struct Finishing {
+    worker: Option<JoinHandle<FinishedWork>>,
+    /// What the thread returned, once joined.
+    result: Option<FinishedWork>,
+    /// Bytes of the chain's later chunks spooled while this block is
+    /// being finished (see [`SiteChain::read_ahead_full`]).
+    spooled_ahead: u64,
+}
+
+/// How much of a chain's later chunks a site spools to disk while one of
+/// its blocks is being finished, before it waits for that block instead.
+/// It lets a site read on past a chain's block to other chains' blocks
+/// (a catch-up's topic holds each chain's blocks one after another),
+/// and keeps the disk a block needs to be put in place from being taken
+/// by read-ahead: unbounded, replaying a large topic would spool it all.
+pub const READ_AHEAD_BYTES: u64 = 1 << 20;
+
+impl Finishing {
+    /// Waits for the thread (at once, if it is done) and keeps what it
+    /// returned.
+    fn join(&mut self) {
+        if let Some(w) = self.worker.take() {
+            self.result = w.join().ok();
+        }
+    }
+}
+
+impl Drop for Finishing {
+    /// Waits for the thread: it may be renaming the block into place, and
+    /// the chain's writer lock must outlive it.
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// Says, when dropped, that a chain's finishing thread is done (whether it
+/// returned or panicked), so a waiting site never waits for nothing.
+struct AnnounceDone {
+    done: std::sync::mpsc::Sender<ChainName>,
+    chain: ChainName,
+}
+
+impl Drop for AnnounceDone {
+    fn drop(&mut self) {
+        let _ = self.done.send(self.chain.clone());
+    }
+}
+
+/// Where a chain's verified blocks go: what checking and placing a block
+/// needs of its [`SiteChain`], owned, for the thread that does it.
+#[derive(Clone, Debug)]
+struct Placement {
+    layout: RootLayout,
+    chain: ChainName,
+    site: Site,
 }
 
 /// How many chunks may wait for `btrfs receive` (at 512 KiB each, 4 MiB):
@@ -421,7 +497,19 @@ impl SiteChain {
         std::fs::create_dir_all(&dir).at(&dir)?;
         let path = dir.join(format!("{index:08}"));
         std::fs::write(&path, frame).at(&path)?;
+        if let Some(f) = &mut self.finishing {
+            f.spooled_ahead += frame.len() as u64;
+        }
         Ok(())
+    }
+
+    /// Whether the chain's chunks spooled while its block is being
+    /// finished reached [`READ_AHEAD_BYTES`]: its next chunk waits for
+    /// that block.
+    pub fn read_ahead_full(&self) -> bool {
+        self.finishing
+            .as_ref()
+            .is_some_and(|f| f.spooled_ahead >= READ_AHEAD_BYTES)
     }
 
     /// A spooled chunk, read back (its caller authenticates it again).
@@ -517,33 +605,119 @@ impl SiteChain {
         }
     }
 
-    /// Finishes the open stream, every chunk of it fed: the whole stream
-    /// against the signed hash, the received snapshot against the signed
-    /// header, then into place.
-    pub fn finish(&mut self, ready: &ReadyBlock) -> Result<BlockTiming, ConsumerError> {
+    /// Starts finishing the open stream, every chunk of it fed, on a
+    /// thread of its own: the whole stream against the signed hash, the
+    /// received snapshot against the signed header, then into place. When
+    /// the thread is done it sends the chain's name down `done`, and
+    /// [`Self::take_finished`] hands back how it went. Nothing else of the
+    /// chain is received until then.
+    pub fn start_finish(
+        &mut self,
+        ready: ReadyBlock,
+        done: std::sync::mpsc::Sender<ChainName>,
+    ) -> Result<(), ConsumerError> {
         let height = ready.header.height;
         let Some(mut receiving) = self.receiving.take().filter(|r| r.key == ready.key) else {
             return Err(ConsumerError::Schema(SchemaError::Malformed {
                 why: format!("block {height} finished with no receive open"),
             }));
         };
-        let received = receiving.close();
-        let early = receiving.early.take();
-        let staging = receiving.staging.clone();
-        let started = receiving.started;
-        drop(receiving);
-        let result = self.check_and_place(ready, received, early, &staging, started);
-        if result.is_err() {
-            remove_staging(&staging);
-        }
-        result
+        let placement = Placement {
+            layout: self.layout.clone(),
+            chain: self.chain.clone(),
+            site: self.site.clone(),
+        };
+        let mut verified = self.verified.take();
+        let announce = AnnounceDone {
+            done,
+            chain: self.chain.clone(),
+        };
+        let worker = std::thread::Builder::new()
+            .name(format!("finish-{height}"))
+            .spawn(move || {
+                let _announce = announce;
+                let received = receiving.close();
+                let early = receiving.early.take();
+                let staging = receiving.staging.clone();
+                let started = receiving.started;
+                drop(receiving);
+                let outcome = placement.check_and_place(
+                    &ready,
+                    received,
+                    early,
+                    &mut verified,
+                    &staging,
+                    started,
+                );
+                if outcome.is_err() {
+                    remove_staging(&staging);
+                }
+                (Finished { ready, outcome }, verified)
+            })
+            .at(&self.layout.blocks_dir())?;
+        self.finishing = Some(Finishing {
+            worker: Some(worker),
+            result: None,
+            spooled_ahead: 0,
+        });
+        Ok(())
     }
 
+    /// Whether a block of this chain is being checked and placed.
+    pub fn is_finishing(&self) -> bool {
+        self.finishing.is_some()
+    }
+
+    /// How the block being finished went, once its thread is done (`None`
+    /// while it runs, or when none is).
+    pub fn take_finished(&mut self) -> Option<Finished> {
+        let f = self.finishing.as_mut()?;
+        if f.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+            f.join();
+        }
+        if f.worker.is_some() {
+            return None;
+        }
+        let result = f.result.take();
+        self.finishing = None;
+        match result {
+            Some((finished, verified)) => {
+                self.verified = verified;
+                Some(finished)
+            }
+            // The thread panicked: the stream is received again.
+            None => None,
+        }
+    }
+
+    /// Waits for the block being finished, if there is one, and keeps how
+    /// it went for [`Self::take_finished`] (its thread said it is done, or
+    /// the chain is being let go).
+    pub fn wait_finished(&mut self) {
+        if let Some(f) = &mut self.finishing {
+            f.join();
+        }
+    }
+
+    /// The header of the newest block held.
+    pub fn head_header(&self) -> Result<Option<BlockHeader>, ConsumerError> {
+        let Some(h) = self.held()? else {
+            return Ok(None);
+        };
+        Ok(ChainDir::new(self.layout.snapshot(h)).headers()?.pop())
+    }
+}
+
+impl Placement {
+    /// Checks a received block and puts it in place (see
+    /// [`SiteChain::start_finish`]). `verified` holds the previous block's
+    /// replayed logs, and this one's after it verifies.
     fn check_and_place(
-        &mut self,
+        &self,
         ready: &ReadyBlock,
         received: Received,
         early: Option<EarlyLogCheck>,
+        verified: &mut Option<VerifiedLogs>,
         staging: &Path,
         started: Instant,
     ) -> Result<BlockTiming, ConsumerError> {
@@ -566,16 +740,22 @@ impl SiteChain {
         if let Err(e) = whole {
             // The previous block's replay, if the early check handed it
             // back, serves the block's next attempt.
-            self.verified = early.and_then(EarlyLogCheck::abandon);
+            *verified = early.and_then(EarlyLogCheck::abandon);
             return Err(e);
         }
         let received = started.elapsed();
-        // 2. Verify the received snapshot against the signed header.
+        // 2. Verify the received snapshot against the signed header. Its
+        // flush of the file system is what makes the block durable before
+        // it is renamed into place and its offset committed: `btrfs
+        // receive` writes through the page cache, and the transaction its
+        // last ioctl commits does not carry that data, so after a power
+        // loss a block in place could come back with empty files,
+        // read-only and with its received UUID, and be taken as held.
         let problems = verify_received(
             &self.layout,
             &ChainDir::new(staging),
             &ready.header,
-            &mut self.verified,
+            verified,
             early,
         )?;
         if !problems.is_empty() {
@@ -585,15 +765,6 @@ impl SiteChain {
                 problems: problems.iter().map(ToString::to_string).collect(),
             });
         }
-        // Written out before it is renamed into place and its offset
-        // committed: `btrfs receive` writes through the page cache, and the
-        // transaction its last ioctl commits does not carry that data, so
-        // after a power loss a block in place could come back with empty
-        // files, read-only and with its received UUID, and be taken as
-        // held. (The verification synced already, to read the btrfs tree;
-        // this one finds little or nothing left to write.)
-        let blocks = self.layout.blocks_dir();
-        btrfs::sync_filesystem(&blocks)?;
         // 3. Keep the signed manifest (search proofs show it), then into
         // place. The first block a copy holds is its base.
         let manifests = self.layout.manifests_dir();
@@ -603,11 +774,12 @@ impl SiteChain {
             why: e.to_string(),
         })?;
         write_atomic(&self.layout.manifest(height), &manifest)?;
-        if self.held()?.is_none() {
+        if self.layout.snapshot_heights()?.is_empty() {
             self.site.write_replica(&self.layout, height)?;
         }
         let dest = self.layout.snapshot(height);
         std::fs::rename(staging, &dest).at(&dest)?;
+        let blocks = self.layout.blocks_dir();
         File::open(&blocks).and_then(|d| d.sync_all()).at(&blocks)?;
         let total = started.elapsed();
         debug!(
@@ -622,14 +794,6 @@ impl SiteChain {
             receive: received,
             verify: total - received,
         })
-    }
-
-    /// The header of the newest block held.
-    pub fn head_header(&self) -> Result<Option<BlockHeader>, ConsumerError> {
-        let Some(h) = self.held()? else {
-            return Ok(None);
-        };
-        Ok(ChainDir::new(self.layout.snapshot(h)).headers()?.pop())
     }
 }
 

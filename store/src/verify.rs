@@ -728,7 +728,9 @@ fn check_logs_early(
 /// replayed logs of that previous block, from where they ended; its state
 /// files must hash to the header's state root; it must be read-only.
 /// Flushes the filesystem (`syncfs`) to read the state files from the
-/// btrfs tree. Returns the problems found. On success `verified` holds this
+/// btrfs tree; that flush is also what makes the received block durable
+/// before its caller moves it into place, so a flush that fails is an
+/// error. Returns the problems found. On success `verified` holds this
 /// block's replayed logs; otherwise it is emptied.
 pub fn verify_received(
     layout: &RootLayout,
@@ -752,8 +754,11 @@ pub fn verify_received(
     // State files from the btrfs tree, as `verify` reads them: one tree
     // search instead of opening every state file, which took seconds a
     // block at 100,000 elements. The sync is also what makes the block
-    // durable.
-    let scan_states = || scan_copy(&copy, &meta, flushed_for_tree_reads(dir.path()));
+    // durable, so its failure is the caller's.
+    let scan_states = || {
+        btrfs::sync_filesystem(dir.path())?;
+        Ok::<_, StoreError>(scan_copy(&copy, &meta, true))
+    };
     // Its logs (checked while the receive still wrote the state files, or
     // now, from the previous block's replay or in full), and its files,
     // side by side.
@@ -779,6 +784,7 @@ pub fn verify_received(
         },
         scan_states,
     );
+    let scan = scan?;
     let checker = match outcome {
         Ok(checker) => checker,
         Err(problem) => {
