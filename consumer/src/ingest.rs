@@ -438,10 +438,14 @@ impl Ingest {
             warn!(at = %origin, chain = %chain, "skipping a stream for a chain this site does not take");
             return Ok(None);
         }
+        let height = match &frame {
+            Frame::Manifest(m) => m.height,
+            Frame::Chunk(c) => c.meta.height,
+        };
         if self
             .witness
             .as_ref()
-            .is_some_and(|w| w.stopped.contains_key(&chain))
+            .is_some_and(|w| w.refuses(&chain, height))
         {
             self.stats.reject(Rejection::ChainStopped, 1);
             debug!(at = %origin, chain = %chain, "skipping a frame of a chain stopped by a fork");
@@ -458,10 +462,6 @@ impl Ingest {
             {
                 self.finish_one(&chain)?;
             }
-            // A witnessing site admits a manifest's checkpoint with the
-            // chain's earlier blocks in: a fork it reveals stops the chain
-            // after the blocks both histories share, not before them.
-            Frame::Manifest(_) if self.witness.is_some() => while self.finish_one(&chain)? {},
             _ => {}
         }
         let (site_chain, assembler) =
@@ -472,14 +472,10 @@ impl Ingest {
                     if let (Some(w), Ok(Some((cp, _)))) = (&mut self.witness, m.checkpoint()) {
                         if let Err(fork) = w.book.admit(&chain, cp.size, cp.root) {
                             self.stats.reject(Rejection::Fork, 1);
+                            // Blocks below the fork, on their way, are
+                            // still taken (see `drive`); this one is not.
                             w.stop(&fork);
-                            site_chain.abort();
-                            // Dropped, a block being finished is waited for
-                            // (it checked out before the fork was seen).
-                            if site_chain.is_finishing() {
-                                self.finishing -= 1;
-                            }
-                            self.chains.remove(&chain);
+                            self.drive(&chain)?;
                             return Ok(Some(chain));
                         }
                     }
@@ -600,6 +596,11 @@ impl Ingest {
                 let Some(ready) = assembler.next_to_open() else {
                     break;
                 };
+                if refused(&self.witness, chain, ready.key.height) {
+                    assembler.discard(&ready.key);
+                    site_chain.drop_spool(&ready.key);
+                    continue;
+                }
                 site_chain.open(&ready)?;
                 assembler.opened(ready.key);
             }
@@ -614,6 +615,12 @@ impl Ingest {
             let Some(ready) = assembler.open_complete() else {
                 break;
             };
+            if refused(&self.witness, chain, ready.key.height) {
+                site_chain.abort();
+                assembler.discard(&ready.key);
+                site_chain.drop_spool(&ready.key);
+                continue;
+            }
             site_chain.start_finish(ready, self.finished_tx.clone())?;
             self.finishing += 1;
         }
@@ -638,6 +645,8 @@ impl Ingest {
         self.chains
             .iter()
             .filter_map(|(c, (_, a))| a.gap().map(|h| (c.clone(), h)))
+            // A chain stopped by a fork waits on nothing.
+            .filter(|(c, h)| !refused(&self.witness, c, *h))
             .collect()
     }
 
@@ -720,13 +729,19 @@ fn held_leaves(
     Ok(fschain_schema::note::block_leaves(copy.headers()))
 }
 
+/// Whether the site's witness refuses block `height` of `chain` (a fork
+/// stopped the chain at or below it).
+fn refused(witness: &Option<SiteWitness>, chain: &ChainName, height: u64) -> bool {
+    witness.as_ref().is_some_and(|w| w.refuses(chain, height))
+}
+
 /// After block `ready` of `chain` is in place: checks its checkpoint
 /// against the blocks held and cosigns it, or stops the chain.
 fn witness_applied(w: &mut SiteWitness, site: &Site, chain: &ChainName, ready: &ReadyBlock) {
-    if w.stopped.contains_key(chain) {
+    let height = ready.header.height;
+    if w.refuses(chain, height) {
         return;
     }
-    let height = ready.header.height;
     // Loaded leaves may stop short of this block: another member of the
     // site's group applied the blocks between while it held the chain.
     if w.book.held(chain) != Some(height) {

@@ -234,6 +234,10 @@ pub struct SiteWitness {
     pub witness: Witness,
     outbox: Vec<(ChainName, String)>,
     pub stopped: BTreeMap<ChainName, String>,
+    /// The lowest height refused of each stopped chain: the first leaf of
+    /// the tree size the fork was seen at (0 for a fork recorded before
+    /// this run: nothing more is taken).
+    refused_from: BTreeMap<ChainName, u64>,
     site_root: PathBuf,
 }
 
@@ -251,12 +255,14 @@ impl SiteWitness {
     ) -> Result<Self, fschain_schema::SchemaError> {
         let witness = Witness::new(name, key.public())?;
         let mut stopped = BTreeMap::new();
+        let mut refused_from = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(&site_root) {
             for entry in entries.flatten() {
                 let Some(chain) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                     continue;
                 };
                 if let Ok(why) = std::fs::read_to_string(fork_record(&site_root, &chain)) {
+                    refused_from.insert(chain.clone(), 0);
                     stopped.insert(chain, why);
                 }
             }
@@ -267,6 +273,7 @@ impl SiteWitness {
             witness,
             outbox: Vec::new(),
             stopped,
+            refused_from,
             site_root,
         })
     }
@@ -283,6 +290,20 @@ impl SiteWitness {
             tracing::error!(path = %path.display(), error = %e, "could not record the fork");
         }
         self.stopped.insert(fork.chain.clone(), why);
+        // Tree size n covers blocks 0 to n-1; the two histories differ at
+        // one of them, and no later block is taken. Blocks below, already
+        // on their way and chained to the blocks held, still are.
+        let first = fork.size.saturating_sub(1);
+        self.refused_from
+            .entry(fork.chain.clone())
+            .and_modify(|h| *h = (*h).min(first))
+            .or_insert(first);
+    }
+
+    /// Whether block `height` of `chain` is refused: the chain was stopped
+    /// by a fork at or below it.
+    pub fn refuses(&self, chain: &ChainName, height: u64) -> bool {
+        self.refused_from.get(chain).is_some_and(|h| height >= *h)
     }
 
     /// Cosigns `note` (a checkpoint already checked) at `time`.
