@@ -123,9 +123,22 @@ pub fn consume(
                     return Ok(summary(ingest));
                 }
             }
-            other => return other,
+            other => {
+                close_together(consumer, link);
+                return other;
+            }
         }
     }
+}
+
+/// Drops the site's consumer and its witness link side by side: a group
+/// member's drop leaves its group and then waits out a 100 ms poll
+/// (rdkafka's `BaseConsumer::drop`), and the link's reader is one too.
+fn close_together(consumer: SiteConsumer, link: Option<WitnessLink>) {
+    std::thread::scope(|s| {
+        s.spawn(move || drop(consumer));
+        drop(link);
+    });
 }
 
 /// How long a site whose disk is full waits before it tries again: 1 s,
@@ -417,7 +430,8 @@ pub(crate) struct WitnessLink {
     reader: SiteConsumer,
     writer: rdkafka::producer::BaseProducer,
     partitions: BTreeSet<i32>,
-    at_end: BTreeSet<i32>,
+    /// The offset after the last message read, per partition.
+    next: BTreeMap<i32, i64>,
 }
 
 impl WitnessLink {
@@ -454,7 +468,7 @@ impl WitnessLink {
             reader,
             writer,
             partitions,
-            at_end: BTreeSet::new(),
+            next: BTreeMap::new(),
         };
         // What other sites cosigned is known before any block is taken.
         link.catch_up(ingest);
@@ -476,7 +490,7 @@ impl WitnessLink {
     fn read_one(&mut self, ingest: &mut Ingest, wait: Duration) -> bool {
         match self.reader.poll(wait) {
             Some(Ok(msg)) => {
-                self.at_end.remove(&msg.partition());
+                self.next.insert(msg.partition(), msg.offset() + 1);
                 let origin = Origin {
                     topic: &self.topic,
                     partition: msg.partition(),
@@ -485,10 +499,7 @@ impl WitnessLink {
                 ingest.witnessed(msg.payload().unwrap_or_default(), &origin);
                 true
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                self.at_end.insert(p);
-                true
-            }
+            Some(Err(KafkaError::PartitionEOF(_))) => true,
             Some(Err(e)) => {
                 warn!(topic = self.topic, error = %e, "reading the witness topic");
                 false
@@ -513,18 +524,42 @@ impl WitnessLink {
     /// Reads the witness topic to its end (up to 10 s) and flushes this
     /// site's cosignatures: before an idle run reports what it holds.
     fn catch_up(&mut self, ingest: &mut Ingest) {
-        use rdkafka::producer::Producer as _;
         self.send(ingest);
-        if let Err(e) = self.writer.flush(Duration::from_secs(10)) {
+        if let Err(e) = fschain_kafka::wait_acknowledged(&self.writer, Duration::from_secs(10)) {
             warn!(topic = self.topic, error = %e, "cosignatures not acknowledged");
         }
-        // Read to the end as it is now, past what was just sent.
-        self.at_end.clear();
+        // Read to the end as it is now, past what was just sent: up to
+        // each partition's high watermark (an end-of-partition event comes
+        // only after new messages, so waiting for one on a topic with
+        // nothing new would wait the whole 10 s).
         let until = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.partitions.is_subset(&self.at_end) && std::time::Instant::now() < until {
+        let mut ends = BTreeMap::new();
+        for &p in &self.partitions {
+            match self
+                .reader
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+            {
+                Ok((low, high)) if high > low => {
+                    ends.insert(p, high);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(topic = self.topic, partition = p, error = %e, "the witness topic's end is unknown; not waiting for it");
+                }
+            }
+        }
+        while short_of(&ends, &self.next) && std::time::Instant::now() < until {
             self.read_one(ingest, Duration::from_millis(100));
         }
     }
+}
+
+/// Whether any partition's next offset to read (`next`, 0 when none was
+/// read) is short of its end (`ends`: the high watermarks of the
+/// partitions holding messages).
+fn short_of(ends: &BTreeMap<i32, i64>, next: &BTreeMap<i32, i64>) -> bool {
+    ends.iter()
+        .any(|(p, &end)| next.get(p).copied().unwrap_or(0) < end)
 }
 
 /// Every message of `<prefix>.witness`, read from its start to its end
@@ -668,5 +703,18 @@ mod tests {
         let mut backoff = DiskFullBackoff::default();
         let waits: Vec<u64> = (0..9).map(|_| backoff.next().as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn the_witness_topic_is_read_up_to_each_partition_end() {
+        let ends = BTreeMap::from([(0, 5), (2, 1)]);
+        // Nothing new on a topic read before: no wait at all.
+        assert!(!short_of(&BTreeMap::new(), &BTreeMap::new()));
+        assert!(short_of(&ends, &BTreeMap::new()));
+        assert!(short_of(&ends, &BTreeMap::from([(0, 5)])));
+        assert!(short_of(&ends, &BTreeMap::from([(0, 4), (2, 1)])));
+        assert!(!short_of(&ends, &BTreeMap::from([(0, 5), (2, 1)])));
+        // Past an end read while this ran: done.
+        assert!(!short_of(&ends, &BTreeMap::from([(0, 7), (2, 3), (1, 1)])));
     }
 }

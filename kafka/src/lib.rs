@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
@@ -200,6 +201,32 @@ pub fn refused() -> Option<KafkaClientError> {
 
 /// How long the first call to the brokers may take before it gives up.
 const FIRST_CONTACT: Duration = Duration::from_secs(10);
+
+/// Waits until the broker has acknowledged every message `producer` has
+/// queued (their delivery reports served), or `timeout` passes.
+///
+/// rdkafka's own `flush` waits up to 100 ms between checks, so each flush
+/// of a small message cost 100 ms against a broker that answers in 5;
+/// this polls for the reports instead.
+pub fn wait_acknowledged<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaClientError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let waiting = producer.in_flight_count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaClientError::NotAcknowledged {
+                count: waiting.try_into().unwrap_or(0),
+                reason: format!("none within {timeout:?}"),
+            });
+        }
+        producer.poll(Duration::from_millis(5));
+    }
+}
 
 /// The partitions of `topic`: fschain's one partition discovery.
 ///

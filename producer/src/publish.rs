@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fschain_kafka::{client_config, KafkaClientError, Role};
+use fschain_kafka::{client_config, wait_acknowledged, KafkaClientError, Role};
 use fschain_schema::wire::{event_key, SigningKey, Topics};
 use fschain_schema::{BlockHeader, ChainName, Event, EventLine};
 use fschain_store::crash::{crash_point, CrashPoint};
@@ -131,33 +131,6 @@ impl Publisher {
             .into());
         }
         Ok(())
-    }
-}
-
-/// Waits until the broker has acknowledged every message `producer` has
-/// queued (their delivery reports served), or `timeout` passes.
-///
-/// rdkafka's own `flush` waits up to 100 ms between checks, so each flush
-/// of a small message cost 100 ms against a broker that answers in 5;
-/// this polls for the reports instead.
-pub fn wait_acknowledged<C: ProducerContext>(
-    producer: &BaseProducer<C>,
-    timeout: Duration,
-) -> Result<(), ProducerError> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let waiting = producer.in_flight_count();
-        if waiting == 0 {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(KafkaClientError::NotAcknowledged {
-                count: waiting.try_into().unwrap_or(0),
-                reason: format!("none within {timeout:?}"),
-            }
-            .into());
-        }
-        producer.poll(Duration::from_millis(5));
     }
 }
 
