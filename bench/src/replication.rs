@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fschain_producer::publish::wait_acknowledged;
+use fschain_kafka::wait_acknowledged;
 use fschain_producer::ChainWriter;
 use fschain_schema::{Action, Operation};
 use fschain_store::{btrfs, RootLayout};
@@ -318,6 +318,15 @@ fn against_plain_pipeline(
     report: &mut Report,
 ) -> Result<(u64, u64)> {
     let brokers = bin.brokers.as_str();
+    // Topics of this comparison's own, on both sides: the site reads this
+    // block alone, as the plain pipeline does, not the other comparison's
+    // block ahead of it.
+    let bin = &Bin {
+        exe: bin.exe.clone(),
+        brokers: bin.brokers.clone(),
+        prefix: format!("{}-{name}", bin.prefix),
+    };
+    bin.run(&["topics", "create"])?;
     let root = work.join(name);
     let mut writer = new_root(&root, name)?;
     build(&mut writer)?;
@@ -486,6 +495,10 @@ fn send_receive(snapshot: &Path, dir: &Path) -> Result<Duration> {
 /// `btrfs send [-p PARENT] BLOCK | zstd` produced to `topic` as it is
 /// sent (512 KiB messages, acks=all), then consumed into `zstd -d | btrfs
 /// receive DIR` as it arrives. Returns (produce, consume and receive).
+/// Each side makes its Kafka client inside its own clock, and the consumer
+/// starts once the produce is acknowledged, as `fschain consume` does
+/// after `fschain publish`: it reads every byte from the broker within
+/// its time rather than having prefetched them during the produce.
 fn plain_pipeline(
     brokers: &str,
     topic: &str,
@@ -495,8 +508,8 @@ fn plain_pipeline(
 ) -> Result<(Duration, Duration)> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
-    let (producer, consumer) = raw_client(brokers, topic)?;
     let t = Instant::now();
+    let producer = raw_producer(brokers)?;
     let mut send = Command::new("btrfs");
     send.args(["send", "-q"]).args(btrfs::send_options());
     if let Some(p) = parent {
@@ -569,6 +582,7 @@ fn plain_pipeline(
     let produced = t.elapsed();
 
     let t = Instant::now();
+    let consumer = raw_consumer(brokers, topic)?;
     let mut receive = Command::new("btrfs")
         .args(["receive", "-q"])
         .arg(dir)
@@ -582,10 +596,8 @@ fn plain_pipeline(
         match consumer.poll(Duration::from_secs(30)) {
             Some(Ok(m)) => {
                 if let Some(payload) = m.payload() {
-                    if payload != b"start" {
-                        decoder.write_all(payload)?;
-                        got += 1;
-                    }
+                    decoder.write_all(payload)?;
+                    got += 1;
                 }
             }
             Some(Err(e)) => bail!("plain consume: {e}"),
@@ -663,12 +675,36 @@ impl std::io::Write for CountingSink {
 }
 
 fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)> {
-    let producer: BaseProducer = ClientConfig::new()
+    let producer = raw_producer(brokers)?;
+    // Create the topic by producing one message, then start at its end.
+    producer
+        .send(BaseRecord::to(topic).key("k").payload("start").partition(0))
+        .map_err(|(e, _)| e)?;
+    wait_acknowledged(&producer, Duration::from_secs(10))?;
+    let consumer = raw_consumer(brokers, topic)?;
+    loop {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) if m.payload() == Some(b"start".as_slice()) => break,
+            Some(_) => {}
+            None => bail!("raw baseline topic {topic} never answered"),
+        }
+    }
+    Ok((producer, consumer))
+}
+
+/// The baselines' producer: acks=all, no linger, as large messages as the
+/// site's.
+fn raw_producer(brokers: &str) -> Result<BaseProducer> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
         .set("acks", "all")
         .set("message.max.bytes", "4194304")
-        .create()?;
+        .create()?)
+}
+
+/// The baselines' consumer, assigned partition 0 of `topic` from its start.
+fn raw_consumer(brokers: &str, topic: &str) -> Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-g"))
@@ -678,29 +714,18 @@ fn raw_client(brokers: &str, topic: &str) -> Result<(BaseProducer, BaseConsumer)
         .set("auto.offset.reset", "earliest")
         .set("fetch.message.max.bytes", "4194304")
         .set("fetch.wait.max.ms", "20")
-        // It is assigned before the bytes are produced and prefetches them
-        // meanwhile; with librdkafka's default, a full prefetch queue puts
-        // the next fetch off by a second, which fell on the timed consume
-        // in about half the runs (0.84-0.89 s or 1.81-1.84 s for 213 MB).
-        // The site sets the same.
+        // With librdkafka's default, a full prefetch queue puts the next
+        // fetch off by a second. The site sets the same.
         .set("fetch.queue.backoff.ms", "20")
         .create()?;
+    // The partition's leader first, as the site learns it before it
+    // subscribes: assigned without it, the first fetch waits out a 500 ms
+    // backoff.
+    consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
-    // Create the topic by producing one message, then start at its end.
-    producer
-        .send(BaseRecord::to(topic).key("k").payload("start").partition(0))
-        .map_err(|(e, _)| e)?;
-    wait_acknowledged(&producer, Duration::from_secs(10))?;
     consumer.assign(&tpl)?;
-    loop {
-        match consumer.poll(Duration::from_secs(10)) {
-            Some(Ok(m)) if m.payload() == Some(b"start".as_slice()) => break,
-            Some(_) => {}
-            None => bail!("raw baseline topic {topic} never answered"),
-        }
-    }
-    Ok((producer, consumer))
+    Ok(consumer)
 }
 
 /// Produce one small message and wait until it is consumed, `n` times.
@@ -726,12 +751,14 @@ fn raw_round_trips(brokers: &str, topic: &str, n: usize) -> Result<Vec<Duration>
     Ok(out)
 }
 
-/// Produce `bytes` in 512 KiB messages (acks=all), then consume them all.
+/// Produce `bytes` in 512 KiB messages (acks=all), then consume them all
+/// with a consumer made once the produce is acknowledged; each side's
+/// client is made inside its clock.
 fn raw_bulk(brokers: &str, topic: &str, bytes: u64) -> Result<(Duration, Duration)> {
-    let (producer, consumer) = raw_client(brokers, topic)?;
     let chunk = vec![0x5au8; 512 * 1024];
     let count = bytes.div_ceil(chunk.len() as u64).max(1);
     let t = Instant::now();
+    let producer = raw_producer(brokers)?;
     for _ in 0..count {
         let mut record = BaseRecord::to(topic).key("k").payload(&chunk).partition(0);
         loop {
@@ -747,6 +774,7 @@ fn raw_bulk(brokers: &str, topic: &str, bytes: u64) -> Result<(Duration, Duratio
     wait_acknowledged(&producer, Duration::from_secs(600)).context("raw produce")?;
     let produced = t.elapsed();
     let t = Instant::now();
+    let consumer = raw_consumer(brokers, topic)?;
     let mut got = 0;
     while got < count {
         match consumer.poll(Duration::from_secs(30)) {
