@@ -22,13 +22,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use fschain_schema::wire::{decode_frame, Chunk, Frame};
-use fschain_schema::{BlockHeader, ChainName, Digest, SchemaError, StreamHash};
+use fschain_schema::{BlockHeader, ChainName, SchemaError};
 use fschain_store::layout::{write_atomic, ChainMeta, ReplicaMeta, RootLayout};
 use fschain_store::{
     btrfs, verify_received, ChainDir, EarlyLogCheck, IoContext, StoreError, VerifiedLogs,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::assembler::{ReadyBlock, StreamKey};
@@ -309,13 +308,11 @@ struct Receiving {
     started: Instant,
 }
 
-/// What a receive thread reports: how the receive went, and the hash and
-/// length of every byte it was fed (taken on that thread, beside the
-/// decompression, not on the one that reads the topic).
+/// What a receive thread reports: how the receive went, and the length of
+/// every byte it was fed.
 #[derive(Debug)]
 struct Received {
     outcome: Result<(), StoreError>,
-    stream: StreamHash,
     bytes: u64,
 }
 
@@ -324,7 +321,6 @@ impl Received {
     fn failed(error: StoreError) -> Self {
         Received {
             outcome: Err(error),
-            stream: StreamHash(Digest::of(&[])),
             bytes: 0,
         }
     }
@@ -370,21 +366,19 @@ fn receive(dir: &Path, name: &str, chunks: Receiver<Vec<u8>>) -> Received {
         Err(e) => return Received::failed(StoreError::io(dir, e)),
     };
     let outcome = btrfs::receive(dir, name, &mut decoder);
-    let (stream, bytes) = decoder.finish().into_inner().finish();
-    Received {
-        outcome,
-        stream,
-        bytes,
-    }
+    let bytes = decoder.finish().into_inner().finish();
+    Received { outcome, bytes }
 }
 
-/// The chunks sent down a channel, read as one stream and hashed as they
-/// are taken; ends when the sending side is dropped.
+/// The chunks sent down a channel, read as one stream and counted as they
+/// are taken; ends when the sending side is dropped. Nothing is hashed
+/// here: each chunk was authenticated under the signed chunk tree before
+/// it was sent, in the tree's order, and that tree commits to every byte
+/// of the stream (`docs/replication.md`).
 struct ChannelReader {
     chunks: Receiver<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
-    hasher: Sha256,
     bytes: u64,
 }
 
@@ -394,19 +388,15 @@ impl ChannelReader {
             chunks,
             current: Vec::new(),
             at: 0,
-            hasher: Sha256::new(),
             bytes: 0,
         }
     }
 
     /// Takes whatever was not read yet (a receive that stopped early), so
-    /// the hash covers every byte fed; returns the hash and the length.
-    fn finish(mut self) -> (StreamHash, u64) {
+    /// the count covers every byte fed; returns it.
+    fn finish(mut self) -> u64 {
         let _ = io::copy(&mut self, &mut io::sink());
-        (
-            StreamHash(Digest::from_bytes(self.hasher.finalize().into())),
-            self.bytes,
-        )
+        self.bytes
     }
 }
 
@@ -415,7 +405,6 @@ impl Read for ChannelReader {
         while self.at == self.current.len() {
             match self.chunks.recv() {
                 Ok(next) => {
-                    self.hasher.update(&next);
                     self.bytes += next.len() as u64;
                     self.current = next;
                     self.at = 0;
@@ -722,13 +711,14 @@ impl Placement {
         started: Instant,
     ) -> Result<BlockTiming, ConsumerError> {
         let height = ready.header.height;
-        // 1. The whole stream against the signed hash (each chunk was
-        // authenticated on its own before it was fed; this is the whole).
+        // 1. The whole stream: every chunk was authenticated under the
+        // signed chunk tree before it was fed, in order; all of them, so
+        // as many bytes as the manifest signs.
         let stream = &ready.manifest.stream;
-        let whole = if received.stream != stream.sha256 || received.bytes != stream.bytes {
-            Err(ConsumerError::Schema(SchemaError::StreamHashMismatch {
-                expected: stream.sha256,
-                actual: received.stream,
+        let whole = if received.bytes != stream.bytes {
+            Err(ConsumerError::Schema(SchemaError::StreamLength {
+                expected: stream.bytes,
+                actual: received.bytes,
             }))
         } else {
             received.outcome.map_err(|e| ConsumerError::Receive {
@@ -841,9 +831,7 @@ mod tests {
             sender.join().unwrap();
             let whole = chunks.concat();
             prop_assert_eq!(&got, &whole);
-            let (hash, bytes) = reader.finish();
-            prop_assert_eq!(hash, StreamHash(Digest::of(&whole)));
-            prop_assert_eq!(bytes, whole.len() as u64);
+            prop_assert_eq!(reader.finish(), whole.len() as u64);
         }
     }
 }

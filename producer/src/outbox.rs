@@ -114,7 +114,7 @@ impl Iterator for ChunkReader<'_> {
         self.next += 1;
         Some(
             read.map_err(ProducerError::from)
-                .map(|_| Chunk::new(&block.manifest, &block.tree, index, data)),
+                .map(|_| Chunk::spooled(&block.manifest, &block.tree, index, data)),
         )
     }
 }

@@ -81,11 +81,8 @@ pub enum SchemaError {
         expected: crate::digest::ChunkHash,
         actual: crate::digest::ChunkHash,
     },
-    #[error("stream hash mismatch: manifest says {expected}, chunks hash to {actual}")]
-    StreamHashMismatch {
-        expected: crate::digest::StreamHash,
-        actual: crate::digest::StreamHash,
-    },
+    #[error("stream length mismatch: manifest says {expected} bytes, its chunks held {actual}")]
+    StreamLength { expected: u64, actual: u64 },
     #[error("chunk {index} of {chain} block {height} is not part of its signed stream: {why}")]
     ChunkNotInStream {
         chain: String,

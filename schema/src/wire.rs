@@ -259,33 +259,42 @@ pub fn chunk_leaf(hash: &ChunkHash) -> Digest {
 /// The RFC 6962 tree over a stream's chunk hashes: its root goes in the
 /// signed manifest, its audit paths in the chunks.
 #[derive(Clone, Debug)]
-pub struct ChunkTree(MerkleLevels);
+pub struct ChunkTree {
+    levels: MerkleLevels,
+    hashes: Vec<ChunkHash>,
+}
 
 impl ChunkTree {
     pub fn from_hashes(hashes: &[ChunkHash]) -> Self {
-        ChunkTree(MerkleLevels::from_leaves(
-            hashes.iter().map(chunk_leaf).collect(),
-        ))
+        ChunkTree {
+            levels: MerkleLevels::from_leaves(hashes.iter().map(chunk_leaf).collect()),
+            hashes: hashes.to_vec(),
+        }
     }
 
     pub fn root(&self) -> ChunkTreeRoot {
-        ChunkTreeRoot(self.0.root())
+        ChunkTreeRoot(self.levels.root())
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.levels.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.levels.is_empty()
     }
 
     /// The audit path of chunk `index` (empty for a one-chunk stream).
     pub fn proof(&self, index: u32) -> Vec<Digest> {
-        self.0
+        self.levels
             .proof(index as usize)
             .map(|p| p.path)
             .unwrap_or_default()
+    }
+
+    /// The SHA-256 of chunk `index`, as it was hashed into the tree.
+    pub fn chunk_hash(&self, index: u32) -> Option<ChunkHash> {
+        self.hashes.get(index as usize).copied()
     }
 }
 
@@ -500,6 +509,30 @@ impl Chunk {
                 proof: tree.proof(index),
             },
             data,
+        }
+    }
+
+    /// Chunk `index` of a stream whose bytes `tree` was built from as they
+    /// were written (a producer's spool, checked against its manifest):
+    /// its hash is the tree's, not computed a second time. Bytes that
+    /// changed on disk since are refused where every chunk is checked, by
+    /// [`Chunk::authenticate`] at the site.
+    pub fn spooled(manifest: &BlockManifest, tree: &ChunkTree, index: u32, data: Vec<u8>) -> Self {
+        match tree.chunk_hash(index) {
+            Some(sha256) => Chunk {
+                meta: ChunkMeta {
+                    chain: manifest.chain.clone(),
+                    height: manifest.height,
+                    parent: manifest.parent,
+                    index,
+                    count: manifest.stream.chunks,
+                    sha256,
+                    stream_sha256: manifest.stream.sha256,
+                    proof: tree.proof(index),
+                },
+                data,
+            },
+            None => Chunk::new(manifest, tree, index, data),
         }
     }
 
@@ -777,6 +810,18 @@ mod tests {
         // A key swapped in with a signature of its own is still untrusted.
         let forged = BlockManifest::sign(&header(), Some(2), stream(250), &key(9)).unwrap();
         assert!(forged.verify(&[key(1).public()]).is_err());
+    }
+
+    #[test]
+    fn a_spooled_chunk_takes_its_hash_from_the_tree_and_is_refused_if_changed() {
+        let (info, tree) = stream_of(&[7; 250]);
+        let m = BlockManifest::sign(&header(), None, info, &key(1)).unwrap();
+        let spooled = Chunk::spooled(&m, &tree, 2, vec![7; 50]);
+        assert_eq!(spooled, Chunk::new(&m, &tree, 2, vec![7; 50]));
+        spooled.authenticate(&m).unwrap();
+        // Bytes that changed on disk after they were hashed.
+        let changed = Chunk::spooled(&m, &tree, 2, vec![8; 50]);
+        assert!(changed.authenticate(&m).is_err());
     }
 
     #[test]
