@@ -124,6 +124,12 @@ fn newest_on_topic_once(
             window *= 4;
         }
     }
+    // Closing a consumer that has a group id waits out a 100 ms poll
+    // (rdkafka's `BaseConsumer::drop`); this one never joined its group
+    // nor committed, so the publish goes on while it closes.
+    let _ = std::thread::Builder::new()
+        .name("close-check".into())
+        .spawn(move || drop(consumer));
     Ok(newest)
 }
 
