@@ -497,6 +497,17 @@ pub struct Chunk {
 impl Chunk {
     /// Builds chunk `index` of a stream, with its audit path in `tree`.
     pub fn new(manifest: &BlockManifest, tree: &ChunkTree, index: u32, data: Vec<u8>) -> Self {
+        let sha256 = ChunkHash(Digest::of(&data));
+        Chunk::with_hash(manifest, tree, index, data, sha256)
+    }
+
+    fn with_hash(
+        manifest: &BlockManifest,
+        tree: &ChunkTree,
+        index: u32,
+        data: Vec<u8>,
+        sha256: ChunkHash,
+    ) -> Self {
         Chunk {
             meta: ChunkMeta {
                 chain: manifest.chain.clone(),
@@ -504,7 +515,7 @@ impl Chunk {
                 parent: manifest.parent,
                 index,
                 count: manifest.stream.chunks,
-                sha256: ChunkHash(Digest::of(&data)),
+                sha256,
                 stream_sha256: manifest.stream.sha256,
                 proof: tree.proof(index),
             },
@@ -519,19 +530,7 @@ impl Chunk {
     /// [`Chunk::authenticate`] at the site.
     pub fn spooled(manifest: &BlockManifest, tree: &ChunkTree, index: u32, data: Vec<u8>) -> Self {
         match tree.chunk_hash(index) {
-            Some(sha256) => Chunk {
-                meta: ChunkMeta {
-                    chain: manifest.chain.clone(),
-                    height: manifest.height,
-                    parent: manifest.parent,
-                    index,
-                    count: manifest.stream.chunks,
-                    sha256,
-                    stream_sha256: manifest.stream.sha256,
-                    proof: tree.proof(index),
-                },
-                data,
-            },
+            Some(sha256) => Chunk::with_hash(manifest, tree, index, data, sha256),
             None => Chunk::new(manifest, tree, index, data),
         }
     }
