@@ -101,6 +101,15 @@ running() {
         tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$state/broker-$1.properties"
 }
 
+# Whether the process just started for broker $1 is still alive. Unlike
+# `running`, it does not look for the broker's command line: until the
+# forked shell has exec'd java, that is still this script's.
+started_alive() {
+    local pid
+    pid=$(cat "$state/broker-$1.pid" 2>/dev/null) || return 1
+    [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
+
 write_config() {
     local n=$1 count=$2 voters= i rf=$2 isr=1
     for i in $(seq 1 "$count"); do
@@ -206,7 +215,7 @@ wait_node() {
             && (exec 3<>"/dev/tcp/$(host_of)/$((port + n - 1))") 2>/dev/null; then
             return 0
         fi
-        if ! running "$n"; then
+        if ! started_alive "$n"; then
             echo "kafka.sh: broker $n exited; its output:" >&2
             tail -n 40 "$state/broker-$n.out" "$state/broker-$n.log" >&2 2>/dev/null || true
             return 1
