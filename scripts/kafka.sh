@@ -94,14 +94,12 @@ bootstrap() {
 # of processes, and a recycled PID once made a killed broker look alive
 # (so it was never started again) and could make `down` kill a stranger.
 running() {
-    local pid
-    [ -f "$state/broker-$1.pid" ] || return 1
-    pid=$(cat "$state/broker-$1.pid")
-    [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$state/broker-$1.properties"
+    started_alive "$1" &&
+        tr '\0' ' ' <"/proc/$(cat "$state/broker-$1.pid")/cmdline" 2>/dev/null |
+        grep -q -- "$state/broker-$1.properties"
 }
 
-# Whether the process just started for broker $1 is still alive. Unlike
+# Whether the process started for broker $1 is still alive. Unlike
 # `running`, it does not look for the broker's command line: until the
 # forked shell has exec'd java, that is still this script's.
 started_alive() {
