@@ -244,6 +244,71 @@ fn a_producer_and_two_sites_end_to_end_then_the_agent() {
     );
 }
 
+/// A state of several MiB (a large file recorded in full) is published:
+/// the block carries it to the site, and its event goes to the events
+/// topic without the state (it would exceed the broker's message size and
+/// stop the chain's publishing), named by a header and still carrying the
+/// event's hash, which the full line in the block's `events.log` checks.
+#[test]
+fn a_state_of_several_mib_is_published_and_its_event_goes_without_it() {
+    use fschain_schema::wire::STATE_OMITTED_HEADER;
+    use rdkafka::message::{Headers, Message};
+    let Some(t) = Setup::new("bigstate") else {
+        return;
+    };
+    // 5 MiB of hex that does not compress: more than the broker takes in
+    // one message (4 MiB here, 1 MiB by default).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let blob: String = (0..5 << 16)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect();
+    let small = r#"{"element":"file:/etc/hostname","action":"set","state":{"content":"h1"}}"#;
+    let big = serde_json::json!({"element": "file:/srv/big", "action": "set", "state": {"content": blob}});
+    t.apply(&format!("{small}\n{big}\n"), 10);
+    t.publish(&[]).ok();
+    t.consume("east").ok();
+    t.assert_same_as_producer("east");
+    let history = fschain(&["history", "--root", &t.producer, "--json", "file:/srv/big"])
+        .ok()
+        .stdout();
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let line = &history["events"][0]["event"];
+    let messages = common::topic_messages(&t.brokers, &format!("{}.events", t.prefix));
+    assert_eq!(messages.len(), 2);
+    let by_key = |key: &str| {
+        messages
+            .iter()
+            .find(|m| m.key() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("no event keyed {key}"))
+    };
+    let sent = by_key("host1/file:/srv/big");
+    let value: serde_json::Value = serde_json::from_slice(sent.payload().unwrap()).unwrap();
+    assert_eq!(value["hash"], line["hash"], "{value}");
+    assert_eq!(value["state_hash"], line["state_hash"]);
+    assert_eq!(value["op"]["action"], "set");
+    assert!(value["op"].get("state").is_none(), "{value}");
+    let header = sent
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == STATE_OMITTED_HEADER));
+    let omitted = std::str::from_utf8(header.and_then(|h| h.value).unwrap()).unwrap();
+    let state_len = serde_json::to_string(&serde_json::json!({"content": blob}))
+        .unwrap()
+        .len();
+    assert_eq!(omitted, state_len.to_string());
+    // A short event goes as it is, with no such header.
+    let short = by_key("host1/file:/etc/hostname");
+    let short_value: serde_json::Value = serde_json::from_slice(short.payload().unwrap()).unwrap();
+    assert_eq!(short_value["op"]["state"]["content"], "h1");
+    assert!(short
+        .headers()
+        .is_none_or(|h| h.iter().all(|h| h.key != STATE_OMITTED_HEADER)));
+}
+
 fn spawn(args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_fschain"))
         .args(args)

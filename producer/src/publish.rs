@@ -12,12 +12,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fschain_kafka::{client_config, wait_acknowledged, KafkaClientError, Role};
-use fschain_schema::wire::{event_key, SigningKey, Topics};
+use fschain_schema::wire::{event_key, event_message, SigningKey, Topics, STATE_OMITTED_HEADER};
 use fschain_schema::{BlockHeader, ChainName, Event, EventLine};
 use fschain_store::crash::{crash_point, CrashPoint};
 use fschain_store::layout::RootLayout;
 use fschain_store::{ChainDir, StoreError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use tracing::{debug, info};
@@ -97,7 +98,29 @@ impl Publisher {
 
     /// Queues one message, waiting for room when the queue is full.
     pub fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), ProducerError> {
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        self.send_record(BaseRecord::to(topic).key(key).payload(payload))
+    }
+
+    /// Queues one event of an `events.log` line, without its operation's
+    /// state when the line is long ([`event_message`]).
+    fn send_event(&self, key: &str, line: &[u8]) -> Result<(), ProducerError> {
+        let message = event_message(line)?;
+        let record = BaseRecord::to(&self.topics.events)
+            .key(key)
+            .payload(message.value.as_slice());
+        match message.state_omitted {
+            None => self.send_record(record),
+            Some(bytes) => {
+                let bytes = bytes.to_string();
+                self.send_record(record.headers(OwnedHeaders::new().insert(Header {
+                    key: STATE_OMITTED_HEADER,
+                    value: Some(&bytes),
+                })))
+            }
+        }
+    }
+
+    fn send_record(&self, mut record: BaseRecord<'_, str, [u8]>) -> Result<(), ProducerError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -265,7 +288,7 @@ fn send_block(
     let mut chunks = 0u64;
     let (events, block) = std::thread::scope(|scope| {
         let events = scope.spawn(|| {
-            publish_events(layout, height, event_count, chain, publisher, topics)
+            publish_events(layout, height, event_count, chain, publisher)
                 .map(|n| (n, started.elapsed()))
         });
         let block = (|| {
@@ -367,7 +390,6 @@ fn publish_events(
     count: u64,
     chain: &fschain_schema::ChainName,
     publisher: &Publisher,
-    topics: &Topics,
 ) -> Result<u64, ProducerError> {
     let mut failed = None;
     let events = fschain_store::for_block_event_lines(layout, height, count, |line| {
@@ -378,9 +400,9 @@ fn publish_events(
                 Some(element) => Ok(element),
                 None => Event::from_canonical(line).map(|e| e.element),
             };
-            let sent = element.map_err(ProducerError::from).and_then(|element| {
-                publisher.send(&topics.events, &event_key(chain, &element), line)
-            });
+            let sent = element
+                .map_err(ProducerError::from)
+                .and_then(|element| publisher.send_event(&event_key(chain, &element), line));
             failed = sent.err();
         }
         Ok::<(), fschain_store::StoreError>(())

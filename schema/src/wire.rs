@@ -63,6 +63,63 @@ pub fn event_key(chain: &ChainName, element: &crate::ElementId) -> String {
     format!("{chain}/{element}")
 }
 
+/// An `events.log` line longer than this goes to the events topic without
+/// its operation's state (see [`event_message`]): the blocks carry that
+/// state already, and a line of several MiB would exceed what a broker takes
+/// (1 MiB by default), which stopped the chain's publishing for good.
+pub const EVENT_MESSAGE_INLINE_BYTES: usize = 64 * 1024;
+
+/// The Kafka header naming how many bytes of canonical JSON an event
+/// message's operation state had when it was left out.
+pub const STATE_OMITTED_HEADER: &str = "fschain-state-omitted";
+
+/// What goes on the events topic for one `events.log` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMessage {
+    /// The line itself, or its canonical JSON without `op.state`.
+    pub value: Vec<u8>,
+    /// The length of the canonical JSON of the state left out, if any.
+    pub state_omitted: Option<u64>,
+}
+
+/// The events-topic message of the canonical event `line`: the line when
+/// it is at most [`EVENT_MESSAGE_INLINE_BYTES`] long (or carries no
+/// operation state), else the same canonical JSON without `op.state`, and
+/// the length of what was left out. The `hash` stays the event's: the full
+/// line, which it checks, is in the block's `events.log`.
+pub fn event_message(line: &[u8]) -> Result<EventMessage, SchemaError> {
+    if line.len() <= EVENT_MESSAGE_INLINE_BYTES {
+        return Ok(EventMessage {
+            value: line.to_vec(),
+            state_omitted: None,
+        });
+    }
+    let mut event: Value = serde_json::from_slice(line).map_err(|e| SchemaError::Json {
+        message: format!("event line: {e}"),
+    })?;
+    let state = event
+        .get_mut("op")
+        .and_then(Value::as_object_mut)
+        .and_then(|op| op.remove("state"));
+    let Some(state) = state else {
+        return Ok(EventMessage {
+            value: line.to_vec(),
+            state_omitted: None,
+        });
+    };
+    drop(state);
+    let value = jcs::canonical(&event)?;
+    // `state` sorts last among the operation's members and `action` is
+    // always there, so what went is `,"state":` and the state's own bytes.
+    let omitted = line
+        .len()
+        .saturating_sub(value.len() + r#","state":"#.len()) as u64;
+    Ok(EventMessage {
+        value,
+        state_omitted: Some(omitted),
+    })
+}
+
 /// An ed25519 public key that signs a chain's manifests.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublicKey([u8; 32]);
@@ -750,6 +807,60 @@ pub fn frame_meta_len(head: &[u8; 9]) -> Result<usize, SchemaError> {
 mod tests {
     use super::*;
     use crate::{HeaderDraft, Timestamp};
+
+    fn event_line(state: crate::State) -> Vec<u8> {
+        let draft = crate::EventDraft {
+            chain: "host1".parse().unwrap(),
+            chain_seq: 1,
+            element_seq: 1,
+            op: crate::Operation {
+                element: "file:/etc/big".parse().unwrap(),
+                action: crate::Action::Set,
+                state: Some(state.clone()),
+                reason: Some("r".into()),
+                actor: None,
+                signature: None,
+            },
+            prev: None,
+            state_hash: Some(crate::state_hash(&state).unwrap()),
+            time: Timestamp::from_micros(1_700_000_000_000_000),
+        };
+        draft.seal_with_line().unwrap().1
+    }
+
+    fn blob(len: usize) -> crate::State {
+        serde_json::json!({"blob": "x".repeat(len), "mode": 420})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_short_event_goes_to_the_topic_as_its_line() {
+        let line = event_line(blob(100));
+        let message = event_message(&line).unwrap();
+        assert_eq!(message.value, line);
+        assert_eq!(message.state_omitted, None);
+    }
+
+    #[test]
+    fn a_long_event_goes_without_its_state_and_keeps_its_hash() {
+        let state = blob(EVENT_MESSAGE_INLINE_BYTES);
+        let line = event_line(state.clone());
+        let message = event_message(&line).unwrap();
+        assert!(message.value.len() < 1024, "{}", message.value.len());
+        assert!(jcs::is_canonical(&message.value));
+        let full: Value = serde_json::from_slice(&line).unwrap();
+        let sent: Value = serde_json::from_slice(&message.value).unwrap();
+        let mut expected = full.clone();
+        expected["op"].as_object_mut().unwrap().remove("state");
+        assert_eq!(sent, expected);
+        assert_eq!(sent["hash"], full["hash"]);
+        assert_eq!(
+            message.state_omitted,
+            Some(jcs::canonical_object(&state).unwrap().len() as u64)
+        );
+    }
 
     fn header() -> BlockHeader {
         HeaderDraft {

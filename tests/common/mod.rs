@@ -407,8 +407,21 @@ pub(crate) fn btrfs(args: &[&std::ffi::OsStr]) {
 /// `topic`, read from the start.
 pub(crate) fn latest_full_manifest(brokers: &str, topic: &str) -> Option<(i32, i64)> {
     use fschain_schema::wire::{decode_frame, Frame};
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
+    topic_messages(brokers, topic)
+        .iter()
+        .filter(|msg| {
+            matches!(decode_frame(msg.payload().unwrap_or_default()),
+                Ok(Frame::Manifest(m)) if m.parent.is_none())
+        })
+        .map(|msg| (msg.partition(), msg.offset()))
+        .next_back()
+}
+
+/// Every message of `topic`, read from the start of each partition to its
+/// end.
+pub(crate) fn topic_messages(brokers: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("scan"))
@@ -426,7 +439,7 @@ pub(crate) fn latest_full_manifest(brokers: &str, topic: &str) -> Option<(i32, i
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let mut found = None;
+    let mut found = Vec::new();
     let mut at_end = std::collections::BTreeSet::new();
     let started = std::time::Instant::now();
     loop {
@@ -441,13 +454,7 @@ pub(crate) fn latest_full_manifest(brokers: &str, topic: &str) -> Option<(i32, i
                     return found;
                 }
             }
-            Some(Ok(msg)) => {
-                if let Ok(Frame::Manifest(m)) = decode_frame(msg.payload().unwrap_or_default()) {
-                    if m.parent.is_none() {
-                        found = Some((msg.partition(), msg.offset()));
-                    }
-                }
-            }
+            Some(Ok(msg)) => found.push(msg.detach()),
             _ => {}
         }
     }
