@@ -65,8 +65,14 @@ fn init_tracing(verbose: u8, format: LogFormat) {
         1 => "debug,qdrant_edge=warn",
         _ => "trace",
     };
+    // fschain closes its group consumers itself (`close_consumer`), and
+    // rdkafka's drop then tries again and logs that it could not.
+    let double_close = "rdkafka::consumer::base_consumer=off"
+        .parse()
+        .expect("a valid directive");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        .add_directive(double_close);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

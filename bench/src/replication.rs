@@ -78,6 +78,11 @@ impl Bin {
     }
     /// Runs fschain to the end: how long it took, its peak RSS, its stdout.
     pub(crate) fn run(&self, args: &[&str]) -> Result<(Duration, u64, String)> {
+        let (took, peak, stdout, _) = self.run_logged(args)?;
+        Ok((took, peak, stdout))
+    }
+    /// `run`, and its stderr too.
+    fn run_logged(&self, args: &[&str]) -> Result<(Duration, u64, String, String)> {
         let t = Instant::now();
         let child = self.cmd(args).spawn()?;
         let (out, peak) = wait_measuring(child)?;
@@ -92,8 +97,28 @@ impl Bin {
             t.elapsed(),
             peak,
             String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
     }
+}
+
+/// The sum of every `key=N` in fschain's debug log, in seconds (its
+/// phases are logged in milliseconds).
+fn logged_secs(log: &str, key: &str) -> f64 {
+    let pattern = format!(" {key}=");
+    let ms: u64 = log
+        .lines()
+        .flat_map(|line| line.split(&pattern).skip(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    ms as f64 / 1000.0
+}
+
+/// Writes back every dirty page, untimed, so that each timed phase starts
+/// from the same quiet disk, not paying for the previous one's writes.
+fn settle_disk() {
+    rustix::fs::sync();
 }
 
 /// Reads a child's pipe to its end on a thread of its own.
@@ -335,11 +360,14 @@ fn against_plain_pipeline(
     let key = fschain_producer::load_signing_key(&RootLayout::new(&root))?;
     let key_file = work.join(format!("{name}.pub"));
     std::fs::write(&key_file, format!("{}\n", key.public()))?;
-    let (t_pub, rss_pub, published) =
-        bin.run(&["publish", "--root", &r, "--checkpoint-every", "1"])?;
+    settle_disk();
+    let (t_pub, rss_pub, published, pub_log) =
+        bin.run_logged(&["publish", "--root", &r, "--checkpoint-every", "1", "-v"])?;
     let site = work.join(format!("{name}-site")).display().to_string();
-    let (t_con, rss_con, _) = bin.run(&[
+    settle_disk();
+    let (t_con, rss_con, _, con_log) = bin.run_logged(&[
         "consume",
+        "-v",
         "--site",
         name,
         "--root",
@@ -367,7 +395,7 @@ fn against_plain_pipeline(
     };
     raw.run(&["topics", "create", "--partitions", "1"])?;
     // The same block as fschain sent it: a full stream (--checkpoint-every 1).
-    let (plain_prod, plain_cons) = plain_pipeline(
+    let (plain_prod, plain_cons, plain_sync) = plain_pipeline(
         brokers,
         &format!("{}.events", raw.prefix),
         &layout.snapshot(head),
@@ -383,18 +411,26 @@ fn against_plain_pipeline(
             "{change} ({:.0} MB on the topic): publish + consume, no indexing",
             on_topic as f64 / 1e6
         ),
+        // Where the time goes, from fschain's own debug log.
         fschain: format!(
-            "{:.2} s (publish {:.2} s, consume {:.2} s)",
+            "{:.2} s (publish {:.2} s: stream made {:.2} s before its first chunk, chunks queued {:.2} s, acknowledged {:.2} s; consume {:.2} s: receive {:.2} s, sync and verify {:.2} s)",
             fs.as_secs_f64(),
             t_pub.as_secs_f64(),
-            t_con.as_secs_f64()
+            logged_secs(&pub_log, "prepare_ms"),
+            logged_secs(&pub_log, "queued_ms") - logged_secs(&pub_log, "stream_wait_ms"),
+            logged_secs(&pub_log, "ack_wait_ms"),
+            t_con.as_secs_f64(),
+            logged_secs(&con_log, "receive_ms"),
+            logged_secs(&con_log, "verify_ms"),
         ),
         baseline: format!(
-            "`btrfs send | zstd | produce`, then `consume | zstd -d | btrfs receive`, nothing checked: {:.2} s ({:.2} + {:.2} s): {:.2}x; bare produce + consume of as many bytes {:.2} s; `btrfs send | btrfs receive` alone {:.2} s",
+            "`btrfs send | zstd | produce`, then `consume | zstd -d | btrfs receive`, nothing checked: {:.2} s ({:.2} + {:.2} s): {:.2}x; the same with a sync of what it received, as a site must before it acknowledges a block: {:.2} s ({:.2}x); bare produce + consume of as many bytes {:.2} s; `btrfs send | btrfs receive` alone {:.2} s",
             plain.as_secs_f64(),
             plain_prod.as_secs_f64(),
             plain_cons.as_secs_f64(),
             ratio(plain, fs),
+            (plain + plain_sync).as_secs_f64(),
+            ratio(plain + plain_sync, fs),
             (bare_prod + bare_cons).as_secs_f64(),
             btrfs_alone.as_secs_f64()
         ),
@@ -494,7 +530,8 @@ fn send_receive(snapshot: &Path, dir: &Path) -> Result<Duration> {
 /// The pipeline fschain replaces, with nothing hashed, signed or checked:
 /// `btrfs send [-p PARENT] BLOCK | zstd` produced to `topic` as it is
 /// sent (512 KiB messages, acks=all), then consumed into `zstd -d | btrfs
-/// receive DIR` as it arrives. Returns (produce, consume and receive).
+/// receive DIR` as it arrives. Returns (produce, consume and receive, and
+/// the `syncfs` that then makes what it received durable).
 /// Each side makes its Kafka client inside its own clock, and the consumer
 /// starts once the produce is acknowledged, as `fschain consume` does
 /// after `fschain publish`: it reads every byte from the broker within
@@ -505,9 +542,10 @@ fn plain_pipeline(
     snapshot: &Path,
     parent: Option<&Path>,
     dir: &Path,
-) -> Result<(Duration, Duration)> {
+) -> Result<(Duration, Duration, Duration)> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
+    settle_disk();
     let t = Instant::now();
     let producer = raw_producer(brokers)?;
     let mut send = Command::new("btrfs");
@@ -581,6 +619,7 @@ fn plain_pipeline(
     wait_acknowledged(&producer, Duration::from_secs(600)).context("plain produce")?;
     let produced = t.elapsed();
 
+    settle_disk();
     let t = Instant::now();
     let consumer = raw_consumer(brokers, topic)?;
     let mut receive = Command::new("btrfs")
@@ -609,7 +648,10 @@ fn plain_pipeline(
     if !receive.wait()?.success() {
         bail!("btrfs receive failed");
     }
-    Ok((produced, t.elapsed()))
+    let consumed = t.elapsed();
+    let t = Instant::now();
+    btrfs::sync_filesystem(dir)?;
+    Ok((produced, consumed, t.elapsed()))
 }
 
 /// One block of `mb` MB of new state: 1 MB elements of pseudo-random hex.

@@ -131,14 +131,14 @@ pub fn consume(
     }
 }
 
-/// Drops the site's consumer and its witness link side by side: a group
-/// member's drop leaves its group and then waits out a 100 ms poll
-/// (rdkafka's `BaseConsumer::drop`), and the link's reader is one too.
+/// Closes the site's consumer and its witness link's reader (both group
+/// members: they leave their groups) without waiting out rdkafka's 100 ms
+/// close poll (`fschain_kafka::close_consumer`).
 fn close_together(consumer: SiteConsumer, link: Option<WitnessLink>) {
-    std::thread::scope(|s| {
-        s.spawn(move || drop(consumer));
-        drop(link);
-    });
+    fschain_kafka::close_consumer(&consumer, Duration::from_secs(5));
+    if let Some(link) = &link {
+        fschain_kafka::close_consumer(&link.reader, Duration::from_secs(5));
+    }
 }
 
 /// How long a site whose disk is full waits before it tries again: 1 s,

@@ -22,10 +22,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
@@ -319,14 +319,81 @@ impl ClientContext for QuietEof {
 }
 
 impl ConsumerContext for QuietEof {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Revoke(_)) {
-            self.rebalanced.store(true, Ordering::SeqCst);
+    /// rdkafka's own rebalance, except that assigned partitions start at
+    /// the group's committed offsets, or at their beginning (fschain's
+    /// `auto.offset.reset`) when there is none, looked up here: left to
+    /// librdkafka, a partition without a committed offset waits out a
+    /// 100 ms backoff before its first fetch (`rd_kafka_offset_reset`).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                start_where_committed(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            other => {
+                if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::error!("librdkafka: rebalancing: {}", RDKafkaErrorCode::from(other));
+                }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+        };
+        if let Err(e) = done {
+            tracing::error!("librdkafka: applying a rebalance: {e}");
         }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
         self.rebalanced.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sets each partition of `tpl` to start at the group's committed offset,
+/// or at its beginning when the group committed none. Leaves `tpl` as it
+/// is if the committed offsets cannot be read (librdkafka then looks them
+/// up itself).
+fn start_where_committed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &mut TopicPartitionList,
+) {
+    let Ok(committed) = consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) else {
+        return;
+    };
+    for e in committed.elements() {
+        let start = match e.offset() {
+            Offset::Offset(o) if e.error().is_ok() => Offset::Offset(o),
+            Offset::Invalid if e.error().is_ok() => Offset::Beginning,
+            // Anything else: librdkafka decides, as it would have.
+            _ => continue,
+        };
+        let _ = tpl.set_partition_offset(e.topic(), e.partition(), start);
+    }
+}
+
+/// Closes a group member at once: it leaves the group, and what it holds is
+/// released. rdkafka's `BaseConsumer::drop` does the same, but polls in
+/// 100 ms steps until it is closed and so always waits out one step;
+/// closed here, in 5 ms steps, its drop has nothing left to wait for.
+pub fn close_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>, timeout: Duration) {
+    if consumer.close_queue().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + timeout;
+    while !consumer.closed() && Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(5));
     }
 }
 
