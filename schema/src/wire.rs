@@ -97,17 +97,17 @@ pub fn event_message(line: &[u8]) -> Result<EventMessage, SchemaError> {
     let mut event: Value = serde_json::from_slice(line).map_err(|e| SchemaError::Json {
         message: format!("event line: {e}"),
     })?;
-    let state = event
+    let had_state = event
         .get_mut("op")
         .and_then(Value::as_object_mut)
-        .and_then(|op| op.remove("state"));
-    let Some(state) = state else {
+        .and_then(|op| op.remove("state"))
+        .is_some();
+    if !had_state {
         return Ok(EventMessage {
             value: line.to_vec(),
             state_omitted: None,
         });
-    };
-    drop(state);
+    }
     let value = jcs::canonical(&event)?;
     // `state` sorts last among the operation's members and `action` is
     // always there, so what went is `,"state":` and the state's own bytes.
