@@ -10,8 +10,8 @@
 use std::sync::OnceLock;
 
 use fschain_schema::wire::{
-    decode_frame, frame_kind, BlockManifest, Chunk, ChunkMeta, ChunkTree, Frame, SigningKey,
-    StreamInfo,
+    decode_frame, frame_kind, BlockManifest, Chunk, ChunkMeta, Frame, SigningKey, StreamAttempt,
+    StreamCutter, StreamInfo,
 };
 use fschain_schema::{jcs, BlockHeader, ChainName, EventLine, HeaderDraft, Operation, Timestamp};
 use fschain_store::send_stream;
@@ -72,7 +72,6 @@ fn manifest_checks(m: &BlockManifest) {
         assert_eq!(Some(&verified), header.as_ref().ok());
     }
     let _ = m.signed_bytes();
-    let _ = m.stream.chunk_len(m.stream.chunks);
 }
 
 /// A chunk's metadata, checked with the input's tail as its bytes and
@@ -188,7 +187,8 @@ fn sample_stream() -> Vec<u8> {
     (0..300u32).map(|i| (i * 7 % 251) as u8).collect()
 }
 
-/// A real manifest, signed, for a 300-byte stream in 64-byte chunks.
+/// A real manifest, signed, for a stream in 64-byte chunks (the sample
+/// stream is 300 bytes).
 fn signed_sample() -> &'static (BlockManifest, SigningKey) {
     static SAMPLE: OnceLock<(BlockManifest, SigningKey)> = OnceLock::new();
     SAMPLE.get_or_init(|| {
@@ -200,8 +200,7 @@ fn signed_sample() -> &'static (BlockManifest, SigningKey) {
         }
         .seal()
         .expect("the sample header seals");
-        let (info, _): (StreamInfo, ChunkTree) =
-            StreamInfo::of_bytes(&sample_stream(), SAMPLE_CHUNK);
+        let info = StreamInfo::zstd(StreamAttempt::from_bytes([3; 16]), SAMPLE_CHUNK);
         let manifest =
             BlockManifest::sign(&header, None, info, &key).expect("the sample manifest signs");
         (manifest, key)
@@ -215,12 +214,13 @@ pub fn sample_manifest() -> &'static BlockManifest {
 
 /// Every chunk of the sample stream, as frames: seeds for the corpus.
 pub fn sample_frames() -> Vec<Vec<u8>> {
-    let (manifest, _) = signed_sample();
-    let bytes = sample_stream();
-    let (_, tree) = StreamInfo::of_bytes(&bytes, SAMPLE_CHUNK);
+    let (manifest, key) = signed_sample();
+    let mut cutter = StreamCutter::new(SAMPLE_CHUNK);
+    let mut cut = cutter.update(&sample_stream());
+    cut.push(cutter.finish().0);
     let mut frames = vec![manifest.to_frame().expect("the sample manifest frames")];
-    for (i, data) in bytes.chunks(SAMPLE_CHUNK as usize).enumerate() {
-        let chunk = Chunk::new(manifest, &tree, i as u32, data.to_vec());
+    for piece in cut {
+        let chunk = Chunk::sign(manifest, piece, key).expect("a sample chunk signs");
         frames.push(chunk.to_frame().expect("a sample chunk frames"));
     }
     frames

@@ -678,8 +678,12 @@ pub(crate) fn export(
     if from.is_some_and(|f| f >= to) {
         bail!("--from must be an older block than --to");
     }
-    let out: Box<dyn Write> = if output == "-" {
-        Box::new(std::io::stdout().lock())
+    // Frames are written from the thread that cuts each stream.
+    let out: Box<dyn Write + Send> = if output == "-" {
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout(),
+        ))
     } else {
         Box::new(std::io::BufWriter::new(
             std::fs::File::create(output).with_context(|| format!("creating {output}"))?,

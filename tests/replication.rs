@@ -321,7 +321,7 @@ fn spawn(args: &[&str]) -> std::process::Child {
 /// producer. Were the forged bytes fed, the genuine chunk would be a
 /// duplicate and the block could never be received.
 #[test]
-fn a_chunk_not_under_the_signed_chunk_tree_never_reaches_receive() {
+fn a_chunk_the_producer_did_not_sign_never_reaches_receive() {
     use fschain_schema::wire::{decode_frame, Frame};
     use fschain_schema::{ChunkHash, Digest};
     let Some(t) = Setup::new("forged") else {

@@ -94,12 +94,14 @@ fn full_and_incremental_streams_land_under_the_staging_name() {
 
 /// A producer that stopped mid-publish finds its spooled stream in the
 /// outbox. The spool is not synced, so a power loss can leave it cut short
-/// or garbled: it is republished only if its bytes still hash to the signed
-/// manifest, and made again otherwise.
+/// or garbled: it is republished, frame for frame, only if its bytes still
+/// cut into the chunks it was signed as, and made again, under a new
+/// attempt, otherwise. Either way the chunks handed out are the spool's
+/// bytes, each signed under the manifest handed out before them.
 #[test]
 fn a_spooled_stream_is_reused_only_while_it_matches_its_manifest() {
-    use fschain_producer::outbox::{prepare_block, snapshot_header, StreamPolicy};
-    use fschain_schema::{Digest, StreamHash};
+    use fschain_producer::outbox::{snapshot_header, stream_block, StreamPolicy};
+    use fschain_schema::wire::{decode_frame, Frame};
     use fschain_store::layout::RootLayout;
 
     let Some(s) = common::scratch("outbox-reuse") else {
@@ -109,37 +111,56 @@ fn a_spooled_stream_is_reused_only_while_it_matches_its_manifest() {
     let layout = RootLayout::new(&root);
     let key = fschain_producer::load_signing_key(&layout).unwrap();
     let outbox = s.dir.join("outbox");
-    let policy = StreamPolicy::default();
+    let policy = StreamPolicy {
+        chunk_size: 4096,
+        ..StreamPolicy::default()
+    };
+    // The frames handed out, and the spooled stream they came from.
     let prepare = || {
         let header = snapshot_header(&layout, 2).unwrap();
-        prepare_block(&layout, header, Some(1), &outbox, &policy, &key).unwrap()
+        let frames = std::sync::Mutex::new(Vec::new());
+        let sink = |f: &[u8]| {
+            frames.lock().unwrap().push(f.to_vec());
+            Ok(())
+        };
+        let block = stream_block(&layout, header, Some(1), &outbox, &policy, &key, &sink).unwrap();
+        let mut spooled = Vec::new();
+        block.copy_stream(&mut spooled).unwrap();
+        let frames = frames.into_inner().unwrap();
+        let Ok(Frame::Manifest(manifest)) = decode_frame(&frames[0]) else {
+            panic!("the first frame is not the manifest")
+        };
+        assert_eq!(manifest, block.manifest);
+        let mut carried = Vec::new();
+        for (i, f) in frames[1..].iter().enumerate() {
+            let Ok(Frame::Chunk(c)) = decode_frame(f) else {
+                panic!("frame {} is not a chunk", i + 1)
+            };
+            c.authenticate(&manifest).unwrap();
+            assert_eq!(c.meta.index as usize, i);
+            assert_eq!(c.meta.last, i + 2 == frames.len());
+            carried.extend(c.data);
+        }
+        assert_eq!(carried, spooled, "the chunks are not the spooled stream");
+        assert_eq!(block.bytes, spooled.len() as u64);
+        assert!(block.chunks > 2, "a stream of {} chunks", block.chunks);
+        (frames, spooled)
     };
-    let spooled = |block: &fschain_producer::outbox::OutgoingBlock| {
-        let mut bytes = Vec::new();
-        block.copy_stream(&mut bytes).unwrap();
-        bytes
-    };
-    let first = prepare();
-    let bytes = spooled(&first);
-    assert_eq!(StreamHash(Digest::of(&bytes)), first.manifest.stream.sha256);
+    let (first, bytes) = prepare();
     let stream_file = outbox.join("0000000002.zst");
 
-    // Intact: the very same manifest and bytes again.
-    let again = prepare();
-    assert_eq!(again.manifest, first.manifest);
-    assert_eq!(spooled(&again), bytes);
+    // Intact: the very same frames again.
+    let (again, _) = prepare();
+    assert_eq!(again, first);
 
-    // Garbled, then cut short: made again, and what is spooled is what the
-    // manifest signs.
+    // Garbled, then cut short: made again under a new attempt.
     let mut garbled = bytes.clone();
     garbled[bytes.len() / 2] ^= 1;
     for broken in [garbled, bytes[..bytes.len() / 2].to_vec()] {
         std::fs::write(&stream_file, &broken).unwrap();
-        let remade = prepare();
-        let now = spooled(&remade);
+        let (remade, now) = prepare();
         assert_ne!(now, broken);
-        assert_eq!(StreamHash(Digest::of(&now)), remade.manifest.stream.sha256);
-        assert_eq!(now.len() as u64, remade.manifest.stream.bytes);
+        assert_ne!(remade[0], first[0], "a remade stream kept its attempt");
     }
 }
 

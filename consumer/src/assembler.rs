@@ -6,7 +6,8 @@
 //! verified against the trusted keys) and does what it answers.
 //!
 //! One stream at a time is *open*: the next block's, once its manifest is
-//! in. Its chunks are fed to `btrfs receive` as they come, in order
+//! in (a manifest comes before its chunks; a stream's chunks say which is
+//! the last). Its chunks are fed to `btrfs receive` as they come, in order
 //! ([`Verdict::Pipe`]); any other chunk is spooled ([`Verdict::Spool`]) and
 //! handed out when its turn comes ([`ChunkAssembler::take_spooled`]). A
 //! stream is complete when every chunk of it went in; the caller then
@@ -18,8 +19,10 @@
 
 use std::collections::BTreeMap;
 
-use fschain_schema::wire::{BlockManifest, ChunkMeta};
-use fschain_schema::{BlockHeader, StreamHash};
+use std::collections::BTreeSet;
+
+use fschain_schema::wire::{BlockManifest, ChunkMeta, StreamAttempt};
+use fschain_schema::BlockHeader;
 
 /// Identifies one stream: a height can be published more than once (a
 /// producer that crashed mid-publish makes the stream again), and each
@@ -27,7 +30,7 @@ use fschain_schema::{BlockHeader, StreamHash};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamKey {
     pub height: u64,
-    pub stream: StreamHash,
+    pub attempt: StreamAttempt,
 }
 
 /// What the caller must do with a frame.
@@ -55,16 +58,21 @@ pub enum DropReason {
 #[derive(Debug)]
 struct Pending {
     manifest: Option<(BlockManifest, BlockHeader)>,
-    parent: Option<u64>,
-    count: u32,
-    have: Vec<bool>,
-    have_count: u32,
+    /// How many chunks the stream has, once its last one arrived.
+    count: Option<u32>,
+    /// The indexes that arrived (sparse: an index comes from a chunk not
+    /// yet authenticated, and must not size anything).
+    have: BTreeSet<u32>,
     first_offset: i64,
 }
 
 impl Pending {
     fn complete(&self) -> bool {
-        self.manifest.is_some() && self.have_count == self.count
+        self.manifest.is_some() && self.count == Some(self.have.len() as u32)
+    }
+
+    fn parent(&self) -> Option<Option<u64>> {
+        self.manifest.as_ref().map(|(m, _)| m.parent)
     }
 }
 
@@ -74,8 +82,8 @@ pub struct Incomplete {
     pub height: u64,
     /// Chunks that arrived.
     pub chunks: u32,
-    /// Chunks the stream has.
-    pub of: u32,
+    /// Chunks the stream has, once its last one arrived.
+    pub of: Option<u32>,
     /// Whether its manifest arrived.
     pub manifest: bool,
 }
@@ -138,21 +146,15 @@ impl ChunkAssembler {
         self.next_offset = self.next_offset.max(offset + 1);
     }
 
-    fn entry(
-        &mut self,
-        key: StreamKey,
-        parent: Option<u64>,
-        count: u32,
-        offset: i64,
-    ) -> &mut Pending {
-        self.pending.entry(key).or_insert_with(|| Pending {
+    fn entry(&mut self, key: StreamKey, offset: i64) -> &mut Pending {
+        let p = self.pending.entry(key).or_insert_with(|| Pending {
             manifest: None,
-            parent,
-            count,
-            have: vec![false; count as usize],
-            have_count: 0,
+            count: None,
+            have: BTreeSet::new(),
             first_offset: offset,
-        })
+        });
+        p.first_offset = p.first_offset.min(offset);
+        p
     }
 
     /// A verified manifest (`header` is the header it carries, checked).
@@ -170,28 +172,14 @@ impl ChunkAssembler {
         }
         let key = StreamKey {
             height: manifest.height,
-            stream: manifest.stream.sha256,
+            attempt: manifest.stream.attempt,
         };
-        let (parent, count) = (manifest.parent, manifest.stream.chunks);
-        let p = self.entry(key, parent, count, offset);
+        let p = self.entry(key, offset);
         if p.manifest.is_some() {
             return Verdict::Drop {
                 why: DropReason::Duplicate,
             };
         }
-        if p.parent != parent || p.count != count {
-            // Chunks came first and described another stream; the signed
-            // manifest wins, the chunks that disagree go.
-            *p = Pending {
-                manifest: None,
-                parent,
-                count,
-                have: vec![false; count as usize],
-                have_count: 0,
-                first_offset: p.first_offset.min(offset),
-            };
-        }
-        p.first_offset = p.first_offset.min(offset);
         p.manifest = Some((manifest, header));
         // A new stream of the height being received: on a partition, in
         // order, that is a producer that died mid-stream and made the block
@@ -207,8 +195,8 @@ impl ChunkAssembler {
         Verdict::Noted
     }
 
-    /// A chunk whose bytes match its own hash (and its manifest's chunk
-    /// tree, when the manifest is known).
+    /// A chunk whose bytes match its own hash (and signed under its
+    /// manifest, when the manifest is known).
     pub fn chunk(&mut self, meta: &ChunkMeta, offset: i64) -> Verdict {
         self.note_offset(offset);
         if self.is_held(meta.height) {
@@ -216,33 +204,33 @@ impl ChunkAssembler {
                 why: DropReason::AlreadyHeld,
             };
         }
-        if meta.count == 0 || meta.index >= meta.count {
-            return Verdict::Reject {
-                why: format!("chunk index {} of {}", meta.index, meta.count),
-            };
-        }
         let key = StreamKey {
             height: meta.height,
-            stream: meta.stream_sha256,
+            attempt: meta.attempt,
         };
-        let p = self.entry(key, meta.parent, meta.count, offset);
-        if p.parent != meta.parent || p.count != meta.count {
+        let p = self.entry(key, offset);
+        let index = meta.index;
+        let beyond_last = p.count.is_some_and(|count| index >= count);
+        let last_not_last = meta.last
+            && (p.count.is_some_and(|count| count != index + 1)
+                || p.have.last().is_some_and(|&top| top > index));
+        if beyond_last || last_not_last {
             return Verdict::Reject {
                 why: format!(
-                    "chunk says parent {:?} and {} chunks, its stream's manifest says parent {:?} and {}",
-                    meta.parent, meta.count, p.parent, p.count
+                    "chunk {index}{} of a stream whose last chunk is {:?}",
+                    if meta.last { ", marked last," } else { "" },
+                    p.count.map(|c| c - 1)
                 ),
             };
         }
-        let slot = &mut p.have[meta.index as usize];
-        if *slot {
+        if !p.have.insert(index) {
             return Verdict::Drop {
                 why: DropReason::Duplicate,
             };
         }
-        *slot = true;
-        p.have_count += 1;
-        p.first_offset = p.first_offset.min(offset);
+        if meta.last {
+            p.count = Some(index + 1);
+        }
         match &mut self.open {
             Some(open) if open.key == key && open.next == meta.index => {
                 open.next += 1;
@@ -273,17 +261,19 @@ impl ChunkAssembler {
         if self.open.is_some() {
             return None;
         }
-        let fits = |key: &StreamKey, p: &Pending| {
-            p.manifest.is_some()
-                && match self.held {
-                    Some(h) => key.height == h + 1 && (p.parent.is_none() || p.parent == Some(h)),
-                    None => p.parent.is_none() && key.height >= self.floor,
-                }
+        let fits = |key: &StreamKey, p: &Pending| match (self.held, p.parent()) {
+            (_, None) => false,
+            (Some(h), Some(parent)) => {
+                key.height == h + 1 && (parent.is_none() || parent == Some(h))
+            }
+            (None, Some(parent)) => parent.is_none() && key.height >= self.floor,
         };
         let candidates = || self.pending.iter().filter(|(k, p)| fits(k, p));
+        // A complete stream, else the attempt begun last (an earlier one
+        // is a producer's that died mid-stream).
         let (key, p) = candidates()
             .find(|(_, p)| p.complete())
-            .or_else(|| candidates().next())?;
+            .or_else(|| candidates().max_by_key(|(_, p)| p.first_offset))?;
         let (manifest, header) = p.manifest.clone()?;
         Some(ReadyBlock {
             key: *key,
@@ -308,7 +298,7 @@ impl ChunkAssembler {
         let open = self.open.as_mut()?;
         let p = self.pending.get(&open.key)?;
         let index = open.next;
-        if index < p.count && p.have[index as usize] {
+        if p.count.is_none_or(|count| index < count) && p.have.contains(&index) {
             open.next += 1;
             Some((open.key, index))
         } else {
@@ -321,7 +311,7 @@ impl ChunkAssembler {
         let open = self.open?;
         let p = self.pending.get(&open.key)?;
         let (manifest, header) = p.manifest.clone()?;
-        (open.next == p.count).then_some(ReadyBlock {
+        (Some(open.next) == p.count).then_some(ReadyBlock {
             key: open.key,
             manifest,
             header,
@@ -402,7 +392,7 @@ impl ChunkAssembler {
             .filter(|(key, p)| !self.is_held(key.height) && !p.complete())
             .map(|(key, p)| Incomplete {
                 height: key.height,
-                chunks: p.have_count,
+                chunks: p.have.len() as u32,
                 of: p.count,
                 manifest: p.manifest.is_some(),
             })
@@ -418,7 +408,7 @@ impl ChunkAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fschain_schema::wire::{Chunk, SigningKey, StreamInfo};
+    use fschain_schema::wire::{Chunk, SigningKey, StreamAttempt, StreamCutter, StreamInfo};
     use fschain_schema::{HeaderDraft, Timestamp};
     use proptest::prelude::*;
 
@@ -434,17 +424,20 @@ mod tests {
         }
         .seal()
         .unwrap();
-        let data: Vec<Vec<u8>> = (0..chunks)
-            .map(|i| vec![salt, i as u8, height as u8])
+        let whole: Vec<u8> = (0..chunks)
+            .flat_map(|i| [salt, i as u8, height as u8])
             .collect();
-        let whole: Vec<u8> = data.concat();
-        let (stream, tree) = StreamInfo::of_bytes(&whole, 3);
-        let m =
-            BlockManifest::sign(&header, parent, stream, &SigningKey::from_seed([1; 32])).unwrap();
-        let chunks = data
+        let mut attempt = [salt; 16];
+        attempt[0] = height as u8;
+        let stream = StreamInfo::zstd(StreamAttempt::from_bytes(attempt), 3);
+        let key = SigningKey::from_seed([1; 32]);
+        let m = BlockManifest::sign(&header, parent, stream, &key).unwrap();
+        let mut cutter = StreamCutter::new(3);
+        let mut cut = cutter.update(&whole);
+        cut.push(cutter.finish().0);
+        let chunks = cut
             .into_iter()
-            .enumerate()
-            .map(|(i, d)| Chunk::new(&m, &tree, i as u32, d))
+            .map(|c| Chunk::sign(&m, c, &key).unwrap())
             .collect();
         (m, chunks)
     }
@@ -461,6 +454,8 @@ mod tests {
         spooled: BTreeMap<StreamKey, Vec<u32>>,
         fed: BTreeMap<StreamKey, Vec<u32>>,
         applied: Vec<u64>,
+        /// How many chunks each stream of the messages has.
+        chunks: BTreeMap<StreamKey, u32>,
     }
 
     impl Harness {
@@ -497,7 +492,7 @@ mod tests {
                 let fed = self.fed.remove(&ready.key).unwrap_or_default();
                 assert_eq!(
                     fed,
-                    (0..ready.manifest.stream.chunks).collect::<Vec<_>>(),
+                    (0..self.chunks[&ready.key]).collect::<Vec<_>>(),
                     "applied a stream not fed whole and in order"
                 );
                 self.applied.push(ready.key.height);
@@ -511,6 +506,16 @@ mod tests {
     fn run(held: Option<u64>, msgs: &[Msg]) -> (Vec<u64>, ChunkAssembler) {
         let mut a = ChunkAssembler::new(held);
         let mut h = Harness::default();
+        for msg in msgs {
+            if let Msg::Chunk(c) = msg {
+                let key = StreamKey {
+                    height: c.meta.height,
+                    attempt: c.meta.attempt,
+                };
+                let count = h.chunks.entry(key).or_default();
+                *count = (*count).max(c.meta.index + 1);
+            }
+        }
         for (offset, msg) in msgs.iter().enumerate() {
             let verdict = match msg {
                 Msg::Manifest(m) => {
@@ -576,7 +581,7 @@ mod tests {
             vec![Incomplete {
                 height: 1,
                 chunks: 1,
-                of: 2,
+                of: None,
                 manifest: true
             }]
         );
@@ -653,7 +658,7 @@ mod tests {
         let hg = good.block_header().unwrap();
         a.manifest(good.clone(), hg, 4);
         let ready = a.next_to_open().unwrap();
-        assert_eq!(ready.key.stream, good.stream.sha256);
+        assert_eq!(ready.key.attempt, good.stream.attempt);
         a.opened(ready.key);
         assert!(matches!(
             a.chunk(&good_chunks[0].meta, 5),
@@ -730,12 +735,27 @@ mod tests {
         let (m, chunks) = block(0, None, 2, 0);
         let h = m.block_header().unwrap();
         a.manifest(m, h, 0);
-        let mut meta = chunks[0].meta.clone();
-        meta.count = 3;
-        assert!(matches!(a.chunk(&meta, 1), Verdict::Reject { .. }));
-        meta.count = 2;
-        meta.index = 2;
-        assert!(matches!(a.chunk(&meta, 2), Verdict::Reject { .. }));
+        assert!(matches!(
+            a.chunk(&chunks[1].meta, 1),
+            Verdict::Spool { index: 1, .. }
+        ));
+        // A chunk after the last, and a second last at another index.
+        let mut after = chunks[1].meta.clone();
+        after.index = 2;
+        after.last = false;
+        assert!(matches!(a.chunk(&after, 2), Verdict::Reject { .. }));
+        let mut early_last = chunks[0].meta.clone();
+        early_last.last = true;
+        assert!(matches!(a.chunk(&early_last, 3), Verdict::Reject { .. }));
+        // A last chunk below one that arrived.
+        let mut b = ChunkAssembler::new(None);
+        let (m, chunks) = block(0, None, 3, 0);
+        let h = m.block_header().unwrap();
+        b.manifest(m, h, 0);
+        b.chunk(&chunks[2].meta, 1);
+        let mut low_last = chunks[1].meta.clone();
+        low_last.last = true;
+        assert!(matches!(b.chunk(&low_last, 2), Verdict::Reject { .. }));
     }
 
     #[test]

@@ -46,12 +46,13 @@ pub enum ConsumerError {
     NotEmpty { root: PathBuf, chains: Vec<String> },
     #[error(transparent)]
     Kafka(#[from] fschain_kafka::KafkaClientError),
-    #[error("{chain}: the input ends inside block {height}: {chunks} of its {of} chunks arrived{}; it was not applied", if *manifest { "" } else { " and no manifest" })]
+    #[error("{chain}: the input ends inside block {height}: {}; it was not applied", arrived(*chunks, *of, *manifest))]
     Truncated {
         chain: fschain_schema::ChainName,
         height: u64,
         chunks: u32,
-        of: u32,
+        /// How many chunks the stream has, when its last one arrived.
+        of: Option<u32>,
         manifest: bool,
     },
     #[error("reading the import stream: {0}")]
@@ -89,5 +90,18 @@ impl ConsumerError {
             ConsumerError::DiskFull { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// What arrived of a stream cut short, in words.
+fn arrived(chunks: u32, of: Option<u32>, manifest: bool) -> String {
+    let chunks = match of {
+        Some(of) => format!("{chunks} of its {of} chunks arrived"),
+        None => format!("{chunks} of its chunks arrived, not the last"),
+    };
+    if manifest {
+        chunks
+    } else {
+        format!("{chunks}, and no manifest")
     }
 }

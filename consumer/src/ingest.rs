@@ -56,7 +56,7 @@ pub enum Rejection {
     Fork,
     /// A manifest whose signature or header does not check out.
     BadManifest,
-    /// A chunk whose hash or proof does not check out.
+    /// A chunk whose hash or signature does not check out.
     BadChunk,
     /// A chunk that contradicts its manifest.
     ChunkContradicts,
@@ -490,7 +490,7 @@ impl Ingest {
             Frame::Chunk(c) => {
                 let key = StreamKey {
                     height: c.meta.height,
-                    stream: c.meta.stream_sha256,
+                    attempt: c.meta.attempt,
                 };
                 // Against the signed chunk tree as soon as its manifest is
                 // in; a chunk that came first is checked again when its

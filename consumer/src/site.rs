@@ -308,12 +308,10 @@ struct Receiving {
     started: Instant,
 }
 
-/// What a receive thread reports: how the receive went, and the length of
-/// every byte it was fed.
+/// What a receive thread reports: how the receive went.
 #[derive(Debug)]
 struct Received {
     outcome: Result<(), StoreError>,
-    bytes: u64,
 }
 
 impl Received {
@@ -321,7 +319,6 @@ impl Received {
     fn failed(error: StoreError) -> Self {
         Received {
             outcome: Err(error),
-            bytes: 0,
         }
     }
 }
@@ -366,20 +363,19 @@ fn receive(dir: &Path, name: &str, chunks: Receiver<Vec<u8>>) -> Received {
         Err(e) => return Received::failed(StoreError::io(dir, e)),
     };
     let outcome = btrfs::receive(dir, name, &mut decoder);
-    let bytes = decoder.finish().into_inner().finish();
-    Received { outcome, bytes }
+    decoder.finish().into_inner().finish();
+    Received { outcome }
 }
 
-/// The chunks sent down a channel, read as one stream and counted as they
-/// are taken; ends when the sending side is dropped. Nothing is hashed
-/// here: each chunk was authenticated under the signed chunk tree before
-/// it was sent, in the tree's order, and that tree commits to every byte
-/// of the stream (`docs/replication.md`).
+/// The chunks sent down a channel, read as one stream; ends when the
+/// sending side is dropped. Nothing is hashed here: each chunk was
+/// authenticated under its signed manifest before it was sent, in order,
+/// and its signature covers its hash, index and stream attempt
+/// (`docs/replication.md`).
 struct ChannelReader {
     chunks: Receiver<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
-    bytes: u64,
 }
 
 impl ChannelReader {
@@ -388,15 +384,13 @@ impl ChannelReader {
             chunks,
             current: Vec::new(),
             at: 0,
-            bytes: 0,
         }
     }
 
     /// Takes whatever was not read yet (a receive that stopped early), so
-    /// the count covers every byte fed; returns it.
-    fn finish(mut self) -> u64 {
+    /// that the feeding side never waits on it.
+    fn finish(mut self) {
         let _ = io::copy(&mut self, &mut io::sink());
-        self.bytes
     }
 }
 
@@ -405,7 +399,6 @@ impl Read for ChannelReader {
         while self.at == self.current.len() {
             match self.chunks.recv() {
                 Ok(next) => {
-                    self.bytes += next.len() as u64;
                     self.current = next;
                     self.at = 0;
                 }
@@ -439,7 +432,7 @@ impl SiteChain {
 
     fn stream_dir(&self, key: &StreamKey) -> PathBuf {
         self.spool_dir()
-            .join(format!("{:010}-{}", key.height, key.stream.to_hex()))
+            .join(format!("{:010}-{}", key.height, key.attempt.to_hex()))
     }
 
     /// Deletes what an interrupted receive left: staging subvolumes, and any
@@ -711,22 +704,14 @@ impl Placement {
         started: Instant,
     ) -> Result<BlockTiming, ConsumerError> {
         let height = ready.header.height;
-        // 1. The whole stream: every chunk was authenticated under the
-        // signed chunk tree before it was fed, in order; all of them, so
-        // as many bytes as the manifest signs.
-        let stream = &ready.manifest.stream;
-        let whole = if received.bytes != stream.bytes {
-            Err(ConsumerError::Schema(SchemaError::StreamLength {
-                expected: stream.bytes,
-                actual: received.bytes,
-            }))
-        } else {
-            received.outcome.map_err(|e| ConsumerError::Receive {
-                chain: self.chain.to_string(),
-                height,
-                error: Box::new(e),
-            })
-        };
+        // 1. The whole stream: every chunk was signed under the manifest's
+        // attempt and authenticated before it was fed, in order, from the
+        // first to the one signed as the last.
+        let whole = received.outcome.map_err(|e| ConsumerError::Receive {
+            chain: self.chain.to_string(),
+            height,
+            error: Box::new(e),
+        });
         if let Err(e) = whole {
             // The previous block's replay, if the early check handed it
             // back, serves the block's next attempt.
@@ -831,7 +816,7 @@ mod tests {
             sender.join().unwrap();
             let whole = chunks.concat();
             prop_assert_eq!(&got, &whole);
-            prop_assert_eq!(reader.finish(), whole.len() as u64);
+            reader.finish();
         }
     }
 }

@@ -9,7 +9,7 @@ use fschain_schema::wire::SigningKey;
 use fschain_store::layout::RootLayout;
 use fschain_store::{btrfs, IoContext, StoreError};
 
-use crate::outbox::{prepare_block, snapshot_header, StreamPolicy};
+use crate::outbox::{snapshot_header, stream_block, StreamPolicy};
 use crate::ProducerError;
 
 /// What an export wrote.
@@ -28,11 +28,22 @@ pub fn export_frames(
     to: u64,
     policy: &StreamPolicy,
     key: &SigningKey,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<ExportSummary, ProducerError> {
     let spool = layout
         .meta_dir()
         .join(format!("export-{}", std::process::id()));
+    // Frames come from the thread that cuts each stream.
+    let out = std::sync::Mutex::new((out, 0u64));
+    let write_frame = |frame: &[u8]| -> Result<(), ProducerError> {
+        let mut out = out.lock().map_err(|_| ProducerError::Command {
+            what: "writing the export".into(),
+            message: "a writer stopped".into(),
+        })?;
+        out.0.write_all(frame).map_err(output_error)?;
+        out.1 += frame.len() as u64;
+        Ok(())
+    };
     let result = (|| {
         let mut summary = ExportSummary::default();
         let start = from.map_or(0, |f| f + 1);
@@ -45,19 +56,16 @@ pub fn export_frames(
                 policy.parent_of(height)
             };
             let header = snapshot_header(layout, height)?;
-            let block = prepare_block(layout, header, parent, &spool, policy, key)?;
-            let frame = block.manifest.to_frame()?;
-            out.write_all(&frame).map_err(output_error)?;
-            summary.bytes += frame.len() as u64;
-            for chunk in block.chunks()? {
-                let frame = chunk?.to_frame()?;
-                out.write_all(&frame).map_err(output_error)?;
-                summary.bytes += frame.len() as u64;
-            }
+            let block = stream_block(layout, header, parent, &spool, policy, key, &write_frame)?;
             block.remove()?;
             summary.blocks += 1;
         }
-        out.flush().map_err(output_error)?;
+        let mut out = out.lock().map_err(|_| ProducerError::Command {
+            what: "writing the export".into(),
+            message: "a writer stopped".into(),
+        })?;
+        out.0.flush().map_err(output_error)?;
+        summary.bytes = out.1;
         Ok(summary)
     })();
     let _ = std::fs::remove_dir_all(&spool);

@@ -1,19 +1,23 @@
-//! Turning a sealed block into what travels: its `btrfs send` stream,
-//! zstd-compressed and spooled to `meta/outbox/`, and the signed manifest
-//! that describes it. Spooling keeps memory flat whatever the block size,
-//! lets every chunk carry the whole stream's hash, count and its proof
-//! under the signed chunk tree, and means a producer that crashes
-//! mid-publish republishes the very same bytes.
+//! Turning a sealed block into what travels: its signed manifest first,
+//! then its `btrfs send` stream, zstd-compressed, cut into chunks that are
+//! each signed and handed out as the stream is made, and spooled to
+//! `meta/outbox/` on the way. Memory stays flat whatever the block size,
+//! the first chunk leaves while `btrfs send` still runs, and a producer
+//! that crashes after the whole stream was made republishes the very same
+//! bytes.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fschain_schema::note::chain_checkpoint;
-use fschain_schema::wire::{BlockManifest, Chunk, ChunkTree, SigningKey, StreamHasher};
-use fschain_schema::BlockHeader;
+use fschain_schema::wire::{
+    BlockManifest, Chunk, CutChunk, SigningKey, StreamAttempt, StreamCutter, StreamInfo,
+};
+use fschain_schema::{BlockHeader, ChunkHash};
 use fschain_store::layout::{write_atomic, RootLayout};
 use fschain_store::{btrfs, ChainDir, IoContext, StoreError};
+use serde::{Deserialize, Serialize};
 
 use crate::ProducerError;
 
@@ -49,27 +53,22 @@ impl StreamPolicy {
     }
 }
 
-/// A block ready to publish: the signed manifest and the spooled stream.
+/// A block whose frames were all handed out: its signed manifest, and the
+/// spooled stream, kept until the broker acknowledged them.
 #[derive(Debug)]
 pub struct OutgoingBlock {
     pub manifest: BlockManifest,
     pub header: BlockHeader,
-    tree: ChunkTree,
+    /// Length of the compressed stream.
+    pub bytes: u64,
+    /// How many chunks it was cut into.
+    pub chunks: u32,
     stream: PathBuf,
-    manifest_path: PathBuf,
+    record: PathBuf,
 }
 
 impl OutgoingBlock {
-    /// The chunks in order, read from the spool one at a time.
-    pub fn chunks(&self) -> Result<ChunkReader<'_>, ProducerError> {
-        Ok(ChunkReader {
-            file: File::open(&self.stream).at(&self.stream)?,
-            block: self,
-            next: 0,
-        })
-    }
-
-    /// Copies the compressed stream to `out` (for `export`).
+    /// Copies the compressed stream to `out`.
     pub fn copy_stream(&self, out: &mut dyn Write) -> Result<u64, ProducerError> {
         let mut file = File::open(&self.stream).at(&self.stream)?;
         Ok(btrfs::pump(&mut file, out).at(&self.stream)?)
@@ -77,7 +76,7 @@ impl OutgoingBlock {
 
     /// Drops the spool once the block is published.
     pub fn remove(self) -> Result<(), ProducerError> {
-        for p in [&self.stream, &self.manifest_path] {
+        for p in [&self.stream, &self.record] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -88,38 +87,24 @@ impl OutgoingBlock {
     }
 }
 
-/// Iterates over the chunks of a spooled stream.
-#[derive(Debug)]
-pub struct ChunkReader<'a> {
-    file: File,
-    block: &'a OutgoingBlock,
-    next: u32,
+/// What the outbox keeps beside a spooled stream once it was made whole:
+/// the manifest its chunks were signed under, and each chunk's hash. A
+/// producer that restarts republishes the spool under the same attempt
+/// only when its bytes still cut into exactly those chunks; the chunks'
+/// signatures are then the same bytes (ed25519 is deterministic).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpoolRecord {
+    manifest: BlockManifest,
+    bytes: u64,
+    chunks: Vec<ChunkHash>,
 }
 
-impl Iterator for ChunkReader<'_> {
-    type Item = Result<Chunk, ProducerError>;
+/// Where each block's frames go: called with the manifest's frame, then
+/// each chunk's, in order, from whichever thread cuts the stream.
+pub type FrameSink<'a> = &'a (dyn Fn(&[u8]) -> Result<(), ProducerError> + Sync);
 
-    fn next(&mut self) -> Option<Self::Item> {
-        let block = self.block;
-        if self.next >= block.manifest.stream.chunks {
-            return None;
-        }
-        let size = block.manifest.stream.chunk_size as usize;
-        let mut data = Vec::with_capacity(size);
-        let read = (&mut self.file)
-            .take(size as u64)
-            .read_to_end(&mut data)
-            .at(&block.stream);
-        let index = self.next;
-        self.next += 1;
-        Some(
-            read.map_err(ProducerError::from)
-                .map(|_| Chunk::spooled(&block.manifest, &block.tree, index, data)),
-        )
-    }
-}
-
-/// Compressed buffers queued between the two stages of [`prepare_block`].
+/// Compressed buffers queued between the two stages of [`stream_block`].
 const SPOOL_QUEUE: usize = 4;
 
 /// Sends what is written through it down a channel, 1 MiB at a time.
@@ -159,23 +144,6 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Hashes what is written through it, whole and chunk by chunk.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: StreamHasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Fails, naming the cause, when block `height`'s snapshot is gone.
 fn require_snapshot(layout: &RootLayout, height: u64) -> Result<(), ProducerError> {
     if layout.snapshot(height).is_dir() {
@@ -206,63 +174,78 @@ pub fn snapshot_header(layout: &RootLayout, height: u64) -> Result<BlockHeader, 
         })?)
 }
 
-/// Prepares the block `header` seals (read by [`snapshot_header`]) for
-/// publishing, or finds it prepared by an earlier run that did not finish
-/// publishing.
-///
-/// The stream is incremental against `parent` (full when `None`) and is
-/// spooled in `dir`.
-pub fn prepare_block(
+/// Hands out the frames of the block `header` seals (read by
+/// [`snapshot_header`]) to `sink`: its signed manifest, then each chunk of
+/// its stream, signed, as `btrfs send | zstd` makes it. The stream is
+/// incremental against `parent` (full when `None`) and is spooled in `dir`;
+/// a spool an earlier run made whole is republished as it is.
+pub fn stream_block(
     layout: &RootLayout,
     header: BlockHeader,
     parent: Option<u64>,
-    dir: &std::path::Path,
+    dir: &Path,
     policy: &StreamPolicy,
     key: &SigningKey,
+    sink: FrameSink<'_>,
 ) -> Result<OutgoingBlock, ProducerError> {
     let height = header.height;
     std::fs::create_dir_all(dir).at(dir)?;
     let stream_path = dir.join(format!("{height:010}.zst"));
-    let manifest_path = dir.join(format!("{height:010}.manifest"));
-    if let (Ok(bytes), true) = (std::fs::read(&manifest_path), stream_path.exists()) {
-        if let Ok(manifest) = serde_json::from_slice::<BlockManifest>(&bytes) {
-            if manifest.parent == parent
-                && manifest.verify(&[key.public()]).is_ok_and(|h| h == header)
-            {
-                if let Some(tree) = spooled_stream_matches(&stream_path, &manifest) {
-                    return Ok(OutgoingBlock {
-                        manifest,
-                        header,
-                        tree,
-                        stream: stream_path,
-                        manifest_path,
-                    });
-                }
-            }
-        }
+    let record_path = dir.join(format!("{height:010}.manifest"));
+    if let Some(record) = spooled_record(&record_path, &stream_path, &header, parent, key) {
+        return republish(record, header, stream_path, record_path, key, sink);
     }
     let started = std::time::Instant::now();
-    let tmp = stream_path.with_extension("zst.tmp");
-    let file = File::create(&tmp).at(&tmp)?;
-    let hashing = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: StreamHasher::new(policy.chunk_size),
-    };
     if let Some(p) = parent {
         require_snapshot(layout, p)?;
     }
+    let headers = ChainDir::new(layout.snapshot(height)).headers()?;
+    let checkpoint = chain_checkpoint(
+        &format!("{}/{}", policy.checkpoint_origin, header.chain),
+        headers.get(..=height as usize).unwrap_or(&headers),
+    )
+    .sign(key)?;
+    let mut attempt = [0u8; 16];
+    getrandom::fill(&mut attempt).map_err(|e| ProducerError::Command {
+        what: "drawing a stream attempt".into(),
+        message: e.to_string(),
+    })?;
+    let stream = StreamInfo::zstd(StreamAttempt::from_bytes(attempt), policy.chunk_size);
+    let manifest =
+        BlockManifest::sign_with_checkpoint(&header, parent, stream, Some(checkpoint), key)?;
+    sink(&manifest.to_frame()?)?;
+    let tmp = stream_path.with_extension("zst.tmp");
+    let file = File::create(&tmp).at(&tmp)?;
     let parent_path = parent.map(|p| layout.snapshot(p));
     // Two stages on two threads: this one compresses what `btrfs send`
-    // writes, the other hashes it (whole and chunk by chunk) and spools it.
-    let (compressed, to_spool) = std::sync::mpsc::sync_channel::<Vec<u8>>(SPOOL_QUEUE);
-    let (sent, spooled) = std::thread::scope(|scope| {
-        let spooler = scope.spawn(move || -> io::Result<_> {
-            let mut hashing = hashing;
-            for buf in to_spool {
-                hashing.write_all(&buf)?;
+    // writes, the other spools it and cuts, signs and hands out its chunks.
+    let (compressed, to_cut) = std::sync::mpsc::sync_channel::<Vec<u8>>(SPOOL_QUEUE);
+    let mut first_chunk = None;
+    let spool_path = &tmp;
+    let (sent, cut) = std::thread::scope(|scope| {
+        let manifest = &manifest;
+        let first_chunk = &mut first_chunk;
+        let cutter = scope.spawn(move || -> Result<_, ProducerError> {
+            let mut spool = BufWriter::with_capacity(1 << 20, file);
+            let mut cutter = StreamCutter::new(manifest.stream.chunk_size);
+            let mut hashes = Vec::new();
+            let mut hand_out = |cut: CutChunk| -> Result<(), ProducerError> {
+                let chunk = Chunk::sign(manifest, cut, key)?;
+                hashes.push(chunk.meta.sha256);
+                sink(&chunk.to_frame()?)?;
+                first_chunk.get_or_insert_with(|| started.elapsed());
+                Ok(())
+            };
+            for buf in to_cut {
+                spool.write_all(&buf).at(spool_path)?;
+                for cut in cutter.update(&buf) {
+                    hand_out(cut)?;
+                }
             }
-            hashing.flush()?;
-            Ok(hashing)
+            let (last, whole) = cutter.finish();
+            hand_out(last)?;
+            spool.flush().at(spool_path)?;
+            Ok((whole.bytes, hashes))
         });
         let sent = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
             let mut encoder =
@@ -270,67 +253,121 @@ pub fn prepare_block(
             btrfs::pump(r, &mut encoder)?;
             encoder.finish()?.flush()
         });
-        let spooled = spooler
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the spooling thread stopped")));
-        (sent, spooled)
+        let cut = cutter.join().unwrap_or_else(|_| {
+            Err(ProducerError::Command {
+                what: format!("cutting block {height}'s stream"),
+                message: "the cutting thread stopped".into(),
+            })
+        });
+        (sent, cut)
     });
-    // A spool that failed (a full disk) makes the send fail too, with a
-    // broken channel: its own error says more.
-    let hashing = spooled.at(&tmp)?;
+    // A cut that failed (a full disk, the broker) makes the send fail too,
+    // with a broken channel: its own error says more.
+    let (bytes, hashes) = cut?;
     sent?;
-    let HashingWriter { inner, hasher } = hashing;
-    let file = inner
-        .into_inner()
-        .map_err(|e| StoreError::io(&tmp, e.into_error()))?;
-    // Not synced: a spooled stream is only reused once its bytes hash to
-    // the signed manifest again (above), so one cut short by a power loss
-    // is made anew, and the sync cost a quarter of a second per 200 MB.
-    drop(file);
+    // Not synced: a spooled stream is only reused once its bytes cut into
+    // the recorded chunks again, so one cut short by a power loss is made
+    // anew, and the sync cost a quarter of a second per 200 MB.
     std::fs::rename(&tmp, &stream_path).at(&stream_path)?;
-    let (stream, tree) = hasher.finish();
-    let headers = ChainDir::new(layout.snapshot(height)).headers()?;
-    let checkpoint = chain_checkpoint(
-        &format!("{}/{}", policy.checkpoint_origin, header.chain),
-        headers.get(..=height as usize).unwrap_or(&headers),
-    )
-    .sign(key)?;
-    let manifest =
-        BlockManifest::sign_with_checkpoint(&header, parent, stream, Some(checkpoint), key)?;
+    let chunks = hashes.len() as u32;
+    let record = SpoolRecord {
+        manifest,
+        bytes,
+        chunks: hashes,
+    };
     write_atomic(
-        &manifest_path,
-        &serde_json::to_vec(&manifest).map_err(|e| StoreError::Corrupt {
-            path: manifest_path.clone(),
+        &record_path,
+        &serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt {
+            path: record_path.clone(),
             why: e.to_string(),
         })?,
     )?;
     tracing::debug!(
         height,
-        bytes = manifest.stream.bytes,
+        bytes,
+        first_chunk_ms = first_chunk.map_or(0, |d| d.as_millis() as u64),
         prepare_ms = started.elapsed().as_millis() as u64,
-        "stream sent, compressed and hashed"
+        "stream sent, compressed, cut and signed"
     );
     Ok(OutgoingBlock {
-        manifest,
+        manifest: record.manifest,
         header,
-        tree,
+        bytes,
+        chunks,
         stream: stream_path,
-        manifest_path,
+        record: record_path,
     })
 }
 
-/// The chunk tree of the spooled stream at `path` when it is exactly the
-/// one `manifest` signs (its length, SHA-256 and chunk tree): what an
-/// earlier run left is republished only then, and made again otherwise.
-fn spooled_stream_matches(path: &std::path::Path, manifest: &BlockManifest) -> Option<ChunkTree> {
-    let mut file = File::open(path).ok()?;
-    let mut hashing = HashingWriter {
-        inner: io::sink(),
-        hasher: StreamHasher::new(manifest.stream.chunk_size),
-    };
-    btrfs::pump(&mut file, &mut hashing).ok()?;
-    let (stream, tree) = hashing.hasher.finish();
-    (stream == manifest.stream).then_some(tree)
+/// What an earlier run spooled whole for this very block (same header,
+/// parent and key), if its stream still cuts into the recorded chunks.
+fn spooled_record(
+    record: &Path,
+    stream: &Path,
+    header: &BlockHeader,
+    parent: Option<u64>,
+    key: &SigningKey,
+) -> Option<SpoolRecord> {
+    let record: SpoolRecord = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
+    let m = &record.manifest;
+    if m.parent != parent || !m.verify(&[key.public()]).is_ok_and(|h| &h == header) {
+        return None;
+    }
+    let mut hashes = Vec::with_capacity(record.chunks.len());
+    let bytes = cut_spool(stream, m.stream.chunk_size, |cut| {
+        hashes.push(ChunkHash(fschain_schema::Digest::of(&cut.data)));
+        Ok(())
+    })
+    .ok()?;
+    (bytes == record.bytes && hashes == record.chunks).then_some(record)
+}
+
+/// Reads the spooled stream at `path` and cuts it into `chunk_size`
+/// pieces, each handed to `each`; returns its length.
+fn cut_spool(
+    path: &Path,
+    chunk_size: u32,
+    mut each: impl FnMut(CutChunk) -> Result<(), ProducerError>,
+) -> Result<u64, ProducerError> {
+    let mut file = File::open(path).at(path)?;
+    let mut cutter = StreamCutter::new(chunk_size);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        for cut in cutter.update(&buf[..n]) {
+            each(cut)?;
+        }
+    }
+    let (last, whole) = cutter.finish();
+    each(last)?;
+    Ok(whole.bytes)
+}
+
+/// Hands out a spooled block's frames again, as they were first made.
+fn republish(
+    record: SpoolRecord,
+    header: BlockHeader,
+    stream: PathBuf,
+    record_path: PathBuf,
+    key: &SigningKey,
+    sink: FrameSink<'_>,
+) -> Result<OutgoingBlock, ProducerError> {
+    let manifest = record.manifest;
+    sink(&manifest.to_frame()?)?;
+    cut_spool(&stream, manifest.stream.chunk_size, |cut| {
+        sink(&Chunk::sign(&manifest, cut, key)?.to_frame()?)
+    })?;
+    Ok(OutgoingBlock {
+        manifest,
+        header,
+        bytes: record.bytes,
+        chunks: record.chunks.len() as u32,
+        stream,
+        record: record_path,
+    })
 }
 
 /// Keeps a published block's signed manifest in `meta/manifests/`, where

@@ -24,7 +24,7 @@ use rdkafka::ClientContext;
 use tracing::{debug, info};
 
 use crate::outbox::{
-    keep_manifest, prepare_block, published_height, record_published, OutgoingBlock, StreamPolicy,
+    keep_manifest, published_height, record_published, stream_block, OutgoingBlock, StreamPolicy,
 };
 use crate::ProducerError;
 
@@ -185,44 +185,25 @@ pub fn publish_pending(
         head,
         ..PublishSummary::default()
     };
-    let headers = &headers;
-    // A preparing thread runs one block ahead: it sends, compresses and
-    // hashes block h+1's stream while this thread publishes block h's
-    // chunks, and a third queues each block's events meanwhile.
-    // Acknowledgements are awaited only once enough is in flight, and at the
-    // end, so a run that catches up on many blocks waits for the broker once
-    // per batch rather than once a block. (Awaiting them while the next
-    // stream is made, as before, would now wait for that block's events
-    // too.)
-    std::thread::scope(|scope| {
-        let (ready, prepared) = std::sync::mpsc::sync_channel(1);
-        scope.spawn(move || {
-            for height in from..=head {
-                let header = headers[height as usize].clone();
-                let parent = policy.parent_of(height);
-                let block = prepare_block(layout, header, parent, &layout.outbox(), policy, key);
-                let failed = block.is_err();
-                if ready.send(block).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let mut in_flight = InFlight::default();
-        for height in from..=head {
-            let block = send_block(layout, publisher, &chain, height, headers, &prepared)?;
-            summary.events += block.events;
-            summary.chunks += block.chunks;
-            let block = block.block;
-            in_flight.bytes += block.manifest.stream.bytes;
-            in_flight.blocks.push(block);
-            if in_flight.blocks.len() >= MAX_BLOCKS_IN_FLIGHT
-                || in_flight.bytes >= MAX_BYTES_IN_FLIGHT
-            {
-                in_flight.settle(layout, publisher, &mut summary)?;
-            }
+    // Each block's frames are queued as its stream is made, its events on
+    // a thread of their own meanwhile. Acknowledgements are awaited only
+    // once enough is in flight, and at the end, so a run that catches up
+    // on many blocks waits for the broker once per batch rather than once
+    // a block.
+    let mut in_flight = InFlight::default();
+    for height in from..=head {
+        let block = send_block(layout, publisher, &chain, height, &headers, policy, key)?;
+        summary.events += block.events;
+        summary.chunks += block.chunks;
+        let block = block.block;
+        in_flight.bytes += block.bytes;
+        in_flight.blocks.push(block);
+        if in_flight.blocks.len() >= MAX_BLOCKS_IN_FLIGHT || in_flight.bytes >= MAX_BYTES_IN_FLIGHT
+        {
+            in_flight.settle(layout, publisher, &mut summary)?;
         }
-        in_flight.settle(layout, publisher, &mut summary)
-    })?;
+    }
+    in_flight.settle(layout, publisher, &mut summary)?;
     if summary.blocks > 0 {
         info!(chain = %chain, blocks = summary.blocks, head, "published");
     }
@@ -280,32 +261,31 @@ fn send_block(
     chain: &ChainName,
     height: u64,
     headers: &[BlockHeader],
-    prepared: &std::sync::mpsc::Receiver<Result<OutgoingBlock, ProducerError>>,
+    policy: &StreamPolicy,
+    key: &SigningKey,
 ) -> Result<SentBlock, ProducerError> {
     let topics = publisher.topics();
     let started = std::time::Instant::now();
-    let event_count = headers[height as usize].event_count;
-    let mut chunks = 0u64;
+    let header = headers[height as usize].clone();
+    let event_count = header.event_count;
+    let chunks = AtomicU64::new(0);
     let (events, block) = std::thread::scope(|scope| {
         let events = scope.spawn(|| {
             publish_events(layout, height, event_count, chain, publisher)
                 .map(|n| (n, started.elapsed()))
         });
-        let block = (|| {
-            let block = prepared.recv().map_err(|_| ProducerError::Command {
-                what: format!("preparing block {height}"),
-                message: "the preparing thread stopped".into(),
-            })??;
-            let waited = started.elapsed();
-            publisher.send(&topics.blocks, chain.as_str(), &block.manifest.to_frame()?)?;
-            for chunk in block.chunks()? {
-                let chunk = chunk?;
-                publisher.send(&topics.blocks, chain.as_str(), &chunk.to_frame()?)?;
+        let sink = |frame: &[u8]| {
+            publisher.send(&topics.blocks, chain.as_str(), frame)?;
+            if fschain_schema::wire::frame_kind(frame)
+                == Some(fschain_schema::wire::FrameKind::Chunk)
+            {
                 crash_point(CrashPoint::ChunkSent);
-                chunks += 1;
+                chunks.fetch_add(1, Ordering::Relaxed);
             }
-            Ok::<_, ProducerError>((block, waited))
-        })();
+            Ok(())
+        };
+        let parent = policy.parent_of(height);
+        let block = stream_block(layout, header, parent, &layout.outbox(), policy, key, &sink);
         let events = events.join().unwrap_or_else(|_| {
             Err(ProducerError::Command {
                 what: format!("publishing the events of block {height}"),
@@ -314,11 +294,10 @@ fn send_block(
         });
         (events, block)
     });
-    let (block, waited) = block?;
+    let block = block?;
     let (events, events_sent) = events?;
     debug!(
         height,
-        stream_wait_ms = waited.as_millis() as u64,
         events_ms = events_sent.as_millis() as u64,
         queued_ms = started.elapsed().as_millis() as u64,
         "queued"
@@ -326,7 +305,7 @@ fn send_block(
     Ok(SentBlock {
         block,
         events,
-        chunks,
+        chunks: chunks.into_inner(),
     })
 }
 
@@ -367,7 +346,7 @@ impl InFlight {
         }
         for block in self.blocks.drain(..) {
             summary.blocks += 1;
-            summary.bytes += block.manifest.stream.bytes;
+            summary.bytes += block.bytes;
             block.remove()?;
         }
         debug!(

@@ -194,7 +194,3 @@ digest_newtype!(
     /// SHA-256 of one chunk of a compressed snapshot stream.
     ChunkHash
 );
-digest_newtype!(
-    /// RFC 6962 Merkle root over a stream's chunk hashes, in stream order.
-    ChunkTreeRoot
-);

@@ -81,8 +81,6 @@ pub enum SchemaError {
         expected: crate::digest::ChunkHash,
         actual: crate::digest::ChunkHash,
     },
-    #[error("stream length mismatch: manifest says {expected} bytes, its chunks held {actual}")]
-    StreamLength { expected: u64, actual: u64 },
     #[error("chunk {index} of {chain} block {height} is not part of its signed stream: {why}")]
     ChunkNotInStream {
         chain: String,

@@ -25,8 +25,7 @@ pub mod wire;
 
 pub use block::{BlockHeader, HeaderDraft, HEADER_VERSION};
 pub use digest::{
-    BlockHash, ChunkHash, ChunkTreeRoot, Digest, EventHash, EventsRoot, StateHash, StateRoot,
-    StreamHash,
+    BlockHash, ChunkHash, Digest, EventHash, EventsRoot, StateHash, StateRoot, StreamHash,
 };
 pub use element::{is_valid_kind, ChainName, ElementId};
 pub use error::SchemaError;

@@ -2,34 +2,36 @@
 //! block manifest, chunk metadata and the frame envelope that carries both,
 //! on Kafka and in `fschain export` files alike.
 //!
-//! A block travels as one manifest frame followed by `count` chunk frames.
-//! The manifest is signed (ed25519) and names the block header, the SHA-256
-//! of the whole compressed stream, its length, its chunk count and the
-//! RFC 6962 root over its chunks' hashes ([`ChunkTreeRoot`]). Every chunk
-//! carries its inclusion proof under that root, so a site checks each chunk
-//! against the signed manifest the moment it arrives and can feed it to
-//! `btrfs receive` at once: nothing unsigned ever reaches it, and no stream
-//! has to be held whole first. `docs/replication.md` gives the byte layout.
+//! A block travels as one manifest frame followed by its chunk frames. The
+//! manifest is signed (ed25519) before the stream exists: it names the block
+//! header, the parent the stream is incremental against, the chunk size and
+//! a random *attempt* ([`StreamAttempt`]). Each chunk is signed on its own
+//! by the same key, bound to that attempt and its index, the last one
+//! marked. So a producer sends each chunk as `btrfs send | zstd` makes it,
+//! and a site checks each chunk against the manifest the moment it arrives
+//! and feeds it to `btrfs receive` at once: nothing unsigned ever reaches
+//! it, and no stream has to be held whole at either end.
+//! `docs/replication.md` gives the byte layout.
 
 use std::fmt;
 
-use ed25519_dalek::{Signer as _, Verifier as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{hex_decode, hex_encode, ChunkHash, ChunkTreeRoot, StreamHash};
-use crate::merkle::{leaf_hash, InclusionProof, MerkleLevels};
+use crate::digest::{hex_decode, hex_encode, ChunkHash, StreamHash};
 use crate::{jcs, BlockHeader, ChainName, Digest, SchemaError};
 
 /// First bytes of every frame.
 pub const FRAME_MAGIC: &[u8; 4] = b"FSC1";
 /// Domain separation: a manifest signature can never be mistaken for a
-/// signature over anything else.
-pub const SIGNATURE_CONTEXT: &[u8] = b"fschain block manifest v2\n";
-/// Format 2 added the chunk tree (`stream.chunks_root`, each chunk's
-/// `proof`); a format 1 manifest is refused by name.
-pub const MANIFEST_VERSION: u64 = 2;
+/// signature over anything else...
+pub const SIGNATURE_CONTEXT: &[u8] = b"fschain block manifest v3\n";
+/// ...nor a chunk's for a manifest's.
+pub const CHUNK_SIGNATURE_CONTEXT: &[u8] = b"fschain block chunk v3\n";
+/// Format 3 signs each chunk and sends the manifest first, before the
+/// stream is made; a manifest of format 1 or 2 is refused by name.
+pub const MANIFEST_VERSION: u64 = 3;
 /// Default chunk size: 512 KiB, well under Kafka's 1 MiB default message limit.
 pub const DEFAULT_CHUNK_SIZE: u32 = 512 * 1024;
 /// A frame's metadata is small; anything larger is not ours.
@@ -209,153 +211,165 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// How a block's snapshot stream was made and cut.
+/// Names one attempt at publishing a block's stream: 16 random bytes the
+/// producer picks when it starts making the stream. A producer that dies
+/// mid-stream makes it again under a new attempt, and a site never mixes
+/// the chunks of two attempts.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamAttempt([u8; 16]);
+
+impl StreamAttempt {
+    /// From 16 bytes (the caller brings the randomness: no IO here).
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        StreamAttempt(bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+    pub fn to_hex(&self) -> String {
+        hex_encode(&self.0)
+    }
+    pub fn from_hex(text: &str) -> Result<Self, SchemaError> {
+        let mut out = [0u8; 16];
+        hex_decode(text, &mut out).ok_or_else(|| SchemaError::Malformed {
+            why: format!("stream attempt {text:?} is not 32 lower-case hex digits"),
+        })?;
+        Ok(StreamAttempt(out))
+    }
+}
+
+impl fmt::Display for StreamAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for StreamAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamAttempt({})", self.to_hex())
+    }
+}
+
+impl Serialize for StreamAttempt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamAttempt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        StreamAttempt::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a block's snapshot stream is made and cut, signed in its manifest
+/// before any of it exists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamInfo {
-    /// SHA-256 of the compressed stream (the concatenation of the chunks).
-    pub sha256: StreamHash,
-    /// Length of the compressed stream.
-    pub bytes: u64,
-    pub chunks: u32,
+    /// Which attempt at the stream the chunks that follow belong to.
+    pub attempt: StreamAttempt,
+    /// Every chunk but the last holds exactly this many bytes.
     pub chunk_size: u32,
-    /// Always `"zstd"` in format 2.
+    /// Always `"zstd"` in format 3.
     pub compression: String,
-    /// RFC 6962 root over the chunks, each leaf the 32 bytes of a chunk's
-    /// SHA-256, in stream order.
-    pub chunks_root: ChunkTreeRoot,
 }
 
 impl StreamInfo {
-    /// Describes a stream held in memory, cut into `chunk_size` pieces, with
-    /// the tree its chunks' proofs come from (tests, golden vectors; the
-    /// producer hashes a spooled stream as it is written).
-    pub fn of_bytes(stream: &[u8], chunk_size: u32) -> (StreamInfo, ChunkTree) {
-        let mut hasher = StreamHasher::new(chunk_size);
-        hasher.update(stream);
-        hasher.finish()
-    }
-
-    /// How many bytes chunk `index` holds: `chunk_size`, but for the last.
-    pub fn chunk_len(&self, index: u32) -> u64 {
-        let start = u64::from(index) * u64::from(self.chunk_size);
-        self.bytes
-            .saturating_sub(start)
-            .min(u64::from(self.chunk_size))
+    pub fn zstd(attempt: StreamAttempt, chunk_size: u32) -> Self {
+        StreamInfo {
+            attempt,
+            chunk_size,
+            compression: "zstd".into(),
+        }
     }
 }
 
-/// Hashes a stream as it is written, the whole of it and each
-/// `chunk_size` piece, for its [`StreamInfo`] and [`ChunkTree`]. An empty
-/// stream is one empty chunk.
+/// One piece of a stream cut by [`StreamCutter`]: bytes
+/// `[index * chunk_size, (index + 1) * chunk_size)`, and whether the stream
+/// ends with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutChunk {
+    pub index: u32,
+    pub last: bool,
+    pub data: Vec<u8>,
+}
+
+/// What a whole cut stream was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutStream {
+    pub sha256: StreamHash,
+    pub bytes: u64,
+    pub chunks: u32,
+}
+
+/// Cuts a stream into `chunk_size` pieces as it is written, and hashes it
+/// whole. A full piece is handed out only once a byte after it arrives, so
+/// that the last one can say so; an empty stream is one empty chunk.
 #[derive(Debug)]
-pub struct StreamHasher {
-    chunk_size: u64,
+pub struct StreamCutter {
+    chunk_size: usize,
+    buf: Vec<u8>,
+    index: u32,
     whole: Sha256,
-    chunk: Sha256,
-    in_chunk: u64,
     bytes: u64,
-    chunks: Vec<ChunkHash>,
 }
 
-impl StreamHasher {
+impl StreamCutter {
     pub fn new(chunk_size: u32) -> Self {
-        StreamHasher {
-            chunk_size: u64::from(chunk_size.max(1)),
+        let chunk_size = chunk_size.max(1) as usize;
+        StreamCutter {
+            chunk_size,
+            buf: Vec::with_capacity(chunk_size),
+            index: 0,
             whole: Sha256::new(),
-            chunk: Sha256::new(),
-            in_chunk: 0,
             bytes: 0,
-            chunks: Vec::new(),
         }
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    /// Takes the next bytes of the stream; returns the chunks they
+    /// completed (never the last one: see [`Self::finish`]).
+    pub fn update(&mut self, mut data: &[u8]) -> Vec<CutChunk> {
         self.whole.update(data);
         self.bytes += data.len() as u64;
+        let mut done = Vec::new();
         while !data.is_empty() {
-            let room = (self.chunk_size - self.in_chunk) as usize;
-            let (now, rest) = data.split_at(room.min(data.len()));
-            self.chunk.update(now);
-            self.in_chunk += now.len() as u64;
-            if self.in_chunk == self.chunk_size {
-                let done = std::mem::take(&mut self.chunk);
-                self.chunks
-                    .push(ChunkHash(Digest::from_bytes(done.finalize().into())));
-                self.in_chunk = 0;
+            if self.buf.len() == self.chunk_size {
+                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+                done.push(CutChunk {
+                    index: self.index,
+                    last: false,
+                    data: full,
+                });
+                self.index += 1;
             }
+            let room = self.chunk_size - self.buf.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.buf.extend_from_slice(now);
             data = rest;
         }
+        done
     }
 
-    pub fn finish(mut self) -> (StreamInfo, ChunkTree) {
-        if self.in_chunk > 0 || self.chunks.is_empty() {
-            let last = std::mem::take(&mut self.chunk);
-            self.chunks
-                .push(ChunkHash(Digest::from_bytes(last.finalize().into())));
-        }
-        let tree = ChunkTree::from_hashes(&self.chunks);
-        let info = StreamInfo {
+    /// The last chunk, and what the whole stream was.
+    pub fn finish(self) -> (CutChunk, CutStream) {
+        let last = CutChunk {
+            index: self.index,
+            last: true,
+            data: self.buf,
+        };
+        let whole = CutStream {
             sha256: StreamHash(Digest::from_bytes(self.whole.finalize().into())),
             bytes: self.bytes,
-            chunks: self.chunks.len() as u32,
-            chunk_size: self.chunk_size as u32,
-            compression: "zstd".into(),
-            chunks_root: tree.root(),
+            chunks: self.index + 1,
         };
-        (info, tree)
+        (last, whole)
     }
 }
 
-/// The leaf of a chunk in its stream's chunk tree: SHA-256(0x00 ‖ the
-/// chunk's 32-byte SHA-256).
-pub fn chunk_leaf(hash: &ChunkHash) -> Digest {
-    leaf_hash(hash.0.as_bytes())
-}
-
-/// The RFC 6962 tree over a stream's chunk hashes: its root goes in the
-/// signed manifest, its audit paths in the chunks.
-#[derive(Clone, Debug)]
-pub struct ChunkTree {
-    levels: MerkleLevels,
-    hashes: Vec<ChunkHash>,
-}
-
-impl ChunkTree {
-    pub fn from_hashes(hashes: &[ChunkHash]) -> Self {
-        ChunkTree {
-            levels: MerkleLevels::from_leaves(hashes.iter().map(chunk_leaf).collect()),
-            hashes: hashes.to_vec(),
-        }
-    }
-
-    pub fn root(&self) -> ChunkTreeRoot {
-        ChunkTreeRoot(self.levels.root())
-    }
-
-    pub fn len(&self) -> usize {
-        self.levels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.levels.is_empty()
-    }
-
-    /// The audit path of chunk `index` (empty for a one-chunk stream).
-    pub fn proof(&self, index: u32) -> Vec<Digest> {
-        self.levels
-            .proof(index as usize)
-            .map(|p| p.path)
-            .unwrap_or_default()
-    }
-
-    /// The SHA-256 of chunk `index`, as it was hashed into the tree.
-    pub fn chunk_hash(&self, index: u32) -> Option<ChunkHash> {
-        self.hashes.get(index as usize).copied()
-    }
-}
-
-/// What a producer signs for each block it publishes.
+/// What a producer signs for each block it publishes, before the block's
+/// chunks: the block header and how its stream is made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockManifest {
@@ -373,6 +387,25 @@ pub struct BlockManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
     pub signature: String,
+}
+
+/// The bytes an ed25519 signature covers: `context` followed by the JCS of
+/// `value` without its `signature` member.
+fn signed_bytes_of(context: &[u8], value: &impl Serialize) -> Result<Vec<u8>, SchemaError> {
+    let mut value =
+        serde_json::to_value(value).map_err(|e| SchemaError::Malformed { why: e.to_string() })?;
+    if let Value::Object(map) = &mut value {
+        map.remove("signature");
+    }
+    let mut out = context.to_vec();
+    out.extend(jcs::canonical(&value)?);
+    Ok(out)
+}
+
+/// Whether `signature` (hex) is `key`'s ed25519 signature of `message`.
+fn signature_verifies(key: &PublicKey, message: &[u8], signature: &str) -> bool {
+    let mut sig = [0u8; 64];
+    hex_decode(signature, &mut sig).is_some() && key.verifies(message, &sig)
 }
 
 impl BlockManifest {
@@ -406,22 +439,14 @@ impl BlockManifest {
             signature: String::new(),
         };
         let message = manifest.signed_bytes()?;
-        let sig = key.0.sign(&message);
-        manifest.signature = hex_encode(&sig.to_bytes());
+        manifest.signature = hex_encode(&key.sign_bytes(&message));
         Ok(manifest)
     }
 
     /// The bytes the signature covers: [`SIGNATURE_CONTEXT`] followed by the
     /// JCS of the manifest without its `signature` member.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, SchemaError> {
-        let mut value = serde_json::to_value(self)
-            .map_err(|e| SchemaError::Malformed { why: e.to_string() })?;
-        if let Value::Object(map) = &mut value {
-            map.remove("signature");
-        }
-        let mut out = SIGNATURE_CONTEXT.to_vec();
-        out.extend(jcs::canonical(&value)?);
-        Ok(out)
+        signed_bytes_of(SIGNATURE_CONTEXT, self)
     }
 
     /// The checkpoint the manifest carries, checked: signed by the
@@ -472,6 +497,7 @@ impl BlockManifest {
     }
 
     /// Checks the signature, that `key` is one of `trusted`, the header hash
+    /// Checks the signature, that `key` is one of `trusted`, the header hash
     /// and that the stream description is coherent. Returns the header.
     pub fn verify(&self, trusted: &[PublicKey]) -> Result<BlockHeader, SchemaError> {
         if self.version != MANIFEST_VERSION {
@@ -483,29 +509,21 @@ impl BlockManifest {
         if !trusted.contains(&self.key) {
             return Err(SchemaError::UntrustedKey { key: self.key });
         }
-        let mut sig_bytes = [0u8; 64];
-        hex_decode(&self.signature, &mut sig_bytes).ok_or(SchemaError::BadSignature {
-            chain: self.chain.to_string(),
-            height: self.height,
-        })?;
-        let verifying = ed25519_dalek::VerifyingKey::from_bytes(&self.key.0).map_err(|_| {
-            SchemaError::BadKey {
+        if ed25519_dalek::VerifyingKey::from_bytes(&self.key.0).is_err() {
+            return Err(SchemaError::BadKey {
                 why: format!("{} is not a valid ed25519 public key", self.key),
-            }
-        })?;
-        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        verifying
-            .verify(&self.signed_bytes()?, &sig)
-            .map_err(|_| SchemaError::BadSignature {
+            });
+        }
+        if !signature_verifies(&self.key, &self.signed_bytes()?, &self.signature) {
+            return Err(SchemaError::BadSignature {
                 chain: self.chain.to_string(),
                 height: self.height,
-            })?;
+            });
+        }
         let s = &self.stream;
-        let expected_chunks = s.bytes.div_ceil(u64::from(s.chunk_size.max(1))).max(1);
         if s.compression != "zstd"
             || s.chunk_size == 0
             || s.chunk_size > MAX_CHUNK_LEN
-            || u64::from(s.chunks) != expected_chunks
             || self.parent.is_some_and(|p| p >= self.height)
         {
             return Err(SchemaError::Malformed {
@@ -528,20 +546,29 @@ impl BlockManifest {
     }
 }
 
-/// What every chunk says about itself.
+/// What every chunk says about itself, under the signature of its
+/// manifest's key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkMeta {
+    /// The stream attempt of the manifest this chunk belongs to.
+    pub attempt: StreamAttempt,
     pub chain: ChainName,
     pub height: u64,
-    pub parent: Option<u64>,
     pub index: u32,
-    pub count: u32,
+    /// Whether the stream ends with this chunk.
+    pub last: bool,
     pub sha256: ChunkHash,
-    pub stream_sha256: StreamHash,
-    /// The RFC 6962 audit path of this chunk under the manifest's
-    /// `stream.chunks_root`, bottom up.
-    pub proof: Vec<Digest>,
+    /// ed25519, by the manifest's key, over [`CHUNK_SIGNATURE_CONTEXT`] and
+    /// the JCS of this metadata without `signature`.
+    pub signature: String,
+}
+
+impl ChunkMeta {
+    /// The bytes the signature covers.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, SchemaError> {
+        signed_bytes_of(CHUNK_SIGNATURE_CONTEXT, self)
+    }
 }
 
 /// One chunk: its metadata and its bytes.
@@ -552,51 +579,35 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Builds chunk `index` of a stream, with its audit path in `tree`.
-    pub fn new(manifest: &BlockManifest, tree: &ChunkTree, index: u32, data: Vec<u8>) -> Self {
-        let sha256 = ChunkHash(Digest::of(&data));
-        Chunk::with_hash(manifest, tree, index, data, sha256)
-    }
-
-    fn with_hash(
+    /// Signs `cut`, a piece of the stream `manifest` announces, with the
+    /// manifest's key.
+    pub fn sign(
         manifest: &BlockManifest,
-        tree: &ChunkTree,
-        index: u32,
-        data: Vec<u8>,
-        sha256: ChunkHash,
-    ) -> Self {
-        Chunk {
-            meta: ChunkMeta {
-                chain: manifest.chain.clone(),
-                height: manifest.height,
-                parent: manifest.parent,
-                index,
-                count: manifest.stream.chunks,
-                sha256,
-                stream_sha256: manifest.stream.sha256,
-                proof: tree.proof(index),
-            },
-            data,
-        }
-    }
-
-    /// Chunk `index` of a stream whose bytes `tree` was built from as they
-    /// were written (a producer's spool, checked against its manifest):
-    /// its hash is the tree's, not computed a second time. Bytes that
-    /// changed on disk since are refused where every chunk is checked, by
-    /// [`Chunk::authenticate`] at the site.
-    pub fn spooled(manifest: &BlockManifest, tree: &ChunkTree, index: u32, data: Vec<u8>) -> Self {
-        match tree.chunk_hash(index) {
-            Some(sha256) => Chunk::with_hash(manifest, tree, index, data, sha256),
-            None => Chunk::new(manifest, tree, index, data),
-        }
+        cut: CutChunk,
+        key: &SigningKey,
+    ) -> Result<Self, SchemaError> {
+        let mut meta = ChunkMeta {
+            attempt: manifest.stream.attempt,
+            chain: manifest.chain.clone(),
+            height: manifest.height,
+            index: cut.index,
+            last: cut.last,
+            sha256: ChunkHash(Digest::of(&cut.data)),
+            signature: String::new(),
+        };
+        meta.signature = hex_encode(&key.sign_bytes(&meta.signed_bytes()?));
+        Ok(Chunk {
+            meta,
+            data: cut.data,
+        })
     }
 
     /// Checks that this chunk is chunk `index` of the stream `manifest`
-    /// (already verified) signs: its bytes hash to its `sha256`, that hash
-    /// sits at `index` under the signed chunk tree root, and its length and
-    /// stream agree with the manifest. A chunk that passes may go to
-    /// `btrfs receive` before the rest of its stream has arrived.
+    /// (already verified) announces: its bytes hash to its `sha256`, its
+    /// metadata is signed by the manifest's key, its chain, height and
+    /// attempt are the manifest's, and it is `chunk_size` long (at most,
+    /// for the last). A chunk that passes may go to `btrfs receive` before
+    /// the rest of its stream exists.
     pub fn authenticate(&self, manifest: &BlockManifest) -> Result<(), SchemaError> {
         self.check()?;
         let m = &self.meta;
@@ -608,35 +619,26 @@ impl Chunk {
         };
         if m.chain != manifest.chain
             || m.height != manifest.height
-            || m.parent != manifest.parent
-            || m.stream_sha256 != manifest.stream.sha256
-            || m.count != manifest.stream.chunks
+            || m.attempt != manifest.stream.attempt
         {
             return Err(refuse(
-                "its chain, height, parent, stream or count is not its manifest's".into(),
+                "its chain, height or stream attempt is not its manifest's".into(),
             ));
         }
-        let expected_len = manifest.stream.chunk_len(m.index);
-        if self.data.len() as u64 != expected_len {
+        let size = self.data.len() as u64;
+        let chunk_size = u64::from(manifest.stream.chunk_size);
+        if size > chunk_size || (!m.last && size != chunk_size) {
             return Err(refuse(format!(
-                "it holds {} bytes, the manifest says {expected_len}",
-                self.data.len()
+                "it holds {size} bytes, the manifest's chunks hold {chunk_size}"
             )));
         }
-        InclusionProof {
-            leaf_index: u64::from(m.index),
-            tree_size: u64::from(m.count),
-            path: m.proof.clone(),
+        if !signature_verifies(&manifest.key, &m.signed_bytes()?, &m.signature) {
+            return Err(refuse("its signature is not the manifest's key's".into()));
         }
-        .verify(&chunk_leaf(&m.sha256), manifest.stream.chunks_root.digest())
-        .map_err(|e| {
-            refuse(format!(
-                "its proof does not lead to the signed chunk tree root: {e}"
-            ))
-        })
+        Ok(())
     }
 
-    /// Checks the bytes against the chunk's own hash and its index.
+    /// Checks the bytes against the chunk's own hash.
     pub fn check(&self) -> Result<(), SchemaError> {
         let actual = ChunkHash(Digest::of(&self.data));
         if actual != self.meta.sha256 {
@@ -644,14 +646,6 @@ impl Chunk {
                 index: self.meta.index,
                 expected: self.meta.sha256,
                 actual,
-            });
-        }
-        if self.meta.index >= self.meta.count {
-            return Err(SchemaError::Malformed {
-                why: format!(
-                    "chunk index {} out of range (count {})",
-                    self.meta.index, self.meta.count
-                ),
             });
         }
         Ok(())
@@ -875,21 +869,27 @@ mod tests {
         .unwrap()
     }
 
-    fn stream(bytes: u64) -> StreamInfo {
-        stream_of(&vec![5u8; bytes as usize]).0
-    }
-
-    fn stream_of(bytes: &[u8]) -> (StreamInfo, ChunkTree) {
-        StreamInfo::of_bytes(bytes, 100)
+    fn stream(attempt: u8) -> StreamInfo {
+        StreamInfo::zstd(StreamAttempt::from_bytes([attempt; 16]), 100)
     }
 
     fn key(n: u8) -> SigningKey {
         SigningKey::from_seed([n; 32])
     }
 
+    /// `bytes` cut into 100-byte chunks, each signed under `m`.
+    fn chunks_of(m: &BlockManifest, bytes: &[u8], signer: &SigningKey) -> Vec<Chunk> {
+        let mut cutter = StreamCutter::new(m.stream.chunk_size);
+        let mut cut = cutter.update(bytes);
+        cut.push(cutter.finish().0);
+        cut.into_iter()
+            .map(|c| Chunk::sign(m, c, signer).unwrap())
+            .collect()
+    }
+
     #[test]
     fn signed_manifest_verifies_and_round_trips_through_a_frame() {
-        let m = BlockManifest::sign(&header(), Some(2), stream(250), &key(1)).unwrap();
+        let m = BlockManifest::sign(&header(), Some(2), stream(1), &key(1)).unwrap();
         assert_eq!(m.verify(&[key(1).public()]).unwrap(), header());
         let Frame::Manifest(back) = decode_frame(&m.to_frame().unwrap()).unwrap() else {
             panic!("not a manifest")
@@ -900,7 +900,7 @@ mod tests {
 
     #[test]
     fn untrusted_key_and_any_changed_member_are_refused() {
-        let m = BlockManifest::sign(&header(), Some(2), stream(250), &key(1)).unwrap();
+        let m = BlockManifest::sign(&header(), Some(2), stream(1), &key(1)).unwrap();
         assert!(matches!(
             m.verify(&[key(2).public()]),
             Err(SchemaError::UntrustedKey { .. })
@@ -912,39 +912,27 @@ mod tests {
             Err(SchemaError::BadSignature { .. })
         ));
         let mut other = m.clone();
-        other.stream.bytes = 251;
+        other.stream.attempt = StreamAttempt::from_bytes([2; 16]);
         assert!(other.verify(&[key(1).public()]).is_err());
         let mut other = m.clone();
         other.header["event_count"] = 1.into();
         assert!(other.verify(&[key(1).public()]).is_err());
         // A key swapped in with a signature of its own is still untrusted.
-        let forged = BlockManifest::sign(&header(), Some(2), stream(250), &key(9)).unwrap();
+        let forged = BlockManifest::sign(&header(), Some(2), stream(1), &key(9)).unwrap();
         assert!(forged.verify(&[key(1).public()]).is_err());
     }
 
     #[test]
-    fn a_spooled_chunk_takes_its_hash_from_the_tree_and_is_refused_if_changed() {
-        let (info, tree) = stream_of(&[7; 250]);
-        let m = BlockManifest::sign(&header(), None, info, &key(1)).unwrap();
-        let spooled = Chunk::spooled(&m, &tree, 2, vec![7; 50]);
-        assert_eq!(spooled, Chunk::new(&m, &tree, 2, vec![7; 50]));
-        spooled.authenticate(&m).unwrap();
-        // Bytes that changed on disk after they were hashed.
-        let changed = Chunk::spooled(&m, &tree, 2, vec![8; 50]);
-        assert!(changed.authenticate(&m).is_err());
-    }
-
-    #[test]
     fn chunk_frames_round_trip_and_catch_changed_bytes() {
-        let (info, tree) = stream_of(&[7; 250]);
-        let m = BlockManifest::sign(&header(), None, info, &key(1)).unwrap();
-        let chunk = Chunk::new(&m, &tree, 2, vec![7; 50]);
+        let m = BlockManifest::sign(&header(), None, stream(1), &key(1)).unwrap();
+        let chunk = chunks_of(&m, &[7; 250], &key(1)).remove(2);
+        assert!(chunk.meta.last);
         let frame = chunk.to_frame().unwrap();
         let Frame::Chunk(back) = decode_frame(&frame).unwrap() else {
             panic!("not a chunk")
         };
         assert_eq!(back, chunk);
-        back.check().unwrap();
+        back.authenticate(&m).unwrap();
         let mut bad = frame.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
@@ -957,27 +945,16 @@ mod tests {
         ));
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
         assert!(decode_frame(b"{\"element\":\"iface:eth0\"}").is_err());
-        let mut out_of_range = chunk.clone();
-        out_of_range.meta.index = 3;
-        assert!(out_of_range.check().is_err());
-    }
-
-    fn chunks_of(bytes: &[u8], parent: Option<u64>) -> (BlockManifest, Vec<Chunk>) {
-        let (info, tree) = stream_of(bytes);
-        let m = BlockManifest::sign(&header(), parent, info, &key(1)).unwrap();
-        let chunks = bytes
-            .chunks(100)
-            .enumerate()
-            .map(|(i, c)| Chunk::new(&m, &tree, i as u32, c.to_vec()))
-            .collect();
-        (m, chunks)
     }
 
     #[test]
     fn every_chunk_authenticates_against_its_signed_manifest_alone() {
         let bytes: Vec<u8> = (0..1234u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (m, chunks) = chunks_of(&bytes, Some(2));
+        let m = BlockManifest::sign(&header(), Some(2), stream(1), &key(1)).unwrap();
+        let chunks = chunks_of(&m, &bytes, &key(1));
         assert_eq!(chunks.len(), 13);
+        assert_eq!(chunks.iter().filter(|c| c.meta.last).count(), 1);
+        assert!(chunks[12].meta.last);
         for c in &chunks {
             c.authenticate(&m).unwrap();
             // Through a frame and back, too.
@@ -986,42 +963,46 @@ mod tests {
             };
             back.authenticate(&m).unwrap();
         }
-        let one = chunks_of(b"short", None);
-        assert!(one.1[0].meta.proof.is_empty());
-        one.1[0].authenticate(&one.0).unwrap();
+        let empty = chunks_of(&m, b"", &key(1));
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].meta.last && empty[0].data.is_empty());
+        empty[0].authenticate(&m).unwrap();
     }
 
     #[test]
-    fn a_chunk_of_another_stream_or_place_is_refused() {
+    fn a_chunk_of_another_stream_place_or_signer_is_refused() {
         let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
-        let (m, chunks) = chunks_of(&bytes, Some(2));
+        let m = BlockManifest::sign(&header(), Some(2), stream(1), &key(1)).unwrap();
+        let chunks = chunks_of(&m, &bytes, &key(1));
         let not_in = |c: &Chunk, m: &BlockManifest| {
             matches!(c.authenticate(m), Err(SchemaError::ChunkNotInStream { .. }))
         };
-        // Moved to another index, with a hash and a proof of its own.
+        // Moved to another index, or made the last.
         let mut moved = chunks[3].clone();
         moved.meta.index = 4;
         assert!(not_in(&moved, &m));
+        let mut ended = chunks[3].clone();
+        ended.meta.last = true;
+        assert!(not_in(&ended, &m));
         // Another chunk's bytes with their own correct hash, under this
-        // chunk's proof.
+        // chunk's signature.
         let mut swapped = chunks[3].clone();
         swapped.data = chunks[4].data.clone();
         swapped.meta.sha256 = chunks[4].meta.sha256;
         assert!(not_in(&swapped, &m));
-        // A proof cut short, or one hash of it changed.
-        let mut short = chunks[3].clone();
-        short.meta.proof.pop();
-        assert!(not_in(&short, &m));
-        let mut bent = chunks[3].clone();
-        bent.meta.proof[0] = Digest::of(b"other");
-        assert!(not_in(&bent, &m));
-        // A whole chunk of another stream, under this stream's manifest.
-        let mut other_bytes = bytes.clone();
-        other_bytes[950] ^= 1;
-        let (_, other) = chunks_of(&other_bytes, Some(2));
-        let mut foreign = other[9].clone();
-        foreign.meta.stream_sha256 = m.stream.sha256;
+        // A chunk of another attempt at the same block, signed by the
+        // same key, under this attempt's manifest.
+        let other = BlockManifest::sign(&header(), Some(2), stream(2), &key(1)).unwrap();
+        let foreign = chunks_of(&other, &bytes, &key(1)).remove(3);
         assert!(not_in(&foreign, &m));
+        // Signed by another key.
+        let forged = chunks_of(&m, &bytes, &key(9)).remove(3);
+        assert!(not_in(&forged, &m));
+        // Shorter than the manifest's chunk size, and not the last.
+        let mut short = chunks[3].clone();
+        short.data.truncate(50);
+        short.meta.sha256 = ChunkHash(Digest::of(&short.data));
+        assert!(not_in(&short, &m));
         // Its bytes changed: caught by its own hash first.
         let mut flipped = chunks[0].clone();
         flipped.data[0] ^= 1;
@@ -1033,48 +1014,55 @@ mod tests {
 
     #[test]
     fn a_manifest_of_another_format_is_named_as_such() {
-        let m = BlockManifest::sign(&header(), None, stream(10), &key(1)).unwrap();
-        let mut v = serde_json::to_value(&m).unwrap();
-        v["version"] = 1.into();
-        v["stream"].as_object_mut().unwrap().remove("chunks_root");
-        let frame = encode_frame(FrameKind::Manifest, &jcs::canonical(&v).unwrap(), &[]);
-        assert!(matches!(
-            decode_frame(&frame),
-            Err(SchemaError::UnsupportedVersion {
-                what: "manifest",
-                version: 1
-            })
-        ));
+        let m = BlockManifest::sign(&header(), None, stream(1), &key(1)).unwrap();
+        for version in [1u64, 2] {
+            let mut v = serde_json::to_value(&m).unwrap();
+            v["version"] = version.into();
+            v["stream"].as_object_mut().unwrap().remove("attempt");
+            let frame = encode_frame(FrameKind::Manifest, &jcs::canonical(&v).unwrap(), &[]);
+            assert!(matches!(
+                decode_frame(&frame),
+                Err(SchemaError::UnsupportedVersion {
+                    what: "manifest",
+                    version: v
+                }) if v == version
+            ));
+        }
     }
 
     proptest::proptest! {
-        /// However a stream is written in pieces, its description is that
-        /// of the whole, and every chunk it cuts authenticates.
+        /// However a stream is written in pieces, it is cut into the
+        /// pieces of the whole, the last one marked, and hashed whole.
         #[test]
-        fn hashing_in_pieces_is_hashing_the_whole(
+        fn cutting_in_pieces_is_cutting_the_whole(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
             cuts in proptest::collection::vec(0usize..700, 0..8),
             chunk_size in 1u32..130,
         ) {
-            let mut hasher = StreamHasher::new(chunk_size);
+            let mut cutter = StreamCutter::new(chunk_size);
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
             cuts.sort_unstable();
             let mut at = 0;
+            let mut pieces = Vec::new();
             for c in cuts.into_iter().chain([bytes.len()]) {
-                hasher.update(&bytes[at..c]);
+                pieces.extend(cutter.update(&bytes[at..c]));
                 at = c;
             }
-            let (info, tree) = hasher.finish();
-            proptest::prop_assert_eq!(info.sha256, StreamHash(Digest::of(&bytes)));
-            proptest::prop_assert_eq!(info.bytes, bytes.len() as u64);
-            let expected = bytes.len().div_ceil(chunk_size as usize).max(1);
-            proptest::prop_assert_eq!(info.chunks as usize, expected);
-            proptest::prop_assert_eq!(tree.len(), expected);
-            let m = BlockManifest::sign(&header(), None, info, &key(1)).unwrap();
-            let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(chunk_size as usize).collect() };
-            for (i, piece) in pieces.into_iter().enumerate() {
-                let chunk = Chunk::new(&m, &tree, i as u32, piece.to_vec());
-                proptest::prop_assert!(chunk.authenticate(&m).is_ok());
+            let (last, whole) = cutter.finish();
+            pieces.push(last);
+            proptest::prop_assert_eq!(whole.sha256, StreamHash(Digest::of(&bytes)));
+            proptest::prop_assert_eq!(whole.bytes, bytes.len() as u64);
+            let expected: Vec<&[u8]> = if bytes.is_empty() {
+                vec![&[]]
+            } else {
+                bytes.chunks(chunk_size as usize).collect()
+            };
+            proptest::prop_assert_eq!(whole.chunks as usize, expected.len());
+            proptest::prop_assert_eq!(pieces.len(), expected.len());
+            for (i, (piece, want)) in pieces.iter().zip(&expected).enumerate() {
+                proptest::prop_assert_eq!(piece.index as usize, i);
+                proptest::prop_assert_eq!(piece.last, i + 1 == expected.len());
+                proptest::prop_assert_eq!(piece.data.as_slice(), *want);
             }
         }
     }

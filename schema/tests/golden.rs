@@ -181,7 +181,9 @@ fn print_vectors() {
 /// A signed manifest and a chunk frame, byte for byte (docs/replication.md).
 #[test]
 fn replication_frames_are_pinned() {
-    use fschain_schema::wire::{BlockManifest, Chunk, SigningKey, StreamInfo};
+    use fschain_schema::wire::{
+        BlockManifest, Chunk, SigningKey, StreamAttempt, StreamCutter, StreamInfo,
+    };
     use fschain_schema::{Digest, HeaderDraft, Timestamp};
     let header = HeaderDraft::genesis(
         ChainName::parse("host1").unwrap(),
@@ -189,17 +191,23 @@ fn replication_frames_are_pinned() {
     )
     .seal()
     .unwrap();
-    // Ten bytes cut into 4-byte chunks: three chunks, so chunk 1's proof
-    // has two steps (its left neighbour, then the lone third chunk).
-    let data = b"zstd bytes".to_vec();
-    let (stream, tree) = StreamInfo::of_bytes(&data, 4);
-    assert_eq!(stream.chunks, 3);
     let key = SigningKey::from_seed([7; 32]);
-    let manifest = BlockManifest::sign(&header, None, stream, &key).unwrap();
+    let attempt = StreamAttempt::from_bytes([1; 16]);
+    let manifest = BlockManifest::sign(&header, None, StreamInfo::zstd(attempt, 4), &key).unwrap();
     let frame = manifest.to_frame().unwrap();
-    let chunk1 = Chunk::new(&manifest, &tree, 1, data[4..8].to_vec());
-    chunk1.authenticate(&manifest).unwrap();
-    let chunk = chunk1.to_frame().unwrap();
+    // Ten bytes cut into 4-byte chunks: three chunks, the third the last.
+    let mut cutter = StreamCutter::new(4);
+    let mut cut = cutter.update(b"zstd bytes");
+    cut.push(cutter.finish().0);
+    assert_eq!(cut.len(), 3);
+    let chunks: Vec<Chunk> = cut
+        .into_iter()
+        .map(|c| Chunk::sign(&manifest, c, &key).unwrap())
+        .collect();
+    for c in &chunks {
+        c.authenticate(&manifest).unwrap();
+    }
+    let chunk = chunks[1].to_frame().unwrap();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -209,14 +217,13 @@ fn replication_frames_are_pinned() {
     let vectors = [
         ("public key", key.public().to_hex()),
         ("manifest signature", manifest.signature.clone()),
-        ("chunks root", manifest.stream.chunks_root.to_hex()),
         ("manifest frame SHA-256", Digest::of(&frame).to_hex()),
+        ("last chunk signature", chunks[2].meta.signature.clone()),
         ("chunk frame", hex(&chunk)),
     ];
     for (name, value) in &vectors {
         println!("{name}: {value}");
     }
-    println!("manifest frame: {}", hex(&frame));
     println!(
         "manifest metadata: {}",
         String::from_utf8_lossy(&frame[9..frame.len() - 4])
