@@ -30,46 +30,32 @@ pub fn export_frames(
     key: &SigningKey,
     out: &mut (dyn Write + Send),
 ) -> Result<ExportSummary, ProducerError> {
-    let spool = layout
-        .meta_dir()
-        .join(format!("export-{}", std::process::id()));
     // Frames come from the thread that cuts each stream.
     let out = std::sync::Mutex::new((out, 0u64));
     let write_frame = |frame: &[u8]| -> Result<(), ProducerError> {
-        let mut out = out.lock().map_err(|_| ProducerError::Command {
-            what: "writing the export".into(),
-            message: "a writer stopped".into(),
-        })?;
+        let mut out = out.lock().map_err(writer_stopped)?;
         out.0.write_all(frame).map_err(output_error)?;
         out.1 += frame.len() as u64;
         Ok(())
     };
-    let result = (|| {
-        let mut summary = ExportSummary::default();
-        let start = from.map_or(0, |f| f + 1);
-        for height in start..=to {
-            // The first block is incremental against `from` (full without
-            // it); after it, full streams where the policy puts checkpoints.
-            let parent = if height == start {
-                from
-            } else {
-                policy.parent_of(height)
-            };
-            let header = snapshot_header(layout, height)?;
-            let block = stream_block(layout, header, parent, &spool, policy, key, &write_frame)?;
-            block.remove()?;
-            summary.blocks += 1;
-        }
-        let mut out = out.lock().map_err(|_| ProducerError::Command {
-            what: "writing the export".into(),
-            message: "a writer stopped".into(),
-        })?;
-        out.0.flush().map_err(output_error)?;
-        summary.bytes = out.1;
-        Ok(summary)
-    })();
-    let _ = std::fs::remove_dir_all(&spool);
-    result
+    let mut summary = ExportSummary::default();
+    let start = from.map_or(0, |f| f + 1);
+    for height in start..=to {
+        // The first block is incremental against `from` (full without
+        // it); after it, full streams where the policy puts checkpoints.
+        let parent = if height == start {
+            from
+        } else {
+            policy.parent_of(height)
+        };
+        let header = snapshot_header(layout, height)?;
+        stream_block(layout, header, parent, policy, key, &write_frame)?;
+        summary.blocks += 1;
+    }
+    let (out, bytes) = out.into_inner().map_err(writer_stopped)?;
+    out.flush().map_err(output_error)?;
+    summary.bytes = bytes;
+    Ok(summary)
 }
 
 /// Writes the plain `btrfs send` stream of block `to` (incremental against
@@ -98,5 +84,12 @@ fn output_error(e: io::Error) -> ProducerError {
     ProducerError::Command {
         what: "writing the export".into(),
         message: e.to_string(),
+    }
+}
+
+fn writer_stopped<T>(_: T) -> ProducerError {
+    ProducerError::Command {
+        what: "writing the export".into(),
+        message: "a thread writing it stopped".into(),
     }
 }

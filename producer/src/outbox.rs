@@ -1,23 +1,18 @@
 //! Turning a sealed block into what travels: its signed manifest first,
 //! then its `btrfs send` stream, zstd-compressed, cut into chunks that are
-//! each signed and handed out as the stream is made, and spooled to
-//! `meta/outbox/` on the way. Memory stays flat whatever the block size,
-//! the first chunk leaves while `btrfs send` still runs, and a producer
-//! that crashes after the whole stream was made republishes the very same
-//! bytes.
+//! each signed and handed out as the stream is made. Memory stays flat
+//! whatever the block size, nothing is written to disk, and the first
+//! chunk leaves while `btrfs send` still runs.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
 
 use fschain_schema::note::chain_checkpoint;
 use fschain_schema::wire::{
     BlockManifest, Chunk, CutChunk, SigningKey, StreamAttempt, StreamCutter, StreamInfo,
 };
-use fschain_schema::{BlockHeader, ChunkHash};
+use fschain_schema::BlockHeader;
 use fschain_store::layout::{write_atomic, RootLayout};
 use fschain_store::{btrfs, ChainDir, IoContext, StoreError};
-use serde::{Deserialize, Serialize};
 
 use crate::ProducerError;
 
@@ -53,8 +48,8 @@ impl StreamPolicy {
     }
 }
 
-/// A block whose frames were all handed out: its signed manifest, and the
-/// spooled stream, kept until the broker acknowledged them.
+/// A block whose frames were all handed out: its signed manifest, and
+/// what its stream was.
 #[derive(Debug)]
 pub struct OutgoingBlock {
     pub manifest: BlockManifest,
@@ -63,41 +58,6 @@ pub struct OutgoingBlock {
     pub bytes: u64,
     /// How many chunks it was cut into.
     pub chunks: u32,
-    stream: PathBuf,
-    record: PathBuf,
-}
-
-impl OutgoingBlock {
-    /// Copies the compressed stream to `out`.
-    pub fn copy_stream(&self, out: &mut dyn Write) -> Result<u64, ProducerError> {
-        let mut file = File::open(&self.stream).at(&self.stream)?;
-        Ok(btrfs::pump(&mut file, out).at(&self.stream)?)
-    }
-
-    /// Drops the spool once the block is published.
-    pub fn remove(self) -> Result<(), ProducerError> {
-        for p in [&self.stream, &self.record] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(p, e).into()),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What the outbox keeps beside a spooled stream once it was made whole:
-/// the manifest its chunks were signed under, and each chunk's hash. A
-/// producer that restarts republishes the spool under the same attempt
-/// only when its bytes still cut into exactly those chunks; the chunks'
-/// signatures are then the same bytes (ed25519 is deterministic).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpoolRecord {
-    manifest: BlockManifest,
-    bytes: u64,
-    chunks: Vec<ChunkHash>,
 }
 
 /// Where each block's frames go: called with the manifest's frame, then
@@ -105,7 +65,7 @@ struct SpoolRecord {
 pub type FrameSink<'a> = &'a (dyn Fn(&[u8]) -> Result<(), ProducerError> + Sync);
 
 /// Compressed buffers queued between the two stages of [`stream_block`].
-const SPOOL_QUEUE: usize = 4;
+const CUT_QUEUE: usize = 4;
 
 /// Sends what is written through it down a channel, 1 MiB at a time.
 struct ChannelWriter {
@@ -140,7 +100,7 @@ impl Write for ChannelWriter {
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::BUF));
         self.to
             .send(full)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the spooling thread stopped"))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cutting thread stopped"))
     }
 }
 
@@ -177,24 +137,19 @@ pub fn snapshot_header(layout: &RootLayout, height: u64) -> Result<BlockHeader, 
 /// Hands out the frames of the block `header` seals (read by
 /// [`snapshot_header`]) to `sink`: its signed manifest, then each chunk of
 /// its stream, signed, as `btrfs send | zstd` makes it. The stream is
-/// incremental against `parent` (full when `None`) and is spooled in `dir`;
-/// a spool an earlier run made whole is republished as it is.
+/// incremental against `parent` (full when `None`). Each call is a new
+/// attempt at the block's stream: nothing is kept on disk, and a producer
+/// that stops before the broker acknowledged every frame makes the stream
+/// again, under a new attempt, when it publishes next.
 pub fn stream_block(
     layout: &RootLayout,
     header: BlockHeader,
     parent: Option<u64>,
-    dir: &Path,
     policy: &StreamPolicy,
     key: &SigningKey,
     sink: FrameSink<'_>,
 ) -> Result<OutgoingBlock, ProducerError> {
     let height = header.height;
-    std::fs::create_dir_all(dir).at(dir)?;
-    let stream_path = dir.join(format!("{height:010}.zst"));
-    let record_path = dir.join(format!("{height:010}.manifest"));
-    if let Some(record) = spooled_record(&record_path, &stream_path, &header, parent, key) {
-        return republish(record, header, stream_path, record_path, key, sink);
-    }
     let started = std::time::Instant::now();
     if let Some(p) = parent {
         require_snapshot(layout, p)?;
@@ -214,38 +169,29 @@ pub fn stream_block(
     let manifest =
         BlockManifest::sign_with_checkpoint(&header, parent, stream, Some(checkpoint), key)?;
     sink(&manifest.to_frame()?)?;
-    let tmp = stream_path.with_extension("zst.tmp");
-    let file = File::create(&tmp).at(&tmp)?;
     let parent_path = parent.map(|p| layout.snapshot(p));
     // Two stages on two threads: this one compresses what `btrfs send`
-    // writes, the other spools it and cuts, signs and hands out its chunks.
-    let (compressed, to_cut) = std::sync::mpsc::sync_channel::<Vec<u8>>(SPOOL_QUEUE);
+    // writes, the other cuts it, signs each chunk and hands it out.
+    let (compressed, to_cut) = std::sync::mpsc::sync_channel::<Vec<u8>>(CUT_QUEUE);
     let mut first_chunk = None;
-    let spool_path = &tmp;
     let (sent, cut) = std::thread::scope(|scope| {
         let manifest = &manifest;
         let first_chunk = &mut first_chunk;
         let cutter = scope.spawn(move || -> Result<_, ProducerError> {
-            let mut spool = BufWriter::with_capacity(1 << 20, file);
             let mut cutter = StreamCutter::new(manifest.stream.chunk_size);
-            let mut hashes = Vec::new();
             let mut hand_out = |cut: CutChunk| -> Result<(), ProducerError> {
-                let chunk = Chunk::sign(manifest, cut, key)?;
-                hashes.push(chunk.meta.sha256);
-                sink(&chunk.to_frame()?)?;
+                sink(&Chunk::sign(manifest, cut, key)?.to_frame()?)?;
                 first_chunk.get_or_insert_with(|| started.elapsed());
                 Ok(())
             };
             for buf in to_cut {
-                spool.write_all(&buf).at(spool_path)?;
                 for cut in cutter.update(&buf) {
                     hand_out(cut)?;
                 }
             }
             let (last, whole) = cutter.finish();
             hand_out(last)?;
-            spool.flush().at(spool_path)?;
-            Ok((whole.bytes, hashes))
+            Ok(whole)
         });
         let sent = btrfs::send(&layout.snapshot(height), parent_path.as_deref(), |r| {
             let mut encoder =
@@ -261,112 +207,22 @@ pub fn stream_block(
         });
         (sent, cut)
     });
-    // A cut that failed (a full disk, the broker) makes the send fail too,
-    // with a broken channel: its own error says more.
-    let (bytes, hashes) = cut?;
+    // A cut that failed (the broker) makes the send fail too, with a
+    // broken channel: its own error says more.
+    let whole = cut?;
     sent?;
-    // Not synced: a spooled stream is only reused once its bytes cut into
-    // the recorded chunks again, so one cut short by a power loss is made
-    // anew, and the sync cost a quarter of a second per 200 MB.
-    std::fs::rename(&tmp, &stream_path).at(&stream_path)?;
-    let chunks = hashes.len() as u32;
-    let record = SpoolRecord {
-        manifest,
-        bytes,
-        chunks: hashes,
-    };
-    write_atomic(
-        &record_path,
-        &serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt {
-            path: record_path.clone(),
-            why: e.to_string(),
-        })?,
-    )?;
     tracing::debug!(
         height,
-        bytes,
+        bytes = whole.bytes,
         first_chunk_ms = first_chunk.map_or(0, |d| d.as_millis() as u64),
         prepare_ms = started.elapsed().as_millis() as u64,
         "stream sent, compressed, cut and signed"
     );
     Ok(OutgoingBlock {
-        manifest: record.manifest,
-        header,
-        bytes,
-        chunks,
-        stream: stream_path,
-        record: record_path,
-    })
-}
-
-/// What an earlier run spooled whole for this very block (same header,
-/// parent and key), if its stream still cuts into the recorded chunks.
-fn spooled_record(
-    record: &Path,
-    stream: &Path,
-    header: &BlockHeader,
-    parent: Option<u64>,
-    key: &SigningKey,
-) -> Option<SpoolRecord> {
-    let record: SpoolRecord = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
-    let m = &record.manifest;
-    if m.parent != parent || !m.verify(&[key.public()]).is_ok_and(|h| &h == header) {
-        return None;
-    }
-    let mut hashes = Vec::with_capacity(record.chunks.len());
-    let bytes = cut_spool(stream, m.stream.chunk_size, |cut| {
-        hashes.push(ChunkHash(fschain_schema::Digest::of(&cut.data)));
-        Ok(())
-    })
-    .ok()?;
-    (bytes == record.bytes && hashes == record.chunks).then_some(record)
-}
-
-/// Reads the spooled stream at `path` and cuts it into `chunk_size`
-/// pieces, each handed to `each`; returns its length.
-fn cut_spool(
-    path: &Path,
-    chunk_size: u32,
-    mut each: impl FnMut(CutChunk) -> Result<(), ProducerError>,
-) -> Result<u64, ProducerError> {
-    let mut file = File::open(path).at(path)?;
-    let mut cutter = StreamCutter::new(chunk_size);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).at(path)?;
-        if n == 0 {
-            break;
-        }
-        for cut in cutter.update(&buf[..n]) {
-            each(cut)?;
-        }
-    }
-    let (last, whole) = cutter.finish();
-    each(last)?;
-    Ok(whole.bytes)
-}
-
-/// Hands out a spooled block's frames again, as they were first made.
-fn republish(
-    record: SpoolRecord,
-    header: BlockHeader,
-    stream: PathBuf,
-    record_path: PathBuf,
-    key: &SigningKey,
-    sink: FrameSink<'_>,
-) -> Result<OutgoingBlock, ProducerError> {
-    let manifest = record.manifest;
-    sink(&manifest.to_frame()?)?;
-    cut_spool(&stream, manifest.stream.chunk_size, |cut| {
-        sink(&Chunk::sign(&manifest, cut, key)?.to_frame()?)
-    })?;
-    Ok(OutgoingBlock {
         manifest,
         header,
-        bytes: record.bytes,
-        chunks: record.chunks.len() as u32,
-        stream,
-        record: record_path,
+        bytes: whole.bytes,
+        chunks: whole.chunks,
     })
 }
 

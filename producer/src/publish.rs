@@ -285,7 +285,7 @@ fn send_block(
             Ok(())
         };
         let parent = policy.parent_of(height);
-        let block = stream_block(layout, header, parent, &layout.outbox(), policy, key, &sink);
+        let block = stream_block(layout, header, parent, policy, key, &sink);
         let events = events.join().unwrap_or_else(|_| {
             Err(ProducerError::Command {
                 what: format!("publishing the events of block {height}"),
@@ -312,8 +312,8 @@ fn send_block(
 /// At most this many blocks are sent before their acknowledgements are
 /// awaited and recorded...
 const MAX_BLOCKS_IN_FLIGHT: usize = 16;
-/// ...and at most this many stream bytes (their spools stay on disk until
-/// then).
+/// ...and at most this many stream bytes (a crash before their
+/// acknowledgement makes them all again).
 const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
 
 /// Blocks sent whose acknowledgements have not been awaited yet.
@@ -347,7 +347,6 @@ impl InFlight {
         for block in self.blocks.drain(..) {
             summary.blocks += 1;
             summary.bytes += block.bytes;
-            block.remove()?;
         }
         debug!(
             from = heights.0,

@@ -12,7 +12,6 @@
 //!   meta/signing.key    ed25519 private key (0600), never published
 //!   meta/signing.pub    its public key, the one sites trust
 //!   meta/published      {"height":N}: every block up to N is on the topic
-//!   meta/outbox/        the stream and signed manifest of blocks being published
 //!   meta/ingest         which offsets of the ops topic the sealed blocks hold
 //!   meta/replica        on a site: {"site":..,"base":N}, the first block held
 //!   meta/manifests/     the signed manifest of every block published or received
@@ -147,11 +146,6 @@ impl RootLayout {
     pub fn pruned(&self) -> PathBuf {
         self.meta_dir().join("pruned")
     }
-
-    pub fn outbox(&self) -> PathBuf {
-        self.meta_dir().join("outbox")
-    }
-
     pub fn ingest(&self) -> PathBuf {
         self.meta_dir().join("ingest")
     }
