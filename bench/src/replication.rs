@@ -404,8 +404,13 @@ fn against_plain_pipeline(
     )?;
     let (bare_prod, bare_cons) = raw_bulk(brokers, &format!("{}.blocks", raw.prefix), on_topic)?;
     let btrfs_alone = send_receive(&layout.snapshot(head), &work.join(format!("{name}-raw")))?;
+    let (hash_stream, hash_states) = check_hashing(on_topic, &layout.snapshot(head))?;
     let fs = t_pub + t_con;
     let plain = plain_prod + plain_cons;
+    // What no checked pipeline can skip, on top of the plain one: the
+    // site's sync, the stream hashed at both ends (to sign each chunk, to
+    // check it), and the states read and hashed against the state root.
+    let checked_floor = plain + plain_sync + hash_stream * 2 + hash_states;
     report.row(Row {
         what: format!(
             "{change} ({:.0} MB on the topic): publish + consume, no indexing",
@@ -424,13 +429,17 @@ fn against_plain_pipeline(
             logged_secs(&con_log, "verify_ms"),
         ),
         baseline: format!(
-            "`btrfs send | zstd | produce`, then `consume | zstd -d | btrfs receive`, nothing checked: {:.2} s ({:.2} + {:.2} s): {:.2}x; the same with a sync of what it received, as a site must before it acknowledges a block: {:.2} s ({:.2}x); bare produce + consume of as many bytes {:.2} s; `btrfs send | btrfs receive` alone {:.2} s",
+            "`btrfs send | zstd | produce`, then `consume | zstd -d | btrfs receive`, nothing checked: {:.2} s ({:.2} + {:.2} s): {:.2}x; the same with a sync of what it received, as a site must before it acknowledges a block: {:.2} s ({:.2}x); and hashing what the checks must hash (the stream at both ends, {:.2} s each, and the states, {:.2} s): {:.2} s ({:.2}x); bare produce + consume of as many bytes {:.2} s; `btrfs send | btrfs receive` alone {:.2} s",
             plain.as_secs_f64(),
             plain_prod.as_secs_f64(),
             plain_cons.as_secs_f64(),
             ratio(plain, fs),
             (plain + plain_sync).as_secs_f64(),
             ratio(plain + plain_sync, fs),
+            hash_stream.as_secs_f64(),
+            hash_states.as_secs_f64(),
+            checked_floor.as_secs_f64(),
+            ratio(checked_floor, fs),
             (bare_prod + bare_cons).as_secs_f64(),
             btrfs_alone.as_secs_f64()
         ),
@@ -438,6 +447,33 @@ fn against_plain_pipeline(
         met: Some(ratio(plain, fs) >= 1.0),
     });
     Ok((rss_pub, rss_con))
+}
+
+/// How long SHA-256 takes over `stream_bytes` bytes held in memory, and
+/// over the state files of the snapshot at `snapshot`, read from disk: what
+/// signing and checking each chunk, and checking the states against the
+/// state root, cannot do without.
+fn check_hashing(stream_bytes: u64, snapshot: &Path) -> Result<(Duration, Duration)> {
+    // SHA-256 takes as long whatever the bytes are.
+    let buf = vec![0x5a_u8; stream_bytes as usize];
+    let t = Instant::now();
+    std::hint::black_box(fschain_schema::Digest::of(&buf));
+    let stream = t.elapsed();
+    drop(buf);
+    settle_disk();
+    let t = Instant::now();
+    let mut dirs = vec![snapshot.join("states")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                std::hint::black_box(fschain_schema::Digest::of(&std::fs::read(entry.path())?));
+            }
+        }
+    }
+    Ok((stream, t.elapsed()))
 }
 
 /// `n` elements whose states are the sample operations' (realistic
