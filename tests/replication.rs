@@ -419,7 +419,8 @@ fn a_site_killed_mid_block_resumes_and_a_producer_killed_mid_publish_republishes
     publish.kill().unwrap();
     publish.wait().unwrap();
     // The site, through Kafka now, resumes: blocks it holds are dropped,
-    // the partial block waits, the republished one completes it.
+    // the partial block waits; the block published again, under a new
+    // attempt, replaces it.
     t.consume("north").ok();
     assert!(
         staging_entries(&copy).is_empty(),

@@ -688,6 +688,55 @@ mod tests {
     }
 
     #[test]
+    fn late_chunks_of_a_replaced_attempt_are_never_fed() {
+        // Chunks of the first attempt still arrive after the second
+        // attempt's manifest (two producers' messages interleaved): none
+        // of them is fed, and the block is applied once, from the second.
+        let (first, first_chunks) = block(0, None, 3, 1);
+        let (again, again_chunks) = block(0, None, 2, 2);
+        let msgs = [
+            Msg::Manifest(first),
+            Msg::Chunk(first_chunks[0].clone()),
+            Msg::Manifest(again.clone()),
+            Msg::Chunk(first_chunks[1].clone()),
+            Msg::Chunk(again_chunks[0].clone()),
+            Msg::Chunk(first_chunks[2].clone()),
+            Msg::Chunk(again_chunks[1].clone()),
+        ];
+        let mut a = ChunkAssembler::new(None);
+        let mut fed = Vec::new();
+        for (offset, msg) in msgs.iter().enumerate() {
+            match msg {
+                Msg::Manifest(m) => {
+                    a.manifest(m.clone(), m.block_header().unwrap(), offset as i64);
+                }
+                Msg::Chunk(c) => {
+                    if let Verdict::Pipe { key, index } = a.chunk(&c.meta, offset as i64) {
+                        fed.push((key.attempt, index));
+                    }
+                }
+            }
+            a.take_aborted();
+            if a.open_stream().is_none() {
+                if let Some(ready) = a.next_to_open() {
+                    a.opened(ready.key);
+                }
+            }
+            while let Some((key, index)) = a.take_spooled() {
+                fed.push((key.attempt, index));
+            }
+        }
+        let ready = a.open_complete().expect("the second attempt is complete");
+        assert_eq!(ready.key.attempt, again.stream.attempt);
+        let second = again.stream.attempt;
+        assert_eq!(fed.iter().filter(|(at, _)| *at == second).count(), 2);
+        assert!(
+            fed.iter().all(|(at, i)| *at == second || *i == 0),
+            "fed a chunk of the replaced attempt after it was replaced: {fed:?}"
+        );
+    }
+
+    #[test]
     fn chunks_of_the_open_stream_are_fed_as_they_come_and_early_ones_later() {
         let (m, chunks) = block(0, None, 4, 0);
         let mut a = ChunkAssembler::new(None);
