@@ -2,7 +2,7 @@
 //!
 //! The caller feeds it the frames it reads for one chain (already decoded;
 //! chunks already checked against their own hash and, when their manifest
-//! is known, authenticated under its signed chunk tree; manifests already
+//! is known, authenticated under its key; manifests already
 //! verified against the trusted keys) and does what it answers.
 //!
 //! One stream at a time is *open*: the next block's, once its manifest is

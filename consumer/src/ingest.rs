@@ -492,9 +492,9 @@ impl Ingest {
                     height: c.meta.height,
                     attempt: c.meta.attempt,
                 };
-                // Against the signed chunk tree as soon as its manifest is
-                // in; a chunk that came first is checked again when its
-                // turn comes.
+                // Against its manifest's key as soon as the manifest is in;
+                // a chunk that came first is checked again when its turn
+                // comes.
                 let checked = match assembler.manifest_of(&key) {
                     Some(manifest) => c.authenticate(manifest),
                     None => c.check(),

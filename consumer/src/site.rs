@@ -4,11 +4,10 @@
 //!
 //! Applying a block: open a `btrfs receive` under `blocks/.incoming-<height>`
 //! once its signed manifest is in, feed it each chunk as it arrives (every
-//! chunk authenticated under the manifest's signed chunk tree first, so
-//! nothing unsigned reaches it), then check the whole stream's hash, verify
-//! the received snapshot against the signed header, and rename it into
-//! place (same directory: a received read-only subvolume cannot move to
-//! another one). A crash at any point leaves at most an `.incoming-*`
+//! chunk authenticated under the manifest's key first, so nothing unsigned
+//! reaches it), then verify the received snapshot against the signed
+//! header, and rename it into place (same directory: a received read-only
+//! subvolume cannot move to another one). A crash at any point leaves at most an `.incoming-*`
 //! subvolume, which the next start deletes; the Kafka offset is committed
 //! only after the rename.
 
@@ -588,8 +587,8 @@ impl SiteChain {
     }
 
     /// Starts finishing the open stream, every chunk of it fed, on a
-    /// thread of its own: the whole stream against the signed hash, the
-    /// received snapshot against the signed header, then into place. When
+    /// thread of its own: the receive's outcome, the received snapshot
+    /// against the signed header, then into place. When
     /// the thread is done it sends the chain's name down `done`, and
     /// [`Self::take_finished`] hands back how it went. Nothing else of the
     /// chain is received until then.

@@ -4,8 +4,8 @@
 //!
 //! The producer is idempotent with `acks=all`; `meta/published` advances
 //! only after the broker acknowledged every message of a block. A crash
-//! anywhere before that republishes the block from its spool, and sites
-//! drop what they already hold.
+//! anywhere before that publishes the block again, as a new stream
+//! attempt, and sites drop what they already hold.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -194,8 +194,8 @@ pub fn publish_pending(
     for height in from..=head {
         let block = send_block(layout, publisher, &chain, height, &headers, policy, key)?;
         summary.events += block.events;
-        summary.chunks += block.chunks;
         let block = block.block;
+        summary.chunks += u64::from(block.chunks);
         in_flight.bytes += block.bytes;
         in_flight.blocks.push(block);
         if in_flight.blocks.len() >= MAX_BLOCKS_IN_FLIGHT || in_flight.bytes >= MAX_BYTES_IN_FLIGHT
@@ -252,7 +252,6 @@ fn pending_range(layout: &RootLayout) -> Result<PendingRange, ProducerError> {
 struct SentBlock {
     block: OutgoingBlock,
     events: u64,
-    chunks: u64,
 }
 
 fn send_block(
@@ -268,7 +267,6 @@ fn send_block(
     let started = std::time::Instant::now();
     let header = headers[height as usize].clone();
     let event_count = header.event_count;
-    let chunks = AtomicU64::new(0);
     let (events, block) = std::thread::scope(|scope| {
         let events = scope.spawn(|| {
             publish_events(layout, height, event_count, chain, publisher)
@@ -280,7 +278,6 @@ fn send_block(
                 == Some(fschain_schema::wire::FrameKind::Chunk)
             {
                 crash_point(CrashPoint::ChunkSent);
-                chunks.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         };
@@ -302,11 +299,7 @@ fn send_block(
         queued_ms = started.elapsed().as_millis() as u64,
         "queued"
     );
-    Ok(SentBlock {
-        block,
-        events,
-        chunks: chunks.into_inner(),
-    })
+    Ok(SentBlock { block, events })
 }
 
 /// At most this many blocks are sent before their acknowledgements are
