@@ -215,9 +215,7 @@ pub fn sample_manifest() -> &'static BlockManifest {
 /// Every chunk of the sample stream, as frames: seeds for the corpus.
 pub fn sample_frames() -> Vec<Vec<u8>> {
     let (manifest, key) = signed_sample();
-    let mut cutter = StreamCutter::new(SAMPLE_CHUNK);
-    let mut cut = cutter.update(&sample_stream());
-    cut.push(cutter.finish().0);
+    let cut = StreamCutter::cut(&sample_stream(), SAMPLE_CHUNK);
     let mut frames = vec![manifest.to_frame().expect("the sample manifest frames")];
     for piece in cut {
         let chunk = Chunk::sign(manifest, piece, key).expect("a sample chunk signs");

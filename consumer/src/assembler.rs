@@ -432,9 +432,7 @@ mod tests {
         let stream = StreamInfo::zstd(StreamAttempt::from_bytes(attempt), 3);
         let key = SigningKey::from_seed([1; 32]);
         let m = BlockManifest::sign(&header, parent, stream, &key).unwrap();
-        let mut cutter = StreamCutter::new(3);
-        let mut cut = cutter.update(&whole);
-        cut.push(cutter.finish().0);
+        let cut = StreamCutter::cut(&whole, 3);
         let chunks = cut
             .into_iter()
             .map(|c| Chunk::sign(&m, c, &key).unwrap())

@@ -187,10 +187,6 @@ digest_newtype!(
     EventsRoot
 );
 digest_newtype!(
-    /// SHA-256 of a whole compressed snapshot stream, as it travels.
-    StreamHash
-);
-digest_newtype!(
     /// SHA-256 of one chunk of a compressed snapshot stream.
     ChunkHash
 );

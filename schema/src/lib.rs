@@ -24,9 +24,7 @@ pub mod verify;
 pub mod wire;
 
 pub use block::{BlockHeader, HeaderDraft, HEADER_VERSION};
-pub use digest::{
-    BlockHash, ChunkHash, Digest, EventHash, EventsRoot, StateHash, StateRoot, StreamHash,
-};
+pub use digest::{BlockHash, ChunkHash, Digest, EventHash, EventsRoot, StateHash, StateRoot};
 pub use element::{is_valid_kind, ChainName, ElementId};
 pub use error::SchemaError;
 pub use event::{state_hash, Event, EventDraft, EventLine, EVENT_VERSION};

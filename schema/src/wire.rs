@@ -17,9 +17,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
-use crate::digest::{hex_decode, hex_encode, ChunkHash, StreamHash};
+use crate::digest::{hex_decode, hex_encode, ChunkHash};
 use crate::{jcs, BlockHeader, ChainName, Digest, SchemaError};
 
 /// First bytes of every frame.
@@ -299,20 +298,19 @@ pub struct CutChunk {
 /// What a whole cut stream was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CutStream {
-    pub sha256: StreamHash,
     pub bytes: u64,
     pub chunks: u32,
 }
 
-/// Cuts a stream into `chunk_size` pieces as it is written, and hashes it
-/// whole. A full piece is handed out only once a byte after it arrives, so
-/// that the last one can say so; an empty stream is one empty chunk.
+/// Cuts a stream into `chunk_size` pieces as it is written. A full piece
+/// is handed out only once a byte after it arrives, so that the last one
+/// can say so; an empty stream is one empty chunk. Nothing is hashed here:
+/// each piece is hashed once, when it is signed ([`Chunk::sign`]).
 #[derive(Debug)]
 pub struct StreamCutter {
     chunk_size: usize,
     buf: Vec<u8>,
     index: u32,
-    whole: Sha256,
     bytes: u64,
 }
 
@@ -323,15 +321,21 @@ impl StreamCutter {
             chunk_size,
             buf: Vec::with_capacity(chunk_size),
             index: 0,
-            whole: Sha256::new(),
             bytes: 0,
         }
+    }
+
+    /// A stream held whole in memory, cut into its pieces, the last marked.
+    pub fn cut(stream: &[u8], chunk_size: u32) -> Vec<CutChunk> {
+        let mut cutter = StreamCutter::new(chunk_size);
+        let mut pieces = cutter.update(stream);
+        pieces.push(cutter.finish().0);
+        pieces
     }
 
     /// Takes the next bytes of the stream; returns the chunks they
     /// completed (never the last one: see [`Self::finish`]).
     pub fn update(&mut self, mut data: &[u8]) -> Vec<CutChunk> {
-        self.whole.update(data);
         self.bytes += data.len() as u64;
         let mut done = Vec::new();
         while !data.is_empty() {
@@ -360,7 +364,6 @@ impl StreamCutter {
             data: self.buf,
         };
         let whole = CutStream {
-            sha256: StreamHash(Digest::from_bytes(self.whole.finalize().into())),
             bytes: self.bytes,
             chunks: self.index + 1,
         };
@@ -879,10 +882,8 @@ mod tests {
 
     /// `bytes` cut into 100-byte chunks, each signed under `m`.
     fn chunks_of(m: &BlockManifest, bytes: &[u8], signer: &SigningKey) -> Vec<Chunk> {
-        let mut cutter = StreamCutter::new(m.stream.chunk_size);
-        let mut cut = cutter.update(bytes);
-        cut.push(cutter.finish().0);
-        cut.into_iter()
+        StreamCutter::cut(bytes, m.stream.chunk_size)
+            .into_iter()
             .map(|c| Chunk::sign(m, c, signer).unwrap())
             .collect()
     }
@@ -1032,7 +1033,7 @@ mod tests {
 
     proptest::proptest! {
         /// However a stream is written in pieces, it is cut into the
-        /// pieces of the whole, the last one marked, and hashed whole.
+        /// pieces of the whole, the last one marked.
         #[test]
         fn cutting_in_pieces_is_cutting_the_whole(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
@@ -1050,7 +1051,6 @@ mod tests {
             }
             let (last, whole) = cutter.finish();
             pieces.push(last);
-            proptest::prop_assert_eq!(whole.sha256, StreamHash(Digest::of(&bytes)));
             proptest::prop_assert_eq!(whole.bytes, bytes.len() as u64);
             let expected: Vec<&[u8]> = if bytes.is_empty() {
                 vec![&[]]

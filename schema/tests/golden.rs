@@ -196,9 +196,7 @@ fn replication_frames_are_pinned() {
     let manifest = BlockManifest::sign(&header, None, StreamInfo::zstd(attempt, 4), &key).unwrap();
     let frame = manifest.to_frame().unwrap();
     // Ten bytes cut into 4-byte chunks: three chunks, the third the last.
-    let mut cutter = StreamCutter::new(4);
-    let mut cut = cutter.update(b"zstd bytes");
-    cut.push(cutter.finish().0);
+    let cut = StreamCutter::cut(b"zstd bytes", 4);
     assert_eq!(cut.len(), 3);
     let chunks: Vec<Chunk> = cut
         .into_iter()
